@@ -1,0 +1,68 @@
+"""The ``onnxconv`` command: a click group whose subcommands are imported only when used.
+
+Lazy loading keeps ``onnxconv stats`` free of onnxruntime and onnx-graphsurgeon imports, so its wall time stays
+close to the cost of parsing the model. Library errors (:class:`~onnxconv.errors.OnnxConvError`) become one
+``Error: ...`` line and exit status 1 here, in one place; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from ..errors import OnnxConvError
+
+__all__ = ["main"]
+
+# command name -> (module, attribute, short help shown by `onnxconv --help` without importing the module)
+_COMMANDS = {
+    "stats": ("onnxconv.cli.stats_cmd", "stats", "Count params, MACs and FLOPs of every conv layer."),
+    "separate": ("onnxconv.cli.separate_cmd", "separate", "Rewrite standard convs as depthwise+pointwise or grouped+shuffle."),
+    "bench": ("onnxconv.cli.bench_cmd", "bench", "Time models with onnxruntime and compare their outputs."),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [n for n, (mod, _, _) in _COMMANDS.items() if importlib.util.find_spec(mod) is not None]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = _COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        try:
+            module = importlib.import_module(entry[0])
+        except ModuleNotFoundError as e:
+            if e.name == entry[0]:
+                return None
+            raise
+        return getattr(module, entry[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, _COMMANDS[n][2]) for n in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OnnxConvError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxconv", prog_name="onnxconv")
+def main() -> None:
+    """Analyse and rewrite the convolutions of ONNX models.
+
+    \b
+    Conventions: MACs are multiply-accumulates; FLOPs are exact multiplies + additions
+    (2*MACs with bias, 2*MACs - outputs without); ConvTranspose MACs are counted over its
+    input (scatter view). Params are weight + bias elements.
+    """
+
+
+import importlib.util  # noqa: E402  (used by list_commands; kept after the group for clarity)

@@ -1,0 +1,148 @@
+"""Output agreement between models: random (or given) inputs, onnxruntime runs, error metrics.
+
+Used by ``separate --verify`` and by ``bench``. Inputs are drawn once from the first model's input specs
+(symbolic dims from ``input_shapes``/``batch``, else 1) and fed identically to every model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import OnnxConvError, OptionError
+
+__all__ = ["Agreement", "make_inputs", "load_inputs", "run_model", "compare_outputs", "session"]
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class Agreement:
+    """How closely one output of a model matches the reference model's.
+
+    ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius); ``top1`` is the share of rows whose argmax agrees, for
+    outputs that look like class scores (2-D, more than one column), else None.
+    """
+
+    output: str
+    max_abs: float
+    rel_error: float
+    cosine: float
+    top1: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def session(model: onnx.ModelProto | str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",),
+            threads: int | None = None, opt_level: str = "all"):  # type: ignore[no-untyped-def]
+    """An onnxruntime InferenceSession; load failures become one-line :class:`OnnxConvError`."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so.graph_optimization_level = levels[opt_level]
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(src, so, providers=list(providers))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxConvError(f"onnxruntime cannot load the model: {first[:300]}") from e
+
+
+def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None,  # type: ignore[no-untyped-def]
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every input of an onnxruntime session (standard normal floats, small ints)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    shapes = dict(input_shapes or {})
+    for inp in sess.get_inputs():
+        if inp.name in shapes:
+            shape = list(shapes[inp.name])
+        else:
+            shape = []
+            for i, d in enumerate(inp.shape):
+                if isinstance(d, int) and d >= 0:
+                    shape.append(d)
+                elif i == 0:
+                    shape.append(batch or 1)
+                else:
+                    raise OptionError(
+                        f"input '{inp.name}' dim {i} ('{d}') is symbolic: set it with --input-shape "
+                        f"{inp.name}=" + "x".join(str(x) if isinstance(x, int) else "N" for x in inp.shape)
+                    )
+        dtype = _ORT_TYPES.get(inp.type)
+        if dtype is None:
+            raise OptionError(f"input '{inp.name}' has type {inp.type}, which random inputs do not cover; use --inputs")
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feeds[inp.name] = rng.integers(0, 8, shape).astype(dtype)
+    return feeds
+
+
+def load_inputs(path: str | os.PathLike[str], sess) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Inputs from an .npz file whose array names are the model's input names."""
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as e:
+        raise OptionError(f"--inputs {path}: cannot read as .npz ({e})") from None
+    names = [i.name for i in sess.get_inputs()]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise OptionError(f"--inputs {path}: no array for input(s) {missing} (arrays: {sorted(data)})")
+    return {n: data[n] for n in names}
+
+
+def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Run a session; output name -> array."""
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        outs = sess.run(names, dict(feeds))
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxConvError(f"onnxruntime failed to run the model: {first[:300]}") from e
+    return dict(zip(names, outs))
+
+
+def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> list[Agreement]:
+    """Agreement of each output of ``test`` with the same-named (else same-position) output of ``ref``."""
+    out: list[Agreement] = []
+    ref_items = list(ref.items())
+    for i, (name, b) in enumerate(test.items()):
+        a = ref.get(name)
+        if a is None and i < len(ref_items):
+            a = ref_items[i][1]
+        if a is None:
+            continue
+        a64 = np.asarray(a, dtype=np.float64).ravel()
+        b64 = np.asarray(b, dtype=np.float64).ravel()
+        if a64.shape != b64.shape:
+            raise OnnxConvError(f"output '{name}' has shape {np.shape(b)}, the reference {np.shape(a)}")
+        diff = a64 - b64
+        na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+        rel = float(np.linalg.norm(diff) / na) if na > 0 else float(np.linalg.norm(diff))
+        cos = float(a64 @ b64 / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+        top1 = None
+        arr_a, arr_b = np.asarray(a), np.asarray(b)
+        if arr_a.ndim == 2 and arr_a.shape[1] > 1:
+            top1 = float(np.mean(arr_a.argmax(1) == arr_b.argmax(1)))
+        out.append(Agreement(name, float(np.max(np.abs(diff))) if diff.size else 0.0, rel, cos, top1))
+    return out

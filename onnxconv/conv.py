@@ -1,0 +1,276 @@
+"""ConvSpec: everything counting needs about one convolution node, with the ONNX defaults applied.
+
+Inputs are read by position, never by name (thop's ONNX counter finds weights by name and gets grouped convs
+wrong): X is input 0 for every op; the weight is input 1 (Conv, ConvTranspose, ConvInteger) or 3 (QLinearConv);
+the bias is input 2 (Conv, ConvTranspose) or 8 (QLinearConv). Attribute defaults follow the ONNX spec:
+kernel_shape from the weight, strides and dilations 1, pads 0, group 1, auto_pad NOTSET, output_padding 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import counting as C
+from .errors import ShapeError
+
+__all__ = ["CONV_OPS", "WEIGHT_INDEX", "BIAS_INDEX", "Shape", "ConvSpec", "conv_spec"]
+
+CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
+WEIGHT_INDEX = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3}
+BIAS_INDEX = {"Conv": 2, "ConvTranspose": 2, "QLinearConv": 8}
+
+#: A tensor shape; ``None`` marks a dim that is unknown (symbolic or not inferred).
+Shape = tuple["int | None", ...]
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A convolution with every attribute resolved.
+
+    ``pads`` are the explicit pads actually applied (auto_pad and ``output_shape`` resolved), in ONNX order
+    ``(begin_1..begin_k, end_1..end_k)``; they are None only when auto_pad needs an input size that is unknown.
+    ``input_shape`` and ``output_shape`` may hold None for unknown dims; the count properties are None when a
+    dim they need is unknown.
+    """
+
+    op_type: str
+    weight_shape: tuple[int, ...]
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...] | None
+    auto_pad: str
+    group: int
+    has_bias: bool
+    input_shape: Shape
+    output_shape: Shape
+    output_padding: tuple[int, ...] = ()
+
+    @property
+    def transposed(self) -> bool:
+        return self.op_type == "ConvTranspose"
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.kernel_shape)
+
+    @property
+    def c_in(self) -> int:
+        w = self.weight_shape
+        return w[0] if self.transposed else w[1] * self.group
+
+    @property
+    def c_out(self) -> int:
+        w = self.weight_shape
+        return w[1] * self.group if self.transposed else w[0]
+
+    @property
+    def batch(self) -> int | None:
+        return self.input_shape[0] if self.input_shape else None
+
+    @property
+    def kind(self) -> str:
+        """standard / grouped / depthwise / pointwise / transposed (see conv-math.md "Kinds")."""
+        if self.transposed:
+            return "transposed"
+        if self.group > 1 and self.group == self.c_in and self.c_out % self.c_in == 0:
+            return "depthwise"
+        if self.group > 1:
+            return "grouped"
+        if all(k == 1 for k in self.kernel_shape):
+            return "pointwise"
+        return "standard"
+
+    @property
+    def depth_multiplier(self) -> int | None:
+        return self.c_out // self.c_in if self.kind == "depthwise" else None
+
+    @property
+    def dilated(self) -> bool:
+        return any(d > 1 for d in self.dilations)
+
+    @property
+    def strided(self) -> bool:
+        return any(s > 1 for s in self.strides)
+
+    @property
+    def weight_params(self) -> int:
+        return C.prod(self.weight_shape)
+
+    @property
+    def bias_params(self) -> int:
+        return self.c_out if self.has_bias else 0
+
+    @property
+    def params(self) -> int:
+        return self.weight_params + self.bias_params
+
+    @property
+    def outputs(self) -> int | None:
+        if any(v is None for v in self.output_shape) or self.batch is None:
+            return None
+        return C.prod(self.output_shape)  # type: ignore[arg-type]
+
+    @property
+    def macs(self) -> int | None:
+        n = self.batch
+        if n is None:
+            return None
+        if self.transposed:
+            spatial = self.input_shape[2:]
+            if any(v is None for v in spatial):
+                return None
+            return C.conv_transpose_macs(n, self.c_in, spatial, self.weight_shape[1], self.kernel_shape)  # type: ignore[arg-type]
+        spatial = self.output_shape[2:]
+        if any(v is None for v in spatial):
+            return None
+        return C.conv_macs(n, self.c_out, spatial, self.weight_shape[1], self.kernel_shape)  # type: ignore[arg-type]
+
+    @property
+    def flops(self) -> int | None:
+        macs, outputs = self.macs, self.outputs
+        if macs is None or outputs is None:
+            return None
+        if self.transposed:
+            covered = C.conv_transpose_covered(self.input_shape[2:], self.kernel_shape, self.strides, self.dilations)  # type: ignore[arg-type]
+            return C.conv_transpose_flops(macs, self.batch * self.c_out * covered, outputs, self.has_bias)  # type: ignore[operator]
+        return C.conv_flops(macs, outputs, self.has_bias)
+
+
+def _ints(value: Any, n: int, default: int, name: str) -> tuple[int, ...]:
+    if value is None:
+        return (default,) * n
+    out = tuple(int(v) for v in value)
+    if len(out) != n:
+        raise ShapeError(f"attribute {name}={list(out)} has {len(out)} values, expected {n}")
+    return out
+
+
+def conv_spec(
+    op_type: str,
+    attrs: Mapping[str, Any],
+    weight_shape: Sequence[int],
+    has_bias: bool,
+    input_shape: Sequence[int | None] | None,
+) -> ConvSpec:
+    """Resolve a Conv-family node into a :class:`ConvSpec`.
+
+    Args:
+        op_type: Conv, ConvTranspose, ConvInteger or QLinearConv.
+        attrs: the node's attributes as Python values (ints, lists of ints, str for auto_pad).
+        weight_shape: the weight's shape (must be fully known).
+        has_bias: whether the bias input is present.
+        input_shape: X's shape, None or None dims where unknown.
+
+    Raises:
+        ShapeError: the attributes contradict the weight or the input (the message says which).
+    """
+    w = tuple(int(v) for v in weight_shape)
+    if len(w) < 3:
+        raise ShapeError(f"weight has shape {list(w)}: a conv weight needs at least 3 dims")
+    k = len(w) - 2
+    kernel = _ints(attrs.get("kernel_shape"), k, 0, "kernel_shape") if attrs.get("kernel_shape") is not None else w[2:]
+    if tuple(kernel) != w[2:]:
+        raise ShapeError(f"kernel_shape {list(kernel)} does not match weight shape {list(w)}")
+    strides = _ints(attrs.get("strides"), k, 1, "strides")
+    dilations = _ints(attrs.get("dilations"), k, 1, "dilations")
+    group = int(attrs.get("group", 1) or 1)
+    auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    transposed = op_type == "ConvTranspose"
+    output_padding = _ints(attrs.get("output_padding"), k, 0, "output_padding") if transposed else ()
+    out_shape_attr = attrs.get("output_shape") if transposed else None
+
+    x: list[int | None]
+    if input_shape is None:
+        x = [None] * (k + 2)
+    else:
+        x = [None if (v is None or (isinstance(v, int) and v < 0)) else int(v) for v in input_shape]
+        if len(x) != k + 2:
+            raise ShapeError(f"input has rank {len(x)} but the weight {list(w)} implies rank {k + 2}")
+    c_in = w[0] if transposed else w[1] * group
+    if group < 1:
+        raise ShapeError(f"group={group} must be at least 1")
+    if transposed and w[0] % group:
+        raise ShapeError(f"weight {list(w)}: C_in={w[0]} is not divisible by group={group}")
+    if not transposed and w[0] % group:
+        raise ShapeError(f"weight {list(w)}: C_out={w[0]} is not divisible by group={group}")
+    if x[1] is not None and x[1] != c_in:
+        raise ShapeError(f"input has {x[1]} channels but weight {list(w)} with group={group} expects {c_in}")
+    c_out = w[1] * group if transposed else w[0]
+    spatial_in = x[2:]
+
+    pads: tuple[int, ...] | None
+    out_spatial: list[int | None] = []
+    if transposed:
+        explicit_out = None
+        if out_shape_attr is not None:
+            explicit_out = [int(v) for v in out_shape_attr][-k:]
+        if explicit_out is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            begins, ends = [], []
+            for i in range(k):
+                d = spatial_in[i]
+                if explicit_out is not None:
+                    out_spatial.append(explicit_out[i])
+                else:
+                    out_spatial.append(None if d is None else d * strides[i])
+                if d is None or out_spatial[i] is None:
+                    begins = []
+                    break
+                b, e = C.conv_transpose_pads_for_output(
+                    d, kernel[i], strides[i], dilations[i], output_padding[i], out_spatial[i],  # type: ignore[arg-type]
+                    upper=auto_pad != "SAME_LOWER",
+                )
+                begins.append(b)
+                ends.append(e)
+            pads = tuple(begins + ends) if begins else None
+        else:
+            pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads")
+            for i in range(k):
+                d = spatial_in[i]
+                out_spatial.append(
+                    None if d is None else C.conv_transpose_output_size(
+                        d, kernel[i], strides[i], dilations[i], pads[i], pads[k + i], output_padding[i]
+                    )
+                )
+    else:
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            begins, ends = [], []
+            for i in range(k):
+                d = spatial_in[i]
+                if d is None:
+                    break
+                b, e = C.same_pads(d, kernel[i], strides[i], dilations[i], upper=auto_pad == "SAME_UPPER")
+                begins.append(b)
+                ends.append(e)
+            pads = tuple(begins + ends) if len(begins) == k else None
+            out_spatial = [None if d is None else -(-d // s) for d, s in zip(spatial_in, strides)]
+        else:
+            pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads")
+            for i in range(k):
+                d = spatial_in[i]
+                out_spatial.append(
+                    None if d is None else C.conv_output_size(d, kernel[i], strides[i], dilations[i], pads[i], pads[k + i])
+                )
+    if any(o is not None and o <= 0 for o in out_spatial):
+        raise ShapeError(
+            f"input spatial size {spatial_in} is too small for kernel {list(kernel)} "
+            f"(dilations {list(dilations)}, pads {list(pads or [])}): the output would be empty"
+        )
+    return ConvSpec(
+        op_type=op_type,
+        weight_shape=w,
+        kernel_shape=tuple(kernel),
+        strides=strides,
+        dilations=dilations,
+        pads=pads,
+        auto_pad=auto_pad,
+        group=group,
+        has_bias=has_bias,
+        input_shape=tuple(x),
+        output_shape=tuple([x[0], c_out, *out_spatial]),
+        output_padding=output_padding,
+    )
