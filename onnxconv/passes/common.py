@@ -12,7 +12,7 @@ metadata, doc strings, IR version, every opset import, model-local functions), t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import OptionError, RewriteError
+from ..graph import shapes_of_graph, subgraphs_of
+from ..model_io import shape_model
 
 __all__ = [
     "LayerChange",
@@ -31,6 +33,9 @@ __all__ = [
     "iter_graphs",
     "finish_model",
     "unique_name",
+    "NamePool",
+    "tensor_shapes",
+    "check_model",
 ]
 
 
@@ -180,14 +185,85 @@ def unique_name(graph: gs.Graph, base: str) -> str:
     return f"{base}_{i}"
 
 
-def finish_model(original: onnx.ModelProto, graph: gs.Graph, *, check: bool = True) -> onnx.ModelProto:
+class NamePool:
+    """Fresh names for tensors and nodes, unique across the whole model (every subgraph and function too:
+    ONNX names are global within a model, and a subgraph may read any outer name)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.used: set[str] = set()
+
+        def visit(graph: onnx.GraphProto) -> None:
+            self.used.update(v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info))
+            self.used.update(t.name for t in graph.initializer)
+            for n in graph.node:
+                self.used.add(n.name)
+                self.used.update(n.input)
+                self.used.update(n.output)
+                for _, sub in subgraphs_of(n):
+                    visit(sub)
+
+        visit(model.graph)
+        for f in model.functions:
+            self.used.update(f.input)
+            self.used.update(f.output)
+            for n in f.node:
+                self.used.add(n.name)
+                self.used.update(n.output)
+
+    def new(self, base: str) -> str:
+        """``base`` if unused, else ``base_1``, ``base_2``, ...; the name is reserved."""
+        name, i = base, 0
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+
+def tensor_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None
+) -> tuple[dict[str, tuple[int | None, ...]], list[str]]:
+    """Shapes of every tensor of the model and its subgraphs (names are global), plus notes.
+
+    Runs ONNX shape inference on a weight-free copy with the same input handling as ``stats``
+    (``input_shapes`` set graph inputs; a symbolic batch counts as ``batch``, default 1, with a note).
+    Unknown dims are None.
+    """
+    # stats owns the input-shape conventions; the pass must count exactly as `onnxconv stats` does.
+    from ..stats import _infer, _prepare_inputs
+
+    notes: list[str] = []
+    work = shape_model(model)
+    _prepare_inputs(work, input_shapes or {}, batch, notes)
+    inferred = _infer(work)
+    out: dict[str, tuple[int | None, ...]] = {}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for name, shape in shapes_of_graph(graph).items():
+            out[name] = tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+        for n in graph.node:
+            for _, sub in subgraphs_of(n):
+                visit(sub)
+
+    visit(inferred.graph)
+    return out, notes
+
+
+def finish_model(
+    original: onnx.ModelProto, graph: gs.Graph, *, check: bool = True, cleanup: bool = True
+) -> onnx.ModelProto:
     """Export ``graph`` and restore what export drops, keeping everything the pass did not touch.
 
     Keeps the original IR version (the installed onnxruntime loaded the input, so it loads this), all opset
-    imports, model metadata, doc strings, producer fields, model-local functions and value_info of tensors that
-    still exist. Raises :class:`RewriteError` when the result fails ``onnx.checker`` or shape inference.
+    imports, model metadata, doc strings (model, graph, node), node metadata_props, producer fields, model-local
+    functions, value_info of tensors that still exist, and initializers the original did not use (onnx-graphsurgeon
+    exports only what some node reads). With ``cleanup`` False nothing is pruned: a pass that removes its own
+    dead nodes keeps dead code the model already had. Raises :class:`RewriteError` when the result fails
+    ``onnx.checker`` or shape inference.
     """
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    if cleanup:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    graph.toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = original.ir_version
     del model.opset_import[:]
@@ -198,25 +274,81 @@ def finish_model(original: onnx.ModelProto, graph: gs.Graph, *, check: bool = Tr
     model.metadata_props.extend(original.metadata_props)
     del model.functions[:]
     model.functions.extend(original.functions)
-    model.graph.doc_string = original.graph.doc_string
-    model.graph.name = original.graph.name
-    # Put back value_info the export lost for tensors that survive the rewrite.
-    have = {vi.name for vi in model.graph.value_info}
-    alive = {o for n in model.graph.node for o in n.output}
-    for vi in original.graph.value_info:
-        if vi.name in alive and vi.name not in have:
-            model.graph.value_info.append(vi)
+    _restore_graph_fields(original.graph, model.graph)
     if check:
-        check_model(model)
+        check_model(model, original)
     return model
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker plus strict shape inference; one-line :class:`RewriteError` on failure."""
+def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
+    """Put back, in ``new`` and its subgraphs, the fields of ``orig`` that the export loses."""
+    new.doc_string = orig.doc_string
+    new.name = orig.name
+    del new.metadata_props[:]
+    new.metadata_props.extend(orig.metadata_props)
+    # value_info the export lost, for tensors that survive the rewrite.
+    have = {vi.name for vi in new.value_info}
+    alive = {o for n in new.node for o in n.output}
+    for vi in orig.value_info:
+        if vi.name in alive and vi.name not in have:
+            new.value_info.append(vi)
+    # Graph input/output doc strings (the export rebuilds those ValueInfoProtos).
+    docs = {vi.name: vi.doc_string for vi in list(orig.input) + list(orig.output) if vi.doc_string}
+    for vi in list(new.input) + list(new.output):
+        if not vi.doc_string and vi.name in docs:
+            vi.doc_string = docs[vi.name]
+    # Initializers no node read in the original are dropped by the export; they were part of the model.
+    used = {i for n in orig.node for i in n.input} | {o.name for o in orig.output}
+    present = {t.name for t in new.initializer}
+    for t in orig.initializer:
+        if t.name not in used and t.name not in present and not _read_by_subgraph(orig, t.name):
+            new.initializer.append(t)
+    # Node doc strings and metadata, matched by (name, op, outputs): a replaced node has another producer.
+    by_key = {(n.name, n.op_type, tuple(n.output)): n for n in orig.node}
+    for n in new.node:
+        old = by_key.get((n.name, n.op_type, tuple(n.output)))
+        if old is None:
+            continue
+        if old.doc_string and not n.doc_string:
+            n.doc_string = old.doc_string
+        if old.metadata_props and not n.metadata_props:
+            n.metadata_props.extend(old.metadata_props)
+        old_subs = dict(subgraphs_of(old))
+        for key, sub in subgraphs_of(n):
+            if key in old_subs:
+                _restore_graph_fields(old_subs[key], sub)
+
+
+def _read_by_subgraph(graph: onnx.GraphProto, name: str) -> bool:
+    for n in graph.node:
+        for _, sub in subgraphs_of(n):
+            if any(name in m.input for m in sub.node) or _read_by_subgraph(sub, name):
+                return True
+    return False
+
+
+def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
+    """onnx.checker plus strict shape inference; one-line :class:`RewriteError` on failure.
+
+    Both run on a weight-free copy (:func:`~onnxconv.model_io.shape_model`): serialising 100 MB of weights to
+    check a graph is pure waste, and a pass's new weights are built by numpy_helper. A problem the
+    ``original`` already has (e.g. an output type without a shape, which some exporters write) is not the
+    rewrite's fault and does not stop it.
+    """
+    problem = _model_problem(model)
+    if problem is None:
+        return
+    if original is not None and _model_problem(original) == problem:
+        return
+    raise RewriteError(f"the rewritten model is invalid ({problem[:300]}); nothing was written")
+
+
+def _model_problem(model: onnx.ModelProto) -> str | None:
+    """First line of the checker's or strict shape inference's complaint, or None when the model passes."""
+    light = shape_model(model)
     try:
-        if model.ByteSize() < 2_000_000_000:
-            onnx.checker.check_model(model)
-            onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(light)
+        onnx.shape_inference.infer_shapes(light, strict_mode=True)
     except Exception as e:  # noqa: BLE001 - checker and inference raise several types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RewriteError(f"the rewritten model is invalid ({first[:300]}); nothing was written") from e
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None

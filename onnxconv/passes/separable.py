@@ -1,0 +1,468 @@
+"""Depthwise-separable rewrite: replace standard convs by depthwise + pointwise subgraphs derived from their weights.
+
+The math (``shared/docs/conv-math.md``, "Depthwise separable and its exact generalisation"):
+
+A Conv with weight ``W`` (``N x M/g x k...``, ``K = prod(k)``, group ``g``, ``Ng = N/g`` outputs per group) is a
+sum over input channels ``m`` of ``W[:, m] * X_m``. Each slice ``S_m`` (the ``Ng x K`` block of the outputs of
+``m``'s group) is factored by SVD, ``S_m = sum_t s_t u_t v_t^T``, so::
+
+    Y_n = sum_m sum_t (s_t u_t[n]) * (v_t * X_m)
+
+``v_t * X_m`` is a depthwise conv of channel ``m`` with kernel ``v_t`` (it carries the strides, dilations and
+pads of the original conv), and the ``s_t u_t[n]`` form a 1x1 conv (with the original bias). Keeping ``r``
+terms gives the best rank-r approximation of every slice (Eckart-Young); ``r = min(Ng, K)`` is exact.
+Grouped convs are separated group by group: the 1x1 stage keeps group ``g``. MACs become
+``r * N_batch * prod(O) * M * (K + Ng)`` against ``N_batch * prod(O) * N * (M/g) * K`` before; since
+``min(Ng, K) >= Ng*K/(Ng + K)`` the exact rank never saves MACs, so ``exact`` rewrites regardless (it is for
+checking, or as a lossless start for fine-tuning).
+
+Three equivalent forms (``FORMS``) differ only in how onnxruntime runs them:
+
+* ``concat``: ``r`` depthwise convs of multiplier 1 (kernel ``v_t`` for every channel), Concat on channels, one
+  1x1 conv. Needs group 1 for the 1x1 stage (a grouped conv is emitted in the ``sum`` form instead).
+* ``sum``: ``r`` branches depthwise (multiplier 1) -> 1x1, joined by Add (the bias on the first branch).
+* ``multiplier``: one depthwise conv with depth multiplier ``r`` -> one 1x1 conv: fewest nodes, but onnxruntime's
+  NCHWc layout optimiser rejects depthwise convs with a multiplier above 1, and it runs slower.
+
+At ``r = 1`` all three are one depthwise conv followed by one 1x1 conv. The default (``DEFAULT_FORM``) is the
+form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, BENCHMARKS.md "separate").
+
+Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
+QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, depthwise
+convs, 1x1 kernels, convs in model-local functions (the body is shared by every call), and layers whose chosen
+rank saves no MACs unless ``force``. The original weights are never modified (a weight shared with another
+node keeps serving it); new weights keep the original dtype (fp16 stays fp16; the SVD runs in float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .. import counting as C
+from ..conv import CONV_OPS, ConvSpec, conv_spec
+from ..errors import ShapeError
+from ..graph import node_label
+from .common import LayerChange, NamePool, NodeFilter, PassResult, constant_array, finish_model, tensor_shapes
+from .ranks import (
+    BudgetLayer,
+    RankPolicy,
+    allocate_budget,
+    kept_energy,
+    rank_for_energy,
+    rank_for_error,
+    relative_error,
+)
+
+__all__ = ["FORMS", "DEFAULT_FORM", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy"]
+
+FORMS = ("concat", "sum", "multiplier")
+#: Chosen by measurement (BENCHMARKS.md "separate"): it stays on onnxruntime's NCHWc fast path.
+DEFAULT_FORM = "concat"
+
+_FLOAT_TYPES = (np.float16, np.float32, np.float64)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+@dataclass
+class Factors:
+    """SVD of every slice of a conv weight, stacked: slice ``m`` is input channel ``m`` (group ``m // (M/g)``).
+
+    ``u``: (M, Ng, q), ``s``: (M, q) descending, ``vt``: (M, q, K) with ``q = min(Ng, K)``; all float64.
+    ``kept[r]`` is the kept energy of rank ``r`` (see :mod:`onnxconv.passes.ranks`).
+    """
+
+    u: np.ndarray
+    s: np.ndarray
+    vt: np.ndarray
+    group: int
+    kernel: tuple[int, ...]
+
+    @property
+    def max_rank(self) -> int:
+        return int(self.s.shape[1])
+
+    @property
+    def kept(self) -> np.ndarray:
+        return kept_energy(self.s)
+
+
+def factor_weight(weight: np.ndarray, group: int) -> Factors:
+    """Factor a Conv weight (``N x M/g x k...``) slice by slice with one batched float64 SVD."""
+    w = np.asarray(weight)
+    n, mg = int(w.shape[0]), int(w.shape[1])
+    kernel = tuple(int(d) for d in w.shape[2:])
+    k = C.prod(kernel)
+    ng = n // group
+    # Slice m = (group gi, local input j): rows are gi's outputs, columns the kernel taps.
+    stacked = w.astype(np.float64).reshape(group, ng, mg, k).transpose(0, 2, 1, 3).reshape(group * mg, ng, k)
+    u, s, vt = np.linalg.svd(stacked, full_matrices=False)
+    return Factors(u=u, s=s, vt=vt, group=group, kernel=kernel)
+
+
+def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(depthwise weights, pointwise weights) of the rank-r rewrite in ``form``, float64.
+
+    * multiplier: one depthwise ``(M*r, 1, k...)`` (output ``m*r + t``) and one pointwise ``(N, (M/g)*r, 1...)``
+      with group ``g`` (input ``j*r + t`` of each group);
+    * concat (group 1): ``r`` depthwise ``(M, 1, k...)`` and one pointwise ``(N, r*M, 1...)`` (input ``t*M + m``);
+    * sum: ``r`` depthwise ``(M, 1, k...)`` and ``r`` pointwise ``(N, M/g, 1...)`` with group ``g``.
+    """
+    m, ng, _ = f.u.shape
+    g = f.group
+    mg, n = m // g, ng * g
+    ones = (1,) * len(f.kernel)
+    vt = f.vt[:, :r, :]  # (M, r, K)
+    p = f.u[:, :, :r] * f.s[:, None, :r]  # (M, Ng, r): the 1x1 weights, singular values folded in
+    if form == "multiplier":
+        dw = [vt.reshape(m * r, 1, *f.kernel)]
+        pw = [p.reshape(g, mg, ng, r).transpose(0, 2, 1, 3).reshape(n, mg * r, *ones)]
+    elif form == "concat":
+        if g != 1:
+            raise ValueError("the concat form needs group 1 (use sum for grouped convs)")
+        dw = [vt[:, t, :].reshape(m, 1, *f.kernel) for t in range(r)]
+        pw = [p.transpose(1, 2, 0).reshape(n, r * m, *ones)]
+    elif form == "sum":
+        dw = [vt[:, t, :].reshape(m, 1, *f.kernel) for t in range(r)]
+        pw = [p[:, :, t].reshape(g, mg, ng).transpose(0, 2, 1).reshape(n, mg, *ones) for t in range(r)]
+    else:
+        raise ValueError(f"unknown form '{form}' (choose from {', '.join(FORMS)})")
+    return dw, pw
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checks
+
+
+@dataclass
+class _Candidate:
+    """A conv that passed every check but the MAC one: its spec, factors and report row."""
+
+    graph: gs.Graph
+    node: gs.Node
+    spec: ConvSpec
+    dtype: np.dtype
+    factors: Factors
+    change: LayerChange
+    weight_key: str
+
+    @property
+    def unit_pos(self) -> int:
+        """MACs of one rank term per batch item and output position: ``M * (K + Ng)``."""
+        k = C.prod(self.spec.kernel_shape)
+        return self.spec.c_in * (k + self.spec.c_out // self.spec.group)
+
+    @property
+    def conv_pos(self) -> int:
+        """The conv's MACs per batch item and output position: ``N * (M/g) * K``."""
+        return self.spec.c_out * self.spec.weight_shape[1] * C.prod(self.spec.kernel_shape)
+
+    def macs_at(self, r: int) -> int | None:
+        before = self.spec.macs
+        return None if before is None else before // self.conv_pos * self.unit_pos * r
+
+
+def _weight_origin(tensor: gs.Tensor) -> str | None:
+    """'DequantizeLinear' when the weight is dequantized at run time (QDQ), following Identity/Cast."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant) or not tensor.inputs:
+            return None
+        prod = tensor.inputs[0]
+        if prod.op == "DequantizeLinear":
+            return "DequantizeLinear"
+        if prod.op not in ("Identity", "Cast") or not prod.inputs:
+            return None
+        tensor = prod.inputs[0]
+    return None
+
+
+def _check(
+    node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
+) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
+    """(skip reason or None, spec when known, weight when usable) for one conv-family node."""
+    if node.op == "ConvTranspose":
+        return "ConvTranspose is not a target of this pass", None, None
+    if node.op in ("ConvInteger", "QLinearConv"):
+        return f"quantized conv ({node.op}) is not rewritten", None, None
+    if node_filter is not None:
+        why = node_filter.reason(qualified)
+        if why:
+            return why, None, None
+    if len(node.inputs) < 2 or not node.inputs[1].name:
+        return "no weight input", None, None
+    w_t = node.inputs[1]
+    if _weight_origin(w_t):
+        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", None, None
+    weight = constant_array(w_t)
+    if weight is None:
+        return "weight is computed at run time, not a constant", None, None
+    if weight.dtype.type not in _FLOAT_TYPES:
+        return f"weight type {weight.dtype} is not float16/32/64", None, None
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+    try:
+        spec = conv_spec("Conv", node.attrs, weight.shape, has_bias, shapes.get(node.inputs[0].name))
+    except ShapeError as e:
+        raise ShapeError(f"node '{qualified}' (Conv): {e}") from None
+    if spec.kind == "depthwise":
+        return "already depthwise (group = C_in)", spec, None
+    if spec.kind == "pointwise" or C.prod(spec.kernel_shape) == 1:
+        return "1x1 kernel: already pointwise, nothing to separate", spec, None
+    return None, spec, weight
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rewrite
+
+
+def _graphs(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph]]:
+    """(path, graph) for the graph and every If/Loop/Scan body below it."""
+    yield path, graph
+    for node in graph.nodes:
+        for attr, value in node.attrs.items():
+            subs = [value] if isinstance(value, gs.Graph) else [v for v in value if isinstance(v, gs.Graph)] \
+                if isinstance(value, (list, tuple)) else []
+            for i, sub in enumerate(subs):
+                key = attr if isinstance(value, gs.Graph) else f"{attr}[{i}]"
+                label = node.name or (node.outputs[0].name if node.outputs else node.op)
+                yield from _graphs(sub, f"{path}/{label}/{key}" if path else f"{label}/{key}")
+
+
+def _drop_dead_producers(graph: gs.Graph, tensor: gs.Tensor) -> None:
+    """Remove the Identity/Cast/Constant chain that fed a replaced weight, where nothing else reads it."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant) or not tensor.inputs or tensor.outputs or tensor in graph.outputs:
+            return
+        prod = tensor.inputs[0]
+        if prod.op not in ("Identity", "Cast", "Constant") or prod not in graph.nodes:
+            return
+        if any(o.outputs or o in graph.outputs for o in prod.outputs):
+            return
+        upstream = prod.inputs[0] if prod.inputs else None
+        graph.nodes.remove(prod)
+        prod.inputs.clear()
+        prod.outputs.clear()
+        if upstream is None:
+            return
+        tensor = upstream
+
+
+class _Emitter:
+    """Builds the replacement subgraphs; shares new weights between convs that shared a weight."""
+
+    def __init__(self, names: NamePool) -> None:
+        self.names = names
+        self.cache: dict[tuple[int, str, int, str], tuple[list[gs.Constant], list[gs.Constant]]] = {}
+
+    def _consts(self, c: _Candidate, r: int, form: str, base: str) -> tuple[list[gs.Constant], list[gs.Constant]]:
+        key = (id(c.graph), c.weight_key, r, form)
+        if key not in self.cache:
+            dw, pw = separable_weights(c.factors, r, form)
+            dwc = [gs.Constant(self.names.new(f"{base}_dw{i}_W"), np.ascontiguousarray(a.astype(c.dtype)))
+                   for i, a in enumerate(dw)]
+            pwc = [gs.Constant(self.names.new(f"{base}_pw{i}_W"), np.ascontiguousarray(a.astype(c.dtype)))
+                   for i, a in enumerate(pw)]
+            self.cache[key] = (dwc, pwc)
+        return self.cache[key]
+
+    def emit(self, c: _Candidate, r: int, form: str) -> str:
+        """Replace ``c.node`` by its rank-r form; returns the form actually used."""
+        spec, node, graph = c.spec, c.node, c.graph
+        if r == 1:
+            form = "multiplier"  # every form is one depthwise + one 1x1 conv at rank 1
+        elif form == "concat" and spec.group > 1:
+            form = "sum"
+        base = node.name or node.outputs[0].name
+        dwc, pwc = self._consts(c, r, form, base)
+        x, y = node.inputs[0], node.outputs[0]
+        w_t = node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        graph.nodes.remove(node)
+        node.inputs.clear()
+        node.outputs.clear()
+        _drop_dead_producers(graph, w_t)
+
+        k = spec.spatial_rank
+        dw_attrs: dict[str, object] = {
+            "kernel_shape": list(spec.kernel_shape), "strides": list(spec.strides),
+            "dilations": list(spec.dilations), "group": spec.c_in,
+        }
+        if spec.pads is not None:
+            # Explicit pads: onnxruntime refuses SAME_* auto_pad with dilation > 1 (conv-math.md).
+            dw_attrs["pads"] = list(spec.pads)
+        else:
+            dw_attrs["auto_pad"] = spec.auto_pad  # input size unknown: the same auto_pad resolves the same pads
+        pw_group = 1 if form == "concat" else spec.group
+        pw_attrs = {"kernel_shape": [1] * k, "group": pw_group}
+
+        def var(suffix: str) -> gs.Variable:
+            # No dtype: a value_info without a shape fails the checker; shape inference fills both in.
+            return gs.Variable(self.names.new(f"{base}_{suffix}"))
+
+        def conv(name: str, inputs: list[gs.Tensor], output: gs.Tensor, attrs: dict[str, object]) -> None:
+            graph.nodes.append(gs.Node("Conv", self.names.new(name), dict(attrs), inputs, [output]))
+
+        tail = [bias] if bias is not None else []
+        if form == "multiplier":
+            mid = var("dw")
+            conv(f"{base}/dw", [x, dwc[0]], mid, dw_attrs)
+            conv(f"{base}/pw", [mid, pwc[0], *tail], y, pw_attrs)
+        elif form == "concat":
+            mids = [var(f"dw{t}") for t in range(r)]
+            for t in range(r):
+                conv(f"{base}/dw{t}", [x, dwc[t]], mids[t], dw_attrs)
+            cat = var("concat")
+            graph.nodes.append(gs.Node("Concat", self.names.new(f"{base}/concat"), {"axis": 1}, mids, [cat]))
+            conv(f"{base}/pw", [cat, pwc[0], *tail], y, pw_attrs)
+        else:
+            acc: gs.Tensor | None = None
+            for t in range(r):
+                mid = var(f"dw{t}")
+                conv(f"{base}/dw{t}", [x, dwc[t]], mid, dw_attrs)
+                out = var(f"pw{t}")
+                conv(f"{base}/pw{t}", [mid, pwc[t], *(tail if t == 0 else [])], out, pw_attrs)
+                if acc is None:
+                    acc = out
+                    continue
+                dest = y if t == r - 1 else var(f"sum{t}")
+                graph.nodes.append(gs.Node("Add", self.names.new(f"{base}/add{t}"), {}, [acc, out], [dest]))
+                acc = dest
+        return form
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The pass
+
+
+def _collect(
+    graph: gs.Graph, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
+) -> tuple[list[LayerChange], list[_Candidate]]:
+    layers: list[LayerChange] = []
+    candidates: list[_Candidate] = []
+    for path, g in _graphs(graph):
+        for node in list(g.nodes):
+            if node.op not in CONV_OPS or (node.domain or "") not in ("", "ai.onnx"):
+                continue
+            label = node.name or (node.outputs[0].name if node.outputs else f"<{node.op}>")
+            qualified = f"{path}/{label}" if path else label
+            change = LayerChange(name=qualified, op_type=node.op, rewritten=False)
+            layers.append(change)
+            reason, spec, weight = _check(node, qualified, shapes, node_filter)
+            if spec is not None:
+                change.params_before, change.macs_before = spec.params, spec.macs
+            if reason is not None:
+                change.reason = reason
+                continue
+            assert spec is not None and weight is not None  # _check returns both when there is no reason
+            factors = factor_weight(weight, spec.group)
+            candidates.append(_Candidate(g, node, spec, weight.dtype, factors, change, node.inputs[1].name))
+    return layers, candidates
+
+
+def _function_rows(model: onnx.ModelProto) -> list[LayerChange]:
+    rows = []
+    for f in model.functions:
+        for n in f.node:
+            if n.op_type in CONV_OPS and (n.domain or "") in ("", "ai.onnx"):
+                rows.append(LayerChange(
+                    name=f"{f.domain}.{f.name}/{node_label(n)}", op_type=n.op_type, rewritten=False,
+                    reason="inside a model-local function: its body is shared by every call, not rewritten",
+                ))
+    return rows
+
+
+def _choose_ranks(policy: RankPolicy, cands: Sequence[_Candidate], layers: Sequence[LayerChange]) -> list[int]:
+    """Rank per candidate (0 = leave as it is) before the MAC-saving check."""
+    if policy.kind == "rank":
+        return [min(int(policy.value or 1), c.factors.max_rank) for c in cands]
+    if policy.kind == "exact":
+        return [c.factors.max_rank for c in cands]
+    if policy.kind == "energy":
+        return [rank_for_energy(c.factors.kept, float(policy.value or 1.0)) for c in cands]
+    if policy.kind == "max-error":
+        return [rank_for_error(c.factors.kept, float(policy.value or 0.0)) for c in cands]
+    unknown = [c.change.name for c in cands if c.spec.macs is None]
+    if unknown:
+        raise ShapeError(
+            f"--budget needs every layer's MACs, but the input shape of '{unknown[0]}' is unknown: "
+            "set the model's input dims with --input-shape NAME=1x3x224x224"
+        )
+    cand_ids = {id(c.change) for c in cands}
+    fixed = sum(lay.macs_before or 0 for lay in layers if id(lay) not in cand_ids)
+    budget_layers = [
+        BudgetLayer(conv_macs=c.spec.macs or 0, unit_macs=c.macs_at(1) or 0, kept=list(c.factors.kept))
+        for c in cands
+    ]
+    return allocate_budget(budget_layers, fixed, float(policy.value or 1.0))
+
+
+def separate(
+    model: onnx.ModelProto,
+    policy: RankPolicy,
+    *,
+    form: str = DEFAULT_FORM,
+    node_filter: NodeFilter | None = None,
+    force: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
+) -> PassResult:
+    """Rewrite the standard and grouped convs of ``model`` as depthwise + pointwise subgraphs.
+
+    Args:
+        model: the model with its weights loaded; it is not modified.
+        policy: how ranks are chosen (:class:`~onnxconv.passes.ranks.RankPolicy`).
+        form: concat / sum / multiplier (see the module docstring).
+        node_filter: ``--include``/``--exclude`` selection on (qualified) node names.
+        force: rewrite layers whose rank saves no MACs too (``exact`` always does).
+        input_shapes, batch: dims for symbolic graph inputs, as in ``stats`` (MACs, explicit SAME pads).
+
+    Returns:
+        The new model and one :class:`LayerChange` per conv: ``details`` holds rank, max_rank, rel_error
+        (relative Frobenius weight error), energy (kept) and form.
+
+    Raises:
+        OptionError: a bad form or an unreachable budget. ShapeError: a conv contradicts its weight, or
+        ``budget`` needs a shape that is unknown. RewriteError: the result fails the checker.
+    """
+    if form not in FORMS:
+        from ..errors import OptionError
+
+        raise OptionError(f"--form {form}: choose from {', '.join(FORMS)}")
+    shapes, notes = tensor_shapes(model, input_shapes, batch)
+    graph = gs.import_onnx(model)
+    layers, cands = _collect(graph, shapes, node_filter)
+    layers.extend(_function_rows(model))
+    ranks = _choose_ranks(policy, cands, layers)
+    forced = force or policy.kind == "exact"
+    emitter = _Emitter(NamePool(model))
+    for c, r in zip(cands, ranks):
+        ch, f = c.change, c.factors
+        kept = f.kept
+        if r == 0:
+            ch.reason = "no rank saves MACs within the budget" if policy.kind == "budget" else "rank 0"
+            continue
+        ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
+                      "energy": float(kept[r])}
+        saves = r * c.unit_pos < c.conv_pos
+        if not saves and not forced:
+            ch.reason = (f"rank {r} saves no MACs ({r} x (K + C_out/g) = {r * c.unit_pos // c.spec.c_in} "
+                         f">= C_out/g x K = {c.conv_pos // c.spec.c_in} per input channel); use --force")
+            continue
+        ch.details["form"] = emitter.emit(c, r, form)
+        if not saves:
+            ch.details["forced"] = True
+        ch.rewritten = True
+        ch.macs_after = c.macs_at(r)
+        k = C.prod(c.spec.kernel_shape)
+        ch.params_after = r * c.spec.c_in * k + r * c.spec.weight_shape[1] * c.spec.c_out + c.spec.bias_params
+    out = finish_model(model, graph, cleanup=False)
+    options = {"policy": policy.describe(), "form": form, "force": force}
+    if notes:
+        options["notes"] = notes
+    return PassResult(model=out, layers=layers, pass_name="separable", options=options)
