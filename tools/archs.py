@@ -490,8 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"Error: unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(ARCHS)}", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from onnxconv.model_io import save_model  # atomic write, no import cost for library users of this module
+    from onnxconv.model_io import save_model  # atomic write; imported here so builders need only onnx + numpy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
