@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, OnnxConvError
+from .graph import toposort
 
 __all__ = ["load_model", "external_data_files", "shape_model", "save_model", "KEEP_VALUES_BELOW"]
 
@@ -106,7 +107,8 @@ def _strip_graph(graph: onnx.GraphProto) -> onnx.GraphProto:
         elif t.name not in input_names:
             out.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     out.sparse_initializer.extend(graph.sparse_initializer)
-    for node in graph.node:
+    # Shape inference visits nodes in stored order: exports with unsorted nodes would leave shapes unknown.
+    for node in toposort(graph.node):
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             new = onnx.NodeProto()
             new.CopyFrom(node)
@@ -195,6 +197,10 @@ def save_model(
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
+        # mkstemp creates the file 0600; give the result the permissions a plain open() would (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     except BaseException:
         for t in (tmp, tmp_data):
