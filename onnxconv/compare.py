@@ -1,7 +1,15 @@
 """Output agreement between models: random (or given) inputs, onnxruntime runs, error metrics.
 
 Used by ``separate --verify`` and by ``bench``. Inputs are drawn once from the first model's input specs
-(symbolic dims from ``input_shapes``/``batch``, else 1) and fed identically to every model.
+(symbolic dims from ``input_shapes``/``batch``, else 1) and fed identically to every model (:func:`feeds_for`
+maps them by name, else by position, onto a model whose inputs were renamed).
+
+Metrics, per output, of a model's output ``b`` against the reference output ``a`` (both as float64):
+max absolute error ``max|a - b|``; relative error ``||a - b|| / ||a||`` (Frobenius; the plain norm of the
+difference when ``a`` is all zeros); cosine similarity ``a.b / (||a|| ||b||)``; top-1 agreement, the share of
+positions whose argmax over the class axis agrees, for outputs that look like class scores: 2-D ``N x C``
+(C > 1), or 3-D with the last axis the longest (``N x T x C`` / ``T x N x C`` per-position scores, as OCR/CTC
+heads emit). A detector's ``1 x 3549 x 85`` has its longest axis elsewhere and gets no top-1.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import onnx
 
 from .errors import OnnxConvError, OptionError
 
-__all__ = ["Agreement", "make_inputs", "load_inputs", "run_model", "compare_outputs", "session"]
+__all__ = ["Agreement", "make_inputs", "load_inputs", "feeds_for", "run_model", "compare_outputs", "session",
+           "OPT_LEVELS"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -29,8 +38,8 @@ _ORT_TYPES = {
 class Agreement:
     """How closely one output of a model matches the reference model's.
 
-    ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius); ``top1`` is the share of rows whose argmax agrees, for
-    outputs that look like class scores (2-D, more than one column), else None.
+    ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius); ``top1`` is the share of positions whose argmax over the
+    last axis agrees, for outputs that look like class scores (see the module docstring), else None.
     """
 
     output: str
@@ -43,9 +52,25 @@ class Agreement:
         return asdict(self)
 
 
-def session(model: onnx.ModelProto | str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",),
-            threads: int | None = None, opt_level: str = "all"):  # type: ignore[no-untyped-def]
-    """An onnxruntime InferenceSession; load failures become one-line :class:`OnnxConvError`."""
+#: Graph optimisation levels by the name the CLI takes.
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-untyped-def]
+            providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
+            threads: int | None = None, opt_level: str = "all", *, profile_prefix: str | None = None,
+            spinning: bool | None = None):
+    """An onnxruntime InferenceSession; load failures become one-line :class:`OnnxConvError`.
+
+    Args:
+        model: a path (onnxruntime reads it, with any external data beside it) or a ModelProto.
+        providers: execution providers in order of preference (names, or (name, options) pairs).
+        threads: intra-op threads; None keeps onnxruntime's default (one per physical core).
+        opt_level: one of :data:`OPT_LEVELS`.
+        profile_prefix: turn on onnxruntime's profiler, writing ``<prefix>_<date>.json`` at ``end_profiling()``.
+        spinning: False stops idle intra-op threads from spin-waiting after a run (they would steal cores from
+            the next session when several are timed in turn); None keeps onnxruntime's default (spin).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -56,7 +81,14 @@ def session(model: onnx.ModelProto | str | os.PathLike[str], providers: Sequence
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
+    if opt_level not in levels:
+        raise OptionError(f"optimisation level '{opt_level}': choose from {', '.join(OPT_LEVELS)}")
     so.graph_optimization_level = levels[opt_level]
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
         return ort.InferenceSession(src, so, providers=list(providers))
@@ -111,6 +143,24 @@ def load_inputs(path: str | os.PathLike[str], sess) -> dict[str, np.ndarray]:  #
     return {n: data[n] for n in names}
 
 
+def feeds_for(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """``feeds`` keyed by the input names of ``sess``: by name when they all match, else by position.
+
+    A rewrite may rename graph inputs; matching by position then still feeds it the same arrays.
+
+    Raises:
+        OptionError: the input counts differ, so the arrays cannot be matched.
+    """
+    names = [i.name for i in sess.get_inputs()]
+    if all(n in feeds for n in names):
+        return {n: feeds[n] for n in names}
+    if len(names) != len(feeds):
+        raise OptionError(
+            f"the model's inputs {names} do not match the reference inputs {list(feeds)} by name or by count"
+        )
+    return dict(zip(names, feeds.values()))
+
+
 def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     """Run a session; output name -> array."""
     names = [o.name for o in sess.get_outputs()]
@@ -120,6 +170,15 @@ def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxConvError(f"onnxruntime failed to run the model: {first[:300]}") from e
     return dict(zip(names, outs))
+
+
+def _looks_like_scores(a: np.ndarray) -> bool:
+    """Class scores: N x C with C > 1, or 3-D whose last (class) axis is the longest (per-position scores)."""
+    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+        return False
+    if a.ndim == 2:
+        return a.shape[1] > 1
+    return a.ndim == 3 and a.shape[2] > 1 and a.shape[2] > max(a.shape[0], a.shape[1])
 
 
 def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> list[Agreement]:
@@ -140,9 +199,7 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
         na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
         rel = float(np.linalg.norm(diff) / na) if na > 0 else float(np.linalg.norm(diff))
         cos = float(a64 @ b64 / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
-        top1 = None
         arr_a, arr_b = np.asarray(a), np.asarray(b)
-        if arr_a.ndim == 2 and arr_a.shape[1] > 1:
-            top1 = float(np.mean(arr_a.argmax(1) == arr_b.argmax(1)))
+        top1 = float(np.mean(arr_a.argmax(-1) == arr_b.argmax(-1))) if _looks_like_scores(arr_a) else None
         out.append(Agreement(name, float(np.max(np.abs(diff))) if diff.size else 0.0, rel, cos, top1))
     return out

@@ -1,0 +1,124 @@
+"""``onnxconv bench``: a thin wrapper over :func:`onnxconv.bench.bench`, with a progress bar and CI thresholds."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..bench import FORMATS, PROVIDERS, BenchConfig, check_thresholds, render, validate_thresholds
+from ..bench import bench as run_bench
+from ..compare import OPT_LEVELS
+from ..stats import parse_input_shape
+
+__all__ = ["bench", "THRESHOLD_EXIT"]
+
+#: Exit status when the run worked but a --fail-if-slower / --max-error threshold failed (errors exit 1).
+THRESHOLD_EXIT = 3
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr that appears only once a run has lasted a second.
+
+    It is redrawn from the progress callback, between runs and at most 8 times a second, never by a thread of its
+    own: a refresh thread would wake up during timed runs and take a core from the model being measured.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self._enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+        self._start = time.perf_counter()
+        self._last = 0.0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __call__(self, phase: str, done: float, total: float) -> None:
+        if not self._enabled:
+            return
+        now = time.perf_counter()
+        if self._progress is None:
+            if now - self._start < 1.0:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                      TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,
+                                      transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(phase, total=total)
+        if now - self._last < 0.125 and done < total:
+            return
+        self._last = now
+        self._progress.update(self._task, description=phase, completed=done, total=total)
+        self._progress.refresh()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--provider", "-p", "providers", multiple=True, default=("cpu",), show_default=True,
+              metavar="|".join(PROVIDERS), help="Execution provider (repeatable: each is timed in turn).")
+@click.option("--warmup", type=int, default=5, show_default=True,
+              help="Runs per model after the first, left out of the figures.")
+@click.option("--iters", type=int, default=None, help="Timed rounds (one run of every model each).")
+@click.option("--duration", type=float, default=None,
+              help="Seconds of timed rounds per provider (default 5 when --iters is not given).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: onnxruntime's, one per core).")
+@click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all", show_default=True,
+              help="onnxruntime graph optimisation level.")
+@click.option("--batch", type=int, default=None, help="Value for a symbolic batch dim (default 1).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Shape of an input with symbolic dims (repeatable).")
+@click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Feed these arrays (.npz, one array per input name) instead of random inputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--profile", is_flag=True,
+              help="Per-node times from onnxruntime's profiler joined with the MACs of `onnxconv stats`.")
+@click.option("--isolate", is_flag=True,
+              help="Run each model's session in its own process, so its peak RSS is its own.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--progress", "progress_mode", type=click.Choice(("auto", "on", "off")), default="auto",
+              show_default=True, help="Progress bar on stderr (auto: on a terminal, after the first second).")
+@click.option("--fail-if-slower", type=float, default=None, metavar="R",
+              help="Exit 3 when a model takes more than R times as long as the first (speed-up below 1/R).")
+@click.option("--max-error", type=float, default=None, metavar="E",
+              help="Exit 3 when an output's relative error against the first model exceeds E.")
+def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iters: int | None,
+          duration: float | None, threads: int | None, opt_level: str, batch: int | None,
+          input_shapes: tuple[str, ...], inputs_path: str | None, seed: int, profile: bool, isolate: bool,
+          fmt: str, progress_mode: str, fail_if_slower: float | None, max_error: float | None) -> None:
+    """Time MODELS with onnxruntime and compare each with the first.
+
+    \b
+    Session creation and the first run are reported apart; --warmup runs are left out;
+    then models run in interleaved rounds (A B, B A, ...) so that a busy machine slows
+    all of them alike. Speed-up = median over rounds of t(first) / t(model), with its
+    quartiles. Outputs on the same inputs are compared with the first model's: max abs
+    error, relative error ||a-b||/||a||, cosine, top-1 agreement for class scores.
+
+    \b
+    Exit status: 0 ok, 1 error (e.g. a provider is not available), 3 a threshold failed.
+    """
+    validate_thresholds(fail_if_slower, max_error)  # before minutes of timing, not after
+    cfg = BenchConfig(
+        providers=providers, warmup=warmup, iters=iters, duration=duration, threads=threads, opt_level=opt_level,
+        batch=batch, input_shapes=dict(parse_input_shape(s) for s in input_shapes), inputs=inputs_path, seed=seed,
+        profile=profile, isolate=isolate,
+    )
+    cfg.validate()
+    bar = _ProgressBar(progress_mode)
+    try:
+        report = run_bench(list(models), cfg, progress=bar)
+    finally:
+        bar.close()
+    click.echo(render(report, fmt))
+    failures = check_thresholds(report, fail_if_slower, max_error)
+    for f in failures:
+        click.echo(f"FAIL: {f}", err=True)
+    if failures:
+        click.get_current_context().exit(THRESHOLD_EXIT)
