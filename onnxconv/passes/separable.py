@@ -444,8 +444,9 @@ def separate(
     for c, r in zip(cands, ranks):
         ch, f = c.change, c.factors
         kept = f.kept
-        if r == 0:
-            ch.reason = "no rank saves MACs within the budget" if policy.kind == "budget" else "rank 0"
+        if r == 0:  # only the budget leaves a candidate at rank 0
+            ch.reason = ("no rank saves MACs" if c.unit_pos >= c.conv_pos
+                         else "left as it is: the budget is met without it")
             continue
         ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
                       "energy": float(kept[r])}

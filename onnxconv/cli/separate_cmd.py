@@ -1,0 +1,237 @@
+"""``onnxconv separate``: a thin wrapper over the separable and shuffle passes.
+
+Both modes share loading, ``--include``/``--exclude``, the per-layer report, ``--report FILE.json``,
+``--verify``/``--inputs`` and the atomic write; only the pass call differs. The report prints each pass's
+``details`` through :func:`format_details`, which knows the keys of both passes and shows any other as
+``key=value``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import onnx
+
+from ..errors import OnnxConvError, OptionError, RewriteError
+from ..model_io import load_model, save_model
+from ..passes.common import NodeFilter, PassResult
+from ..passes.separable import DEFAULT_FORM, FORMS
+from ..stats import format_count, parse_input_shape
+
+__all__ = ["separate", "format_details", "render_result", "EXACT_TOLERANCE"]
+
+#: ``--exact --verify`` fails (and writes nothing) above this relative output error in float32.
+EXACT_TOLERANCE = 1e-5
+
+_RANK_OPTIONS = ("rank", "energy", "exact", "max_error", "budget")
+
+
+def format_details(details: Mapping[str, Any]) -> str:
+    """One short cell for a pass's per-layer ``details`` (separable: rank/error/form; shuffle: groups/kept)."""
+    parts: list[str] = []
+    d = dict(details)
+    if "rank" in d:
+        rank = d.pop("rank")
+        top = d.pop("max_rank", None)
+        parts.append(f"r={rank}" + (f"/{top}" if top is not None else ""))
+    if "groups" in d:
+        parts.append(f"g={d.pop('groups')}")
+    for key, label in (("rel_error", "err"), ("energy", "energy"), ("kept_energy", "kept")):
+        if key in d:
+            v = d.pop(key)
+            parts.append(f"{label}={v:.4f}" if isinstance(v, (int, float)) else f"{label}={v}")
+    if "form" in d:
+        parts.append(str(d.pop("form")))
+    if d.pop("forced", False):
+        parts.append("forced")
+    for key, v in d.items():
+        parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
+    return " ".join(parts)
+
+
+def _ratio(before: int | None, after: int | None) -> str:
+    return f"{after / before:.3f}" if before and after is not None else "-"
+
+
+def render_result(result: PassResult) -> str:
+    """The per-layer table and the totals line."""
+    headers = ["layer", "op", "status", "details", "MACs before", "MACs after", "ratio"]
+    rows = []
+    for c in result.layers:
+        after = c.macs_after if c.rewritten else c.macs_before
+        detail = format_details(c.details) if c.rewritten else c.reason
+        rows.append([c.name, c.op_type, "rewritten" if c.rewritten else "skipped", detail,
+                     format_count(c.macs_before), format_count(after), _ratio(c.macs_before, after)])
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    numeric = {4, 5, 6}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    t = result.totals()
+    out.append("")
+    out.append(
+        f"total: {t['layers']} convs, {t['rewritten']} rewritten, {t['skipped']} skipped; "
+        f"MACs {format_count(t['macs_before'])} -> {format_count(t['macs_after'])} "
+        f"({_ratio(t['macs_before'], t['macs_after'])}x); "
+        f"params {format_count(t['params_before'])} -> {format_count(t['params_after'])} "
+        f"({_ratio(t['params_before'], t['params_after'])}x)"
+    )
+    for note in result.options.get("notes", []):
+        out.append(f"note: {note}")
+    return "\n".join(out)
+
+
+def _policy(values: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+    from ..passes.ranks import RankPolicy
+
+    chosen = [k for k in _RANK_OPTIONS if values[k] not in (None, False)]
+    if len(chosen) > 1:
+        raise OptionError("choose one of --rank, --energy, --exact, --max-error, --budget (got "
+                          + ", ".join("--" + c.replace("_", "-") for c in chosen) + ")")
+    if not chosen:
+        raise OptionError("say how ranks are chosen: --rank R, --energy E, --exact, --max-error F or --budget F")
+    kind = chosen[0]
+    return RankPolicy(kind.replace("_", "-"), None if kind == "exact" else float(values[kind]))
+
+
+def _float32_outputs(model: onnx.ModelProto) -> bool:
+    return all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+
+
+def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, Sequence[int]],
+            batch: int | None):  # type: ignore[no-untyped-def]
+    """Run the input file and the rewritten model in onnxruntime on the same inputs; one Agreement per output."""
+    from .. import compare
+
+    ref = compare.session(source)
+    new = compare.session(model)
+    feeds = compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)
+    return compare.compare_outputs(compare.run_model(ref, feeds), compare.run_model(new, feeds))
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the result.")
+@click.option("--mode", type=click.Choice(["separable", "shuffle"]), default="separable", show_default=True,
+              help="depthwise + pointwise (separable) or grouped + channel shuffle (shuffle).")
+@click.option("--groups", type=click.IntRange(min=2), default=None, help="G for --mode shuffle.")
+@click.option("--rank", type=click.IntRange(min=1), default=None, help="Same rank R in every layer.")
+@click.option("--energy", type=float, default=None, help="Smallest rank keeping a fraction E of squared singular values.")
+@click.option("--exact", is_flag=True, help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force).")
+@click.option("--max-error", type=float, default=None, help="Smallest rank whose relative weight error is at most F.")
+@click.option("--budget", type=float, default=None, help="Whole model at most F times the original conv MACs.")
+@click.option("--form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
+              help="Graph form of the separable stage (all compute the same).")
+@click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="REGEX", help="Leave nodes whose name matches (repeatable).")
+@click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Set a graph input's shape (for MACs, --budget and --verify with symbolic dims).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write the per-layer report (and verification) as JSON.")
+@click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs.")
+@click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="Inputs for --verify from an .npz file (implies --verify).")
+@click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
+def separate(model: str, output: str, mode: str, groups: int | None, rank: int | None, energy: float | None,
+             exact: bool, max_error: float | None, budget: float | None, form: str, include: tuple[str, ...],
+             exclude: tuple[str, ...], force: bool, input_shapes: tuple[str, ...], batch: int | None,
+             report_path: str | None, verify: bool, inputs: str | None, overwrite: bool) -> None:
+    """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
+
+    Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
+    kernels and a 1x1 conv whose sum is the best rank-r approximation of the weight; the exact
+    rank reproduces the conv. Choose ranks with exactly one of --rank, --energy, --exact,
+    --max-error or --budget. Skipped layers are listed with their reason.
+
+    \b
+    Examples:
+      onnxconv separate model.onnx -o small.onnx --energy 0.95 --verify
+      onnxconv separate model.onnx -o small.onnx --budget 0.5 --report sep.json
+      onnxconv separate model.onnx -o exact.onnx --exact --verify
+      onnxconv separate model.onnx -o grouped.onnx --mode shuffle --groups 4
+    """
+    values = {"rank": rank, "energy": energy, "exact": exact, "max_error": max_error, "budget": budget}
+    if mode == "shuffle":
+        given = [k for k, v in values.items() if v not in (None, False)]
+        if given:
+            raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode separable, not shuffle")
+        if groups is None:
+            raise OptionError("--mode shuffle needs --groups G")
+    elif groups is not None:
+        raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
+    policy = _policy(values) if mode == "separable" else None
+    shapes = dict(parse_input_shape(s) for s in input_shapes)
+    node_filter = NodeFilter(include, exclude)
+    report_file = Path(report_path) if report_path else None
+    if report_file is not None and not report_file.parent.is_dir():
+        raise OptionError(f"--report {report_file}: folder '{report_file.parent}' does not exist")
+    verify = verify or inputs is not None
+
+    m = load_model(model, load_weights=True)
+    if mode == "separable":
+        from ..passes.separable import separate as separate_pass
+
+        result = separate_pass(m, policy, form=form, node_filter=node_filter, force=force,
+                               input_shapes=shapes, batch=batch)
+    else:
+        from ..passes.shuffle import group_shuffle  # type: ignore[import-not-found]
+
+        result = group_shuffle(m, groups=groups, node_filter=node_filter, force=force)
+    del m
+
+    agreements = []
+    if verify:
+        agreements = _verify(model, result.model, inputs, shapes, batch)
+        if exact and _float32_outputs(result.model):
+            bad = [a for a in agreements if a.rel_error > EXACT_TOLERANCE]
+            if bad:
+                raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
+                                   f"{bad[0].rel_error:.2e} > {EXACT_TOLERANCE:g}; nothing was written")
+    save_model(result.model, output, source=model, overwrite_source=overwrite)
+    if report_file is not None:
+        data = result.to_dict()
+        data["model"], data["output"] = model, output
+        if verify:
+            data["verify"] = {"inputs": inputs or "random (standard normal, seed 0)",
+                              "outputs": [a.to_dict() for a in agreements]}
+        try:
+            _write_json_atomic(report_file, data)
+        except OSError as e:
+            raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e
+
+    click.echo(render_result(result))
+    for a in agreements:
+        click.echo(f"verify '{a.output}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
+                   f"cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
+    click.echo(f"wrote {output}")

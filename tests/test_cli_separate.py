@@ -1,0 +1,204 @@
+"""`onnxconv separate` through click's CliRunner: options, report, verification, errors, atomic output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from onnxconv.cli import main
+from onnxconv.cli.separate_cmd import format_details
+from onnxconv.passes.common import LayerChange, PassResult
+
+from .modelkit import init, make_model, tensor
+
+
+def two_conv_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["X", "W1", "B1"], ["H"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["H"], ["R"], name="relu"),
+        helper.make_node("Conv", ["R", "W2"], ["Y"], name="head", pads=[1, 1, 1, 1]),
+    ]
+    return make_model(
+        nodes, [tensor("X", ["N", 8, 12, 12])], [tensor("Y", ["N", 16, 12, 12])],
+        [init("W1", rng.standard_normal((16, 8, 3, 3)).astype(np.float32)),
+         init("B1", rng.standard_normal(16).astype(np.float32)),
+         init("W2", rng.standard_normal((16, 16, 3, 3)).astype(np.float32))],
+    )
+
+
+@pytest.fixture()
+def model_path(tmp_path: Path) -> Path:
+    p = tmp_path / "in.onnx"
+    onnx.save(two_conv_model(), p)
+    return p
+
+
+def run(*args: str) -> "CliRunner.invoke":  # type: ignore[name-defined]
+    return CliRunner().invoke(main, ["separate", *args], catch_exceptions=False)
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_rank_rewrite_prints_layers_and_totals_and_keeps_the_input(model_path: Path, tmp_path: Path) -> None:
+    before = digest(model_path)
+    out = tmp_path / "out.onnx"
+    res = run(str(model_path), "-o", str(out), "--rank", "2")
+    assert res.exit_code == 0, res.output
+    assert "stem" in res.output and "head" in res.output and "r=2/9" in res.output and "concat" in res.output
+    assert "total: 2 convs, 2 rewritten, 0 skipped" in res.output
+    assert digest(model_path) == before
+    m = onnx.load(out)
+    assert sum(n.op_type == "Concat" for n in m.graph.node) == 2
+    onnx.checker.check_model(m)
+
+
+def test_exact_verify_meets_the_tolerance(model_path: Path, tmp_path: Path) -> None:
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--exact", "--verify", "--form", "sum")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("verify 'Y'"))
+    rel = float(line.split("relative error ")[1].split(",")[0])
+    assert rel <= 1e-5
+    assert "forced" in res.output  # the exact rank saves nothing; --exact rewrites anyway
+
+
+def test_report_json_and_npz_inputs(model_path: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, X=np.random.default_rng(1).standard_normal((2, 8, 12, 12)).astype(np.float32))
+    report = tmp_path / "r.json"
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--energy", "0.5", "--inputs", str(inputs),
+              "--report", str(report), "--input-shape", "X=2x8x12x12")
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert data["pass"] == "separable" and data["options"]["policy"] == "energy 0.5"
+    layers = {layer["name"]: layer for layer in data["layers"]}
+    assert set(layers) == {"stem", "head"}
+    for layer in layers.values():
+        if layer["rewritten"]:
+            assert {"rank", "rel_error", "energy", "form"} <= set(layer["details"])
+            assert layer["macs_after"] < layer["macs_before"]
+    assert layers["stem"]["macs_before"] == 2 * 16 * 144 * 8 * 9  # batch 2 from --input-shape
+    assert data["totals"]["macs_before"] == sum(layer["macs_before"] for layer in layers.values())
+    assert data["verify"]["inputs"] == str(inputs)
+    (agree,) = data["verify"]["outputs"]
+    assert 0 < agree["cosine"] <= 1 + 1e-9
+
+
+def test_include_exclude_budget(model_path: Path, tmp_path: Path) -> None:
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--rank", "1", "--exclude", "^stem$")
+    assert res.exit_code == 0 and "matched by --exclude '^stem$'" in res.output
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--rank", "1", "--include", "hea")
+    assert res.exit_code == 0 and "not matched by --include" in res.output
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--budget", "0.5")
+    assert res.exit_code == 0, res.output
+    total = next(ln for ln in res.output.splitlines() if ln.startswith("total:"))
+    ratio = float(re.search(r"MACs \S+ -> \S+ \(([\d.]+)x\)", total).group(1))  # type: ignore[union-attr]
+    assert ratio <= 0.5
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rank", "2", "--energy", "0.9"], "choose one of --rank"),
+    ([], "say how ranks are chosen"),
+    (["--energy", "1.5"], "--energy 1.5"),
+    (["--max-error", "-0.1"], "--max-error"),
+    (["--rank", "2", "--groups", "2"], "--groups applies to --mode shuffle"),
+    (["--mode", "shuffle"], "--mode shuffle needs --groups"),
+    (["--mode", "shuffle", "--groups", "2", "--rank", "2"], "--rank applies to --mode separable"),
+    (["--rank", "1", "--include", "("], "--include '('"),
+    (["--budget", "0.01"], "smallest reachable"),
+    (["--rank", "1", "--input-shape", "nope=1x2"], "no input 'nope'"),
+    (["--rank", "1", "--report", "/no/such/dir/r.json"], "does not exist"),
+])
+def test_bad_options_are_one_line_errors_and_write_nothing(model_path: Path, tmp_path: Path, args: list[str],
+                                                          message: str) -> None:
+    out = tmp_path / "o.onnx"
+    res = run(str(model_path), "-o", str(out), *args)
+    assert res.exit_code != 0
+    assert message in res.output, res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+
+
+def test_input_is_never_overwritten_unless_asked(model_path: Path) -> None:
+    before = digest(model_path)
+    res = run(str(model_path), "-o", str(model_path), "--rank", "1")
+    assert res.exit_code == 1 and "refusing to overwrite the input" in res.output
+    assert digest(model_path) == before
+    res = run(str(model_path), "-o", str(model_path), "--rank", "1", "--overwrite")
+    assert res.exit_code == 0 and digest(model_path) != before
+
+
+def test_missing_model_and_missing_output_folder(tmp_path: Path, model_path: Path) -> None:
+    res = run(str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "o.onnx"), "--rank", "1")
+    assert res.exit_code == 1 and "no such file" in res.output
+    res = run(str(model_path), "-o", str(tmp_path / "missing" / "o.onnx"), "--rank", "1")
+    assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_external_data_stays_external(tmp_path: Path) -> None:
+    src = tmp_path / "ext.onnx"
+    onnx.save(two_conv_model(), src, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    out = tmp_path / "out.onnx"
+    res = run(str(src), "-o", str(out), "--rank", "2", "--verify")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out.onnx.data").is_file()
+    small = onnx.load(out, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in small.graph.initializer)
+    assert onnx.load(out).graph.node  # loads with its data
+
+
+def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plumbing only: a stand-in for onnxconv.passes.shuffle records the call and returns a known result."""
+    calls = {}
+
+    def group_shuffle(model: onnx.ModelProto, *, groups: int, node_filter=None, force: bool = False) -> PassResult:
+        calls.update(groups=groups, force=force, excluded=node_filter.reason("stem"))
+        layers = [LayerChange("stem", "Conv", False, reason="matched by --exclude '^stem$'", macs_before=100),
+                  LayerChange("head", "Conv", True, macs_before=100, macs_after=25,
+                              details={"groups": groups, "kept_energy": 0.8125})]
+        return PassResult(model=model, layers=layers, pass_name="shuffle", options={"groups": groups})
+
+    fake = types.ModuleType("onnxconv.passes.shuffle")
+    fake.group_shuffle = group_shuffle  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "onnxconv.passes.shuffle", fake)
+    report = tmp_path / "r.json"
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--mode", "shuffle", "--groups", "4",
+              "--exclude", "^stem$", "--force", "--verify", "--report", str(report))
+    assert res.exit_code == 0, res.output
+    assert calls == {"groups": 4, "force": True, "excluded": "matched by --exclude '^stem$'"}
+    assert "g=4 kept=0.8125" in res.output
+    assert "MACs 200 -> 125 (0.625x)" in res.output
+    assert "verify 'Y'" in res.output
+    assert json.loads(report.read_text())["layers"][1]["details"] == {"groups": 4, "kept_energy": 0.8125}
+
+
+def test_format_details() -> None:
+    assert format_details({"rank": 3, "max_rank": 9, "rel_error": 0.1234567, "energy": 0.98, "form": "concat"}) == \
+        "r=3/9 err=0.1235 energy=0.9800 concat"
+    assert format_details({"groups": 2, "kept_energy": 0.5, "forced": True, "extra": 1.5}) == \
+        "g=2 kept=0.5000 forced extra=1.5"
+
+
+def test_exact_verify_failure_writes_nothing(model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxconv import compare
+    from onnxconv.cli import separate_cmd
+
+    monkeypatch.setattr(separate_cmd, "_verify", lambda *a, **k: [compare.Agreement("Y", 0.1, 2e-4, 0.99)])
+    out = tmp_path / "o.onnx"
+    res = run(str(model_path), "-o", str(out), "--exact", "--verify")
+    assert res.exit_code == 1 and "relative error 2.00e-04 > 1e-05" in res.output
+    assert not out.exists()
