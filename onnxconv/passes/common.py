@@ -229,13 +229,13 @@ def tensor_shapes(
     (``input_shapes`` set graph inputs; a symbolic batch counts as ``batch``, default 1, with a note).
     Unknown dims are None.
     """
-    # stats owns the input-shape conventions; the pass must count exactly as `onnxconv stats` does.
-    from ..stats import _infer, _prepare_inputs
+    # The same input handling and inference as `onnxconv stats`, so the pass counts exactly as stats does.
+    from ..shapes import apply_input_shapes, infer
 
     notes: list[str] = []
     work = shape_model(model)
-    _prepare_inputs(work, input_shapes or {}, batch, notes)
-    inferred = _infer(work)
+    apply_input_shapes(work, input_shapes or {}, batch, notes, frozenset(t.name for t in model.graph.initializer))
+    inferred = infer(work)
     out: dict[str, tuple[int | None, ...]] = {}
 
     def visit(graph: onnx.GraphProto) -> None:
@@ -292,11 +292,12 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
     for vi in orig.value_info:
         if vi.name in alive and vi.name not in have:
             new.value_info.append(vi)
-    # Graph input/output doc strings (the export rebuilds those ValueInfoProtos).
-    docs = {vi.name: vi.doc_string for vi in list(orig.input) + list(orig.output) if vi.doc_string}
+    # Graph inputs and outputs as the original declared them: the export rebuilds those ValueInfoProtos from
+    # its tensors, dropping doc strings and, where a shapeless value_info of the same name exists, the shape.
+    declared = {vi.name: vi for vi in list(orig.input) + list(orig.output)}
     for vi in list(new.input) + list(new.output):
-        if not vi.doc_string and vi.name in docs:
-            vi.doc_string = docs[vi.name]
+        if vi.name in declared:
+            vi.CopyFrom(declared[vi.name])
     # Initializers no node read in the original are dropped by the export; they were part of the model.
     used = {i for n in orig.node for i in n.input} | {o.name for o in orig.output}
     present = {t.name for t in new.initializer}

@@ -44,7 +44,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import counting as C
-from ..conv import CONV_OPS, ConvSpec, conv_spec
+from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
 from ..errors import ShapeError
 from ..graph import node_label
 from .common import LayerChange, NamePool, NodeFilter, PassResult, constant_array, finish_model, tensor_shapes
@@ -183,33 +183,48 @@ def _weight_origin(tensor: gs.Tensor) -> str | None:
     return None
 
 
+def _spec(node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]],
+          weight: np.ndarray | None) -> ConvSpec | None:
+    """The node's ConvSpec when its weight shape is known (for the MACs of skipped layers too), else None."""
+    widx, bidx = WEIGHT_INDEX[node.op], BIAS_INDEX.get(node.op)
+    if len(node.inputs) <= widx or not node.inputs[widx].name:
+        return None
+    w_t = node.inputs[widx]
+    wshape = weight.shape if weight is not None else (
+        w_t.shape if isinstance(w_t, gs.Constant) else shapes.get(w_t.name))
+    if wshape is None or any(d is None for d in wshape):
+        return None
+    has_bias = bidx is not None and len(node.inputs) > bidx and bool(node.inputs[bidx].name)
+    try:
+        return conv_spec(node.op, node.attrs, wshape, has_bias, shapes.get(node.inputs[0].name))
+    except ShapeError as e:
+        raise ShapeError(f"node '{qualified}' ({node.op}): {e}") from None
+
+
 def _check(
     node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
 ) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
     """(skip reason or None, spec when known, weight when usable) for one conv-family node."""
+    w_t = node.inputs[1] if len(node.inputs) > 1 and node.op == "Conv" and node.inputs[1].name else None
+    weight = constant_array(w_t) if w_t is not None and not _weight_origin(w_t) else None
+    spec = _spec(node, qualified, shapes, weight)
     if node.op == "ConvTranspose":
-        return "ConvTranspose is not a target of this pass", None, None
+        return "ConvTranspose is not a target of this pass", spec, None
     if node.op in ("ConvInteger", "QLinearConv"):
-        return f"quantized conv ({node.op}) is not rewritten", None, None
+        return f"quantized conv ({node.op}) is not rewritten", spec, None
     if node_filter is not None:
         why = node_filter.reason(qualified)
         if why:
-            return why, None, None
-    if len(node.inputs) < 2 or not node.inputs[1].name:
-        return "no weight input", None, None
-    w_t = node.inputs[1]
+            return why, spec, None
+    if w_t is None:
+        return "no weight input", spec, None
     if _weight_origin(w_t):
-        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", None, None
-    weight = constant_array(w_t)
+        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
     if weight is None:
-        return "weight is computed at run time, not a constant", None, None
+        return "weight is computed at run time, not a constant", spec, None
     if weight.dtype.type not in _FLOAT_TYPES:
-        return f"weight type {weight.dtype} is not float16/32/64", None, None
-    has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
-    try:
-        spec = conv_spec("Conv", node.attrs, weight.shape, has_bias, shapes.get(node.inputs[0].name))
-    except ShapeError as e:
-        raise ShapeError(f"node '{qualified}' (Conv): {e}") from None
+        return f"weight type {weight.dtype} is not float16/32/64", spec, None
+    assert spec is not None  # the weight's shape is known, so the spec is
     if spec.kind == "depthwise":
         return "already depthwise (group = C_in)", spec, None
     if spec.kind == "pointwise" or C.prod(spec.kernel_shape) == 1:
