@@ -1,0 +1,720 @@
+"""Calibration refit: fit each rewritten layer to the activations the model really sees.
+
+Weight-only SVD (separable) and block-diagonal grouping (shuffle) minimise the *weight* error. Given a few
+inputs, the rewritten layer can instead be fitted to what the network computes. Every rewritten layer ends in a
+*linear stage*: the original output ``Y`` is a sum of convs (one for the concat/multiplier forms and for a
+grouped conv, one per branch for the sum form), all with the same group ``g``::
+
+    Y = sum_t conv(Z_t, W_t) + b
+
+The inputs ``Z_t`` of the stage (the depthwise outputs, or a grouped conv's input) stay as they are; the weights
+``W_t`` and the bias ``b`` are refitted. At an output position ``p`` of group ``gi`` the stage is linear in its
+weights: ``y_p = x_p^T A`` with ``x_p`` the receptive-field patch of the ``Z_t`` channels of the group
+(``C_t/g * prod(k_t)`` values each, for a 1x1 stage simply the channel vector) followed by a 1, and
+``A`` the ``(D + 1) x N/g`` matrix of the group's weights and bias. The refit solves, per group, the ridge
+problem
+
+    min_A  sum_p || x_p^T A - t_p ||^2 + lam * || A - A0 ||^2
+
+where ``t_p`` is the *original* model's output of the layer on the calibration inputs and ``x_p`` comes from
+the *already refitted* rewritten network (Zhang et al., "Accelerating Very Deep Convolutional Networks",
+the asymmetric scheme: a layer learns to undo the error its upstream layers left, so errors do not add up).
+``A0`` is the weight-only solution, so the ridge pulls an ill-conditioned fit back towards it rather than
+towards zero: ``(X^T X + lam I) A = X^T T + lam A0``.
+
+Memory stays bounded whatever the model: per layer a fixed number of output positions is drawn (fixed seed)
+from every calibration sample; only the normal equations ``X^T X`` and ``X^T T`` are accumulated (float64),
+never the samples. The original model's outputs at those positions are collected once for every layer (the
+largest buffer: ``positions * (1 + check_fraction) * C_out`` float32 values per layer); the rewritten model is
+run once per *wave*, the layers whose inputs depend on no layer still to be refitted (a chain has one layer
+per wave; parallel branches share one). Each run uses a copy of the model cut down to the tensors it needs.
+
+``lam = ridge * mean(diag(X^T X))``: with ``ridge`` None it is chosen per layer from :data:`RIDGE_GRID` by the
+error on held-out positions (drawn apart from the fitted ones). The held-out error of the weight-only stage and
+of the refitted one are reported per layer (``details["out_err"]``, ``details["refit_err"]``); when no ridge
+lowers the held-out error the weight-only weights are kept, so the refit never makes a layer worse there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .conv import conv_spec
+from .errors import OnnxConvError, OptionError, ShapeError
+from .graph import attrs_of, node_inputs_with_implicit, node_label, subgraphs_of, toposort
+from .passes.common import NamePool, PassResult, check_model
+
+__all__ = [
+    "CalibrationSet",
+    "load_calibration",
+    "model_inputs",
+    "LinearStage",
+    "find_stage",
+    "truncate_model",
+    "sample_patches",
+    "refit",
+    "RIDGE_GRID",
+]
+
+#: Relative ridge values tried when ``ridge`` is None (times the mean diagonal of ``X^T X``).
+RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+#: ONNX element type -> numpy dtype for calibration inputs.
+_NP_TYPES: dict[int, type] = {
+    TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64,
+    TensorProto.INT64: np.int64, TensorProto.INT32: np.int32, TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8, TensorProto.BOOL: np.bool_,
+}
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibration data
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration inputs: one array per model input, the batch (sample) axis first.
+
+    ``chunk`` is how many samples one onnxruntime run takes: the model's fixed batch size, else a few.
+    """
+
+    arrays: dict[str, np.ndarray]
+    source: str
+    chunk: int
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+    def chunks(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(first sample index, feeds) for consecutive runs over the whole set."""
+        for start in range(0, self.size, self.chunk):
+            yield start, {k: v[start:start + self.chunk] for k, v in self.arrays.items()}
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that must be fed (an input with an initializer of the same name has a default)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    t = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+
+
+def _read_arrays(p: Path, label: str) -> dict[str, np.ndarray]:
+    if p.is_dir():
+        files = sorted(p.glob("*.npy"))
+        if not files:
+            raise OptionError(f"{label}: folder has no .npy files (one file per model input, named after it)")
+        out = {}
+        for f in files:
+            try:
+                out[f.stem] = np.load(f, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise OptionError(f"{label}: cannot read {f.name} as .npy ({str(e).splitlines()[0]})") from None
+        return out
+    if p.suffix.lower() != ".npz":
+        raise OptionError(f"{label}: expected an .npz file or a folder of .npy files")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise OptionError(f"{label}: cannot read as .npz ({str(e).splitlines()[0]})") from None
+
+
+def load_calibration(path: str | Path, model: onnx.ModelProto, *, chunk: int = 4) -> CalibrationSet:
+    """Read calibration inputs and check them against the model's inputs.
+
+    ``path`` is an ``.npz`` file whose array names are the input names, or a folder of ``NAME.npy`` files. Each
+    array holds a batch of samples on its first axis: for a model input ``1x3x48xW`` an array ``B x 3 x 48 x W'``
+    (a fixed batch size ``b`` of the model needs ``B`` to be a multiple of ``b``; symbolic dims take any size).
+
+    Raises:
+        OptionError: unreadable file, missing or unknown input names, wrong dtype, rank or dims, or arrays with
+            different numbers of samples. Every message names the array and what was expected.
+    """
+    p = Path(path)
+    label = f"--calibration {p}"
+    if not p.exists():
+        raise OptionError(f"{label}: no such file or folder")
+    arrays = _read_arrays(p, label)
+    inputs = model_inputs(model)
+    names = [i.name for i in inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise OptionError(f"{label}: no array for model input(s) {missing} (arrays: {sorted(arrays)})")
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise OptionError(f"{label}: array(s) {extra} match no model input (inputs: {names})")
+    sizes: dict[str, int] = {}
+    fixed_batch: set[int] = set()
+    for vi in inputs:
+        a = arrays[vi.name]
+        elem = vi.type.tensor_type.elem_type
+        want = _NP_TYPES.get(elem)
+        if want is not None and a.dtype != np.dtype(want):
+            raise OptionError(f"{label}: array '{vi.name}' has dtype {a.dtype}, the model input is "
+                              f"{np.dtype(want).name} (save it with .astype(np.{np.dtype(want).name}))")
+        dims = _dims(vi)
+        shown = "x".join("?" if d is None else str(d) for d in dims) if dims is not None else "?"
+        if dims is not None:
+            if a.ndim != len(dims):
+                raise OptionError(f"{label}: array '{vi.name}' has shape {list(a.shape)}, expected {len(dims)} "
+                                  f"dims like the model input {shown} (the first axis counts samples)")
+            for i, (have, d) in enumerate(zip(a.shape[1:], dims[1:]), start=1):
+                if d is not None and have != d:
+                    raise OptionError(f"{label}: array '{vi.name}' has shape {list(a.shape)}: dim {i} is {have}, "
+                                      f"the model input {shown} needs {d}")
+            if dims and dims[0] is not None:
+                fixed_batch.add(dims[0])
+        if a.ndim == 0 or a.shape[0] == 0:
+            raise OptionError(f"{label}: array '{vi.name}' has no samples (shape {list(a.shape)})")
+        sizes[vi.name] = int(a.shape[0])
+    if len(set(sizes.values())) > 1:
+        raise OptionError(f"{label}: arrays hold different numbers of samples {sizes} (first axis)")
+    if len(fixed_batch) > 1:
+        raise OptionError(f"{label}: the model's inputs fix different batch sizes {sorted(fixed_batch)}")
+    n = next(iter(sizes.values())) if sizes else 0
+    if not sizes:
+        raise OptionError(f"{label}: the model has no inputs to calibrate with")
+    if fixed_batch:
+        b = fixed_batch.pop()
+        if n % b:
+            raise OptionError(f"{label}: {n} samples, but the model's fixed batch size {b} does not divide it")
+        step = b
+    else:
+        step = max(1, min(chunk, n))
+    return CalibrationSet(arrays={k: np.ascontiguousarray(arrays[k]) for k in names}, source=str(p), chunk=step)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The linear stage of a rewritten layer
+
+
+@dataclass
+class ConvTerm:
+    """One conv of a linear stage: it reads ``input`` with weight initializer ``weight``."""
+
+    node: onnx.NodeProto
+    input: str
+    weight: str
+    weight_shape: tuple[int, ...]
+    attrs: dict[str, Any]
+
+    @property
+    def group(self) -> int:
+        return int(self.attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+
+    @property
+    def c_in_group(self) -> int:
+        return self.weight_shape[1]
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.weight_shape[2:])
+
+
+@dataclass
+class LinearStage:
+    """``output = sum of the terms' convs + bias``: the part of a rewritten layer the refit changes."""
+
+    layer: str
+    output: str
+    terms: list[ConvTerm]
+    elem_type: int
+    wave: int = 0
+
+    @property
+    def group(self) -> int:
+        return self.terms[0].group
+
+    @property
+    def c_out(self) -> int:
+        return self.terms[0].weight_shape[0]
+
+    @property
+    def features(self) -> int:
+        """Unknowns per output channel, bias included: ``sum_t C_t/g * prod(k_t) + 1``."""
+        return sum(t.c_in_group * t.taps for t in self.terms) + 1
+
+
+def find_stage(model: onnx.ModelProto, output: str, layer: str) -> LinearStage | str:
+    """The linear stage producing ``output`` in ``model`` (top-level graph), or the reason there is none.
+
+    The stage is one Conv, or an Add tree whose leaves are Convs (the sum form); every conv needs an
+    initializer weight of a float type, and all need the same group and output channels.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {t.name: t for t in model.graph.initializer}
+    terms: list[ConvTerm] = []
+
+    def walk(name: str, depth: int) -> str | None:
+        node = producers.get(name)
+        if node is None:
+            return f"'{name}' is not computed by a node of the main graph"
+        if node.op_type == "Add" and (node.domain or "") in ("", "ai.onnx") and depth < 64:
+            for i in node.input:
+                why = walk(i, depth + 1)
+                if why:
+                    return why
+            return None
+        if node.op_type != "Conv" or (node.domain or "") not in ("", "ai.onnx"):
+            return f"'{name}' comes from {node.op_type}, not from a conv or a sum of convs"
+        w = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if w is None or w.data_type not in _FLOAT_TYPES:
+            return f"conv '{node_label(node)}' has no float initializer weight"
+        terms.append(ConvTerm(node, node.input[0], w.name, tuple(int(d) for d in w.dims), attrs_of(node)))
+        return None
+
+    why = walk(output, 0)
+    if why:
+        return why
+    if len({(t.group, t.weight_shape[0]) for t in terms}) != 1:
+        return "the stage's convs differ in group or output channels"
+    return LinearStage(layer, output, terms, inits[terms[0].weight].data_type)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running parts of a model
+
+
+def truncate_model(model: onnx.ModelProto, outputs: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of ``model`` that computes only ``outputs`` (name -> element type), as its graph outputs.
+
+    Keeps every graph input (the caller feeds them all), the nodes the outputs depend on and the initializers
+    those nodes read. onnxruntime then runs the prefix of the network that matters and nothing else.
+    """
+    needed = set(outputs)
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(toposort(model.graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node_inputs_with_implicit(node))
+    keep.reverse()
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    g.name = model.graph.name
+    inits = {t.name for t in model.graph.initializer}
+    g.input.extend(i for i in model.graph.input if i.name not in inits or i.name in needed)
+    g.initializer.extend(t for t in model.graph.initializer if t.name in needed)
+    g.sparse_initializer.extend(model.graph.sparse_initializer)
+    g.node.extend(keep)
+    g.output.extend(helper.make_tensor_value_info(n, t, None) for n, t in outputs.items())
+    return m
+
+
+def _session(model: onnx.ModelProto, providers: Sequence[str], threads: int | None):  # type: ignore[no-untyped-def]
+    from . import compare
+
+    return compare.session(model, providers=list(providers), threads=threads)
+
+
+def _run(sess, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    try:
+        return dict(zip(names, sess.run(list(names), dict(feeds))))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxConvError(f"onnxruntime failed on the calibration inputs: {first[:300]}") from e
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _draw(seed: int, layer: int, sample: int, positions: int, n_fit: int, n_check: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) flat output positions of one sample for one layer: disjoint, fixed by the seed."""
+    rng = np.random.default_rng((seed, layer, sample))
+    want = n_fit + n_check
+    if want >= positions:
+        order = rng.permutation(positions)
+        cut = max(1, round(positions * n_fit / want)) if positions > 1 else positions
+        return np.sort(order[:cut]), np.sort(order[cut:])
+    pick = rng.choice(positions, size=want, replace=False)
+    return np.sort(pick[:n_fit]), np.sort(pick[n_fit:])
+
+
+def sample_patches(z: np.ndarray, term: ConvTerm, out_spatial: Sequence[int], positions: np.ndarray) -> np.ndarray:
+    """The receptive-field patches of one sample ``z`` (``C x D...``) at flat output ``positions``.
+
+    Returns ``(len(positions), C, prod(kernel))`` in the weight's order (channel, then kernel taps in C order),
+    so that ``patch.reshape(S, -1) @ W[n].ravel()`` is the conv's output ``n`` without bias at each position.
+    Pads, strides and dilations (auto_pad resolved against ``z``'s size) are those of ``term``'s conv.
+    """
+    spec = conv_spec("Conv", term.attrs, term.weight_shape, False, (1, *z.shape))
+    k = len(spec.kernel_shape)
+    if tuple(spec.output_shape[2:]) != tuple(out_spatial):
+        raise ShapeError(f"conv '{node_label(term.node)}' outputs {list(spec.output_shape[2:])}, "
+                         f"the stage's output is {list(out_spatial)}")
+    coords = np.unravel_index(positions, tuple(out_spatial))
+    pads = spec.pads or (0,) * (2 * k)
+    if all(d == 1 for d in spec.kernel_shape) and not any(pads):
+        idx = tuple(c * s for c, s in zip(coords, spec.strides))
+        return np.moveaxis(z[(slice(None), *idx)], 0, 1)[:, :, None]
+    if any(pads):
+        z = np.pad(z, [(0, 0)] + [(pads[i], pads[k + i]) for i in range(k)])
+    taps = np.indices(spec.kernel_shape).reshape(k, -1)  # (k, K) in C order
+    idx = tuple(coords[a][:, None] * spec.strides[a] + taps[a][None, :] * spec.dilations[a] for a in range(k))
+    return np.moveaxis(z[(slice(None), *idx)], 0, 1)  # (C, S, K) -> (S, C, K)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normal equations and the solve
+
+
+@dataclass
+class _Normal:
+    """Per-group ``X^T X``, ``X^T T`` and ``sum T^2`` (float64) for the fitted and the held-out positions."""
+
+    g: int
+    d: int
+    n: int
+    fit: list[list[np.ndarray]] = field(default_factory=list)
+    check: list[list[np.ndarray]] = field(default_factory=list)
+    tt_check: float = 0.0
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        self.fit = [[np.zeros((self.d, self.d)), np.zeros((self.d, self.n))] for _ in range(self.g)]
+        self.check = [[np.zeros((self.d, self.d)), np.zeros((self.d, self.n))] for _ in range(self.g)]
+
+    def add(self, which: str, gi: int, x: np.ndarray, t: np.ndarray) -> None:
+        acc = (self.fit if which == "fit" else self.check)[gi]
+        a = np.concatenate([x.astype(np.float64), np.ones((x.shape[0], 1))], axis=1)
+        t64 = t.astype(np.float64)
+        acc[0] += a.T @ a
+        acc[1] += a.T @ t64
+        if which == "check":
+            self.tt_check += float(np.sum(t64 * t64))
+        else:
+            self.samples += x.shape[0] if gi == 0 else 0
+
+    def check_error(self, coefs: Sequence[np.ndarray]) -> float | None:
+        """Relative held-out error ``||X A - T|| / ||T||`` from the normal equations (None without held-out)."""
+        if self.tt_check <= 0.0:
+            return None
+        err = 0.0
+        for (xx, xt), a in zip(self.check, coefs):
+            err += float(np.sum(a * (xx @ a)) - 2.0 * np.sum(a * xt))
+        return math.sqrt(max(0.0, err + self.tt_check) / self.tt_check)
+
+    def solve(self, a0: Sequence[np.ndarray], ridge: float) -> list[np.ndarray] | None:
+        """Ridge solution towards ``a0`` per group; None when the system is singular even with the ridge."""
+        out = []
+        for (xx, xt), prior in zip(self.fit, a0):
+            scale = float(np.mean(np.diag(xx)[:-1])) if self.d > 1 else 1.0
+            lam = ridge * (scale if scale > 0 else 1.0)
+            try:
+                out.append(np.linalg.solve(xx + lam * np.eye(self.d), xt + lam * prior))
+            except np.linalg.LinAlgError:
+                return None
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights in and out of the model
+
+
+def _stage_coefs(stage: LinearStage, arrays: Mapping[str, np.ndarray], bias: np.ndarray) -> list[np.ndarray]:
+    """The stage's current weights as one ``(D + 1) x N/g`` matrix per group (rows: features, then bias)."""
+    g, n = stage.group, stage.c_out
+    ng = n // g
+    out = []
+    for gi in range(g):
+        rows = [arrays[t.weight][gi * ng:(gi + 1) * ng].reshape(ng, -1).T for t in stage.terms]
+        rows.append(bias[None, gi * ng:(gi + 1) * ng])
+        out.append(np.concatenate(rows, axis=0).astype(np.float64))
+    return out
+
+
+def _stage_bias(stage: LinearStage, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    total = np.zeros(stage.c_out)
+    for t in stage.terms:
+        if len(t.node.input) > 2 and t.node.input[2]:
+            b = arrays.get(t.node.input[2])
+            if b is None:
+                raise KeyError(t.node.input[2])
+            total = total + b.astype(np.float64)
+    return total
+
+
+class _Writer:
+    """Writes refitted weights into the model, copying an initializer another node still reads."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.names = NamePool(model)
+        self.index = {t.name: i for i, t in enumerate(model.graph.initializer)}
+        self.users: dict[str, int] = {}
+
+        def count(graph: onnx.GraphProto) -> None:
+            for n in graph.node:
+                for i in n.input:
+                    self.users[i] = self.users.get(i, 0) + 1
+                for _, sub in subgraphs_of(n):
+                    count(sub)
+
+        count(model.graph)
+        for o in model.graph.output:
+            self.users[o.name] = self.users.get(o.name, 0) + 1
+
+    def array(self, name: str) -> np.ndarray | None:
+        i = self.index.get(name)
+        return None if i is None else numpy_helper.to_array(self.model.graph.initializer[i])
+
+    def put(self, node: onnx.NodeProto, slot: int, value: np.ndarray, base: str) -> None:
+        """Make input ``slot`` of ``node`` an initializer holding ``value`` (in place when nobody else reads it)."""
+        current = node.input[slot] if len(node.input) > slot else ""
+        if current and current in self.index and self.users.get(current, 0) == 1:
+            i = self.index[current]
+            self.model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, current))
+            return
+        name = self.names.new(base)
+        self.model.graph.initializer.append(numpy_helper.from_array(value, name))
+        self.index[name] = len(self.model.graph.initializer) - 1
+        self.users[name] = 1
+        if current:
+            self.users[current] = self.users.get(current, 1) - 1
+        while len(node.input) <= slot:
+            node.input.append("")
+        node.input[slot] = name
+
+    def write(self, stage: LinearStage, coefs: Sequence[np.ndarray]) -> None:
+        g, ng = stage.group, stage.c_out // stage.group
+        row = 0
+        bias = np.concatenate([c[-1] for c in coefs])
+        for k, t in enumerate(stage.terms):
+            size = t.c_in_group * t.taps
+            w = np.concatenate([c[row:row + size].T for c in coefs], axis=0)  # (N, C_t/g * K_t)
+            row += size
+            dtype = self.array(t.weight).dtype  # type: ignore[union-attr]
+            base = node_label(t.node)
+            self.put(t.node, 1, w.reshape(t.weight_shape).astype(dtype), f"{base}_refit_W")
+            if k == 0:
+                self.put(t.node, 2, bias.astype(dtype), f"{base}_refit_B")
+            elif len(t.node.input) > 2:
+                # The whole bias now sits on the first term.
+                if t.node.input[2]:
+                    self.users[t.node.input[2]] = self.users.get(t.node.input[2], 1) - 1
+                del t.node.input[2:]
+        assert row + 1 == stage.features and len(coefs) == g and coefs[0].shape[1] == ng
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The refit
+
+
+def _waves(model: onnx.ModelProto, stages: Sequence[LinearStage]) -> None:
+    """Set ``stage.wave``: 1 + the largest wave of a refitted layer upstream of its inputs (0 when none)."""
+    by_output = {s.output: s for s in stages}
+    level: dict[str, int] = {}
+    for node in toposort(model.graph.node):
+        lv = max((level.get(i, 0) for i in node_inputs_with_implicit(node)), default=0)
+        for o in node.output:
+            level[o] = lv
+            s = by_output.get(o)
+            if s is not None:
+                s.wave = max((level.get(t.input, 0) for t in s.terms), default=0)
+                level[o] = s.wave + 1
+
+
+def _top_level_outputs(original: onnx.ModelProto) -> dict[str, str]:
+    """Layer label (as the passes name top-level nodes) -> the node's first output."""
+    return {node_label(n): n.output[0] for n in original.graph.node if n.output}
+
+
+@dataclass
+class _Plan:
+    stage: LinearStage
+    index: int
+    out_spatial: tuple[int, ...] = ()
+    n_fit: int = 0
+    n_check: int = 0
+    t_fit: np.ndarray | None = None
+    t_check: np.ndarray | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _collect_targets(original: onnx.ModelProto, plans: Sequence[_Plan], calib: CalibrationSet, positions: int,
+                     check_fraction: float, seed: int, providers: Sequence[str], threads: int | None) -> None:
+    """One pass of the original model: each layer's output at its sampled positions (float32)."""
+    outputs = {p.stage.output: p.stage.elem_type for p in plans}
+    sess = _session(truncate_model(original, outputs), providers, threads)
+    names = list(outputs)
+    per = max(1, math.ceil(positions / calib.size))
+    per_check = max(1, math.ceil(positions * check_fraction / calib.size)) if check_fraction > 0 else 0
+    for start, feeds in calib.chunks():
+        outs = _run(sess, feeds, names)
+        for p in plans:
+            y = outs[p.stage.output]
+            if p.t_fit is None:
+                p.out_spatial = tuple(int(d) for d in y.shape[2:])
+                total = math.prod(p.out_spatial)
+                fit0, chk0 = _draw(seed, p.index, 0, total, per, per_check)
+                p.n_fit, p.n_check = len(fit0), len(chk0)
+                p.t_fit = np.zeros((calib.size, p.n_fit, y.shape[1]), np.float32)
+                p.t_check = np.zeros((calib.size, p.n_check, y.shape[1]), np.float32)
+            flat = y.reshape(y.shape[0], y.shape[1], -1)
+            for i in range(y.shape[0]):
+                fit, chk = _draw(seed, p.index, start + i, flat.shape[2], per, per_check)
+                p.t_fit[start + i] = flat[i][:, fit].T
+                p.t_check[start + i] = flat[i][:, chk].T  # type: ignore[index]
+
+
+def _accumulate(plan: _Plan, outs: Mapping[str, np.ndarray], start: int, count: int, acc: _Normal, seed: int,
+                per: int, per_check: int) -> None:
+    stage = plan.stage
+    g, ng = stage.group, stage.c_out // stage.group
+    for i in range(count):
+        sample = start + i
+        fit, chk = _draw(seed, plan.index, sample, math.prod(plan.out_spatial), per, per_check)
+        for which, pos, t in (("fit", fit, plan.t_fit[sample]), ("check", chk, plan.t_check[sample])):  # type: ignore[index]
+            if len(pos) == 0:
+                continue
+            patches = [sample_patches(outs[term.input][i], term, plan.out_spatial, pos) for term in stage.terms]
+            for gi in range(g):
+                x = np.concatenate(
+                    [p[:, gi * term.c_in_group:(gi + 1) * term.c_in_group, :].reshape(len(pos), -1)
+                     for p, term in zip(patches, stage.terms)], axis=1)
+                acc.add(which, gi, x, t[:, gi * ng:(gi + 1) * ng])
+
+
+def refit(
+    original: onnx.ModelProto,
+    result: PassResult,
+    calibration: CalibrationSet,
+    *,
+    positions: int = 8192,
+    check_fraction: float = 0.25,
+    ridge: float | None = None,
+    seed: int = 0,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+) -> PassResult:
+    """Refit the linear stage of every rewritten layer of ``result`` to the original model's outputs.
+
+    Args:
+        original: the model the pass rewrote (weights loaded); gives the target outputs.
+        result: the pass's result; not modified.
+        calibration: inputs from :func:`load_calibration` (checked against ``original``).
+        positions: output positions per layer used for the fit (spread over the samples); ``check_fraction``
+            times as many more are held out to choose the ridge and report errors.
+        ridge: relative ridge ``lam / mean(diag(X^T X))``; None picks it per layer from :data:`RIDGE_GRID`.
+        seed: the position sampling seed.
+        providers, threads: onnxruntime settings for collecting activations.
+
+    Returns:
+        A new :class:`PassResult` with the refitted model. Each rewritten layer's ``details`` gain ``out_err``
+        and ``refit_err`` (relative output error on held-out positions, weight-only vs refitted, with the
+        refitted upstream network) and ``ridge``, or ``refit`` with the reason the layer was not refitted.
+
+    Raises:
+        OptionError: bad ``positions``/``check_fraction``/``ridge``. OnnxConvError: onnxruntime fails on the
+        inputs. RewriteError: the refitted model fails the checker (it should not: only weights change).
+    """
+    if positions < 1:
+        raise OptionError(f"positions {positions}: must be at least 1")
+    if not 0 <= check_fraction <= 1:
+        raise OptionError(f"check fraction {check_fraction}: must be in [0, 1]")
+    if ridge is not None and not (ridge >= 0 and math.isfinite(ridge)):
+        raise OptionError(f"ridge {ridge}: must be a finite number >= 0")
+    model = onnx.ModelProto()
+    model.CopyFrom(result.model)
+    layers = [replace(c, details=dict(c.details)) for c in result.layers]
+    outputs = _top_level_outputs(original)
+    plans: list[_Plan] = []
+    plan_of: dict[int, _Plan] = {}
+    for change in layers:
+        if not change.rewritten:
+            continue
+        y = outputs.get(change.name)
+        found = find_stage(model, y, change.name) if y is not None else "inside a subgraph: not refitted"
+        if isinstance(found, str):
+            change.details["refit"] = found
+            continue
+        plans.append(_Plan(found, len(plans)))
+        plan_of[id(change)] = plans[-1]
+    if plans:
+        _collect_targets(original, plans, calibration, positions, check_fraction, seed, providers, threads)
+        _refit_waves(model, plans, calibration, positions, check_fraction, ridge, seed, providers, threads)
+    for change in layers:
+        if id(change) in plan_of:
+            change.details.update(plan_of[id(change)].report)
+    check_model(model, original)
+    options = dict(result.options)
+    options["calibration"] = {"source": calibration.source, "samples": calibration.size, "positions": positions,
+                              "check_fraction": check_fraction, "ridge": "auto" if ridge is None else ridge,
+                              "seed": seed, "layers_refitted": sum(1 for p in plans if "ridge" in p.report)}
+    return PassResult(model=model, layers=layers, pass_name=result.pass_name, options=options)
+
+
+def _refit_waves(model: onnx.ModelProto, plans: Sequence[_Plan], calib: CalibrationSet, positions: int,
+                 check_fraction: float, ridge: float | None, seed: int, providers: Sequence[str],
+                 threads: int | None) -> None:
+    writer = _Writer(model)
+    _waves(model, [p.stage for p in plans])
+    per = max(1, math.ceil(positions / calib.size))
+    per_check = max(1, math.ceil(positions * check_fraction / calib.size)) if check_fraction > 0 else 0
+    for wave in sorted({p.stage.wave for p in plans}):
+        members = [p for p in plans if p.stage.wave == wave]
+        feature_names = {t.input: p.stage.elem_type for p in members for t in p.stage.terms}
+        sess = _session(truncate_model(model, feature_names), providers, threads)
+        names = list(feature_names)
+        accs = {p.index: _Normal(p.stage.group, p.stage.features, p.stage.c_out // p.stage.group) for p in members}
+        for start, feeds in calib.chunks():
+            outs = _run(sess, feeds, names)
+            count = next(iter(outs.values())).shape[0]
+            for p in members:
+                _accumulate(p, outs, start, count, accs[p.index], seed, per, per_check)
+        for p in members:
+            p.report = _solve_and_write(p.stage, accs[p.index], writer, ridge)
+
+
+def _solve_and_write(stage: LinearStage, acc: _Normal, writer: _Writer, ridge: float | None) -> dict[str, Any]:
+    arrays = {t.weight: writer.array(t.weight) for t in stage.terms}
+    arrays.update({t.node.input[2]: writer.array(t.node.input[2]) for t in stage.terms
+                   if len(t.node.input) > 2 and t.node.input[2]})
+    if any(v is None for v in arrays.values()):
+        return {"refit": "a weight or bias of the stage is not an initializer"}
+    a0 = _stage_coefs(stage, arrays, _stage_bias(stage, arrays))  # type: ignore[arg-type]
+    before = acc.check_error(a0)
+    grid = RIDGE_GRID if ridge is None else (ridge,)
+    best: tuple[float, float, list[np.ndarray]] | None = None
+    for lam in grid:
+        coefs = acc.solve(a0, lam)
+        if coefs is None:
+            continue
+        err = acc.check_error(coefs)
+        score = err if err is not None else 0.0
+        if best is None or score < best[0]:
+            best = (score, lam, coefs)
+        if err is None:
+            break  # nothing held out to choose with: the first (or given) ridge stands
+    report: dict[str, Any] = {"out_err": before, "samples": acc.samples}
+    if best is None:
+        report["refit"] = "singular normal equations"
+        return report
+    after = acc.check_error(best[2])
+    if before is not None and after is not None and after >= before:
+        report["refit_err"] = before
+        report["refit"] = "kept weight-only: no ridge lowered the held-out error"
+        return report
+    writer.write(stage, best[2])
+    report["refit_err"] = after
+    report["ridge"] = best[1]
+    return report

@@ -1,0 +1,298 @@
+"""Calibration refit: it lowers output error against weight-only, is exact when the rank suffices, and checks
+calibration files. onnxruntime is the oracle throughout."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from onnxconv import calibrate, compare
+from onnxconv.errors import OptionError
+from onnxconv.passes.ranks import RankPolicy
+from onnxconv.passes.separable import separate
+
+from .modelkit import init, make_model, tensor
+
+
+def lowrank_weight(rng: np.random.Generator, n: int, m: int, k: int, r: int, noise: float) -> np.ndarray:
+    """Conv weight whose per-input-channel slices have rank ``r``, plus Gaussian noise."""
+    u = rng.standard_normal((m, n, r))
+    v = rng.standard_normal((m, r, k * k))
+    w = np.einsum("mnr,mrk->nmk", u, v) + noise * rng.standard_normal((n, m, k * k))
+    return w.reshape(n, m, k, k).astype(np.float32)
+
+
+def smooth_inputs(rng: np.random.Generator, n: int, c: int, size: int) -> np.ndarray:
+    """Spatially correlated inputs (box-filtered noise), as images are; white noise would make the weight-only
+    SVD already optimal for the first layer."""
+    x = rng.standard_normal((n, c, size + 4, size + 4))
+    csum = np.cumsum(np.cumsum(np.pad(x, ((0, 0), (0, 0), (1, 0), (1, 0))), 2), 3)
+    box = csum[:, :, 5:, 5:] - csum[:, :, :-5, 5:] - csum[:, :, 5:, :-5] + csum[:, :, :-5, :-5]
+    return (box / 5).astype(np.float32)
+
+
+def two_layer(rng: np.random.Generator, *, group: int = 1, bias2: bool = False, c: int = 8) -> onnx.ModelProto:
+    """X (N x c x H x W) -> conv 3x3 (bias) -> Relu -> conv 3x3 (group) -> Y, with low-rank-plus-noise weights."""
+    w1 = lowrank_weight(rng, 16, c, 3, 2, 0.5)
+    w2 = np.concatenate([lowrank_weight(rng, 16 // group, 16 // group, 3, 2, 0.5) for _ in range(group)])
+    inits = [init("W1", w1), init("B1", rng.standard_normal(16).astype(np.float32)), init("W2", w2)]
+    ins2 = ["r", "W2"]
+    if bias2:
+        inits.append(init("B2", rng.standard_normal(16).astype(np.float32)))
+        ins2.append("B2")
+    nodes = [
+        helper.make_node("Conv", ["X", "W1", "B1"], ["h"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Conv", ins2, ["Y"], name="c2", pads=[1, 1, 1, 1], group=group),
+    ]
+    return make_model(nodes, [tensor("X", ["N", c, 12, 12])], [tensor("Y", None)], inits)
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return compare.run_model(compare.session(model), feeds)["Y"]
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(a.astype(np.float64)))
+
+
+def calib(tmp_path, model: onnx.ModelProto, **arrays: np.ndarray) -> calibrate.CalibrationSet:
+    path = tmp_path / "cal.npz"
+    np.savez(path, **arrays)
+    return calibrate.load_calibration(path, model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The refit lowers the error of what the network computes
+
+
+@settings(max_examples=6, deadline=None)
+@given(form=st.sampled_from(["concat", "sum", "multiplier"]), group=st.sampled_from([1, 2]),
+       bias2=st.booleans(), seed=st.integers(0, 2**16))
+def test_refit_beats_weight_only_on_held_out_inputs(tmp_path_factory, form, group, bias2, seed) -> None:
+    rng = np.random.default_rng(seed)
+    model = two_layer(rng, group=group, bias2=bias2)
+    cal = calib(tmp_path_factory.mktemp("cal"), model, X=smooth_inputs(rng, 16, 8, 12))
+    weight_only = separate(model, RankPolicy("rank", 2), form=form)
+    fitted = calibrate.refit(model, weight_only, cal)
+    test = {"X": smooth_inputs(rng, 8, 8, 12)}  # inputs the refit never saw
+    ref = run(model, test)
+    e_w, e_r = rel(ref, run(weight_only.model, test)), rel(ref, run(fitted.model, test))
+    assert e_r < 0.9 * e_w, (e_w, e_r)
+    for c in fitted.layers:
+        assert c.details["refit_err"] <= c.details["out_err"]
+    # The pass result given to the refit is left as it was.
+    assert rel(run(weight_only.model, test), run(separate(model, RankPolicy("rank", 2), form=form).model, test)) == 0
+
+
+def test_refit_is_exact_when_the_rank_suffices_for_the_data(tmp_path) -> None:
+    """Inputs constant along the width make a 3x3 conv (no padding) act through 3 numbers per channel, so rank 3
+    fits the outputs exactly although the weight has rank 9 per slice: weight-only is far off, the refit exact."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((12, 6, 3, 3)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["X", "W"], ["Y"], name="conv")], [tensor("X", ["N", 6, 10, 10])],
+                       [tensor("Y", None)], [init("W", w)])
+    cols = rng.standard_normal((24, 6, 10, 1)).astype(np.float32)
+    cal = calib(tmp_path, model, X=np.repeat(cols[:16], 10, axis=3))
+    weight_only = separate(model, RankPolicy("rank", 3), force=True)
+    fitted = calibrate.refit(model, weight_only, cal)
+    test = {"X": np.repeat(cols[16:], 10, axis=3)}
+    ref = run(model, test)
+    assert rel(ref, run(weight_only.model, test)) > 0.1
+    assert rel(ref, run(fitted.model, test)) < 1e-4
+    assert fitted.layers[0].details["refit_err"] < 1e-4
+
+
+def test_refit_keeps_an_exact_low_rank_weight_exact(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    model = two_layer(rng)
+    for name in ("W1", "W2"):  # drop the noise: every slice has rank 2 exactly
+        t = next(t for t in model.graph.initializer if t.name == name)
+        t.CopyFrom(init(name, lowrank_weight(rng, 16, t.dims[1], 3, 2, 0.0)))
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
+    fitted = calibrate.refit(model, separate(model, RankPolicy("rank", 2)), cal)
+    test = {"X": smooth_inputs(rng, 4, 8, 12)}
+    assert rel(run(model, test), run(fitted.model, test)) < 1e-4
+
+
+def test_layer_inputs_come_from_the_refitted_upstream(tmp_path) -> None:
+    """Asymmetric scheme: the second layer is exact-rank (weight-only error 0 on its own input), yet its refit
+    error with the lossy upstream is below its weight-only error there - it compensates the upstream error."""
+    rng = np.random.default_rng(3)
+    model = two_layer(rng)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 16, 8, 12))
+    res = separate(model, RankPolicy("rank", 1), form="concat", force=True)
+    fitted = calibrate.refit(model, res, cal)
+    c2 = next(c for c in fitted.layers if c.name == "c2")
+    assert c2.details["out_err"] > 0.05  # the upstream rank-1 error reaches c2's output
+    assert c2.details["refit_err"] < c2.details["out_err"]
+
+
+def test_shared_weights_get_their_own_refitted_copies(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    w = lowrank_weight(rng, 8, 8, 3, 2, 0.5)
+    nodes = [
+        helper.make_node("Conv", ["X", "W"], ["a"], name="ca", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "W"], ["Y"], name="cb", pads=[1, 1, 1, 1]),
+    ]
+    model = make_model(nodes, [tensor("X", ["N", 8, 10, 10])], [tensor("Y", None)], [init("W", w)])
+    res = separate(model, RankPolicy("rank", 2))
+    pw_weights = {n.input[1] for n in res.model.graph.node if n.name.endswith("/pw")}
+    assert len(pw_weights) == 1  # the pass shares the pointwise weight between the two layers
+    fitted = calibrate.refit(model, res, calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 10)))
+    pw = [n for n in fitted.model.graph.node if n.name.endswith("/pw")]
+    assert len({n.input[1] for n in pw}) == 2
+    test = {"X": smooth_inputs(rng, 4, 8, 10)}
+    assert rel(run(model, test), run(fitted.model, test)) < rel(run(model, test), run(res.model, test))
+
+
+def test_refit_options_are_recorded_and_checked(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    model = two_layer(rng)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 4, 8, 12))
+    res = separate(model, RankPolicy("rank", 2))
+    out = calibrate.refit(model, res, cal, ridge=1e-3, positions=100)
+    assert out.options["calibration"]["samples"] == 4 and out.options["calibration"]["ridge"] == 1e-3
+    assert all(c.details["ridge"] == 1e-3 for c in out.layers)
+    with pytest.raises(OptionError, match="ridge"):
+        calibrate.refit(model, res, cal, ridge=-1.0)
+    with pytest.raises(OptionError, match="positions"):
+        calibrate.refit(model, res, cal, positions=0)
+
+
+def test_layers_on_parallel_branches_share_a_wave() -> None:
+    rng = np.random.default_rng(6)
+    ws = {f"W{i}": rng.standard_normal((8, 8, 3, 3)).astype(np.float32) for i in range(4)}
+    nodes = [
+        helper.make_node("Conv", ["X", "W0"], ["a"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "W1"], ["b"], name="left", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "W2"], ["c"], name="right", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["b", "c"], ["d"], name="add"),
+        helper.make_node("Conv", ["d", "W3"], ["Y"], name="head", pads=[1, 1, 1, 1]),
+    ]
+    model = make_model(nodes, [tensor("X", [1, 8, 6, 6])], [tensor("Y", None)], [init(k, v) for k, v in ws.items()])
+    res = separate(model, RankPolicy("rank", 2))
+    stages = [calibrate.find_stage(res.model, y, n) for n, y in
+              (("stem", "a"), ("left", "b"), ("right", "c"), ("head", "Y"))]
+    assert all(isinstance(s, calibrate.LinearStage) for s in stages)
+    calibrate._waves(res.model, stages)  # type: ignore[arg-type]
+    assert [s.wave for s in stages] == [0, 1, 1, 2]  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+@settings(max_examples=25, deadline=None)
+@given(kernel=st.sampled_from([(1, 1), (3, 3), (2, 3), (1, 3)]), stride=st.sampled_from([1, 2]),
+       dilation=st.sampled_from([1, 2]), pad=st.sampled_from(["none", "explicit", "SAME_UPPER", "SAME_LOWER"]),
+       group=st.sampled_from([1, 2]), seed=st.integers(0, 1000))
+def test_patches_times_weights_is_the_conv_output(kernel, stride, dilation, pad, group, seed) -> None:
+    rng = np.random.default_rng(seed)
+    attrs: dict[str, object] = {"kernel_shape": list(kernel), "strides": [stride] * 2, "group": group}
+    if pad == "explicit":
+        attrs["pads"] = [1, 0, 0, 2]
+    elif pad != "none":
+        attrs["auto_pad"] = pad
+        dilation = 1  # onnxruntime refuses SAME_* with dilation > 1 (conv-math.md)
+    attrs["dilations"] = [dilation] * 2
+    w = rng.standard_normal((4, 4 // group, *kernel)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["X", "W"], ["Y"], name="c", **attrs)], [tensor("X", [1, 4, 9, 8])],
+                       [tensor("Y", None)], [init("W", w)])
+    x = rng.standard_normal((1, 4, 9, 8)).astype(np.float32)
+    y = run(model, {"X": x})[0]
+    term = calibrate.ConvTerm(model.graph.node[0], "X", "W", w.shape, attrs)
+    pos = rng.choice(int(np.prod(y.shape[1:])), size=min(10, int(np.prod(y.shape[1:]))), replace=False)
+    patches = calibrate.sample_patches(x[0], term, y.shape[1:], pos)
+    cg, ng = 4 // group, 4 // group
+    for gi in range(group):
+        got = patches[:, gi * cg:(gi + 1) * cg].reshape(len(pos), -1) @ w[gi * ng:(gi + 1) * ng].reshape(ng, -1).T
+        want = y.reshape(4, -1)[gi * ng:(gi + 1) * ng, pos].T
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_truncate_model_runs_only_what_the_outputs_need() -> None:
+    rng = np.random.default_rng(7)
+    model = two_layer(rng)
+    cut = calibrate.truncate_model(model, {"h": TensorProto.FLOAT})
+    assert [n.name for n in cut.graph.node] == ["c1"]
+    assert {t.name for t in cut.graph.initializer} == {"W1", "B1"}
+    x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
+    h = compare.run_model(compare.session(cut), {"X": x})["h"]
+    assert h.shape == (2, 16, 12, 12)
+
+
+def test_fixed_batch_model_is_fed_one_sample_at_a_time(tmp_path) -> None:
+    rng = np.random.default_rng(8)
+    model = two_layer(rng)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 6, 8, 12))
+    assert cal.chunk == 1 and [s for s, _ in cal.chunks()] == list(range(6))
+    out = calibrate.refit(model, separate(model, RankPolicy("rank", 2)), cal)
+    assert all(c.details["refit_err"] < c.details["out_err"] for c in out.layers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Calibration files
+
+
+@pytest.fixture
+def model() -> onnx.ModelProto:
+    return two_layer(np.random.default_rng(9))
+
+
+def test_a_folder_of_npy_files_loads(tmp_path, model) -> None:
+    np.save(tmp_path / "X.npy", np.zeros((3, 8, 12, 12), np.float32))
+    cal = calibrate.load_calibration(tmp_path, model)
+    assert cal.size == 3 and set(cal.arrays) == {"X"}
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.zeros((2, 8, 12, 12), np.float32)}, r"no array for model input\(s\) \['X'\].*arrays: \['x'\]"),
+        ({"X": np.zeros((2, 8, 12, 12), np.float32), "Z": np.zeros(2, np.float32)},
+         r"array\(s\) \['Z'\] match no model input"),
+        ({"X": np.zeros((2, 8, 12, 12), np.float64)}, r"'X' has dtype float64, the model input is float32"),
+        ({"X": np.zeros((8, 12, 12), np.float32)}, r"'X' has shape \[8, 12, 12\], expected 4 dims like the model "
+                                                    r"input \?x8x12x12 \(the first axis counts samples\)"),
+        ({"X": np.zeros((2, 3, 12, 12), np.float32)}, r"'X' has shape \[2, 3, 12, 12\]: dim 1 is 3, .* needs 8"),
+        ({"X": np.zeros((0, 8, 12, 12), np.float32)}, r"'X' has no samples"),
+    ],
+)
+def test_bad_calibration_files_get_clear_messages(tmp_path, model, arrays, message) -> None:
+    path = tmp_path / "cal.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(OptionError, match=message):
+        calibrate.load_calibration(path, model)
+
+
+def test_calibration_path_errors(tmp_path, model) -> None:
+    with pytest.raises(OptionError, match="no such file or folder"):
+        calibrate.load_calibration(tmp_path / "missing.npz", model)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OptionError, match="folder has no .npy files"):
+        calibrate.load_calibration(tmp_path / "empty", model)
+    (tmp_path / "cal.txt").write_text("x")
+    with pytest.raises(OptionError, match="expected an .npz file or a folder of .npy files"):
+        calibrate.load_calibration(tmp_path / "cal.txt", model)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(OptionError, match="cannot read as .npz"):
+        calibrate.load_calibration(tmp_path / "bad.npz", model)
+
+
+def test_sample_counts_and_fixed_batch_are_checked(tmp_path) -> None:
+    a = helper.make_node("Add", ["A", "B"], ["Y"], name="add")
+    two = make_model([a], [tensor("A", [2, 3]), tensor("B", [2, 3])], [tensor("Y", None)])
+    path = tmp_path / "cal.npz"
+    np.savez(path, A=np.zeros((4, 3), np.float32), B=np.zeros((6, 3), np.float32))
+    with pytest.raises(OptionError, match=r"different numbers of samples \{'A': 4, 'B': 6\}"):
+        calibrate.load_calibration(path, two)
+    np.savez(path, A=np.zeros((3, 3), np.float32), B=np.zeros((3, 3), np.float32))
+    with pytest.raises(OptionError, match="fixed batch size 2 does not divide it"):
+        calibrate.load_calibration(path, two)
