@@ -61,6 +61,7 @@ __all__ = [
     "truncate_model",
     "sample_patches",
     "refit",
+    "refit_from_file",
     "RIDGE_GRID",
 ]
 
@@ -718,3 +719,16 @@ def _solve_and_write(stage: LinearStage, acc: _Normal, writer: _Writer, ridge: f
     report["refit_err"] = after
     report["ridge"] = best[1]
     return report
+
+
+def refit_from_file(original: onnx.ModelProto, result: PassResult, path: str | Path, *, provider: str = "cpu",
+                    threads: int | None = None) -> PassResult:
+    """:func:`refit` with inputs read by :func:`load_calibration` and a provider by short name (cpu/cuda/...).
+
+    Raises:
+        OptionError: a bad calibration file or an unavailable provider (one line each).
+    """
+    from .bench import resolve_provider
+
+    chain = resolve_provider(provider).chain
+    return refit(original, result, load_calibration(path, original), providers=chain, threads=threads)

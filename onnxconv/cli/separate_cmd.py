@@ -188,10 +188,16 @@ def _json_default(v: Any) -> Any:
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Inputs for --verify from an .npz file (implies --verify).")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
+@click.option("--calibration", type=click.Path(path_type=str), default=None, metavar="FILE.npz|DIR",
+              help="Refit each rewritten layer by least squares to the original's outputs on these inputs "
+                   "(one array per model input, samples on the first axis).")
+@click.option("--provider", default="cpu", show_default=True,
+              help="onnxruntime provider that runs the model for --calibration: cpu, cuda or tensorrt.")
 def separate(model: str, output: str, mode: str, groups: int | None, rank: int | None, energy: float | None,
              exact: bool, max_error: float | None, budget: float | None, form: str, include: tuple[str, ...],
              exclude: tuple[str, ...], force: bool, input_shapes: tuple[str, ...], batch: int | None,
-             report_path: str | None, verify: bool, inputs: str | None, overwrite: bool) -> None:
+             report_path: str | None, verify: bool, inputs: str | None, overwrite: bool, calibration: str | None,
+             provider: str) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
     Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
@@ -205,6 +211,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
       onnxconv separate model.onnx -o small.onnx --budget 0.5 --report sep.json
       onnxconv separate model.onnx -o exact.onnx --exact --verify
       onnxconv separate model.onnx -o grouped.onnx --mode shuffle --groups 4
+      onnxconv separate model.onnx -o small.onnx --rank 2 --calibration calib.npz
     """
     values = {"rank": rank, "energy": energy, "exact": exact, "max_error": max_error, "budget": budget}
     if mode == "shuffle":
@@ -233,6 +240,10 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         from ..passes.shuffle import group_shuffle  # type: ignore[import-not-found]
 
         result = group_shuffle(m, groups=groups, node_filter=node_filter, force=force)
+    if calibration is not None:
+        from ..calibrate import refit_from_file
+
+        result = refit_from_file(m, result, calibration, provider=provider)
     del m
 
     agreements: list[Any] = []

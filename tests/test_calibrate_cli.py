@@ -1,0 +1,77 @@
+"""`onnxconv separate --calibration` through click's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxconv import compare
+from onnxconv.cli import main
+
+from .test_calibrate import rel, smooth_inputs, two_layer
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(11)
+    model = tmp_path / "in.onnx"
+    onnx.save(two_layer(rng), model)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, X=smooth_inputs(rng, 12, 8, 12))
+    return model, cal
+
+
+def separate(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, ["separate", *args])
+
+
+def test_calibration_refits_and_reports_per_layer_errors(tmp_path, files) -> None:
+    model, cal = files
+    plain, fitted = tmp_path / "plain.onnx", tmp_path / "fitted.onnx"
+    assert separate(str(model), "-o", str(plain), "--rank", "2").exit_code == 0
+    res = separate(str(model), "-o", str(fitted), "--rank", "2", "--calibration", str(cal))
+    assert res.exit_code == 0, res.output
+    assert res.output.count("out_err=") == 2 and res.output.count("refit_err=") == 2
+    test = {"X": smooth_inputs(np.random.default_rng(12), 6, 8, 12)}
+    ref = compare.run_model(compare.session(str(model)), test)["Y"]
+    e_plain = rel(ref, compare.run_model(compare.session(str(plain)), test)["Y"])
+    e_fit = rel(ref, compare.run_model(compare.session(str(fitted)), test)["Y"])
+    assert e_fit < 0.9 * e_plain
+
+
+def test_calibration_folder_of_npy_files(tmp_path, files) -> None:
+    model, cal = files
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    np.save(folder / "X.npy", np.load(cal)["X"])
+    res = separate(str(model), "-o", str(tmp_path / "o.onnx"), "--rank", "2", "--calibration", str(folder))
+    assert res.exit_code == 0, res.output
+    assert "refit_err=" in res.output
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"X": np.zeros((2, 8, 12, 12), np.float64)}, "array 'X' has dtype float64, the model input is float32"),
+    ({"input": np.zeros((2, 8, 12, 12), np.float32)}, r"no array for model input(s) ['X']"),
+    ({"X": np.zeros((2, 3, 12, 12), np.float32)}, "dim 1 is 3"),
+])
+def test_bad_calibration_is_one_error_line_and_nothing_is_written(tmp_path, files, arrays, message) -> None:
+    model, _ = files
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    out = tmp_path / "o.onnx"
+    res = separate(str(model), "-o", str(out), "--rank", "2", "--calibration", str(bad))
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: --calibration {bad}: ") and message in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_unknown_provider_is_refused(tmp_path, files) -> None:
+    model, cal = files
+    res = separate(str(model), "-o", str(tmp_path / "o.onnx"), "--rank", "2", "--calibration", str(cal),
+                   "--provider", "nope")
+    assert res.exit_code == 1 and "Error: --provider nope: unknown" in res.output
