@@ -139,12 +139,21 @@ class ConvSpec:
         return C.conv_flops(macs, outputs, self.has_bias)
 
 
-def _ints(value: Any, n: int, default: int, name: str) -> tuple[int, ...]:
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _ints(value: Any, n: int, default: int, name: str, minimum: int | None = None) -> tuple[int, ...]:
+    """An ints attribute with ``n`` values (``default`` repeated when absent), checked against ``minimum``."""
     if value is None:
         return (default,) * n
-    out = tuple(int(v) for v in value)
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ShapeError(f"attribute {name}={value!r} is not a list of integers") from None
     if len(out) != n:
         raise ShapeError(f"attribute {name}={list(out)} has {len(out)} values, expected {n}")
+    if minimum is not None and any(v < minimum for v in out):
+        raise ShapeError(f"attribute {name}={list(out)}: every value must be at least {minimum}")
     return out
 
 
@@ -170,19 +179,27 @@ def conv_spec(
     w = tuple(int(v) for v in weight_shape)
     if len(w) < 3:
         raise ShapeError(f"weight has shape {list(w)}: a conv weight needs at least 3 dims")
+    if any(v <= 0 for v in w):
+        raise ShapeError(f"weight has shape {list(w)}: every dim must be positive")
     k = len(w) - 2
     kernel = _ints(attrs.get("kernel_shape"), k, 0, "kernel_shape") if attrs.get("kernel_shape") is not None else w[2:]
     if tuple(kernel) != w[2:]:
         raise ShapeError(f"kernel_shape {list(kernel)} does not match weight shape {list(w)}")
-    strides = _ints(attrs.get("strides"), k, 1, "strides")
-    dilations = _ints(attrs.get("dilations"), k, 1, "dilations")
-    group = int(attrs.get("group", 1) or 1)
+    strides = _ints(attrs.get("strides"), k, 1, "strides", minimum=1)
+    dilations = _ints(attrs.get("dilations"), k, 1, "dilations", minimum=1)
+    try:
+        group = int(attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ShapeError(f"attribute group={attrs.get('group')!r} is not an integer") from None
+    if group < 1:
+        raise ShapeError(f"group={group} must be at least 1")
     auto_pad = attrs.get("auto_pad", "NOTSET") or "NOTSET"
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
+    if auto_pad not in _AUTO_PADS:
+        raise ShapeError(f"auto_pad={auto_pad!r} is not one of {', '.join(_AUTO_PADS)}")
     transposed = op_type == "ConvTranspose"
-    output_padding = _ints(attrs.get("output_padding"), k, 0, "output_padding") if transposed else ()
-    out_shape_attr = attrs.get("output_shape") if transposed else None
+    output_padding = _ints(attrs.get("output_padding"), k, 0, "output_padding", minimum=0) if transposed else ()
 
     x: list[int | None]
     if input_shape is None:
@@ -191,70 +208,19 @@ def conv_spec(
         x = [None if (v is None or (isinstance(v, int) and v < 0)) else int(v) for v in input_shape]
         if len(x) != k + 2:
             raise ShapeError(f"input has rank {len(x)} but the weight {list(w)} implies rank {k + 2}")
+    # The weight's first dim is C_out for Conv and C_in for ConvTranspose; either way it splits into groups.
+    if w[0] % group:
+        role = "C_in" if transposed else "C_out"
+        raise ShapeError(f"weight {list(w)}: {role}={w[0]} is not divisible by group={group}")
     c_in = w[0] if transposed else w[1] * group
-    if group < 1:
-        raise ShapeError(f"group={group} must be at least 1")
-    if transposed and w[0] % group:
-        raise ShapeError(f"weight {list(w)}: C_in={w[0]} is not divisible by group={group}")
-    if not transposed and w[0] % group:
-        raise ShapeError(f"weight {list(w)}: C_out={w[0]} is not divisible by group={group}")
     if x[1] is not None and x[1] != c_in:
         raise ShapeError(f"input has {x[1]} channels but weight {list(w)} with group={group} expects {c_in}")
     c_out = w[1] * group if transposed else w[0]
     spatial_in = x[2:]
-
-    pads: tuple[int, ...] | None
-    out_spatial: list[int | None] = []
     if transposed:
-        explicit_out = None
-        if out_shape_attr is not None:
-            explicit_out = [int(v) for v in out_shape_attr][-k:]
-        if explicit_out is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            begins, ends = [], []
-            for i in range(k):
-                d = spatial_in[i]
-                if explicit_out is not None:
-                    out_spatial.append(explicit_out[i])
-                else:
-                    out_spatial.append(None if d is None else d * strides[i])
-                if d is None or out_spatial[i] is None:
-                    begins = []
-                    break
-                b, e = C.conv_transpose_pads_for_output(
-                    d, kernel[i], strides[i], dilations[i], output_padding[i], out_spatial[i],  # type: ignore[arg-type]
-                    upper=auto_pad != "SAME_LOWER",
-                )
-                begins.append(b)
-                ends.append(e)
-            pads = tuple(begins + ends) if begins else None
-        else:
-            pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads")
-            for i in range(k):
-                d = spatial_in[i]
-                out_spatial.append(
-                    None if d is None else C.conv_transpose_output_size(
-                        d, kernel[i], strides[i], dilations[i], pads[i], pads[k + i], output_padding[i]
-                    )
-                )
+        pads, out_spatial = _transpose_geometry(attrs, spatial_in, kernel, strides, dilations, output_padding, auto_pad)
     else:
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            begins, ends = [], []
-            for i in range(k):
-                d = spatial_in[i]
-                if d is None:
-                    break
-                b, e = C.same_pads(d, kernel[i], strides[i], dilations[i], upper=auto_pad == "SAME_UPPER")
-                begins.append(b)
-                ends.append(e)
-            pads = tuple(begins + ends) if len(begins) == k else None
-            out_spatial = [None if d is None else -(-d // s) for d, s in zip(spatial_in, strides)]
-        else:
-            pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads")
-            for i in range(k):
-                d = spatial_in[i]
-                out_spatial.append(
-                    None if d is None else C.conv_output_size(d, kernel[i], strides[i], dilations[i], pads[i], pads[k + i])
-                )
+        pads, out_spatial = _conv_geometry(attrs, spatial_in, kernel, strides, dilations, auto_pad)
     if any(o is not None and o <= 0 for o in out_spatial):
         raise ShapeError(
             f"input spatial size {spatial_in} is too small for kernel {list(kernel)} "
@@ -274,3 +240,64 @@ def conv_spec(
         output_shape=tuple([x[0], c_out, *out_spatial]),
         output_padding=output_padding,
     )
+
+
+def _conv_geometry(
+    attrs: Mapping[str, Any], spatial_in: Sequence[int | None], kernel: Sequence[int], strides: Sequence[int],
+    dilations: Sequence[int], auto_pad: str,
+) -> tuple[tuple[int, ...] | None, list[int | None]]:
+    """(pads, output spatial dims) of a Conv; pads None when SAME_* meets an unknown input size."""
+    k = len(kernel)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if any(d is None for d in spatial_in):
+            pads = None
+        else:
+            pairs = [C.same_pads(d, kernel[i], strides[i], dilations[i], upper=auto_pad == "SAME_UPPER")  # type: ignore[arg-type]
+                     for i, d in enumerate(spatial_in)]
+            pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
+        return pads, [None if d is None else -(-d // s) for d, s in zip(spatial_in, strides)]
+    pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads", minimum=0)
+    out = [
+        None if d is None else C.conv_output_size(d, kernel[i], strides[i], dilations[i], pads[i], pads[k + i])
+        for i, d in enumerate(spatial_in)
+    ]
+    return pads, out
+
+
+def _transpose_geometry(
+    attrs: Mapping[str, Any], spatial_in: Sequence[int | None], kernel: Sequence[int], strides: Sequence[int],
+    dilations: Sequence[int], output_padding: Sequence[int], auto_pad: str,
+) -> tuple[tuple[int, ...] | None, list[int | None]]:
+    """(pads, output spatial dims) of a ConvTranspose.
+
+    ``output_shape`` (spatial dims, or the full N x C x ... shape) wins over pads and auto_pad and derives the
+    pads; SAME_* asks for ``D * s``; otherwise the explicit pads give the size.
+    """
+    k = len(kernel)
+    out_attr = attrs.get("output_shape")
+    explicit: list[int] | None = None
+    if out_attr is not None and len(out_attr) > 0:
+        explicit = list(_ints(out_attr, len(out_attr), 0, "output_shape", minimum=1))
+        if len(explicit) not in (k, k + 2):
+            raise ShapeError(f"attribute output_shape={explicit} has {len(explicit)} values, expected {k}")
+        explicit = explicit[-k:]
+    if explicit is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out: list[int | None] = (
+            list(explicit) if explicit is not None else [None if d is None else d * s for d, s in zip(spatial_in, strides)]
+        )
+        if any(d is None for d in spatial_in):
+            return None, out
+        pairs = [
+            C.conv_transpose_pads_for_output(d, kernel[i], strides[i], dilations[i], output_padding[i], out[i],  # type: ignore[arg-type]
+                                             upper=auto_pad == "SAME_UPPER")
+            for i, d in enumerate(spatial_in)
+        ]
+        return tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs), out
+    pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads", minimum=0)
+    out = [
+        None if d is None else C.conv_transpose_output_size(
+            d, kernel[i], strides[i], dilations[i], pads[i], pads[k + i], output_padding[i]
+        )
+        for i, d in enumerate(spatial_in)
+    ]
+    return pads, out

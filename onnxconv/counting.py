@@ -44,6 +44,8 @@ __all__ = [
     "separable_cost",
     "grouped_cost",
     "gemm_macs",
+    "recurrent_macs",
+    "recurrent_flops",
     "rf_step",
     "rf_step_transpose",
 ]
@@ -91,13 +93,15 @@ def conv_transpose_pads_for_output(
 ) -> tuple[int, int]:
     """Pads (begin, end) that make a ConvTranspose produce ``out`` (``output_shape`` or auto_pad SAME_*).
 
-    ``total = s*(D-1) + output_padding + k_eff - out``; SAME_UPPER puts the larger half at the beginning
-    (ONNX spec: ``pads[begin] = total - total/2``), SAME_LOWER at the end.
+    ``total = s*(D-1) + output_padding + k_eff - out``. As the ONNX spec and onnxruntime do it: SAME_UPPER
+    (``upper``) puts the odd pixel at the end, ``(total//2, total - total//2)``; SAME_LOWER and an explicit
+    ``output_shape`` put it at the beginning, ``(total - total//2, total//2)`` (checked against onnxruntime's outputs in
+    tests/test_conv.py).
     """
     total = s * (d - 1) + output_padding + effective_kernel(k, dilation) - out
     if upper:
-        return total - total // 2, total // 2
-    return total // 2, total - total // 2
+        return total // 2, total - total // 2
+    return total - total // 2, total // 2
 
 
 def conv_params(c_out: int, c_in_per_group: int, kernel: Sequence[int], bias: bool) -> int:
@@ -178,6 +182,22 @@ def grouped_cost(params_weight: int, macs: int, c_in: int, c_out: int, groups: i
 def gemm_macs(batch: int, m: int, k: int, n: int) -> int:
     """MACs of a (batched) matrix product ``[batch] x (M x K) @ (K x N)``: ``batch*M*K*N``."""
     return batch * m * k * n
+
+
+def recurrent_macs(seq: int, batch: int, directions: int, gates: int, hidden: int, input_size: int) -> int:
+    """MACs of an RNN/GRU/LSTM's matrix products: ``seq * batch * dirs * G*H * (I + H)``.
+
+    Every step multiplies the input by W (G*H x I) and the hidden state by R (G*H x H); G is 1 for RNN,
+    3 for GRU and 4 for LSTM. Gate nonlinearities and elementwise products are not MACs and are not counted.
+    """
+    return seq * batch * directions * gates * hidden * (input_size + hidden)
+
+
+def recurrent_flops(macs: int, outputs: int, bias: bool) -> int:
+    """Exact FLOPs of those matrix products: each of the ``outputs = seq*batch*dirs*G*H`` gate pre-activations
+    takes ``I + H`` multiplies, ``I + H - 2`` additions inside the two dot products, one to add them, and two
+    more for the W and R biases: ``2*MACs - outputs`` plus ``2*outputs`` with a bias."""
+    return 2 * macs - outputs + (2 * outputs if bias else 0)
 
 
 def rf_step(rf: float, jump: float, k: int, s: int, dilation: int) -> tuple[float, float]:

@@ -3,17 +3,21 @@
 * :func:`load_model` never reads external data unless asked (``stats`` needs shapes only, so a model whose
   weights live in a 10 GB side file loads in the time its graph takes), checks that external-data files exist,
   and turns every way a file can be broken into one :class:`ModelLoadError` line.
-* :func:`shape_model` returns a copy for shape inference in which large initializers are replaced by graph
-  inputs of the same type: ``infer_shapes`` serialises its argument, and copying 100 MB of weights to learn
-  their shapes is pure waste (the weights' *values* only matter for small shape tensors, which are kept).
-* :func:`save_model` writes atomically (temporary file in the target folder, then rename), never over the input
-  unless asked, keeps external data external, and checks that the result loads.
+* :func:`shape_model` returns a copy for shape inference without the weights' bytes: ``infer_shapes``
+  serialises its argument, and copying 100 MB of weights to learn their shapes is pure waste (the *values*
+  only matter for small shape tensors, which are kept). Large main-graph initializers become typed graph
+  inputs; large ``Constant`` nodes and large initializers of subgraphs and functions (whose signatures must not
+  change) become a ``ConstantOfShape`` of the same type and shape, marked so that :func:`stripped_source`
+  still tells where the weight came from.
+* :func:`save_model` writes atomically (temporary files in the target folder, then rename), never over the
+  input unless asked, and keeps external data external.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -22,31 +26,21 @@ from google.protobuf.message import DecodeError
 from .errors import ModelLoadError, OnnxConvError
 from .graph import toposort
 
-__all__ = ["load_model", "external_data_files", "shape_model", "save_model", "KEEP_VALUES_BELOW"]
+__all__ = ["load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "KEEP_VALUES_BELOW"]
 
 #: Initializers with at most this many elements keep their values for shape inference (shape tensors, axes).
 KEEP_VALUES_BELOW = 1024
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
-    """Locations named by tensors stored as external data, in order of first appearance."""
+    """Locations named by tensors stored as external data (initializers, sparse initializers, Constant and
+    other tensor attributes, in every subgraph and model-local function), in order of first appearance."""
     seen: dict[str, None] = {}
-
-    def visit(graph: onnx.GraphProto) -> None:
-        for t in graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                for e in t.external_data:
-                    if e.key == "location":
-                        seen.setdefault(e.value, None)
-        for node in graph.node:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        visit(g)
-
-    visit(model.graph)
+    for t in _model_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for e in t.external_data:
+                if e.key == "location":
+                    seen.setdefault(e.value, None)
     return list(seen)
 
 
@@ -78,6 +72,9 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
         raise ModelLoadError(f"{p}: not an ONNX model (no graph found)")
     if not model.opset_import and not model.ir_version:
         raise ModelLoadError(f"{p}: not an ONNX model (no IR version or opset)")
+    if not model.opset_import and model.ir_version >= 3:
+        # opset_import follows the graph in the file: a file cut right after the graph parses but lacks it.
+        raise ModelLoadError(f"{p}: declares IR version {model.ir_version} but no opset (truncated file?)")
     base = p.parent
     for loc in external_data_files(model):
         if not (base / loc).is_file():
@@ -90,47 +87,129 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
     return model
 
 
-def _strip_graph(graph: onnx.GraphProto) -> onnx.GraphProto:
-    """Copy of ``graph`` whose large initializers became typed graph inputs (subgraphs stripped too)."""
+#: doc_string marking a tensor that shape_model replaced by a ConstantOfShape: "<marker><original kind>".
+_STRIPPED = "onnxconv:stripped:"
+
+
+def stripped_source(node: onnx.NodeProto) -> str | None:
+    """'initializer' or 'Constant' when ``node`` stands in for a weight :func:`shape_model` stripped, else None."""
+    if node.op_type == "ConstantOfShape" and node.doc_string.startswith(_STRIPPED):
+        return node.doc_string[len(_STRIPPED):]
+    return None
+
+
+def _numel(dims: Sequence[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _large(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL or _numel(t.dims) > KEEP_VALUES_BELOW
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The dense ``value`` (or the values of ``sparse_value``) tensor of a Constant node, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return a.t
+        if a.name == "sparse_value" and a.type == onnx.AttributeProto.SPARSE_TENSOR:
+            dense = onnx.TensorProto(data_type=a.sparse_tensor.values.data_type, dims=a.sparse_tensor.dims)
+            return dense
+    return None
+
+
+def _zeros_like(name: str, t: onnx.TensorProto, kind: str) -> list[onnx.NodeProto] | None:
+    """Two nodes (shape Constant -> ConstantOfShape) producing a tensor of ``t``'s type and shape, or None for a
+    type ConstantOfShape cannot make (strings). Names derive from ``name`` so they cannot meet other tensors."""
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    shape_name = f"{name}::onnxconv_shape"
+    dims = onnx.helper.make_tensor(shape_name, onnx.TensorProto.INT64, [len(t.dims)], [int(d) for d in t.dims])
+    value = onnx.helper.make_tensor("value", t.data_type, [1], vals=b"\0" * _elem_size(t.data_type), raw=True)
+    return [
+        onnx.helper.make_node("Constant", [], [shape_name], value=dims),
+        onnx.helper.make_node("ConstantOfShape", [shape_name], [name], value=value, doc_string=_STRIPPED + kind),
+    ]
+
+
+def _elem_size(data_type: int) -> int:
+    try:
+        return max(1, onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 1 if data_type >= 17 else 4  # float8/int4 families are one byte or less per element
+
+
+def _strip_graph(graph: onnx.GraphProto, top: bool, stub_ok: bool) -> onnx.GraphProto:
+    """Copy of ``graph`` without large tensor bytes (see the module docstring).
+
+    ``top``: the main graph, whose large initializers may become graph inputs. ``stub_ok``: ConstantOfShape
+    exists at this opset (9+); without it nested weights stay as they are (correct, only slower).
+    """
     out = onnx.GraphProto()
     out.name = graph.name
     out.input.extend(graph.input)
     out.output.extend(graph.output)
     out.value_info.extend(graph.value_info)
     input_names = {i.name for i in graph.input}
+    stubs: list[onnx.NodeProto] = []
     for t in graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        if n <= KEEP_VALUES_BELOW and t.data_location != onnx.TensorProto.EXTERNAL:
+        if not _large(t):
             out.initializer.append(t)
-        elif t.name not in input_names:
-            out.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        elif top:
+            if t.name not in input_names:
+                out.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            nodes = _zeros_like(t.name, t, "initializer") if stub_ok else None
+            if nodes is None:
+                out.initializer.append(t)
+            else:
+                stubs.extend(nodes)
     out.sparse_initializer.extend(graph.sparse_initializer)
-    # Shape inference visits nodes in stored order: exports with unsorted nodes would leave shapes unknown.
-    for node in toposort(graph.node):
+    out.node.extend(stubs)
+    for node in graph.node:
+        const = _constant_tensor(node)
+        if const is not None and node.output and _large(const) and stub_ok:
+            nodes = _zeros_like(node.output[0], const, "Constant")
+            if nodes is not None:
+                out.node.extend(nodes)
+                continue
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             new = onnx.NodeProto()
             new.CopyFrom(node)
             for a in new.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
-                    a.g.CopyFrom(_strip_graph(a.g))
+                    a.g.CopyFrom(_strip_graph(a.g, False, stub_ok))
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     for g in a.graphs:
-                        g.CopyFrom(_strip_graph(g))
+                        g.CopyFrom(_strip_graph(g, False, stub_ok))
             out.node.append(new)
         else:
             out.node.append(node)
     return out
 
 
+def _default_opset(opsets: Sequence[onnx.OperatorSetIdProto]) -> int:
+    return max((o.version for o in opsets if o.domain in ("", "ai.onnx")), default=0)
+
+
 def shape_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A weight-free copy of ``model`` for shape inference (same graph, large initializers as inputs)."""
+    """A weight-free copy of ``model`` for shape inference (same graph; large tensors as inputs or stubs)."""
     m = onnx.ModelProto()
     m.ir_version = model.ir_version
     m.opset_import.extend(model.opset_import)
-    m.functions.extend(model.functions)
-    m.graph.CopyFrom(_strip_graph(model.graph))
+    m.graph.CopyFrom(_strip_graph(model.graph, True, _default_opset(model.opset_import) >= 9))
+    for f in model.functions:
+        fn = onnx.FunctionProto()
+        fn.CopyFrom(f)
+        stub_ok = _default_opset(list(f.opset_import) or list(model.opset_import)) >= 9
+        body = _strip_graph(onnx.helper.make_graph(list(f.node), f.name, [], []), False, stub_ok)
+        del fn.node[:]
+        fn.node.extend(body.node)
+        m.functions.append(fn)
     return m
 
 
@@ -178,7 +257,11 @@ def save_model(
     try:
         if external_data:
             data_name = dest.name + ".data"
-            tmp_data = folder / f".{data_name}.tmp"
+            # A fresh, empty temporary file: onnx appends to an existing data file, so a leftover from an
+            # interrupted run (or a concurrent save) must never be reused.
+            fd, tmp_data_str = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            tmp_data = Path(tmp_data_str)
             # Serialise with the final data name, but into a temporary folder-local copy first.
             work = onnx.ModelProto()
             work.CopyFrom(model)
@@ -188,7 +271,7 @@ def save_model(
             )
             # Re-point the tensors at the final data file name and rewrite the small graph file.
             small = onnx.load(tmp, load_external_data=False)
-            for t in _all_tensors(small.graph):
+            for t in _model_tensors(small):
                 for e in t.external_data:
                     if e.key == "location":
                         e.value = data_name
@@ -219,14 +302,34 @@ def _small_enough_to_size(model: onnx.ModelProto) -> bool:
         return False
 
 
-def _all_tensors(graph: onnx.GraphProto):  # type: ignore[no-untyped-def]
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in ``graph``: initializers, sparse ones, tensor attributes, recursively."""
     yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
     for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
-            elif a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _all_tensors(g)
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.TENSOR:
+            yield a.t
+        elif a.type == onnx.AttributeProto.TENSORS:
+            yield from a.tensors
+        elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+            yield a.sparse_tensor.values
+            yield a.sparse_tensor.indices
+        elif a.type == onnx.AttributeProto.GRAPH:
+            yield from _graph_tensors(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for g in a.graphs:
+                yield from _graph_tensors(g)
+
+
+def _model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    yield from _graph_tensors(model.graph)
+    for f in model.functions:
+        for node in f.node:
+            yield from _node_tensors(node)

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from .stats import LayerStats, StatsReport, format_count
 
@@ -101,6 +102,7 @@ def _render_table(report: StatsReport, rows: Sequence[LayerStats]) -> str:
     lines.append(
         f"total: {t['layers']} layers, params {format_count(t['params'])} ({t['params']:,}), "
         f"MACs {format_count(t['macs'])} ({t['macs']:,}), FLOPs {format_count(t['flops'])} ({t['flops']:,})"
+        + (f"; {t['uncounted']} layer(s) not counted" if t.get("uncounted") else "")
     )
     lines.append(f"conventions: {report.conventions}")
     lines.append("RF/jump: receptive field / effective stride of the output w.r.t. the model input")
@@ -125,7 +127,8 @@ def _render_markdown(report: StatsReport, rows: Sequence[LayerStats]) -> str:
 
 
 _CSV_FIELDS = ["path", "name", "op_type", "kind", "depth_multiplier", "dilated", "strided", "input_shape",
-               "output_shape", "weight_shape", "kernel_shape", "strides", "pads", "dilations", "group", "has_bias",
+               "output_shape", "weight_shape", "kernel_shape", "strides", "pads", "dilations", "group", "auto_pad",
+               "output_padding", "has_bias",
                "params", "macs", "flops", "share", "receptive_field", "effective_stride", "weight_source",
                "separable_params", "separable_macs", "grouped_params", "grouped_macs", "note"]
 
@@ -155,16 +158,13 @@ def _render_csv(rows: Sequence[LayerStats]) -> str:
 
 
 def render(report: StatsReport, fmt: str = "table", sort: str = "order", top: int | None = None) -> str:
-    """The report as text in ``fmt`` (one of :data:`FORMATS`). JSON keeps every row's raw integers."""
+    """The report as text in ``fmt`` (one of :data:`FORMATS`). JSON and CSV keep every row's raw integers;
+    ``sort`` and ``top`` choose the rows shown, the totals always cover the whole model."""
     rows = select_rows(report, sort, top)
     if fmt == "json":
         d = report.to_dict()
-        if sort != "order" or top is not None:
-            keep = {id(r) for r in rows}
-            d["layers"] = [ld for ld, r in zip(d["layers"], report.layers) if id(r) in keep]
-            order = {id(r): i for i, r in enumerate(rows)}
-            pairs = sorted(zip(report.layers, d["layers"]), key=lambda p: order.get(id(p[0]), 0))
-            d["layers"] = [ld for r, ld in pairs if id(r) in keep]
+        # --sort/--top pick and order the rows; the totals stay those of the whole model.
+        d["layers"] = [asdict(r) for r in rows]
         return json.dumps(d, indent=2)
     if fmt == "csv":
         return _render_csv(rows)

@@ -2,32 +2,42 @@
 
 Conventions are those of :mod:`onnxconv.counting` (MACs; exact FLOPs = 2*MACs with bias, minus one per output
 without; ConvTranspose counted over its input, the scatter view). Shapes come from ONNX shape inference run on
-a weight-free copy of the model (:func:`onnxconv.model_io.shape_model`), then every conv's output shape is
-recomputed from its input shape and attributes, so a wrong or missing value_info cannot skew a count.
+a weight-free copy of the model (:mod:`onnxconv.shapes`), then every conv's output shape is recomputed from
+its input shape and attributes, so a wrong or missing value_info cannot skew a count.
 
 The walk covers the main graph, If/Loop/Scan bodies and model-local functions (each call analysed with its
 caller's shapes); rows from those carry a ``path`` such as ``If_0/then_branch`` or ``block_1:local.Block``.
-Receptive fields and effective strides are propagated in topological order from the graph inputs (max over
-paths); pooling, resize and ConvTranspose layers count.
+A Loop or Scan body is counted for one iteration and every If branch is counted (a note says so).
+Receptive fields and effective strides are propagated in topological order from the graph inputs, taking the
+maximum over paths; pooling, resize and ConvTranspose layers count. A global pooling (or a reduction over all
+spatial axes) sees the whole input but yields a 1x1 map: broadcasting it back (an SE block) widens the field
+of what follows without changing its effective stride.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
-from onnx import helper
 
 from . import counting as C
 from .conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
-from .errors import OnnxConvError, OptionError, ShapeError
-from .graph import attrs_of, node_label, shapes_of_graph, subgraphs_of, toposort
-from .model_io import shape_model
+from .errors import OptionError, ShapeError
+from .graph import attrs_of, node_label, shape_of_value_info, subgraphs_of, toposort
+from .model_io import shape_model, stripped_source
+from .shapes import (
+    apply_input_shapes, infer, infer_body, inputs_feeding, missing_dims_message, type_map,
+)
 
-__all__ = ["LayerStats", "StatsReport", "analyze", "parse_input_shape", "CONVENTIONS", "MAC_OPS"]
+__all__ = [
+    "LayerStats", "StatsReport", "analyze", "parse_input_shape", "format_count", "CONVENTIONS", "MAC_OPS",
+    "SCHEMA_VERSION",
+]
+
+#: Version of the JSON layout (docs/stats-json.md); bumped only when a key changes meaning or disappears.
+SCHEMA_VERSION = 1
 
 CONVENTIONS = (
     "MACs = multiply-accumulates; FLOPs = exact multiplies + additions "
@@ -35,14 +45,19 @@ CONVENTIONS = (
     "params = weight + bias elements"
 )
 
-#: Ops besides convolutions that `--all-ops` counts.
+#: Ops besides convolutions that ``all_ops`` counts: matrix products and recurrent layers.
 MAC_OPS = ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul")
+RECURRENT_OPS = {"RNN": 1, "GRU": 3, "LSTM": 4}  # op -> gates
 
 _POOL_OPS = ("MaxPool", "AveragePool", "LpPool")
 _GLOBAL_POOL_OPS = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+_REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd")
 _RESIZE_OPS = ("Resize", "Upsample")
-# Ops whose weight input keeps its shape: the weight behind them is still countable.
+# Ops whose weight input keeps its shape: the weight behind them is still an initializer or Constant.
 _SHAPE_KEEPING = ("Cast", "Identity", "DequantizeLinear", "QuantizeLinear", "CastLike")
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+# Words that mark a vendor-domain op as conv-like (first) or MAC-bearing (the rest, for all_ops).
+_FOREIGN_WORDS = ("conv", "matmul", "gemm", "lstm", "gru", "rnn", "attention")
 
 
 @dataclass
@@ -64,6 +79,8 @@ class LayerStats:
     pads: list[int] | None = None
     dilations: list[int] | None = None
     group: int | None = None
+    auto_pad: str | None = None
+    output_padding: list[int] | None = None
     has_bias: bool = False
     params: int | None = None
     macs: int | None = None
@@ -79,6 +96,9 @@ class LayerStats:
     def qualified_name(self) -> str:
         return f"{self.path}/{self.name}" if self.path else self.name
 
+    def add_note(self, text: str) -> None:
+        self.note = f"{self.note}; {text}" if self.note else text
+
 
 @dataclass
 class StatsReport:
@@ -92,10 +112,12 @@ class StatsReport:
     whatif_groups: int = 4
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON interface (see README "JSON output")."""
+        """The stable JSON interface (docs/stats-json.md)."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "conventions": self.conventions,
+            "whatif_groups": self.whatif_groups,
             "layers": [asdict(layer) for layer in self.layers],
             "totals": dict(self.totals),
             "notes": list(self.notes),
@@ -110,7 +132,7 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
             break
     else:
         raise OptionError(f"--input-shape '{text}': expected NAME=1x3x224x224")
-    parts = [p for p in dims.replace(",", "x").lower().split("x") if p.strip()]
+    parts = [p.strip() for p in dims.replace(",", "x").lower().split("x") if p.strip()]
     try:
         values = [int(p) for p in parts]
     except ValueError:
@@ -120,111 +142,34 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     return name, values
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Shape preparation
-
-
-def _set_dims(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
-    shape = vi.type.tensor_type.shape
-    del shape.dim[:]
-    for d in dims:
-        shape.dim.add().dim_value = int(d)
-
-
-def _prepare_inputs(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None, notes: list[str]
-) -> None:
-    """Apply --input-shape and --batch to the graph inputs of the (shape-only) model, in place."""
-    graph_inputs = {vi.name: vi for vi in model.graph.input}
-    init_names = {t.name for t in model.graph.initializer}
-    real_inputs = [vi for vi in model.graph.input if vi.name not in init_names]
-    for name, dims in input_shapes.items():
-        vi = graph_inputs.get(name)
-        if vi is None or name in init_names:
-            names = ", ".join(v.name for v in real_inputs) or "none"
-            raise OptionError(f"--input-shape: the model has no input '{name}' (inputs: {names})")
-        old = _shape_tuple(vi)
-        if old is not None and len(old) != len(dims):
-            raise OptionError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(old)}")
-        if old is not None:
-            for i, (o, n) in enumerate(zip(old, dims)):
-                if isinstance(o, int) and o != n:
-                    raise OptionError(f"--input-shape {name}: dim {i} is fixed at {o} in the model, {n} given")
-        _set_dims(vi, dims)
-    for vi in real_inputs:
-        if vi.name in input_shapes:
-            continue
-        shape = _shape_tuple(vi)
-        if not shape:
-            continue
-        first = shape[0]
-        if isinstance(first, int):
-            if batch is not None and first != batch:
-                notes.append(f"input '{vi.name}' has a fixed batch of {first}; --batch {batch} does not apply to it")
-            continue
-        if len(shape) < 3:
-            continue
-        n = batch if batch is not None else 1
-        vi.type.tensor_type.shape.dim[0].ClearField("dim_param")
-        vi.type.tensor_type.shape.dim[0].dim_value = n
-        if batch is None:
-            notes.append(f"input '{vi.name}': symbolic batch dim counted as 1 (set --batch)")
-
-
-def _shape_tuple(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
-    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
-        return None
-    out: list[int | str | None] = []
-    for d in vi.type.tensor_type.shape.dim:
-        out.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
-    return tuple(out)
-
-
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - onnx raises several unrelated types; all mean the same here
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ShapeError(f"ONNX shape inference failed: {msg[:300]}") from e
-
-
-def _check_domains(model: onnx.ModelProto) -> None:
-    """Every node's domain must be imported by the model (or be a local function's)."""
-    imported = {o.domain for o in model.opset_import} | {"ai.onnx"}
-    local = {(f.domain, f.name) for f in model.functions}
-
-    def visit(graph: onnx.GraphProto, where: str) -> None:
-        for node in graph.node:
-            dom = node.domain or ""
-            if dom not in imported and (dom, node.op_type) not in local:
-                raise ShapeError(
-                    f"node '{node_label(node)}'{where} ({node.op_type}) uses domain '{dom}', "
-                    f"which the model does not import (opset_import: {sorted(imported - {'ai.onnx'})})"
-                )
-            for _, g in subgraphs_of(node):
-                visit(g, f" in a subgraph of '{node_label(node)}'")
-
-    visit(model.graph, "")
+def format_count(value: float | int | None) -> str:
+    """Human form of a count: 1.23G, 45.6M, 7.89K, 123; '?' for unknown."""
+    if value is None:
+        return "?"
+    v = float(value)
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return str(int(v)) if v.is_integer() else f"{v:.2f}"
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The walk
+# Receptive fields
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Field:
+    """Receptive field and effective stride (jump) per spatial axis of a tensor w.r.t. the model input.
+
+    ``collapsed``: the tensor is a 1x1 summary of a whole map (global pooling); its jump must not become the
+    stride of a full map it is broadcast onto. ``extent``: the model input's spatial size when known; a global
+    pooling sees all of it, so its field is the whole input (not the input again for every SE block).
+    """
+
     rf: tuple[float, ...]
     jump: tuple[float, ...]
-
-
-def _merge(fields: Sequence[_Field]) -> _Field | None:
-    fields = [f for f in fields if f is not None]
-    if not fields:
-        return None
-    n = max(len(f.rf) for f in fields)
-    rf = tuple(max(_axis(f.rf, i) for f in fields) for i in range(n))
-    jump = tuple(max(_axis(f.jump, i) for f in fields) for i in range(n))
-    return _Field(rf, jump)
+    collapsed: bool = False
+    extent: tuple[float, ...] | None = None
 
 
 def _axis(values: tuple[float, ...], i: int) -> float:
@@ -232,8 +177,54 @@ def _axis(values: tuple[float, ...], i: int) -> float:
     return values[i] if i < len(values) else max(values)
 
 
+def _merge(fields: Sequence[_Field | None]) -> _Field | None:
+    present = [f for f in fields if f is not None]
+    if not present:
+        return None
+    n = max(len(f.rf) for f in present)
+    spatial = [f for f in present if not f.collapsed] or present
+    rf = tuple(max(_axis(f.rf, i) for f in present) for i in range(n))
+    jump = tuple(max(_axis(f.jump, i) for f in spatial) for i in range(n))
+    extents = [f.extent for f in present if f.extent]
+    extent = tuple(max(_axis(e, i) for e in extents) for i in range(n)) if extents else None  # type: ignore[arg-type]
+    return _Field(rf, jump, all(f.collapsed for f in present), extent)
+
+
 def _fit(f: _Field, k: int) -> _Field:
-    return _Field(tuple(_axis(f.rf, i) for i in range(k)), tuple(_axis(f.jump, i) for i in range(k)))
+    return _Field(tuple(_axis(f.rf, i) for i in range(k)), tuple(_axis(f.jump, i) for i in range(k)), f.collapsed,
+                  tuple(_axis(f.extent, i) for i in range(k)) if f.extent else None)
+
+
+def _steps(f: _Field, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+           transposed: bool = False, collapsed: bool = False) -> _Field:
+    step = C.rf_step_transpose if transposed else C.rf_step
+    k = len(kernel)
+    f = _fit(f, k)
+    pairs = [step(f.rf[i], f.jump[i], kernel[i], strides[i], dilations[i]) for i in range(k)]
+    rf = tuple(p[0] for p in pairs)
+    if collapsed and f.extent:
+        rf = tuple(max(f.rf[i], f.extent[i]) for i in range(k))
+    return _Field(rf, tuple(p[1] for p in pairs), collapsed or f.collapsed, f.extent)
+
+
+def _input_field(shape: Sequence[Any] | None) -> _Field:
+    """The field of a model input: 1 with jump 1 on each spatial axis (NCHW, or NHWC when it looks so)."""
+    if not shape or len(shape) < 3:
+        k = max(len(shape) - 2, 1) if shape else 2
+        return _Field((1.0,) * k, (1.0,) * k)
+    nhwc = len(shape) == 4 and isinstance(shape[3], int) and 0 < shape[3] <= 4 and not (
+        isinstance(shape[1], int) and 0 < shape[1] <= 4)
+    spatial = list(shape[1:-1] if nhwc else shape[2:])
+    extent = tuple(float(d) for d in spatial) if _static(spatial) else None
+    return _Field((1.0,) * len(spatial), (1.0,) * len(spatial), False, extent)
+
+
+def _clean(values: Sequence[float]) -> list[float]:
+    return [int(v) if float(v).is_integer() else round(float(v), 6) for v in values]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scopes
 
 
 def _int_shape(shape: Sequence[int | str | None] | None) -> list[int | None] | None:
@@ -242,290 +233,484 @@ def _int_shape(shape: Sequence[int | str | None] | None) -> list[int | None] | N
     return [d if isinstance(d, int) and d >= 0 else None for d in shape]
 
 
+def _static(shape: Sequence[Any] | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+class _Scope:
+    """What a graph (or subgraph, or function body) sees: shapes, types, producers and constant names, with
+    the enclosing scope's behind them (a subgraph reads outer names)."""
+
+    def __init__(self, graph: onnx.GraphProto, parent: _Scope | None, consts: set[str], key_prefix: str = "") -> None:
+        self.parent = parent
+        self.key_prefix = key_prefix or (parent.key_prefix if parent else "")
+        self.shapes: dict[str, Any] = dict(parent.shapes) if parent else {}
+        self.types: dict[str, onnx.TypeProto] = dict(parent.types) if parent else {}
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            s = shape_of_value_info(vi)
+            if s is not None:
+                self.shapes[vi.name] = s
+        for t in graph.initializer:
+            self.shapes[t.name] = tuple(int(d) for d in t.dims)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and node.output:
+                for a in node.attribute:
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        self.shapes.setdefault(node.output[0], tuple(int(d) for d in a.t.dims))
+        self.types.update(type_map(graph))
+        self.consts = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer}
+        self.producers: dict[str, onnx.NodeProto] = dict(parent.producers) if parent else {}
+        for node in graph.node:
+            for o in node.output:
+                if o:
+                    self.producers[o] = node
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The walk
+
+
 class _Walker:
     def __init__(self, model: onnx.ModelProto, all_ops: bool, groups: int) -> None:
         self.model = model
         self.all_ops = all_ops
         self.groups = groups
         self.rows: list[LayerStats] = []
+        self.main_nodes: list[tuple[LayerStats, onnx.NodeProto]] = []
+        self.weight_users: dict[str, list[LayerStats]] = {}
         self.functions = {(f.domain, f.name): f for f in model.functions}
-        self.opsets = list(model.opset_import)
+        self.foreign: dict[str, set[str]] = {}
+        self.bodies: set[str] = set()
+        self._depth = 0
 
     # -- weights ---------------------------------------------------------------------------------------------
-    def _weight(
-        self, name: str, shapes: Mapping[str, Any], producers: Mapping[str, onnx.NodeProto], consts: set[str]
-    ) -> tuple[tuple[int, ...] | None, str]:
-        """Weight shape and where it comes from: initializer, Constant, behind Cast/DequantizeLinear, computed."""
-        seen = 0
-        source_chain: list[str] = []
-        cur = name
-        while True:
-            if cur in consts:
-                base = "initializer" if not source_chain else "initializer via " + "/".join(source_chain)
-                s = shapes.get(cur)
-                return (tuple(s) if s is not None else None), base
-            node = producers.get(cur)
-            if node is not None and node.op_type == "Constant":
-                base = "Constant" if not source_chain else "Constant via " + "/".join(source_chain)
-                return (tuple(shapes[cur]) if cur in shapes else None), base
-            if node is not None and node.op_type in _SHAPE_KEEPING and node.input and seen < 8:
-                source_chain.append(node.op_type)
-                known = shapes.get(cur)
-                if known is not None and all(isinstance(d, int) for d in known):
-                    # Still walk up to say where it comes from, but the shape is known here already.
-                    inner, src = self._weight(node.input[0], shapes, producers, consts)
-                    return tuple(known), src if "via" in src else src + " via " + "/".join(source_chain)
+    def _weight(self, name: str, scope: _Scope) -> tuple[tuple[int, ...] | None, str, str | None]:
+        """(shape, source, sharing key) of a weight input: an initializer or Constant, possibly behind
+        Cast/DequantizeLinear/Identity, or computed at run time (shape from inference, maybe unknown)."""
+        chain: list[str] = []
+        cur, source, key = name, "computed at run time", None
+        for _ in range(16):
+            node = scope.producers.get(cur)
+            stub = stripped_source(node) if node is not None else None
+            if cur in scope.consts or stub == "initializer":
+                source, key = "initializer", scope.key_prefix + cur
+                break
+            if node is None:
+                source = "graph input" if not chain else source
+                break
+            if stub == "Constant" or (node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS):
+                source, key = "Constant", scope.key_prefix + cur
+                break
+            if node.op_type in _SHAPE_KEEPING and node.domain in _DEFAULT_DOMAINS and node.input:
+                chain.append(node.op_type)
                 cur = node.input[0]
-                seen += 1
                 continue
-            s = shapes.get(cur)
-            if s is not None and all(isinstance(d, int) and d >= 0 for d in s):
-                return tuple(s), "computed at run time"
-            return None, "computed at run time"
+            break
+        if chain and key is not None:
+            source += " via " + "/".join(chain)
+        shape = scope.shapes.get(name)
+        if not _static(shape) and key is not None:
+            shape = scope.shapes.get(cur)
+        return (tuple(shape) if _static(shape) else None), source, key  # type: ignore[arg-type]
 
-    # -- rows ------------------------------------------------------------------------------------------------
-    def _conv_row(
-        self, node: onnx.NodeProto, path: str, shapes: Mapping[str, Any], producers: Mapping[str, onnx.NodeProto],
-        consts: set[str], field_in: _Field | None,
-    ) -> tuple[LayerStats, ConvSpec | None]:
+    def _count_weight(self, row: LayerStats, key: str | None) -> None:
+        if key is not None:
+            self.weight_users.setdefault(key, []).append(row)
+
+    # -- conv rows -------------------------------------------------------------------------------------------
+    def _conv_row(self, node: onnx.NodeProto, path: str, scope: _Scope, field_in: _Field | None) -> tuple[LayerStats, ConvSpec | None]:
         op = node.op_type
         row = LayerStats(name=node_label(node), op_type=op, path=path)
         widx, bidx = WEIGHT_INDEX[op], BIAS_INDEX.get(op)
+        attrs = attrs_of(node)
+        x_shape = _int_shape(scope.shapes.get(node.input[0])) if node.input and node.input[0] else None
+        row.input_shape = x_shape
         if len(node.input) <= widx or not node.input[widx]:
-            row.note = "no weight input"
+            row.note = "no weight input: not counted"
             return row, None
-        wshape, row.weight_source = self._weight(node.input[widx], shapes, producers, consts)
+        wshape, row.weight_source, key = self._weight(node.input[widx], scope)
         has_bias = bidx is not None and len(node.input) > bidx and bool(node.input[bidx])
         row.has_bias = has_bias
-        x_shape = _int_shape(shapes.get(node.input[0]))
-        row.input_shape = x_shape
         if wshape is None:
-            row.note = "weight computed at run time and its shape is unknown: not counted"
-            return row, None
+            wshape = _weight_from_attrs(op, attrs, x_shape, _int_shape(scope.shapes.get(node.output[0])))
+            if wshape is None:
+                _describe_unknown_weight(row, attrs)
+                return row, None
+            row.add_note("weight computed at run time; its shape derived from kernel_shape, group and the channels")
+        elif not row.weight_source.startswith(("initializer", "Constant")):
+            row.add_note(f"weight is a {row.weight_source} (shape known)")
         try:
-            spec = conv_spec(op, attrs_of(node), wshape, has_bias, x_shape)
+            spec = conv_spec(op, attrs, wshape, has_bias, x_shape)
         except ShapeError as e:
             raise ShapeError(f"node '{row.qualified_name}' ({op}): {e}") from None
-        row.kind = spec.kind
-        row.depth_multiplier = spec.depth_multiplier
-        row.dilated, row.strided = spec.dilated, spec.strided
-        row.input_shape = list(spec.input_shape)
-        row.output_shape = list(spec.output_shape)
-        row.weight_shape = list(spec.weight_shape)
-        row.kernel_shape = list(spec.kernel_shape)
-        row.strides = list(spec.strides)
-        row.pads = list(spec.pads) if spec.pads is not None else None
-        row.dilations = list(spec.dilations)
-        row.group = spec.group
-        row.params = spec.params
-        row.macs = spec.macs
-        row.flops = spec.flops
+        _fill_conv_row(row, spec)
+        self._count_weight(row, key)
         if row.macs is None:
-            row.note = "input shape unknown: MACs not counted"
-        if row.weight_source.startswith("computed"):
-            row.note = (row.note + "; " if row.note else "") + "weight computed at run time (shape known)"
+            row.add_note("input shape unknown: MACs not counted")
         if field_in is not None:
-            k = spec.spatial_rank
-            f = _fit(field_in, k)
-            rf, jump = [], []
-            for i in range(k):
-                step = C.rf_step_transpose if spec.transposed else C.rf_step
-                r, j = step(f.rf[i], f.jump[i], spec.kernel_shape[i], spec.strides[i], spec.dilations[i])
-                rf.append(r)
-                jump.append(j)
-            row.receptive_field, row.effective_stride = rf, jump
-        if spec.kind == "standard" and spec.op_type in ("Conv", "ConvInteger", "QLinearConv") and row.macs is not None:
-            row.whatif = self._whatif(spec, row.macs)
+            f = _steps(field_in, spec.kernel_shape, spec.strides, spec.dilations, spec.transposed)
+            row.receptive_field, row.effective_stride = _clean(f.rf), _clean(f.jump)
+        if spec.kind == "standard" and not spec.transposed and row.macs is not None:
+            row.whatif = _whatif(spec, row.macs, self.groups)
         return row, spec
 
-    def _whatif(self, spec: ConvSpec, macs: int) -> dict[str, Any]:
-        n = spec.batch or 1
-        sep_params, sep_macs = C.separable_cost(
-            n, spec.c_in, spec.c_out, spec.output_shape[2:], spec.kernel_shape, spec.has_bias  # type: ignore[arg-type]
-        )
-        out: dict[str, Any] = {
-            "separable": {"params": sep_params, "macs": sep_macs, "macs_ratio": sep_macs / macs if macs else None,
-                          "params_ratio": sep_params / spec.params}
-        }
-        g = C.grouped_cost(spec.weight_params, macs, spec.c_in, spec.c_out, self.groups, spec.bias_params)
-        if g is None:
-            out["grouped"] = {"groups": self.groups, "params": None, "macs": None,
-                              "reason": f"channels {spec.c_in}->{spec.c_out} not divisible by {self.groups}"}
-        else:
-            out["grouped"] = {"groups": self.groups, "params": g[0], "macs": g[1],
-                              "macs_ratio": g[1] / macs if macs else None, "params_ratio": g[0] / spec.params}
-        return out
+    # -- other MAC-bearing ops -------------------------------------------------------------------------------
+    def _const_elems(self, name: str, scope: _Scope) -> int:
+        """Elements of an operand that is a stored weight (0 for activations)."""
+        if not name:
+            return 0
+        shape, source, _ = self._weight(name, scope)
+        return C.prod(shape) if shape is not None and source.startswith(("initializer", "Constant")) else 0
 
-    def _matmul_row(self, node: onnx.NodeProto, path: str, shapes: Mapping[str, Any]) -> LayerStats:
+    def _matmul_row(self, node: onnx.NodeProto, path: str, scope: _Scope) -> LayerStats:
         op = node.op_type
         row = LayerStats(name=node_label(node), op_type=op, path=path, kind="matmul")
         ia, ib = (0, 3) if op == "QLinearMatMul" else (0, 1)
-        a = _int_shape(shapes.get(node.input[ia])) if len(node.input) > ia else None
-        b = _int_shape(shapes.get(node.input[ib])) if len(node.input) > ib else None
-        y = _int_shape(shapes.get(node.output[0]))
-        row.input_shape, row.output_shape = a, y
-        if a is None or b is None or any(v is None for v in a + b):
-            row.note = "operand shapes unknown: not counted"
+        a = _int_shape(scope.shapes.get(node.input[ia])) if len(node.input) > ia else None
+        b = _int_shape(scope.shapes.get(node.input[ib])) if len(node.input) > ib else None
+        row.input_shape, row.output_shape = a, _int_shape(scope.shapes.get(node.output[0]))
+        row.weight_shape = b if b is not None and None not in b else None
+        bias_name = node.input[2] if op == "Gemm" and len(node.input) > 2 else ""
+        row.has_bias = bool(bias_name)
+        row.params = self._const_elems(node.input[ia], scope) + self._const_elems(node.input[ib], scope)
+        row.params += self._const_elems(bias_name, scope)
+        if a is None or b is None or None in a or None in b or not a or not b:
+            row.note = "operand shapes unknown: MACs not counted"
             return row
-        has_bias = False
         if op == "Gemm":
             at = attrs_of(node)
             m, k = (a[1], a[0]) if at.get("transA", 0) else (a[0], a[1])
-            nn = b[0] if at.get("transB", 0) else b[1]
+            n = b[0] if at.get("transB", 0) else b[1]
             batch = 1
-            has_bias = len(node.input) > 2 and bool(node.input[2])
-            row.params = C.prod(b) + (C.prod(_int_shape(shapes.get(node.input[2])) or [0]) if has_bias else 0)  # type: ignore[arg-type]
         else:
             a2 = [1] + a if len(a) == 1 else a
             b2 = b + [1] if len(b) == 1 else b
-            m, k, nn = a2[-2], a2[-1], b2[-1]
-            batch_dims = [max(x, y_) for x, y_ in zip([1] * (max(len(a2), len(b2)) - len(a2)) + a2[:-2],
-                                                       [1] * (max(len(a2), len(b2)) - len(b2)) + b2[:-2])]
-            batch = C.prod(batch_dims)
-        row.macs = C.gemm_macs(batch, m, k, nn)  # type: ignore[arg-type]
-        outputs = batch * m * nn  # type: ignore[operator]
-        row.flops = C.conv_flops(row.macs, outputs, has_bias)
+            m, k, n = a2[-2], a2[-1], b2[-1]
+            rank = max(len(a2), len(b2))
+            pa = [1] * (rank - len(a2)) + a2[:-2]
+            pb = [1] * (rank - len(b2)) + b2[:-2]
+            batch = C.prod([max(x, y) for x, y in zip(pa, pb)])
+        row.macs = C.gemm_macs(batch, m, k, n)  # type: ignore[arg-type]
+        row.flops = C.conv_flops(row.macs, batch * m * n, row.has_bias)  # type: ignore[operator]
         return row
 
-    # -- walk ------------------------------------------------------------------------------------------------
-    def walk(
-        self, graph: onnx.GraphProto, path: str, outer_shapes: Mapping[str, Any], fields: dict[str, _Field],
-        outer_consts: set[str],
-    ) -> None:
-        shapes = dict(outer_shapes)
-        shapes.update(shapes_of_graph(graph))
-        consts = set(outer_consts) | {t.name for t in graph.initializer}
-        producers: dict[str, onnx.NodeProto] = {}
-        for node in graph.node:
-            for o in node.output:
-                producers[o] = node
-        for vi in graph.input:
-            if vi.name not in consts and vi.name not in fields:
-                s = shapes.get(vi.name)
-                k = max(len(s) - 2, 1) if s else 2
-                fields[vi.name] = _Field((1.0,) * k, (1.0,) * k)
-        for node in toposort(graph.node):
-            self._visit(node, path, shapes, producers, consts, fields)
+    def _recurrent_row(self, node: onnx.NodeProto, path: str, scope: _Scope) -> LayerStats:
+        op = node.op_type
+        row = LayerStats(name=node_label(node), op_type=op, path=path, kind="recurrent")
+        at = attrs_of(node)
+        x = _int_shape(scope.shapes.get(node.input[0])) if node.input else None
+        w = _int_shape(scope.shapes.get(node.input[1])) if len(node.input) > 1 else None
+        row.input_shape = x
+        row.output_shape = _int_shape(scope.shapes.get(node.output[0])) if node.output and node.output[0] else None
+        row.has_bias = len(node.input) > 3 and bool(node.input[3])
+        extra = [node.input[i] for i in (1, 2, 3, 7) if len(node.input) > i and (i != 7 or op == "LSTM")]
+        row.params = sum(self._const_elems(n, scope) for n in extra)
+        row.weight_shape = w if w is not None and None not in w else None
+        if x is None or w is None or None in x or None in w or len(x) != 3 or len(w) != 3:
+            row.note = "input or weight shape unknown: MACs not counted"
+            return row
+        seq, batch = (x[1], x[0]) if at.get("layout", 0) else (x[0], x[1])
+        gates = RECURRENT_OPS[op]
+        hidden = int(at.get("hidden_size") or w[1] // gates)  # type: ignore[call-overload]
+        dirs = w[0]
+        row.macs = C.recurrent_macs(seq, batch, dirs, gates, hidden, x[2])  # type: ignore[arg-type]
+        row.flops = C.recurrent_flops(row.macs, seq * batch * dirs * gates * hidden, row.has_bias)  # type: ignore[operator]
+        row.note = "matrix products only (gate nonlinearities not counted)"
+        return row
 
-    def _visit(
-        self, node: onnx.NodeProto, path: str, shapes: dict[str, Any], producers: Mapping[str, onnx.NodeProto],
-        consts: set[str], fields: dict[str, _Field],
-    ) -> None:
+    # -- graph walk ------------------------------------------------------------------------------------------
+    def walk(self, graph: onnx.GraphProto, path: str, scope: _Scope, fields: dict[str, _Field]) -> None:
+        for vi in graph.input:
+            if vi.name not in scope.consts and vi.name not in fields and vi.name not in scope.producers:
+                fields[vi.name] = _input_field(scope.shapes.get(vi.name))
+        for node in toposort(graph.node):
+            self._visit(node, path, scope, fields)
+
+    def _visit(self, node: onnx.NodeProto, path: str, scope: _Scope, fields: dict[str, _Field]) -> None:
         op, dom = node.op_type, node.domain or ""
-        field_in = _merge([fields.get(i) for i in node.input if i in fields and i not in consts])
+        field_in = _merge([fields.get(i) for i in node.input if i in fields and i not in scope.consts])
         out_field = field_in
-        if dom in ("", "ai.onnx") and op in CONV_OPS:
-            row, spec = self._conv_row(node, path, shapes, producers, consts, fields.get(node.input[0]))
-            self.rows.append(row)
+        standard = dom in _DEFAULT_DOMAINS
+        if standard and op in CONV_OPS:
+            row, _ = self._conv_row(node, path, scope, fields.get(node.input[0]) if node.input else None)
+            self._add(row, node, path)
             if row.receptive_field is not None:
-                out_field = _Field(tuple(row.receptive_field), tuple(row.effective_stride or ()))
-        elif dom in ("", "ai.onnx") and op in MAC_OPS:
+                out_field = _Field(tuple(row.receptive_field), tuple(row.effective_stride or ()),
+                                   bool(field_in and field_in.collapsed), field_in.extent if field_in else None)
+        elif standard and op in MAC_OPS:
             if self.all_ops:
-                self.rows.append(self._matmul_row(node, path, shapes))
-        elif dom in ("", "ai.onnx") and op in _POOL_OPS and field_in is not None:
-            at = attrs_of(node)
-            ks = list(at.get("kernel_shape") or [])  # type: ignore[call-overload]
-            k = len(ks)
-            if k:
-                f = _fit(field_in, k)
-                ss = list(at.get("strides") or [1] * k)  # type: ignore[call-overload]
-                ds = list(at.get("dilations") or [1] * k)  # type: ignore[call-overload]
-                steps = [C.rf_step(f.rf[i], f.jump[i], ks[i], ss[i], ds[i]) for i in range(k)]
-                out_field = _Field(tuple(s[0] for s in steps), tuple(s[1] for s in steps))
-        elif dom in ("", "ai.onnx") and op in _GLOBAL_POOL_OPS and field_in is not None:
-            x = _int_shape(shapes.get(node.input[0]))
-            if x is not None and len(x) > 2 and all(v is not None for v in x[2:]):
-                f = _fit(field_in, len(x) - 2)
-                steps = [C.rf_step(f.rf[i], f.jump[i], x[2 + i], x[2 + i], 1) for i in range(len(x) - 2)]  # type: ignore[arg-type]
-                out_field = _Field(tuple(s[0] for s in steps), tuple(s[1] for s in steps))
-        elif dom in ("", "ai.onnx") and op in _RESIZE_OPS and field_in is not None:
-            x = _int_shape(shapes.get(node.input[0]))
-            y = _int_shape(shapes.get(node.output[0]))
-            if x and y and len(x) == len(y) > 2 and all(v for v in x[2:] + y[2:]):
-                f = _fit(field_in, len(x) - 2)
-                out_field = _Field(f.rf, tuple(f.jump[i] * x[2 + i] / y[2 + i] for i in range(len(x) - 2)))  # type: ignore[operator]
+                self._add(self._matmul_row(node, path, scope), node, path)
+        elif standard and op in RECURRENT_OPS:
+            if self.all_ops:
+                self._add(self._recurrent_row(node, path, scope), node, path)
+        elif standard and field_in is not None:
+            out_field = _spatial_field(node, scope, field_in)
         elif (dom, op) in self.functions:
-            out_field = self._call_function(node, path, shapes, fields, field_in)
-            if out_field is None:
-                out_field = field_in
-        for name, g in subgraphs_of(node):
-            sub_fields = dict(fields)
-            self.walk(g, f"{path}/{node_label(node)}/{name}" if path else f"{node_label(node)}/{name}",
-                      shapes, sub_fields, consts)
-            outs = [sub_fields.get(o.name) for o in g.output]
-            merged = _merge([f for f in outs if f is not None] + ([out_field] if out_field else []))
-            out_field = merged
+            out_field = self._call_function(node, path, scope, fields) or field_in
+        elif not standard and any(w in op.lower() for w in _FOREIGN_WORDS[: None if self.all_ops else 1]):
+            # Vendor ops (com.microsoft FusedConv, DynamicQuantizeLSTM, ...) are not counted; say so.
+            self.foreign.setdefault(f"{dom}.{op}", set()).add(node_label(node))
+        if any(True for _ in subgraphs_of(node)):
+            out_field = self._subgraphs(node, path, scope, fields, out_field)
         if out_field is not None:
             for o in node.output:
                 if o:
                     fields[o] = out_field
 
-    def _call_function(
-        self, node: onnx.NodeProto, path: str, shapes: Mapping[str, Any], fields: dict[str, _Field],
-        field_in: _Field | None,
-    ) -> _Field | None:
-        """Analyse a model-local function's body with this call's input shapes."""
+    def _add(self, row: LayerStats, node: onnx.NodeProto, path: str) -> None:
+        self.rows.append(row)
+        if not path:
+            self.main_nodes.append((row, node))
+
+    def _subgraphs(self, node: onnx.NodeProto, path: str, scope: _Scope, fields: dict[str, _Field],
+                   out_field: _Field | None) -> _Field | None:
+        """Walk If branches and Loop/Scan bodies; returns the merged field of their outputs."""
+        merged = [out_field]
+        label = node_label(node)
+        for attr, g in subgraphs_of(node):
+            sub_path = f"{path}/{label}/{attr}" if path else f"{label}/{attr}"
+            body_inputs = _body_inputs(node, g, scope)
+            if body_inputs is not None:
+                # onnx leaves Loop/Scan bodies without shapes when their inputs declare none: infer on its own.
+                g = infer_body(g, body_inputs, scope.types, self.model)
+                self.bodies.add(f"{node.op_type} '{label}'")
+            elif node.op_type == "If":
+                self.bodies.add(f"If '{label}'")
+            sub_fields = dict(fields)
+            for formal, actual in _body_bindings(node, g):
+                if actual in fields:
+                    sub_fields[formal] = fields[actual]
+            start = len(self.rows)
+            self.walk(g, sub_path, _Scope(g, scope, set()), sub_fields)
+            for row in self.rows[start:]:
+                if node.op_type in ("Loop", "Scan") and row.path == sub_path:
+                    row.add_note(f"in a {node.op_type} body: counted for one iteration")
+            merged.extend(sub_fields.get(o.name) for o in g.output)
+        return _merge(merged)
+
+    def _call_function(self, node: onnx.NodeProto, path: str, scope: _Scope, fields: dict[str, _Field]) -> _Field | None:
+        """Analyse a model-local function's body with this call's input types and attributes."""
         fn = self.functions[(node.domain or "", node.op_type)]
-        call_attrs = {a.name: a for a in node.attribute}
-        inputs = []
-        for formal, actual in zip(fn.input, node.input):
-            s = shapes.get(actual) if actual else None
-            elem = onnx.TensorProto.FLOAT
-            if s is None:
-                inputs.append(helper.make_tensor_value_info(formal, elem, None))
-            else:
-                inputs.append(helper.make_tensor_value_info(formal, elem, [d if d is not None else None for d in s]))
-        nodes = []
-        for n in fn.node:
-            if any(a.ref_attr_name for a in n.attribute):
-                n2 = onnx.NodeProto()
-                n2.CopyFrom(n)
-                keep = []
-                for a in n2.attribute:
-                    if a.ref_attr_name:
-                        if a.ref_attr_name in call_attrs:
-                            new = onnx.AttributeProto()
-                            new.CopyFrom(call_attrs[a.ref_attr_name])
-                            new.name = a.name
-                            keep.append(new)
-                    else:
-                        keep.append(a)
-                del n2.attribute[:]
-                n2.attribute.extend(keep)
-                nodes.append(n2)
-            else:
-                nodes.append(n)
-        g = helper.make_graph(nodes, fn.name, inputs, [helper.make_empty_tensor_value_info(o) for o in fn.output])
-        sub = helper.make_model(g, opset_imports=list(fn.opset_import) or self.opsets, ir_version=self.model.ir_version or 8)
-        sub.functions.extend(self.model.functions)
+        if self._depth > 16:
+            return None
+        body = _function_body(fn, node)
+        input_types = {formal: scope.types.get(actual) for formal, actual in zip(fn.input, node.input) if actual}
+        opsets = _function_opsets(fn, self.model)
+        inferred = infer_body(body, input_types, {}, self.model, opsets)
+        sub_fields = {formal: fields[actual] for formal, actual in zip(fn.input, node.input) if actual in fields}
+        label = f"{node_label(node)}:{fn.domain}.{fn.name}"
+        sub_path = f"{path}/{label}" if path else label
+        self._depth += 1
         try:
-            sub = onnx.shape_inference.infer_shapes(sub, strict_mode=False, data_prop=True)
-        except Exception:  # noqa: BLE001 - fall back to the shapes we passed in
-            pass
-        sub_fields: dict[str, _Field] = {}
-        for formal, actual in zip(fn.input, node.input):
-            if actual in fields:
-                sub_fields[formal] = fields[actual]
-        sub_path = f"{path}/{node_label(node)}:{fn.domain}.{fn.name}" if path else f"{node_label(node)}:{fn.domain}.{fn.name}"
-        self.walk(sub.graph, sub_path, {}, sub_fields, set())
-        return _merge([sub_fields.get(o) for o in fn.output if o in sub_fields])
+            self.walk(inferred, sub_path, _Scope(inferred, None, set(), key_prefix=f"{fn.domain}.{fn.name}:"), sub_fields)
+        finally:
+            self._depth -= 1
+        return _merge([sub_fields.get(o) for o in fn.output])
 
 
-def _symbolic_inputs(model: onnx.ModelProto) -> list[str]:
-    init = {t.name for t in model.graph.initializer}
-    out = []
-    for vi in model.graph.input:
-        if vi.name in init:
-            continue
-        s = _shape_tuple(vi)
-        if s is None:
-            out.append(f"input '{vi.name}' has no shape")
-            continue
-        for i, d in enumerate(s):
-            if not isinstance(d, int):
-                label = f" ('{d}')" if isinstance(d, str) else ""
-                out.append(f"input '{vi.name}' dim {i}{label}")
+# --------------------------------------------------------------------------------------------------------------
+# Helpers of the walk
+
+
+def _fill_conv_row(row: LayerStats, spec: ConvSpec) -> None:
+    row.kind = spec.kind
+    row.depth_multiplier = spec.depth_multiplier
+    row.dilated, row.strided = spec.dilated, spec.strided
+    row.input_shape = list(spec.input_shape)
+    row.output_shape = list(spec.output_shape)
+    row.weight_shape = list(spec.weight_shape)
+    row.kernel_shape = list(spec.kernel_shape)
+    row.strides = list(spec.strides)
+    row.pads = list(spec.pads) if spec.pads is not None else None
+    row.dilations = list(spec.dilations)
+    row.group = spec.group
+    row.auto_pad = spec.auto_pad
+    row.output_padding = list(spec.output_padding) if spec.transposed else None
+    row.params = spec.params
+    row.macs = spec.macs
+    row.flops = spec.flops
+
+
+def _weight_from_attrs(op: str, attrs: Mapping[str, Any], x: list[int | None] | None,
+                       y: list[int | None] | None) -> tuple[int, ...] | None:
+    """A computed weight's shape from kernel_shape, group and the input/output channels, when all are known."""
+    kernel = attrs.get("kernel_shape")
+    if not kernel or x is None or y is None or len(x) < 2 or len(y) < 2 or x[1] is None or y[1] is None:
+        return None
+    g = int(attrs.get("group", 1) or 1)
+    c_in, c_out = x[1], y[1]
+    if g < 1 or c_in % g or c_out % g:
+        return None
+    if op == "ConvTranspose":
+        return (c_in, c_out // g, *[int(k) for k in kernel])
+    return (c_out, c_in // g, *[int(k) for k in kernel])
+
+
+def _describe_unknown_weight(row: LayerStats, attrs: Mapping[str, Any]) -> None:
+    """Fill what the attributes alone tell about a conv whose weight shape is unknown."""
+    kernel = attrs.get("kernel_shape")
+    if kernel:
+        k = len(kernel)
+        row.kernel_shape = [int(v) for v in kernel]
+        row.strides = [int(v) for v in attrs.get("strides") or [1] * k]
+        row.dilations = [int(v) for v in attrs.get("dilations") or [1] * k]
+    row.group = int(attrs.get("group", 1) or 1)
+    row.note = (f"weight is a {row.weight_source} and its shape is unknown "
+                "(needs kernel_shape and known input and output channels): params and MACs not counted")
+
+
+def _whatif(spec: ConvSpec, macs: int, groups: int) -> dict[str, Any]:
+    """Params and MACs of the same conv as depthwise separable and as grouped with ``groups`` groups."""
+    n = spec.batch or 1
+    sep_params, sep_macs = C.separable_cost(
+        n, spec.c_in, spec.c_out, spec.output_shape[2:], spec.kernel_shape, spec.has_bias  # type: ignore[arg-type]
+    )
+    out: dict[str, Any] = {
+        "separable": {"params": sep_params, "macs": sep_macs, "macs_ratio": sep_macs / macs if macs else None,
+                      "params_ratio": sep_params / spec.params}
+    }
+    g = C.grouped_cost(spec.weight_params, macs, spec.c_in, spec.c_out, groups, spec.bias_params)
+    if g is None:
+        out["grouped"] = {"groups": groups, "params": None, "macs": None, "macs_ratio": None, "params_ratio": None,
+                          "reason": f"channels {spec.c_in}->{spec.c_out} not divisible by {groups}"}
+    else:
+        out["grouped"] = {"groups": groups, "params": g[0], "macs": g[1],
+                          "macs_ratio": g[1] / macs if macs else None, "params_ratio": g[0] / spec.params}
     return out
+
+
+def _spatial_field(node: onnx.NodeProto, scope: _Scope, f: _Field) -> _Field:
+    """The field after a non-conv op: pooling and resizing change it, everything else passes it on."""
+    op = node.op_type
+    if op in _POOL_OPS:
+        at = attrs_of(node)
+        ks = [int(v) for v in at.get("kernel_shape") or []]  # type: ignore[attr-defined]
+        if ks:
+            k = len(ks)
+            return _steps(f, ks, [int(v) for v in at.get("strides") or [1] * k],  # type: ignore[attr-defined]
+                          [int(v) for v in at.get("dilations") or [1] * k])  # type: ignore[attr-defined]
+    elif op in _GLOBAL_POOL_OPS or op in _REDUCE_OPS:
+        x = _int_shape(scope.shapes.get(node.input[0])) if node.input else None
+        y = _int_shape(scope.shapes.get(node.output[0])) if node.output else None
+        if x is None or len(x) <= 2 or None in x[2:]:
+            return f
+        if op in _REDUCE_OPS and (y is None or len(y) != len(x) or any(v != 1 for v in y[2:])):
+            return f  # a reduction that keeps spatial extent (e.g. over channels) leaves the field alone
+        spatial = [int(v) for v in x[2:]]  # type: ignore[arg-type]
+        return _steps(f, spatial, spatial, [1] * len(spatial), collapsed=True)
+    elif op in _RESIZE_OPS:
+        x = _int_shape(scope.shapes.get(node.input[0])) if node.input else None
+        y = _int_shape(scope.shapes.get(node.output[0])) if node.output else None
+        if x and y and len(x) == len(y) > 2 and all(x[2:]) and all(y[2:]):
+            g = _fit(f, len(x) - 2)
+            jump = tuple(g.jump[i] * x[2 + i] / y[2 + i] for i in range(len(x) - 2))  # type: ignore[operator]
+            return _Field(g.rf, jump, f.collapsed, g.extent)
+    return f
+
+
+def _body_inputs(node: onnx.NodeProto, body: onnx.GraphProto, scope: _Scope) -> dict[str, onnx.TypeProto | None] | None:
+    """Types for a Loop/Scan body's inputs from the node's inputs; None for other ops."""
+    if node.op_type == "Loop":
+        out: dict[str, onnx.TypeProto | None] = {}
+        for formal, actual in zip(list(body.input)[2:], list(node.input)[2:]):
+            out[formal.name] = scope.types.get(actual)
+        return out
+    if node.op_type == "Scan":
+        at = attrs_of(node)
+        n_state = len(body.input) - int(at.get("num_scan_inputs", 0))  # type: ignore[call-overload]
+        axes = [int(a) for a in at.get("scan_input_axes") or []]  # type: ignore[attr-defined]
+        out = {}
+        for i, (formal, actual) in enumerate(zip(body.input, node.input)):
+            t = scope.types.get(actual)
+            if t is not None and i >= n_state and t.tensor_type.HasField("shape"):
+                t2 = onnx.TypeProto()
+                t2.CopyFrom(t)
+                dims = t2.tensor_type.shape.dim
+                axis = axes[i - n_state] if i - n_state < len(axes) else 0
+                del dims[axis % len(dims) if len(dims) else 0]  # a scan input loses its scan axis in the body
+                t = t2
+            out[formal.name] = t
+        return out
+    return None
+
+
+def _body_bindings(node: onnx.NodeProto, body: onnx.GraphProto) -> list[tuple[str, str]]:
+    """(body input, node input) pairs that carry the same values (for the receptive field)."""
+    if node.op_type == "Loop":
+        return [(f.name, a) for f, a in zip(list(body.input)[2:], list(node.input)[2:])]
+    if node.op_type == "Scan":
+        return [(f.name, a) for f, a in zip(body.input, node.input)]
+    return []
+
+
+def _function_body(fn: onnx.FunctionProto, call: onnx.NodeProto) -> onnx.GraphProto:
+    """The function's nodes as a graph, with attribute references resolved from the call (or defaults)."""
+    given = {a.name: a for a in call.attribute}
+    defaults = {a.name: a for a in getattr(fn, "attribute_proto", [])}
+    nodes = []
+    for n in fn.node:
+        if not any(a.ref_attr_name for a in n.attribute):
+            nodes.append(n)
+            continue
+        n2 = onnx.NodeProto()
+        n2.CopyFrom(n)
+        keep = []
+        for a in n2.attribute:
+            ref = a.ref_attr_name
+            src = given.get(ref) or defaults.get(ref) if ref else a
+            if src is None:
+                continue  # an optional attribute the call leaves out: the op's own default applies
+            new = onnx.AttributeProto()
+            new.CopyFrom(src)
+            new.name = a.name
+            new.ClearField("ref_attr_name")
+            keep.append(new)
+        del n2.attribute[:]
+        n2.attribute.extend(keep)
+        nodes.append(n2)
+    inputs = [onnx.helper.make_empty_tensor_value_info(i) for i in fn.input]
+    outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in fn.output]
+    return onnx.helper.make_graph(nodes, fn.name, inputs, outputs)
+
+
+def _function_opsets(fn: onnx.FunctionProto, model: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
+    mine = {o.domain: o for o in fn.opset_import}
+    return list(mine.values()) + [o for o in model.opset_import if o.domain not in mine]
+
+
+def _check_domains(model: onnx.ModelProto) -> None:
+    """Every node's domain must be imported by the model (or be a local function's)."""
+    imported = {o.domain for o in model.opset_import} | {"ai.onnx"}
+    if any(o.domain == "ai.onnx" for o in model.opset_import):
+        imported.add("")
+    local = {(f.domain, f.name) for f in model.functions}
+    fn_imported = {d for f in model.functions for d in (o.domain for o in f.opset_import)}
+
+    def visit(graph: onnx.GraphProto, where: str, allowed: set[str]) -> None:
+        for node in graph.node:
+            dom = node.domain or ""
+            if dom not in allowed and (dom, node.op_type) not in local:
+                shown = sorted(d or "ai.onnx" for d in imported - {"ai.onnx"})
+                raise ShapeError(
+                    f"node '{node_label(node)}'{where} ({node.op_type}) uses domain '{dom or 'ai.onnx'}', "
+                    f"which the model does not import (opset_import: {', '.join(shown) or 'none'})"
+                )
+            for _, g in subgraphs_of(node):
+                visit(g, f" in a subgraph of '{node_label(node)}'", allowed)
+
+    visit(model.graph, "", imported)
+    for f in model.functions:
+        g = onnx.helper.make_graph(list(f.node), f.name, [], [])
+        visit(g, f" in function '{f.domain}.{f.name}'", imported | fn_imported)
+
+
+def _shared_params(walker: _Walker) -> int:
+    """Weight elements counted more than once because several rows read the same stored tensor."""
+    extra = 0
+    for users in walker.weight_users.values():
+        if len(users) > 1 and users[0].weight_shape is not None:
+            extra += C.prod(users[0].weight_shape) * (len(users) - 1)
+    return extra
 
 
 def analyze(
@@ -537,7 +722,7 @@ def analyze(
     all_ops: bool = False,
     groups: int = 4,
 ) -> StatsReport:
-    """Count every convolution (and with ``all_ops`` every Gemm/MatMul) of ``model``.
+    """Count every convolution (and with ``all_ops`` every Gemm/MatMul/RNN/GRU/LSTM) of ``model``.
 
     Args:
         model: the model; its weights need not be loaded (only their shapes are read).
@@ -548,8 +733,8 @@ def analyze(
         groups: G of the "grouped with G groups" what-if.
 
     Raises:
-        ShapeError: a dim needed for a count is still unknown (names the input and dim), or a node contradicts
-            its weight.
+        ShapeError: a dim needed for a count is still unknown (names the input and dim, with an example
+            option), a node contradicts its weight, or the model uses a domain it does not import.
         OptionError: an input shape names no input or contradicts the model.
     """
     if groups < 1:
@@ -558,39 +743,33 @@ def analyze(
         raise OptionError(f"--batch must be at least 1, got {batch}")
     _check_domains(model)
     notes: list[str] = []
+    weights = frozenset(t.name for t in model.graph.initializer)
     work = shape_model(model)
-    _prepare_inputs(work, input_shapes or {}, batch, notes)
-    inferred = _infer(work)
+    apply_input_shapes(work, input_shapes or {}, batch, notes, weights)
+    inferred = infer(work)
     walker = _Walker(inferred, all_ops, groups)
-    consts = {t.name for t in model.graph.initializer}
-    walker.walk(inferred.graph, "", {}, {}, consts)
+    walker.walk(inferred.graph, "", _Scope(inferred.graph, None, set(weights)), {})
     rows = walker.rows
-    unknown = [r for r in rows if r.macs is None and r.weight_shape is not None]
-    if unknown:
-        missing = _symbolic_inputs(work)
-        if missing:
-            raise ShapeError(
-                f"{len(unknown)} layer(s) need dims that are unknown, starting with '{unknown[0].qualified_name}': "
-                f"{', '.join(missing)}; set them with --input-shape NAME=1x3x224x224"
-            )
-        notes.append(
-            f"{len(unknown)} layer(s) have an input shape that shape inference could not work out "
-            f"(first: '{unknown[0].qualified_name}'); their MACs are not counted"
-        )
-    for r in rows:
-        if r.weight_source.startswith("computed") and r.weight_shape is None:
-            notes.append(f"'{r.qualified_name}': weight computed at run time with unknown shape; not counted")
+    _check_unknown(model, work, inferred, walker, notes)
+    if walker.bodies:
+        notes.append("convs in " + ", ".join(sorted(walker.bodies)) + " are counted once (one Loop/Scan "
+                     "iteration; every If branch, though only one runs)")
+    for op, labels in sorted(walker.foreign.items()):
+        notes.append(f"{len(labels)} '{op}' node(s) of a non-standard domain are not counted")
+    if not rows:
+        notes.append("no convolution layers found" + (" (nor Gemm/MatMul/RNN)" if all_ops else ""))
     totals = {
         "layers": len(rows),
         "params": sum(r.params or 0 for r in rows),
         "macs": sum(r.macs or 0 for r in rows),
         "flops": sum(r.flops or 0 for r in rows),
+        "uncounted": sum(1 for r in rows if r.macs is None),
     }
-    # Weights shared by several convs are counted once in the params total (they are stored once).
-    shared = _shared_weight_params(rows, inferred)
+    shared = _shared_params(walker)
     if shared:
+        # A weight read by several convs is stored once: the params total counts it once.
         totals["params"] -= shared
-        notes.append(f"{shared} params of weights shared between convs are counted once in the total")
+        notes.append(f"{shared} params of weights shared between layers are counted once in the total")
     if totals["macs"]:
         for r in rows:
             if r.macs is not None:
@@ -598,34 +777,19 @@ def analyze(
     return StatsReport(model=name, layers=rows, totals=totals, notes=notes, whatif_groups=groups)
 
 
-def _shared_weight_params(rows: Sequence[LayerStats], model: onnx.ModelProto) -> int:
-    """Weight elements counted more than once because several rows read the same weight tensor."""
-    by_name: dict[str, list[onnx.NodeProto]] = {}
-    labels = {r.qualified_name for r in rows if r.path == ""}
-    for node in model.graph.node:
-        if node.op_type in CONV_OPS and node_label(node) in labels:
-            w = node.input[WEIGHT_INDEX[node.op_type]] if len(node.input) > WEIGHT_INDEX[node.op_type] else ""
-            if w:
-                by_name.setdefault(w, []).append(node)
-    row_by_label = {r.name: r for r in rows if r.path == ""}
-    extra = 0
-    for users in by_name.values():
-        if len(users) > 1:
-            r = row_by_label.get(node_label(users[0]))
-            if r is not None and r.weight_shape is not None:
-                extra += C.prod(r.weight_shape) * (len(users) - 1)
-    return extra
-
-
-def format_count(value: float | int | None) -> str:
-    """Human form of a count: 1.23G, 45.6M, 7.89K, 123; '?' for unknown."""
-    if value is None:
-        return "?"
-    v = float(value)
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
-
-
-del math, OnnxConvError
+def _check_unknown(model: onnx.ModelProto, work: onnx.ModelProto, inferred: onnx.ModelProto, walker: _Walker,
+                   notes: list[str]) -> None:
+    """Raise when layers lack MACs because an input dim is unknown; note it when the gap is in the graph."""
+    unknown = [r for r in walker.rows if r.macs is None and r.weight_shape is not None]
+    if not unknown:
+        return
+    ids = {id(r) for r in unknown}
+    main = [n for r, n in walker.main_nodes if id(r) in ids]
+    needed = inputs_feeding(inferred.graph, main) if len(main) == len(unknown) else set()
+    msg = missing_dims_message(model, work, needed, len(unknown))
+    if msg:
+        raise ShapeError(msg)
+    notes.append(
+        f"{len(unknown)} layer(s) have an input shape that shape inference could not work out "
+        f"(first: '{unknown[0].qualified_name}'); their MACs are not counted"
+    )

@@ -1,0 +1,534 @@
+"""Shapes for counting: user-given input dims, ONNX shape inference, and what inference alone misses.
+
+``stats`` needs the shape of every conv input. ONNX shape inference gives most of them; three gaps are closed
+here, always on the weight-free copy from :func:`onnxconv.model_io.shape_model`, never on the user's model:
+
+* **Input dims**: ``--input-shape NAME=1x3x224x224`` and ``--batch`` fix symbolic or unknown input dims
+  (:func:`apply_input_shapes`); a dim still unknown and needed is reported with an example built from the
+  input's real shape (:func:`missing_dims_message`).
+* **Shape arithmetic**: exporters compute Reshape targets as ``Shape -> Slice -> Concat``; onnx's data
+  propagation follows that only for some ops at some opsets (``Slice`` at opset 12 or 13 is not followed).
+  :func:`infer` evaluates such small integer subgraphs with numpy (:data:`_FOLD_OPS`), feeds the values to
+  the ops whose output shape stayed unknown, and infers again until nothing changes.
+* **Loop/Scan bodies and functions**: onnx does not write shapes into a Loop body whose inputs declare none;
+  :func:`infer_body` infers a body on its own, its inputs typed from the calling node.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import OptionError, ShapeError
+from .graph import attrs_of, outer_names, toposort
+from .model_io import KEEP_VALUES_BELOW
+
+__all__ = [
+    "shape_tuple",
+    "apply_input_shapes",
+    "infer",
+    "infer_body",
+    "type_map",
+    "missing_dims_message",
+    "inputs_feeding",
+    "MAX_FOLD_ROUNDS",
+]
+
+#: Re-inference rounds after folding shape arithmetic; each round can only unlock shapes the previous found.
+MAX_FOLD_ROUNDS = 4
+
+
+def shape_tuple(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    """A value_info's dims: int, the dim_param string, or None; None when the rank is unknown."""
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    out: list[int | str | None] = []
+    for d in vi.type.tensor_type.shape.dim:
+        out.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
+    return tuple(out)
+
+
+def _set_dims(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
+    shape = vi.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        shape.dim.add().dim_value = int(d)
+
+
+def _real_inputs(model: onnx.ModelProto, weights: frozenset[str] = frozenset()) -> list[onnx.ValueInfoProto]:
+    init_names = {t.name for t in model.graph.initializer} | weights
+    return [vi for vi in model.graph.input if vi.name not in init_names]
+
+
+def apply_input_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None, notes: list[str],
+    weights: frozenset[str] = frozenset(),
+) -> None:
+    """Apply --input-shape and --batch to the graph inputs of the (shape-only) ``model``, in place.
+
+    A symbolic or unknown first dim of an input of rank 2 or more is the batch: ``batch``, or 1 with a note.
+    ``weights`` names the original initializers (shape_model turned the large ones into inputs).
+
+    Raises:
+        OptionError: a named input does not exist, has another rank, or has a fixed dim that differs.
+    """
+    real = _real_inputs(model, weights)
+    by_name = {vi.name: vi for vi in real}
+    for name, dims in input_shapes.items():
+        vi = by_name.get(name)
+        if vi is None:
+            names = ", ".join(v.name for v in real) or "none"
+            raise OptionError(f"--input-shape: the model has no input '{name}' (inputs: {names})")
+        old = shape_tuple(vi)
+        if old is not None and len(old) != len(dims):
+            raise OptionError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(old)}")
+        for i, (o, n) in enumerate(zip(old or (), dims)):
+            if isinstance(o, int) and o > 0 and o != n:
+                raise OptionError(f"--input-shape {name}: dim {i} is fixed at {o} in the model, {n} given")
+        _set_dims(vi, dims)
+    for vi in real:
+        shape = shape_tuple(vi)
+        if vi.name in input_shapes or not shape or len(shape) < 2:
+            continue
+        first = shape[0]
+        if isinstance(first, int) and first > 0:
+            if batch is not None and first != batch:
+                notes.append(f"input '{vi.name}' has a fixed batch of {first}; --batch {batch} does not apply to it")
+            continue
+        dim = vi.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = batch if batch is not None else 1
+        if batch is None:
+            notes.append(f"input '{vi.name}': symbolic batch dim counted as 1 (set --batch)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inference
+
+
+def _infer_once(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises several unrelated types; all mean the same here
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ShapeError(f"ONNX shape inference failed: {msg[:300]}") from e
+
+
+def _static(shape: tuple[Any, ...] | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        s = shape_tuple(vi)
+        if s is not None:
+            out[vi.name] = s
+    for t in graph.initializer:
+        out[t.name] = tuple(int(d) for d in t.dims)
+    return out
+
+
+def _unknown_outputs(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> int:
+    return sum(1 for n in graph.node for o in n.output if o and not _static(shapes.get(o)))
+
+
+def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape-infer ``model`` (a shape-only copy: it may be rewired), folding shape arithmetic onnx misses."""
+    inferred = _infer_once(model)
+    shapes = _shapes(inferred.graph)
+    unknown = _unknown_outputs(inferred.graph, shapes)
+    for _ in range(MAX_FOLD_ROUNDS):
+        if not unknown or not _feed_folded_values(inferred.graph, shapes):
+            break
+        again = _infer_once(inferred)
+        shapes = _shapes(again.graph)
+        now = _unknown_outputs(again.graph, shapes)
+        inferred = again
+        if now >= unknown:
+            break
+        unknown = now
+    return inferred
+
+
+def _feed_folded_values(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> bool:
+    """Give every node whose output shape is unknown the folded values of its computed inputs, as initializers.
+
+    Only inputs past the first are rewired (Reshape's shape, Expand's shape, Resize's sizes, Slice's bounds...);
+    the data input keeps its producer. Returns whether anything changed.
+    """
+    values = _fold(graph, shapes)
+    given = {t.name for t in graph.initializer}
+    changed = False
+    for node in graph.node:
+        if all(_static(shapes.get(o)) for o in node.output if o):
+            continue
+        for i in range(1, len(node.input)):
+            name = node.input[i]
+            if name in given or name not in values or name.endswith("::onnxconv_folded"):
+                continue
+            new = f"{name}::onnxconv_folded"
+            if new not in given:
+                graph.initializer.append(numpy_helper.from_array(values[name], new))
+                given.add(new)
+            node.input[i] = new
+            changed = True
+    return changed
+
+
+def _fold(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """Values of the small tensors computable from constants and known shapes (best effort, numpy only)."""
+    values: dict[str, np.ndarray] = {}
+    for t in graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) <= 1 and _numel(t.dims) <= KEEP_VALUES_BELOW:
+            try:
+                values[t.name] = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001 - a tensor numpy cannot hold is simply not folded
+                pass
+    for node in toposort(graph.node):
+        fn = _FOLD_OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if fn is None or not node.output:
+            continue
+        try:
+            result = fn(node, [values.get(i) if i else None for i in node.input],
+                        [shapes.get(i) if i else None for i in node.input])
+        except Exception:  # noqa: BLE001 - folding is an optimisation; anything odd just stays unknown
+            result = None
+        if result is not None and result.size <= KEEP_VALUES_BELOW:
+            values[node.output[0]] = result
+    return values
+
+
+def _numel(dims: Sequence[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+# Each folder gets (node, input values or None, input shapes or None) and returns the first output or None.
+def _need(vals: Sequence[np.ndarray | None], n: int) -> bool:
+    return len(vals) >= n and all(v is not None for v in vals[:n])
+
+
+def _f_shape(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    s = shp[0]
+    if not _static(s):
+        return None
+    at = attrs_of(node)
+    start, end = int(at.get("start", 0)), at.get("end")  # type: ignore[call-overload]
+    return np.array(s[start:None if end is None else int(end)], dtype=np.int64)  # type: ignore[call-overload]
+
+
+def _f_constant(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and _numel(a.t.dims) <= KEEP_VALUES_BELOW:
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+    return None
+
+
+def _axes(node: onnx.NodeProto, vals: Sequence[Any], index: int) -> list[int] | None:
+    at = attrs_of(node)
+    if "axes" in at:
+        return [int(a) for a in at["axes"]]  # type: ignore[attr-defined]
+    if len(vals) > index and vals[index] is not None:
+        return [int(a) for a in np.asarray(vals[index]).reshape(-1)]
+    return None
+
+
+def _f_unsqueeze(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 1):
+        return None
+    axes = _axes(node, vals, 1)
+    if axes is None:
+        return None
+    rank = vals[0].ndim + len(axes)
+    out = vals[0]
+    for a in sorted(a % rank for a in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _f_squeeze(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 1):
+        return None
+    axes = _axes(node, vals, 1)
+    return np.squeeze(vals[0], axis=None if axes is None else tuple(a % vals[0].ndim for a in axes))
+
+
+def _f_slice(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 1):
+        return None
+    at = attrs_of(node)
+    x = vals[0]
+    if "starts" in at:  # opset < 10: attributes
+        starts, ends = list(at["starts"]), list(at["ends"])  # type: ignore[call-overload]
+        axes = list(at.get("axes", range(len(starts))))  # type: ignore[call-overload]
+        steps = [1] * len(starts)
+    else:
+        if not _need(vals, 3):
+            return None
+        starts, ends = [int(v) for v in vals[1].reshape(-1)], [int(v) for v in vals[2].reshape(-1)]
+        n = len(starts)
+        axes = [int(v) for v in vals[3].reshape(-1)] if len(vals) > 3 and vals[3] is not None else list(range(n))
+        steps = [int(v) for v in vals[4].reshape(-1)] if len(vals) > 4 and vals[4] is not None else [1] * n
+    index = [slice(None)] * x.ndim
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        index[int(ax) % x.ndim] = slice(int(st), int(en), int(sp))  # Python clamps out-of-range bounds like ONNX
+    return x[tuple(index)]
+
+
+def _f_gather(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 2):
+        return None
+    return np.take(vals[0], vals[1].astype(np.int64), axis=int(attrs_of(node).get("axis", 0)))  # type: ignore[call-overload]
+
+
+def _f_concat(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not vals or any(v is None for v in vals):
+        return None
+    return np.concatenate([np.atleast_1d(v) for v in vals], axis=int(attrs_of(node).get("axis", 0)))  # type: ignore[call-overload]
+
+
+def _f_cast(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 1):
+        return None
+    return vals[0].astype(helper.tensor_dtype_to_np_dtype(int(attrs_of(node)["to"])))  # type: ignore[call-overload]
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer):
+        # onnxruntime truncates integer division toward zero (C semantics), numpy's // floors.
+        return (np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(np.result_type(a, b))
+    return a / b
+
+
+def _binary(fn: Any) -> Any:
+    def fold(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+        return np.asarray(fn(vals[0], vals[1])) if _need(vals, 2) else None
+    return fold
+
+
+def _unary(fn: Any) -> Any:
+    def fold(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+        return np.asarray(fn(vals[0])) if _need(vals, 1) else None
+    return fold
+
+
+def _f_variadic(fn: Any) -> Any:
+    def fold(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+        if not vals or any(v is None for v in vals):
+            return None
+        out = vals[0]
+        for v in vals[1:]:
+            out = fn(out, v)
+        return np.asarray(out)
+    return fold
+
+
+def _f_where(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    return np.where(vals[0], vals[1], vals[2]) if _need(vals, 3) else None
+
+
+def _f_range(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    return np.arange(vals[0].item(), vals[1].item(), vals[2].item(), dtype=vals[0].dtype) if _need(vals, 3) else None
+
+
+def _f_constant_of_shape(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 1) or _numel([int(v) for v in vals[0].reshape(-1)]) > KEEP_VALUES_BELOW:
+        return None
+    value = attrs_of(node).get("value")
+    fill = numpy_helper.to_array(value).reshape(-1)[0] if isinstance(value, onnx.TensorProto) else np.float32(0)
+    return np.full([int(v) for v in vals[0].reshape(-1)], fill, dtype=np.asarray(fill).dtype)
+
+
+def _f_reshape(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 2):
+        return None
+    target = [int(v) for v in vals[1].reshape(-1)]
+    if not attrs_of(node).get("allowzero", 0):
+        target = [vals[0].shape[i] if v == 0 else v for i, v in enumerate(target)]
+    return vals[0].reshape(target)
+
+
+def _f_expand(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 2):
+        return None
+    shape = np.broadcast_shapes(vals[0].shape, tuple(int(v) for v in vals[1].reshape(-1)))
+    return np.broadcast_to(vals[0], shape).copy() if _numel(shape) <= KEEP_VALUES_BELOW else None
+
+
+def _reduce(fn: Any) -> Any:
+    def fold(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+        if not _need(vals, 1):
+            return None
+        axes = _axes(node, vals, 1)
+        keep = bool(attrs_of(node).get("keepdims", 1))
+        return np.asarray(fn(vals[0], axis=None if not axes else tuple(axes), keepdims=keep))
+    return fold
+
+
+def _f_size(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    return np.array(_numel(shp[0]), dtype=np.int64) if _static(shp[0]) else None
+
+
+_FOLD_OPS: dict[str, Any] = {
+    "Shape": _f_shape, "Size": _f_size, "Constant": _f_constant, "Identity": _unary(lambda a: a),
+    "Cast": _f_cast, "Gather": _f_gather, "Unsqueeze": _f_unsqueeze, "Squeeze": _f_squeeze, "Slice": _f_slice,
+    "Concat": _f_concat, "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
+    "Div": _binary(_int_div), "Neg": _unary(np.negative), "Abs": _unary(np.abs), "Floor": _unary(np.floor),
+    "Ceil": _unary(np.ceil), "Max": _f_variadic(np.maximum), "Min": _f_variadic(np.minimum),
+    "Equal": _binary(np.equal), "Less": _binary(np.less), "Greater": _binary(np.greater), "Not": _unary(np.logical_not),
+    "Where": _f_where, "Range": _f_range, "ConstantOfShape": _f_constant_of_shape, "Reshape": _f_reshape,
+    "Expand": _f_expand, "ReduceProd": _reduce(np.prod), "ReduceSum": _reduce(np.sum),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subgraphs and functions inferred on their own
+
+
+def type_map(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    """Every type the graph states (inputs, value_info, outputs, initializers)."""
+    out: dict[str, onnx.TypeProto] = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if vi.type.HasField("tensor_type"):
+            out[vi.name] = vi.type
+    for t in graph.initializer:
+        out[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
+    return out
+
+
+def infer_body(
+    body: onnx.GraphProto,
+    input_types: Mapping[str, onnx.TypeProto | None],
+    outer_types: Mapping[str, onnx.TypeProto],
+    model: onnx.ModelProto,
+    opsets: Sequence[onnx.OperatorSetIdProto] | None = None,
+) -> onnx.GraphProto:
+    """``body`` shape-inferred as a stand-alone graph.
+
+    Its inputs take ``input_types`` (None keeps the declared type); names it reads from enclosing scopes become
+    extra inputs typed from ``outer_types``. On failure the body comes back with the seeded input types only.
+    """
+    g = onnx.GraphProto()
+    g.CopyFrom(body)
+    for vi in g.input:
+        t = input_types.get(vi.name)
+        if t is not None:
+            vi.type.CopyFrom(t)
+    for name in sorted(outer_names(body)):
+        t = outer_types.get(name)
+        vi = g.input.add()
+        vi.name = name
+        if t is not None:
+            vi.type.CopyFrom(t)
+        else:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    m = helper.make_model(g, opset_imports=list(opsets or model.opset_import))
+    m.ir_version = model.ir_version or 8
+    m.functions.extend(model.functions)
+    try:
+        return infer(m).graph
+    except ShapeError:
+        return g
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The "which dim is missing" message
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,23}$")
+_LAYOUT_NAMES = {3: {2: "L"}, 4: {2: "H", 3: "W"}, 5: {2: "D", 3: "H", 4: "W"}}
+
+
+def _placeholder(shape: Sequence[int | str | None], i: int, used: set[str]) -> str:
+    """A readable stand-in for an unknown dim: its name when it has a real one, else H/W/L/D by position."""
+    d = shape[i]
+    if isinstance(d, str) and _IDENT.match(d) and not d.startswith("unk__"):
+        name = d
+    else:
+        rank = len(shape)
+        nhwc = rank == 4 and isinstance(shape[3], int) and 0 < shape[3] <= 4 and not isinstance(shape[1], int)
+        name = {1: "H", 2: "W"}.get(i, f"d{i}") if nhwc else _LAYOUT_NAMES.get(rank, {}).get(i, f"d{i}")
+    base, n = name, 2
+    while name in used:
+        name, n = f"{base}{n}", n + 1
+    used.add(name)
+    return f"<{name}>"
+
+
+def _dim_label(d: int | str | None) -> str:
+    if isinstance(d, str) and d.strip() and d.strip() != "?":
+        return f"'{d}'"
+    return "unnamed"
+
+
+def missing_dims_message(
+    original: onnx.ModelProto, work: onnx.ModelProto, needed_by: set[str], n_layers: int
+) -> str | None:
+    """One line naming each input dim still unknown after --input-shape/--batch, with an example option.
+
+    ``original`` has the declared input shapes, ``work`` the ones after :func:`apply_input_shapes`;
+    ``needed_by`` restricts the message to the inputs the unknown layers depend on (all when empty).
+    Returns None when every input dim is known (the gap is then inside the graph).
+    """
+    declared = {vi.name: shape_tuple(vi) for vi in _real_inputs(original)}
+    parts, examples = [], []
+    for vi in _real_inputs(work, frozenset(t.name for t in original.graph.initializer)):
+        if needed_by and vi.name not in needed_by:
+            continue
+        now = shape_tuple(vi)
+        if now is None:
+            parts.append(f"input '{vi.name}' has no declared shape")
+            examples.append(f"--input-shape {vi.name}=1x3x224x224")
+            continue
+        unknown = [i for i, d in enumerate(now) if not (isinstance(d, int) and d > 0)]
+        if not unknown:
+            continue
+        before = declared.get(vi.name) or now
+        labels = [f"dim {i} ({_dim_label(before[i] if i < len(before) else None)})" for i in unknown]
+        parts.append(f"input '{vi.name}' " + " and ".join(labels))
+        used: set[str] = set()
+        dims = [str(d) if isinstance(d, int) and d > 0 else _placeholder(before, i, used) for i, d in enumerate(now)]
+        examples.append(f"--input-shape {vi.name}=" + "x".join(dims))
+    if not parts:
+        return None
+    what = "; ".join(parts)
+    return (
+        f"{n_layers} layer(s) need a dim that is unknown: {what}; set it, e.g. {' '.join(examples)} "
+        f"(replace each <...> with a number)"
+    )
+
+
+def inputs_feeding(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]) -> set[str]:
+    """Names of graph inputs that ``nodes`` depend on (through any path)."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    inputs = {vi.name for vi in graph.input}
+    seen: set[str] = set()
+    found: set[str] = set()
+    stack = [i for n in nodes for i in n.input if i]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inputs:
+            found.add(name)
+        p = producer.get(name)
+        if p is not None:
+            stack.extend(i for i in p.input if i)
+    return found
+
