@@ -50,7 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .conv import conv_spec
 from .errors import OnnxConvError, OptionError, ShapeError
 from .graph import attrs_of, node_inputs_with_implicit, node_label, subgraphs_of, toposort
-from .passes.common import NamePool, PassResult, check_model
+from .passes.common import LayerChange, NamePool, PassResult, check_model
 
 __all__ = [
     "CalibrationSet",
@@ -534,15 +534,23 @@ def _waves(model: onnx.ModelProto, stages: Sequence[LinearStage]) -> None:
                 level[o] = s.wave + 1
 
 
-def _top_level_outputs(original: onnx.ModelProto) -> dict[str, str]:
-    """Layer label (as the passes name top-level nodes) -> the node's first output."""
-    return {node_label(n): n.output[0] for n in original.graph.node if n.output}
+def _top_level_node(model: onnx.ModelProto, label: str, op_type: str = "Conv") -> onnx.NodeProto | None:
+    """The node of the main graph the passes call ``label`` (its name, else its first output)."""
+    return next((n for n in model.graph.node if n.op_type == op_type and node_label(n) == label), None)
 
 
 @dataclass
 class _Plan:
+    """One layer to refit: its stage in the rewritten model and its target in the original.
+
+    The target is the original tensor ``target`` with its channels taken in ``order`` (the grouped layout of a
+    shuffle-mode conv: output ``j`` of the grouped conv is original channel ``order[j]``), or as they are.
+    """
+
     stage: LinearStage
     index: int
+    target: str
+    order: np.ndarray | None = None
     out_spatial: tuple[int, ...] = ()
     n_fit: int = 0
     n_check: int = 0
@@ -551,10 +559,66 @@ class _Plan:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange, pass_name: str,
+                index: int) -> _Plan | str:
+    """What to refit for one rewritten layer, or why it is not refitted.
+
+    Separable: the layer's original output tensor is still produced, by the pointwise stage. Shuffle: the
+    grouped conv keeps the node's name and writes the original channels in a grouped order, which
+    :func:`_grouped_orders` finds afterwards.
+    """
+    old = _top_level_node(original, change.name)
+    if old is None or not old.output:
+        return "inside a subgraph: not refitted"
+    target = old.output[0]
+    if pass_name == "shuffle":
+        new = _top_level_node(model, change.name)
+        if new is None or not new.output:
+            return "the grouped conv is not found in the rewritten model"
+        found = find_stage(model, new.output[0], change.name)
+    else:
+        found = find_stage(model, target, change.name)
+    return found if isinstance(found, str) else _Plan(found, index, target)
+
+
+def _grouped_orders(original: onnx.ModelProto, result: PassResult, model: onnx.ModelProto, plans: list[_Plan],
+                    calib: CalibrationSet, providers: Sequence[str], threads: int | None) -> dict[int, str]:
+    """Set ``plan.order`` for shuffle-mode layers by matching channels; returns plan index -> skip reason.
+
+    The shuffle pass's rewrite computes exactly its masked reference (the original with every weight outside
+    the groups zeroed), so on any input the grouped conv's output channel ``j`` equals one channel ``order[j]``
+    of the reference's output of the same layer. Matching on the first calibration chunk finds that order
+    whatever layout the pass chose (folded orders, shuffles, gathers); a channel without an exact, unique match
+    leaves the layer unfitted rather than fitted to the wrong channels.
+    """
+    from .passes.shuffle import masked_reference
+
+    reference = masked_reference(original, result)
+    _, feeds = next(calib.chunks())
+    ref = _run(_session(truncate_model(reference, {p.target: p.stage.elem_type for p in plans}), providers, threads),
+               feeds, [p.target for p in plans])
+    new = _run(_session(truncate_model(model, {p.stage.output: p.stage.elem_type for p in plans}), providers,
+                        threads), feeds, [p.stage.output for p in plans])
+    skipped: dict[int, str] = {}
+    for p in plans:
+        a = np.moveaxis(new[p.stage.output], 1, 0).reshape(p.stage.c_out, -1).astype(np.float64)
+        b = np.moveaxis(ref[p.target], 1, 0).reshape(p.stage.c_out, -1).astype(np.float64)
+        d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+        order = np.argmin(d2, axis=1)
+        scale = float(np.mean(b * b)) * b.shape[1] + 1e-30
+        best = d2[np.arange(len(order)), order]
+        second = np.partition(d2, 1, axis=1)[:, 1] if d2.shape[1] > 1 else np.full(len(order), np.inf)
+        if len(set(order.tolist())) != len(order) or np.any(best > 1e-6 * scale) or np.any(second <= 1e-6 * scale):
+            skipped[p.index] = "the grouped conv's output channels cannot be matched one to one with the original's"
+            continue
+        p.order = order
+    return skipped
+
+
 def _collect_targets(original: onnx.ModelProto, plans: Sequence[_Plan], calib: CalibrationSet, positions: int,
                      check_fraction: float, seed: int, providers: Sequence[str], threads: int | None) -> None:
     """One pass of the original model: each layer's output at its sampled positions (float32)."""
-    outputs = {p.stage.output: p.stage.elem_type for p in plans}
+    outputs = {p.target: p.stage.elem_type for p in plans}
     sess = _session(truncate_model(original, outputs), providers, threads)
     names = list(outputs)
     per = max(1, math.ceil(positions / calib.size))
@@ -562,7 +626,7 @@ def _collect_targets(original: onnx.ModelProto, plans: Sequence[_Plan], calib: C
     for start, feeds in calib.chunks():
         outs = _run(sess, feeds, names)
         for p in plans:
-            y = outs[p.stage.output]
+            y = outs[p.target] if p.order is None else outs[p.target][:, p.order]
             if p.t_fit is None:
                 p.out_spatial = tuple(int(d) for d in y.shape[2:])
                 total = math.prod(p.out_spatial)
@@ -637,19 +701,25 @@ def refit(
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
     layers = [replace(c, details=dict(c.details)) for c in result.layers]
-    outputs = _top_level_outputs(original)
     plans: list[_Plan] = []
     plan_of: dict[int, _Plan] = {}
     for change in layers:
         if not change.rewritten:
             continue
-        y = outputs.get(change.name)
-        found = find_stage(model, y, change.name) if y is not None else "inside a subgraph: not refitted"
+        found = _plan_layer(original, model, change, result.pass_name, len(plans))
         if isinstance(found, str):
             change.details["refit"] = found
             continue
-        plans.append(_Plan(found, len(plans)))
-        plan_of[id(change)] = plans[-1]
+        plans.append(found)
+        plan_of[id(change)] = found
+    if plans and result.pass_name == "shuffle":
+        skipped = _grouped_orders(original, result, model, plans, calibration, providers, threads)
+        for change in layers:
+            plan = plan_of.get(id(change))
+            if plan is not None and plan.index in skipped:
+                change.details["refit"] = skipped[plan.index]
+                del plan_of[id(change)]
+        plans = [p for p in plans if p.index not in skipped]
     if plans:
         _collect_targets(original, plans, calibration, positions, check_fraction, seed, providers, threads)
         _refit_waves(model, plans, calibration, positions, check_fraction, ridge, seed, providers, threads)

@@ -89,6 +89,26 @@ def test_refit_beats_weight_only_on_held_out_inputs(tmp_path_factory, form, grou
     assert rel(run(weight_only.model, test), run(separate(model, RankPolicy("rank", 2), form=form).model, test)) == 0
 
 
+@pytest.mark.parametrize("mixing", ["energy", "shuffle"])
+def test_shuffle_mode_refit_beats_weight_only_grouping(tmp_path, mixing) -> None:
+    """Grouped weights and bias refitted: the grouped convs' channel layouts (gather, shuffle, folded orders) are
+    matched to the original's, and held-out error drops."""
+    from onnxconv.passes.shuffle import group_shuffle
+
+    rng = np.random.default_rng(10)
+    model = two_layer(rng, bias2=True)
+    grouped = group_shuffle(model, groups=2, mixing=mixing)
+    assert len(grouped.rewritten) == 2
+    fitted = calibrate.refit(model, grouped, calib(tmp_path, model, X=smooth_inputs(rng, 16, 8, 12)))
+    assert all("refit" not in c.details and c.details["refit_err"] <= c.details["out_err"] for c in fitted.layers)
+    test = {"X": smooth_inputs(rng, 8, 8, 12)}
+    ref = run(model, test)
+    e_w, e_r = rel(ref, run(grouped.model, test)), rel(ref, run(fitted.model, test))
+    assert e_r < 0.8 * e_w, (e_w, e_r)
+    # Only weights and biases changed: same ops, and the grouped convs keep their group.
+    assert [n.op_type for n in fitted.model.graph.node] == [n.op_type for n in grouped.model.graph.node]
+
+
 def test_refit_is_exact_when_the_rank_suffices_for_the_data(tmp_path) -> None:
     """Inputs constant along the width make a 3x3 conv (no padding) act through 3 numbers per channel, so rank 3
     fits the outputs exactly although the weight has rank 9 per slice: weight-only is far off, the refit exact."""

@@ -75,3 +75,11 @@ def test_unknown_provider_is_refused(tmp_path, files) -> None:
     res = separate(str(model), "-o", str(tmp_path / "o.onnx"), "--rank", "2", "--calibration", str(cal),
                    "--provider", "nope")
     assert res.exit_code == 1 and "Error: --provider nope: unknown" in res.output
+
+
+def test_calibration_in_shuffle_mode(tmp_path, files) -> None:
+    model, cal = files
+    res = separate(str(model), "-o", str(tmp_path / "g.onnx"), "--mode", "shuffle", "--groups", "2",
+                   "--calibration", str(cal))
+    assert res.exit_code == 0, res.output
+    assert res.output.count("refit_err=") == 2
