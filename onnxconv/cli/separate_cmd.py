@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
-from ..model_io import load_model, save_model
+from ..model_io import external_data_files, load_model, save_model
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS
 from ..stats import format_count, parse_input_shape
@@ -106,6 +106,19 @@ def _policy(values: Mapping[str, Any]):  # type: ignore[no-untyped-def]
         raise OptionError("say how ranks are chosen: --rank R, --energy E, --exact, --max-error F or --budget F")
     kind = chosen[0]
     return RankPolicy(kind.replace("_", "-"), None if kind == "exact" else float(values[kind]))
+
+
+#: Weights above this many bytes go to an external data file (protobuf cannot serialise 2 GB in one message).
+_EXTERNAL_ABOVE = 1_800_000_000
+
+
+def _tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers (from dims and type, without touching the data) of the main graph."""
+    total = 0
+    for t in model.graph.initializer:
+        size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
+        total += size * int(np.prod(t.dims, dtype=np.int64))
+    return total
 
 
 def _float32_outputs(model: onnx.ModelProto) -> bool:
@@ -230,7 +243,12 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         raise OptionError(f"--report {report_file}: folder '{report_file.parent}' does not exist")
     verify = verify or inputs is not None
 
-    m = load_model(model, load_weights=True)
+    m = load_model(model)
+    # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
+    # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
+    external = bool(external_data_files(m))
+    if external:
+        m = load_model(model, load_weights=True)
     if mode == "separable":
         from ..passes.separable import separate as separate_pass
 
@@ -254,7 +272,8 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         if bad:
             raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
                                f"{bad[0].rel_error:.2e} > {EXACT_TOLERANCE:g}; nothing was written")
-    save_model(result.model, output, source=model, overwrite_source=overwrite)
+    external = external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
+    save_model(result.model, output, source=model, overwrite_source=overwrite, external_data=external)
     if report_file is not None:
         data = result.to_dict()
         data["model"], data["output"] = model, output

@@ -73,13 +73,14 @@ _FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
 @dataclass
 class Factors:
-    """SVD of every slice of a conv weight, stacked: slice ``m`` is input channel ``m`` (group ``m // (M/g)``).
+    """Factors of every slice of a conv weight, stacked: slice ``m`` is input channel ``m`` (group ``m // (M/g)``).
 
-    ``u``: (M, Ng, q), ``s``: (M, q) descending, ``vt``: (M, q, K) with ``q = min(Ng, K)``; all float64.
-    ``kept[r]`` is the kept energy of rank ``r`` (see :mod:`onnxconv.passes.ranks`).
+    ``p``: (M, Ng, q) the left singular vectors times the singular values (``u_t * s_t``, the 1x1 weights),
+    ``s``: (M, q) descending, ``vt``: (M, q, K) the right singular vectors (the depthwise kernels), with
+    ``q = min(Ng, K)``; all float64. ``kept[r]`` is the kept energy of rank ``r`` (:mod:`.ranks`).
     """
 
-    u: np.ndarray
+    p: np.ndarray
     s: np.ndarray
     vt: np.ndarray
     group: int
@@ -95,7 +96,14 @@ class Factors:
 
 
 def factor_weight(weight: np.ndarray, group: int) -> Factors:
-    """Factor a Conv weight (``N x M/g x k...``) slice by slice with one batched float64 SVD."""
+    """Factor a Conv weight (``N x M/g x k...``) slice by slice, all slices at once in float64.
+
+    When ``K <= Ng`` (the usual case: 9 taps, dozens of outputs) the right singular vectors come from the
+    eigenvectors of the small ``K x K`` Gram matrices ``S^T S`` (batched ``eigh``, several times faster than
+    a batched SVD of the tall slices), and ``p = S V`` is computed directly rather than as ``U * s``: no
+    division by small singular values, and with all ``K`` vectors ``p V^T = S V V^T = S`` exactly. Otherwise
+    (few outputs per group) a batched SVD.
+    """
     w = np.asarray(weight)
     n, mg = int(w.shape[0]), int(w.shape[1])
     kernel = tuple(int(d) for d in w.shape[2:])
@@ -103,8 +111,13 @@ def factor_weight(weight: np.ndarray, group: int) -> Factors:
     ng = n // group
     # Slice m = (group gi, local input j): rows are gi's outputs, columns the kernel taps.
     stacked = w.astype(np.float64).reshape(group, ng, mg, k).transpose(0, 2, 1, 3).reshape(group * mg, ng, k)
+    if k <= ng:
+        evals, evecs = np.linalg.eigh(np.matmul(stacked.transpose(0, 2, 1), stacked))
+        evals, evecs = evals[:, ::-1], evecs[:, :, ::-1]  # eigh sorts ascending
+        s = np.sqrt(np.clip(evals, 0.0, None))
+        return Factors(p=np.matmul(stacked, evecs), s=s, vt=evecs.transpose(0, 2, 1), group=group, kernel=kernel)
     u, s, vt = np.linalg.svd(stacked, full_matrices=False)
-    return Factors(u=u, s=s, vt=vt, group=group, kernel=kernel)
+    return Factors(p=u * s[:, None, :], s=s, vt=vt, group=group, kernel=kernel)
 
 
 def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -115,12 +128,12 @@ def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], 
     * concat (group 1): ``r`` depthwise ``(M, 1, k...)`` and one pointwise ``(N, r*M, 1...)`` (input ``t*M + m``);
     * sum: ``r`` depthwise ``(M, 1, k...)`` and ``r`` pointwise ``(N, M/g, 1...)`` with group ``g``.
     """
-    m, ng, _ = f.u.shape
+    m, ng, _ = f.p.shape
     g = f.group
     mg, n = m // g, ng * g
     ones = (1,) * len(f.kernel)
     vt = f.vt[:, :r, :]  # (M, r, K)
-    p = f.u[:, :, :r] * f.s[:, None, :r]  # (M, Ng, r): the 1x1 weights, singular values folded in
+    p = f.p[:, :, :r]  # (M, Ng, r): the 1x1 weights, singular values folded in
     if form == "multiplier":
         dw = [vt.reshape(m * r, 1, *f.kernel)]
         pw = [p.reshape(g, mg, ng, r).transpose(0, 2, 1, 3).reshape(n, mg * r, *ones)]

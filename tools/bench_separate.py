@@ -1,0 +1,233 @@
+"""Benchmarks of ``onnxconv separate`` (results in BENCHMARKS.md, section "separate").
+
+Three parts, each printing Markdown rows with the command that reproduces them:
+
+``speed``
+    Rewrite time of a ~100 MB model (ResNet-50 from tools/archs.py, 25.6 M params): the library pass alone and
+    the whole CLI (load, pass, checker, atomic save), median of ``--repeat`` runs. Goal: under 3 s.
+
+``latency``
+    For ResNet-18-, VGG-16- and MobileNetV2-like models (tools/archs.py, random weights: rank is fixed, so the
+    spectrum does not matter here) at r = 1, 2, 4 in every form: the model's MAC ratio (all MAC-bearing ops,
+    ``stats.analyze(all_ops=True)``, after / before) against the onnxruntime CPU latency ratio, measured with
+    :func:`onnxconv.bench.bench` in one interleaved run per architecture (the original and its nine rewrites
+    take turns, order reversed every other round; the ratio is the median of per-round ratios), one intra-op
+    thread. Realised saving = (1 - latency ratio) / (1 - MAC ratio): 1 means the MACs saved turn fully into time.
+
+``real``
+    On a trained model shipped in a PyPI wheel (realmodels/, see tools/realmodels.py): output agreement with the
+    original (relative error, cosine, max abs) and conv MAC ratio at several ranks, energies and budgets.
+    Inputs: an image-like batch (smooth random shapes, values 0..255) and standard-normal noise. Only trained
+    weights have decaying spectra, so only they say anything about approximation quality.
+
+Usage::
+
+    python tools/bench_separate.py speed [--repeat 3]
+    python tools/bench_separate.py latency [--archs resnet18 vgg16 mobilenetv2] [--size 224] [--iters 20]
+    python tools/bench_separate.py real [--model realmodels/ddddocr_det.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from onnxconv import compare  # noqa: E402
+from onnxconv.model_io import load_model  # noqa: E402
+from onnxconv.passes.ranks import RankPolicy  # noqa: E402
+from onnxconv.passes.separable import FORMS, separate  # noqa: E402
+from onnxconv.stats import analyze  # noqa: E402
+
+RANKS = (1, 2, 4)
+
+
+def _cmd(argv: Sequence[str]) -> str:
+    return "python tools/bench_separate.py " + " ".join(argv)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# speed
+
+
+def speed(args: argparse.Namespace) -> None:
+    import archs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "resnet50.onnx"
+        onnx.save(archs.resnet50(), src)
+        size_mb = src.stat().st_size / 1e6
+        model = load_model(src, load_weights=True)
+        rows = []
+        for label, policy in (("--rank 2", RankPolicy("rank", 2)), ("--energy 0.9", RankPolicy("energy", 0.9)),
+                              ("--budget 0.7", RankPolicy("budget", 0.7)), ("--exact", RankPolicy("exact"))):
+            lib, lib_cpu, cli, cli_cpu = [], [], [], []
+            for _ in range(args.repeat):
+                t0, c0 = time.perf_counter(), time.process_time()
+                result = separate(model, policy)
+                lib.append(time.perf_counter() - t0)
+                lib_cpu.append(time.process_time() - c0)
+                out = Path(tmp) / "out.onnx"
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "onnxconv", "separate", str(src), "-o", str(out),
+                                *label.split()], check=True, capture_output=True)
+                cli.append(time.perf_counter() - t0)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cli_cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            t = result.totals()
+            med = statistics.median
+            rows.append(f"| {label} | {t['rewritten']}/{t['layers']} | {med(lib):.2f} s ({med(lib_cpu):.2f} s) | "
+                        f"{med(cli):.2f} s ({med(cli_cpu):.2f} s) |")
+    print(f"ResNet-50-like model, {size_mb:.0f} MB, median of {args.repeat} runs; wall time (CPU time: user + sys); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"command: `{_cmd(['speed', '--repeat', str(args.repeat)])}`\n")
+    print("| ranks | convs rewritten | library pass | whole CLI (python start, load, pass, check, save) |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# latency
+
+
+def _all_macs(model: onnx.ModelProto) -> int:
+    return int(analyze(model, all_ops=True).totals["macs"])
+
+
+def latency(args: argparse.Namespace) -> None:
+    import archs
+
+    from onnxconv.bench import BenchConfig, bench
+
+    print(f"onnxruntime CPU, {args.threads} thread(s), batch 1, {args.size}x{args.size}, "
+          f"median of per-round latency ratios over {args.iters} interleaved rounds")
+    print(f"command: `{_cmd(['latency', '--archs', *args.archs, '--size', str(args.size), '--iters', str(args.iters), '--threads', str(args.threads)])}`\n")
+    print("| model | r | form | MAC ratio | latency ratio (p25-p75) | realised saving |")
+    print("|---|---|---|---|---|---|")
+    for arch in args.archs:
+        base = archs.build(arch, size=args.size)
+        base_macs = _all_macs(base)
+        models, labels = [base], [f"{arch} original"]
+        mac_ratio = {}
+        for r in RANKS:
+            for form in FORMS:
+                new = separate(base, RankPolicy("rank", r), form=form).model
+                models.append(new)
+                labels.append(f"{arch} r={r} {form}")
+                mac_ratio[labels[-1]] = _all_macs(new) / base_macs
+        cfg = BenchConfig(threads=args.threads, iters=args.iters, warmup=2)
+        report = bench(models, cfg, names=labels)
+        base_ms = report.runs[0].models[0].timing.p50_s * 1e3
+        for res in report.runs[0].models[1:]:
+            sp = res.speedup
+            assert sp is not None
+            lat, lo, hi = 1 / sp.median, 1 / sp.p75, 1 / sp.p25
+            mr = mac_ratio[res.name]
+            realised = (1 - lat) / (1 - mr) if mr < 0.999 else float("nan")
+            _, r_s, form = res.name.split()
+            print(f"| {arch} ({base_ms:.0f} ms) | {r_s[2:]} | {form} | {mr:.3f} | {lat:.3f} ({lo:.3f}-{hi:.3f}) | "
+                  f"{realised:.2f} |")
+        sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# real
+
+
+def _image_like(shape: Sequence[int], seed: int) -> np.ndarray:
+    """Smooth random rectangles and gradients in 0..255: closer to a photo's statistics than white noise."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w = shape
+    img = np.empty(shape, dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for b in range(n):
+        base = rng.uniform(60, 200, (c, 1, 1)) + rng.uniform(-40, 40, (c, 1, 1)) * (xx / w + yy / h)
+        for _ in range(12):
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            hh, ww = rng.integers(h // 16, h // 3), rng.integers(w // 16, w // 3)
+            base[:, y0:y0 + hh, x0:x0 + ww] = rng.uniform(0, 255, (c, 1, 1))
+        img[b] = np.clip(base + rng.normal(0, 4, base.shape), 0, 255)
+    return img
+
+
+def real(args: argparse.Namespace) -> None:
+    path = ROOT / args.model
+    if not path.is_file():
+        print(f"{path} is missing: run `python tools/realmodels.py` first")
+        return
+    model = load_model(path, load_weights=True)
+    shapes = {}
+    if args.input_shape:
+        name, dims = args.input_shape.split("=")
+        shapes[name] = [int(d) for d in dims.split("x")]
+    ref = compare.session(model)
+    inp = ref.get_inputs()[0]
+    feeds_noise = compare.make_inputs(ref, shapes, seed=0)
+    shape = list(feeds_noise[inp.name].shape)
+    feeds_img = {inp.name: _image_like(shape, seed=1)}
+    ref_img, ref_noise = compare.run_model(ref, feeds_img), compare.run_model(ref, feeds_noise)
+    print(f"{args.model}, input {inp.name} {'x'.join(map(str, shape))}; onnxruntime CPU; rel = ||y - y0|| / ||y0||")
+    print(f"command: `{_cmd(['real', '--model', args.model] + (['--input-shape', args.input_shape] if args.input_shape else []))}`\n")
+    print("| ranks | rewritten | conv MAC ratio | params ratio | mean weight err | image-like: rel / cosine / max abs "
+          "| noise: rel / cosine |")
+    print("|---|---|---|---|---|---|---|")
+    policies = [RankPolicy("rank", r) for r in (1, 2, 4, 8)] + \
+               [RankPolicy("energy", e) for e in (0.9, 0.95, 0.99, 0.999)] + \
+               [RankPolicy("max-error", 0.1)] + [RankPolicy("budget", b) for b in (0.5, 0.7)] + [RankPolicy("exact")]
+    for policy in policies:
+        try:
+            result = separate(model, policy, input_shapes=shapes)
+        except Exception as e:  # noqa: BLE001 - an unreachable budget is a row of the table, not a crash
+            print(f"| {policy.describe()} | - | {e} | | | | |")
+            continue
+        sess = compare.session(result.model)
+        (a_img, *_), (a_noise, *_) = (compare.compare_outputs(ref_img, compare.run_model(sess, feeds_img)),
+                                      compare.compare_outputs(ref_noise, compare.run_model(sess, feeds_noise)))
+        t = result.totals()
+        errs = [c.details["rel_error"] for c in result.rewritten]
+        mean_err = f"{np.mean(errs):.3f}" if errs else "-"
+        print(f"| {policy.describe()} | {t['rewritten']}/{t['layers']} | {t['macs_after'] / t['macs_before']:.3f} | "
+              f"{t['params_after'] / t['params_before']:.3f} | {mean_err} | "
+              f"{a_img.rel_error:.4f} / {a_img.cosine:.5f} / {a_img.max_abs:.3g} | "
+              f"{a_noise.rel_error:.4f} / {a_noise.cosine:.5f} |")
+        sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="part", required=True)
+    s = sub.add_parser("speed", help="rewrite time of a ~100 MB model")
+    s.add_argument("--repeat", type=int, default=3)
+    s.set_defaults(fn=speed)
+    lat = sub.add_parser("latency", help="MAC ratio vs onnxruntime latency ratio per rank and form")
+    lat.add_argument("--archs", nargs="+", default=["resnet18", "vgg16", "mobilenetv2"])
+    lat.add_argument("--size", type=int, default=224)
+    lat.add_argument("--iters", type=int, default=20)
+    lat.add_argument("--threads", type=int, default=1)
+    lat.set_defaults(fn=latency)
+    r = sub.add_parser("real", help="output error and MACs on a trained model")
+    r.add_argument("--model", default="realmodels/ddddocr_det.onnx")
+    r.add_argument("--input-shape", default=None, help="NAME=1x3x416x416 for symbolic dims")
+    r.set_defaults(fn=real)
+    args = p.parse_args(argv)
+    args.fn(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
