@@ -42,10 +42,11 @@ def test_table_output(models) -> None:
 
 def test_json_output_is_the_library_report(models) -> None:
     a, b, _ = models
-    r = invoke(a, b, *QUICK, "--format", "json", "--batch", "2", "--seed", "3")
+    r = invoke(a, b, *QUICK, "--format", "json", "--batch", "2", "--seed", "3", "--spinning", "on")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["inputs"] == {"X": [2, 3, 12, 12]} and data["config"]["seed"] == 3
+    assert data["runs"][0]["spinning"] is True and data["notes"] == []
     [ag] = data["runs"][0]["models"][1]["agreement"]
     assert ag["rel_error"] == pytest.approx(0.01, rel=0.02)
 
@@ -133,7 +134,7 @@ def test_help_lists_the_options() -> None:
     r = CliRunner().invoke(main, ["bench", "--help"])
     assert r.exit_code == 0
     for opt in ("--provider", "--warmup", "--iters", "--duration", "--threads", "--opt-level", "--batch",
-                "--input-shape", "--inputs", "--profile", "--isolate", "--format", "--fail-if-slower",
+                "--input-shape", "--inputs", "--profile", "--isolate", "--spinning", "--format", "--fail-if-slower",
                 "--max-error", "Exit status: 0 ok, 1 error"):
         assert opt in r.stdout, opt
 
