@@ -138,8 +138,29 @@ def _unknown_outputs(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...
     return sum(1 for n in graph.node for o in n.output if o and not _static(shapes.get(o)))
 
 
+def _sort_in_place(graph: onnx.GraphProto) -> None:
+    """Topologically sort ``graph`` and its subgraphs: onnx infers in node order and leaves a node whose input
+    comes later without shapes (exports are not always sorted)."""
+    nodes = toposort(graph.node)
+    if [id(n) for n in nodes] != [id(n) for n in graph.node]:
+        copies = [onnx.NodeProto() for _ in nodes]
+        for c, n in zip(copies, nodes):
+            c.CopyFrom(n)
+        del graph.node[:]
+        graph.node.extend(copies)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _sort_in_place(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    _sort_in_place(g)
+
+
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-infer ``model`` (a shape-only copy: it may be rewired), folding shape arithmetic onnx misses."""
+    """Shape-infer ``model`` (a shape-only copy: it may be sorted and rewired), folding shape arithmetic onnx
+    misses."""
+    _sort_in_place(model.graph)
     inferred = _infer_once(model)
     shapes = _shapes(inferred.graph)
     unknown = _unknown_outputs(inferred.graph, shapes)
