@@ -59,6 +59,7 @@ __all__ = [
     "LinearStage",
     "find_stage",
     "truncate_model",
+    "activations",
     "sample_patches",
     "refit",
     "refit_from_file",
@@ -334,6 +335,22 @@ def _run(sess, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[st
         raise OnnxConvError(f"onnxruntime failed on the calibration inputs: {first[:300]}") from e
 
 
+def activations(model: onnx.ModelProto, outputs: Mapping[str, int], calib: CalibrationSet,
+                providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
+                first_only: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(first sample index, name -> array) over the calibration set for the tensors ``outputs`` (name -> element
+    type) of ``model``, computed by a copy cut down to them; graph inputs among them come from the feeds."""
+    fed = {i.name for i in model_inputs(model)}
+    computed = {n: t for n, t in outputs.items() if n not in fed}
+    sess = _session(truncate_model(model, computed), providers, threads) if computed else None
+    for start, feeds in calib.chunks():
+        outs = _run(sess, feeds, list(computed)) if sess is not None else {}
+        outs.update({n: feeds[n] for n in outputs if n in fed})
+        yield start, outs
+        if first_only:
+            return
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Sampling
 
@@ -594,11 +611,10 @@ def _grouped_orders(original: onnx.ModelProto, result: PassResult, model: onnx.M
     from .passes.shuffle import masked_reference
 
     reference = masked_reference(original, result)
-    _, feeds = next(calib.chunks())
-    ref = _run(_session(truncate_model(reference, {p.target: p.stage.elem_type for p in plans}), providers, threads),
-               feeds, [p.target for p in plans])
-    new = _run(_session(truncate_model(model, {p.stage.output: p.stage.elem_type for p in plans}), providers,
-                        threads), feeds, [p.stage.output for p in plans])
+    _, ref = next(activations(reference, {p.target: p.stage.elem_type for p in plans}, calib, providers, threads,
+                              first_only=True))
+    _, new = next(activations(model, {p.stage.output: p.stage.elem_type for p in plans}, calib, providers, threads,
+                              first_only=True))
     skipped: dict[int, str] = {}
     for p in plans:
         a = np.moveaxis(new[p.stage.output], 1, 0).reshape(p.stage.c_out, -1).astype(np.float64)
@@ -619,12 +635,9 @@ def _collect_targets(original: onnx.ModelProto, plans: Sequence[_Plan], calib: C
                      check_fraction: float, seed: int, providers: Sequence[str], threads: int | None) -> None:
     """One pass of the original model: each layer's output at its sampled positions (float32)."""
     outputs = {p.target: p.stage.elem_type for p in plans}
-    sess = _session(truncate_model(original, outputs), providers, threads)
-    names = list(outputs)
     per = max(1, math.ceil(positions / calib.size))
     per_check = max(1, math.ceil(positions * check_fraction / calib.size)) if check_fraction > 0 else 0
-    for start, feeds in calib.chunks():
-        outs = _run(sess, feeds, names)
+    for start, outs in activations(original, outputs, calib, providers, threads):
         for p in plans:
             y = outs[p.target] if p.order is None else outs[p.target][:, p.order]
             if p.t_fit is None:
@@ -744,11 +757,8 @@ def _refit_waves(model: onnx.ModelProto, plans: Sequence[_Plan], calib: Calibrat
     for wave in sorted({p.stage.wave for p in plans}):
         members = [p for p in plans if p.stage.wave == wave]
         feature_names = {t.input: p.stage.elem_type for p in members for t in p.stage.terms}
-        sess = _session(truncate_model(model, feature_names), providers, threads)
-        names = list(feature_names)
         accs = {p.index: _Normal(p.stage.group, p.stage.features, p.stage.c_out // p.stage.group) for p in members}
-        for start, feeds in calib.chunks():
-            outs = _run(sess, feeds, names)
+        for start, outs in activations(model, feature_names, calib, providers, threads):
             count = next(iter(outs.values())).shape[0]
             for p in members:
                 _accumulate(p, outs, start, count, accs[p.index], seed, per, per_check)
