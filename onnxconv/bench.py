@@ -449,8 +449,7 @@ class _Runner:
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self.provider.device, self.device_id)
             self._values.append(value)  # the binding does not own it: keep it alive
             self._binding.bind_ortvalue_input(input_name, value)
-        for out in self.output_names:
-            self._binding.bind_output(out, self.provider.device, self.device_id)
+        self._bind_outputs()
         if self._on_gpu:
             self._binding.synchronize_inputs()
         before = current_rss_bytes()
@@ -460,9 +459,18 @@ class _Runner:
             self._rss_first_added = after - before
         return first, dict(zip(self.output_names, self._binding.copy_outputs_to_cpu()))
 
+    def _bind_outputs(self) -> None:
+        # Fresh outputs for every run, bound outside the clock: a run that reuses the previous run's output
+        # OrtValues is checked against the declared output shape, and exports that declare a wrong rank (the
+        # ddddocr OCR models: [1, seqlen] for a 3-D output) would fail from the second run on.
+        self._binding.clear_binding_outputs()
+        for out in self.output_names:
+            self._binding.bind_output(out, self.provider.device, self.device_id)
+
     def run_once(self) -> float:
         """One run, synchronised on the device before the clock is read; seconds."""
         binding = self._binding
+        self._bind_outputs()
         t0 = time.perf_counter()
         try:
             self.sess.run_with_iobinding(binding)

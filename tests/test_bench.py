@@ -189,6 +189,18 @@ def test_inputs_from_npz_and_renamed_inputs(tmp_path) -> None:
     assert report.runs[0].models[1].agreement[0].max_abs == 0.0  # fed the same array by position
 
 
+def test_model_declaring_a_wrong_output_rank_still_runs_repeatedly(tmp_path) -> None:
+    """Some exports (the ddddocr OCR models) declare an output rank the model does not produce; onnxruntime runs
+    them, but rejects a rerun that reuses the previous output buffers. Every timed run must bind fresh outputs."""
+    nodes = [helper.make_node("Relu", ["X"], ["r"]), helper.make_node("Reshape", ["r", "S"], ["Y"])]
+    # S of unknown length: onnxruntime cannot infer Y's rank and keeps the declared (wrong) one.
+    model = make_model(nodes, [tensor("X", [1, 2, 6, 6]), tensor("S", ["k"], onnx.TensorProto.INT64)],
+                       [tensor("Y", [1, "seqlen"])])
+    np.savez(tmp_path / "in.npz", X=np.ones((1, 2, 6, 6), np.float32), S=np.array([2, 1, 36]))
+    report = B.bench([model, model], B.BenchConfig(**QUICK, inputs=str(tmp_path / "in.npz")))
+    assert report.runs[0].models[1].timing.runs == 4 and report.runs[0].models[1].agreement[0].max_abs == 0
+
+
 def test_model_errors_are_one_line(tmp_path) -> None:
     with pytest.raises(OnnxConvError, match="no such file"):
         B.bench([str(tmp_path / "nope.onnx")], B.BenchConfig(**QUICK))
