@@ -128,6 +128,8 @@ def shapes_of_graph(graph: onnx.GraphProto) -> dict[str, tuple[int | str | None,
             shapes[vi.name] = s
     for t in graph.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
+    for sp in graph.sparse_initializer:
+        shapes[sp.values.name] = tuple(int(d) for d in sp.dims)
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
             for a in node.attribute:

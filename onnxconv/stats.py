@@ -252,13 +252,15 @@ class _Scope:
                 self.shapes[vi.name] = s
         for t in graph.initializer:
             self.shapes[t.name] = tuple(int(d) for d in t.dims)
+        sparse = {sp.values.name: tuple(int(d) for d in sp.dims) for sp in graph.sparse_initializer}
+        self.shapes.update(sparse)
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and node.output:
                 for a in node.attribute:
                     if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                         self.shapes.setdefault(node.output[0], tuple(int(d) for d in a.t.dims))
         self.types.update(type_map(graph))
-        self.consts = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer}
+        self.consts = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer} | set(sparse)
         self.producers: dict[str, onnx.NodeProto] = dict(parent.producers) if parent else {}
         for node in graph.node:
             for o in node.output:

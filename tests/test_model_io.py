@@ -126,6 +126,20 @@ def test_shape_model_drops_weight_bytes_but_not_structure() -> None:
     assert len(model.graph.node) == 4 and len(model.graph.initializer) == 2
 
 
+def test_shape_inference_never_serialises_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _nested_weights_model()
+    seen: list[int] = []
+    real = onnx.shape_inference.infer_shapes
+
+    def spy(m: onnx.ModelProto, *args: object, **kwargs: object) -> onnx.ModelProto:
+        seen.append(m.ByteSize())
+        return real(m, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", spy)
+    analyze(model)
+    assert seen and max(seen) < 10_000 < model.ByteSize() // 40
+
+
 def test_stripped_weights_still_say_where_they_came_from() -> None:
     rows = {r.name: r for r in analyze(_nested_weights_model()).layers}
     assert rows["const_conv"].weight_source == "Constant"

@@ -228,10 +228,12 @@ def test_symbolic_nhwc_dims_get_an_nhwc_example() -> None:
 
 # -- opsets and IR versions -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("opset", [7, 9, 11, 13, 17, onnx.defs.onnx_opset_version()])
-def test_opsets_from_old_exporters_to_the_newest(opset: int) -> None:
+@pytest.mark.parametrize("opset, ir", [(7, 3), (9, 4), (11, 6), (13, 7), (17, 8),
+                                       (onnx.defs.onnx_opset_version(), onnx.IR_VERSION)])
+def test_opsets_and_ir_versions_from_old_exporters_to_the_newest(opset: int, ir: int) -> None:
     model = single_conv([1, 3, 12, 12], [4, 3, 3, 3], bias=True, strides=[2, 2], pads=[1, 1, 1, 1])
     model.opset_import[0].version = opset
+    model.ir_version = ir
     row = analyze(model).layers[0]
     assert row.output_shape == [1, 4, 6, 6] and row.macs == 4 * 36 * 27
 
