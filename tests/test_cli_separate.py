@@ -57,16 +57,18 @@ def test_rank_rewrite_prints_layers_and_totals_and_keeps_the_input(model_path: P
     out = tmp_path / "out.onnx"
     res = run(str(model_path), "-o", str(out), "--rank", "2")
     assert res.exit_code == 0, res.output
-    assert "stem" in res.output and "head" in res.output and "r=2/9" in res.output and "concat" in res.output
+    assert "stem" in res.output and "head" in res.output and "r=2/9" in res.output and " sum " in res.output
     assert "total: 2 convs, 2 rewritten, 0 skipped" in res.output
     assert digest(model_path) == before
     m = onnx.load(out)
-    assert sum(n.op_type == "Concat" for n in m.graph.node) == 2
+    assert [n.op_type for n in m.graph.node].count("Add") == 2  # default form: sum, one Add per rank-2 layer
+    res = run(str(model_path), "-o", str(out), "--rank", "2", "--form", "concat")
+    assert res.exit_code == 0 and [n.op_type for n in onnx.load(out).graph.node].count("Concat") == 2
     onnx.checker.check_model(m)
 
 
 def test_exact_verify_meets_the_tolerance(model_path: Path, tmp_path: Path) -> None:
-    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--exact", "--verify", "--form", "sum")
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--exact", "--verify", "--form", "concat")
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("verify 'Y'"))
     rel = float(line.split("relative error ")[1].split(",")[0])

@@ -13,11 +13,18 @@ from onnx import TensorProto, helper
 
 from onnxconv import compare
 from onnxconv.errors import OptionError, ShapeError
-from onnxconv.passes.common import NodeFilter
+from onnxconv.passes.common import NodeFilter, PassResult
 from onnxconv.passes.ranks import RankPolicy
-from onnxconv.passes.separable import FORMS, factor_weight, separable_weights, separate
+from onnxconv.passes.separable import FORMS, MIN_CHANNELS, factor_weight, separable_weights
+from onnxconv.passes.separable import separate as separate_pass
 
 from .modelkit import IR_VERSION, init, make_model, single_conv, tensor
+
+
+def separate(model: onnx.ModelProto, policy: RankPolicy, **kw: object) -> PassResult:
+    """The pass with ``min_channels=1``: the tiny test models have stem-like channel counts."""
+    kw.setdefault("min_channels", 1)
+    return separate_pass(model, policy, **kw)  # type: ignore[arg-type]
 
 
 def outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -312,6 +319,9 @@ def test_skip_reasons() -> None:
     assert "1x1 kernel" in skip_reason(single_conv([1, 4, 5, 5], [8, 4, 1, 1]))
     assert "already depthwise" in skip_reason(single_conv([1, 4, 5, 5], [8, 1, 3, 3], group=4))
     assert "saves no MACs" in skip_reason(single_conv([1, 4, 5, 5], [2, 4, 3, 3]), policy=RankPolicy("rank", 2))
+    narrow = single_conv([1, MIN_CHANNELS - 1, 5, 5], [16, MIN_CHANNELS - 1, 3, 3])
+    assert f"only {MIN_CHANNELS - 1} input channels" in skip_reason(narrow, min_channels=MIN_CHANNELS)
+    assert separate(narrow, RankPolicy("rank", 1), min_channels=MIN_CHANNELS, force=True).layers[0].rewritten
     assert "--exclude" in skip_reason(single_conv([1, 4, 5, 5], [8, 4, 3, 3]), node_filter=NodeFilter([], ["^conv$"]))
     assert "--include" in skip_reason(single_conv([1, 4, 5, 5], [8, 4, 3, 3]), node_filter=NodeFilter(["nomatch"]))
 
@@ -390,8 +400,8 @@ def test_shared_weight_is_not_mutated_for_the_other_user() -> None:
     np.testing.assert_array_equal(inits["W"], w)
     keeper = next(n for n in result.model.graph.node if n.name == "c")
     assert list(keeper.input) == ["X", "W"]
-    # a and b shared W, so they share one set of new weights too (rank 2, concat: 2 depthwise + 1 pointwise).
-    assert len(inits) == 1 + 3
+    # a and b shared W, so they share one set of new weights too (rank 2, sum: 2 depthwise + 2 pointwise).
+    assert len(inits) == 1 + 4
     feeds = {"X": rng.standard_normal((1, 4, 6, 6)).astype(np.float32)}
     ref, new = outputs(model, feeds), outputs(result.model, feeds)
     np.testing.assert_array_equal(new["C"], ref["C"])

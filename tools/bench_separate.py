@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from onnxconv import compare  # noqa: E402
 from onnxconv.model_io import load_model  # noqa: E402
 from onnxconv.passes.ranks import RankPolicy  # noqa: E402
-from onnxconv.passes.separable import FORMS, separate  # noqa: E402
+from onnxconv.passes.separable import FORMS, MIN_CHANNELS, separate  # noqa: E402
 from onnxconv.stats import analyze  # noqa: E402
 
 RANKS = (1, 2, 4)
@@ -116,7 +116,10 @@ def latency(args: argparse.Namespace) -> None:
 
     print(f"onnxruntime CPU, {args.threads} thread(s), batch 1, {args.size}x{args.size}, "
           f"median of per-round latency ratios over {args.iters} interleaved rounds")
-    print(f"command: `{_cmd(['latency', '--archs', *args.archs, '--size', str(args.size), '--iters', str(args.iters), '--threads', str(args.threads)])}`\n")
+    argv = ['latency', '--archs', *args.archs, '--size', str(args.size), '--iters', str(args.iters),
+            '--threads', str(args.threads)] + (['--min-channels', str(args.min_channels)]
+                                               if args.min_channels != MIN_CHANNELS else [])
+    print(f"command: `{_cmd(argv)}`\n")
     print("| model | r | form | MAC ratio | latency ratio (p25-p75) | realised saving |")
     print("|---|---|---|---|---|---|")
     for arch in args.archs:
@@ -126,7 +129,7 @@ def latency(args: argparse.Namespace) -> None:
         mac_ratio = {}
         for r in RANKS:
             for form in FORMS:
-                new = separate(base, RankPolicy("rank", r), form=form).model
+                new = separate(base, RankPolicy("rank", r), form=form, min_channels=args.min_channels).model
                 models.append(new)
                 labels.append(f"{arch} r={r} {form}")
                 mac_ratio[labels[-1]] = _all_macs(new) / base_macs
@@ -219,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lat.add_argument("--size", type=int, default=224)
     lat.add_argument("--iters", type=int, default=20)
     lat.add_argument("--threads", type=int, default=1)
+    lat.add_argument("--min-channels", type=int, default=MIN_CHANNELS, help="1: rewrite the stems too")
     lat.set_defaults(fn=latency)
     r = sub.add_parser("real", help="output error and MACs on a trained model")
     r.add_argument("--model", default="realmodels/ddddocr_det.onnx")

@@ -22,7 +22,7 @@ import onnx
 from ..errors import OnnxConvError, OptionError, RewriteError
 from ..model_io import external_data_files, load_model, save_model
 from ..passes.common import NodeFilter, PassResult
-from ..passes.separable import DEFAULT_FORM, FORMS
+from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..stats import format_count, parse_input_shape
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "EXACT_TOLERANCE"]
@@ -191,7 +191,9 @@ def _json_default(v: Any) -> Any:
               help="Graph form of the separable stage (all compute the same).")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Leave nodes whose name matches (repeatable).")
-@click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs.")
+@click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs, and narrow ones.")
+@click.option("--min-channels", type=click.IntRange(min=1), default=MIN_CHANNELS, show_default=True,
+              help="Leave convs with fewer input channels (stems): their depthwise stage runs slowly.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Set a graph input's shape (for MACs, --budget and --verify with symbolic dims).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
@@ -208,7 +210,7 @@ def _json_default(v: Any) -> Any:
               help="onnxruntime provider that runs the model for --calibration: cpu, cuda or tensorrt.")
 def separate(model: str, output: str, mode: str, groups: int | None, rank: int | None, energy: float | None,
              exact: bool, max_error: float | None, budget: float | None, form: str, include: tuple[str, ...],
-             exclude: tuple[str, ...], force: bool, input_shapes: tuple[str, ...], batch: int | None,
+             exclude: tuple[str, ...], force: bool, min_channels: int, input_shapes: tuple[str, ...], batch: int | None,
              report_path: str | None, verify: bool, inputs: str | None, overwrite: bool, calibration: str | None,
              provider: str) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
@@ -253,7 +255,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         from ..passes.separable import separate as separate_pass
 
         result = separate_pass(m, policy, form=form, node_filter=node_filter, force=force,
-                               input_shapes=shapes, batch=batch)
+                               min_channels=min_channels, input_shapes=shapes, batch=batch)
     else:
         from ..passes.shuffle import group_shuffle  # type: ignore[import-not-found]
 

@@ -24,13 +24,13 @@ Three equivalent forms (``FORMS``) differ only in how onnxruntime runs them:
 * ``multiplier``: one depthwise conv with depth multiplier ``r`` -> one 1x1 conv: fewest nodes, but onnxruntime's
   NCHWc layout optimiser rejects depthwise convs with a multiplier above 1, and it runs slower.
 
-At ``r = 1`` all three are one depthwise conv followed by one 1x1 conv. The default (``DEFAULT_FORM``) is the
-form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, BENCHMARKS.md "separate").
+At ``r = 1`` all three are one depthwise conv followed by one 1x1 conv. The default (``DEFAULT_FORM``, sum) is
+the form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, BENCHMARKS.md "separate").
 
 Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
 QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, depthwise
-convs, 1x1 kernels, convs in model-local functions (the body is shared by every call), and layers whose chosen
-rank saves no MACs unless ``force``. The original weights are never modified (a weight shared with another
+convs, 1x1 kernels, convs in model-local functions (the body is shared by every call), and, unless ``force``,
+layers whose chosen rank saves no MACs and layers with fewer than ``min_channels`` input channels (stems). The original weights are never modified (a weight shared with another
 node keeps serving it); new weights keep the original dtype (fp16 stays fp16; the SVD runs in float64).
 """
 
@@ -58,11 +58,18 @@ from .ranks import (
     relative_error,
 )
 
-__all__ = ["FORMS", "DEFAULT_FORM", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy"]
+__all__ = ["FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy"]
 
 FORMS = ("concat", "sum", "multiplier")
-#: Chosen by measurement (BENCHMARKS.md "separate"): it stays on onnxruntime's NCHWc fast path.
-DEFAULT_FORM = "concat"
+#: Chosen by measurement (BENCHMARKS.md "separate"): on onnxruntime's CPU provider (1 thread) ``sum`` realised
+#: the largest share of the MAC saving on ResNet-18 and VGG-16 at every rank (its Adds fuse into the NCHWc 1x1
+#: convs, where ``concat`` pays a copy of all r depthwise outputs), and it needs no fallback for grouped convs.
+DEFAULT_FORM = "sum"
+#: Convs with fewer input channels are left alone unless forced. A depthwise conv over a channel count below
+#: onnxruntime's NCHWc block (8 or 16 floats) runs outside that layout at a few GMAC/s, and a stem (3 RGB
+#: channels, 7x7, stride 2) rewritten at rank 4 measured slower than the conv it replaced on ResNet-18
+#: (BENCHMARKS.md "separate"); MobileNets keep their first conv standard for the same reason.
+MIN_CHANNELS = 8
 
 _FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
@@ -437,6 +444,7 @@ def separate(
     form: str = DEFAULT_FORM,
     node_filter: NodeFilter | None = None,
     force: bool = False,
+    min_channels: int = MIN_CHANNELS,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     batch: int | None = None,
 ) -> PassResult:
@@ -447,7 +455,9 @@ def separate(
         policy: how ranks are chosen (:class:`~onnxconv.passes.ranks.RankPolicy`).
         form: concat / sum / multiplier (see the module docstring).
         node_filter: ``--include``/``--exclude`` selection on (qualified) node names.
-        force: rewrite layers whose rank saves no MACs too (``exact`` always does).
+        force: rewrite layers whose rank saves no MACs, or with fewer than ``min_channels`` inputs, too
+            (``exact`` always does).
+        min_channels: leave convs with fewer input channels (stems) as they are (see :data:`MIN_CHANNELS`).
         input_shapes, batch: dims for symbolic graph inputs, as in ``stats`` (MACs, explicit SAME pads).
 
     Returns:
@@ -466,8 +476,14 @@ def separate(
     graph = gs.import_onnx(model)
     layers, cands = _collect(graph, shapes, node_filter)
     layers.extend(_function_rows(model))
-    ranks = _choose_ranks(policy, cands, layers)
     forced = force or policy.kind == "exact"
+    if not forced:
+        for c in cands:
+            if c.spec.c_in < min_channels:
+                c.change.reason = (f"only {c.spec.c_in} input channels (< {min_channels}): a depthwise stage this "
+                                   "narrow runs far below onnxruntime's fast path; use --min-channels or --force")
+        cands = [c for c in cands if not c.change.reason]
+    ranks = _choose_ranks(policy, cands, layers)
     emitter = _Emitter(NamePool(model))
     for c, r in zip(cands, ranks):
         ch, f = c.change, c.factors
