@@ -24,7 +24,6 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, OnnxConvError
-from .graph import toposort
 
 __all__ = ["load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "KEEP_VALUES_BELOW"]
 
@@ -55,6 +54,10 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
         raise ModelLoadError(f"{p}: no such file")
     if p.is_dir():
         raise ModelLoadError(f"{p}: is a directory, not an ONNX file")
+    if p.stat().st_size >= 2**31:
+        # protobuf cannot parse a message of 2 GB or more; such weights must live in external data files.
+        raise ModelLoadError(f"{p}: {p.stat().st_size:,} bytes is over protobuf's 2 GB limit for one ONNX file "
+                             "(large models keep their weights as external data)")
     try:
         with open(p, "rb") as f:
             data = f.read()
@@ -276,14 +279,12 @@ def save_model(
                     if e.key == "location":
                         e.value = data_name
             onnx.save_model(small, tmp)
+            _plain_permissions(tmp_data)
             os.replace(tmp_data, folder / data_name)
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
-        # mkstemp creates the file 0600; give the result the permissions a plain open() would (umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _plain_permissions(Path(tmp))
         os.replace(tmp, dest)
     except BaseException:
         for t in (tmp, tmp_data):
@@ -291,6 +292,13 @@ def save_model(
                 os.unlink(t)
         raise
     return dest
+
+
+def _plain_permissions(path: Path) -> None:
+    """mkstemp creates files 0600; give a result the permissions a plain open() would (0666 minus umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _small_enough_to_size(model: onnx.ModelProto) -> bool:

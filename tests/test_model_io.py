@@ -39,6 +39,14 @@ def test_not_onnx(tmp_path: Path, content: bytes) -> None:
     assert "\n" not in str(e.value)
 
 
+def test_single_file_over_2gb_is_refused_without_reading_it(tmp_path: Path) -> None:
+    p = tmp_path / "huge.onnx"
+    with open(p, "wb") as f:
+        f.truncate(2**31 + 10)  # sparse: takes no disk space
+    with pytest.raises(ModelLoadError, match="over protobuf's 2 GB limit"):
+        load_model(p)
+
+
 def test_every_truncation_is_refused(tmp_path: Path) -> None:
     data = single_conv([1, 3, 8, 8], [4, 3, 3, 3], bias=True).SerializeToString()
     p = tmp_path / "cut.onnx"
@@ -175,3 +183,12 @@ def test_save_external_data_ignores_a_stale_temporary_file(tmp_path: Path) -> No
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") and p != stale]
     assert leftovers == []
     assert os.path.getsize(tmp_path / "out.onnx.data") == 16 * 3 * 25 * 4
+
+
+def test_saved_files_get_plain_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    model = single_conv([1, 3, 8, 8], [16, 3, 5, 5])
+    out = save_model(model, tmp_path / "out.onnx", external_data=True)
+    for p in (out, tmp_path / "out.onnx.data"):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600

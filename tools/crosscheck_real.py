@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
