@@ -493,3 +493,20 @@ def test_runtime_bias_passes_through() -> None:
     result = separate(model, RankPolicy("exact"), form="sum")
     assert result.layers[0].rewritten
     assert agreement(model, result.model)[0].rel_error <= 1e-5
+
+
+def test_loop_body_conv_is_rewritten() -> None:
+    """A conv in a Loop body, reading the loop-carried tensor and an outer-scope weight."""
+    rng = np.random.default_rng(8)
+    w = (0.2 * rng.standard_normal((4, 4, 3, 3))).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("Conv", ["x_in", "W"], ["x_out"], name="body_conv", pads=[1, 1, 1, 1])],
+        "body", [tensor("i", [], TensorProto.INT64), tensor("cond_in", [], TensorProto.BOOL), tensor("x_in", [1, 4, 6, 6])],
+        [tensor("cond_out", [], TensorProto.BOOL), tensor("x_out", [1, 4, 6, 6])])
+    loop = helper.make_node("Loop", ["trips", "", "X"], ["Y"], name="loop", body=body)
+    model = make_model([loop], [tensor("X", [1, 4, 6, 6])], [tensor("Y", [1, 4, 6, 6])],
+                       [init("W", w), init("trips", np.array(3, np.int64))])
+    result = separate(model, RankPolicy("exact"))
+    assert [layer.name for layer in result.rewritten] == ["loop/body/body_conv"]
+    assert agreement(model, result.model)[0].rel_error <= 1e-5

@@ -168,6 +168,10 @@ def _image_like(shape: Sequence[int], seed: int) -> np.ndarray:
     return img
 
 
+def _top1(a: compare.Agreement) -> str:
+    return "-" if a.top1 is None else f"{a.top1:.3f}"
+
+
 def real(args: argparse.Namespace) -> None:
     path = ROOT / args.model
     if not path.is_file():
@@ -187,7 +191,7 @@ def real(args: argparse.Namespace) -> None:
     print(f"{args.model}, input {inp.name} {'x'.join(map(str, shape))}; onnxruntime CPU; rel = ||y - y0|| / ||y0||")
     print(f"command: `{_cmd(['real', '--model', args.model] + (['--input-shape', args.input_shape] if args.input_shape else []))}`\n")
     print("| ranks | rewritten | conv MAC ratio | params ratio | mean weight err | image-like: rel / cosine / max abs "
-          "| noise: rel / cosine |")
+          "/ top-1 | noise: rel / cosine / top-1 |")
     print("|---|---|---|---|---|---|---|")
     policies = [RankPolicy("rank", r) for r in (1, 2, 4, 8)] + \
                [RankPolicy("energy", e) for e in (0.9, 0.95, 0.99, 0.999)] + \
@@ -206,8 +210,8 @@ def real(args: argparse.Namespace) -> None:
         mean_err = f"{np.mean(errs):.3f}" if errs else "-"
         print(f"| {policy.describe()} | {t['rewritten']}/{t['layers']} | {t['macs_after'] / t['macs_before']:.3f} | "
               f"{t['params_after'] / t['params_before']:.3f} | {mean_err} | "
-              f"{a_img.rel_error:.4f} / {a_img.cosine:.5f} / {a_img.max_abs:.3g} | "
-              f"{a_noise.rel_error:.4f} / {a_noise.cosine:.5f} |")
+              f"{a_img.rel_error:.3g} / {a_img.cosine:.5f} / {a_img.max_abs:.3g} / {_top1(a_img)} | "
+              f"{a_noise.rel_error:.3g} / {a_noise.cosine:.5f} / {_top1(a_noise)} |")
         sys.stdout.flush()
 
 

@@ -45,7 +45,7 @@ import onnx_graphsurgeon as gs
 
 from .. import counting as C
 from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
-from ..errors import ShapeError
+from ..errors import OptionError, ShapeError
 from ..graph import node_label
 from .common import LayerChange, NamePool, NodeFilter, PassResult, constant_array, finish_model, tensor_shapes
 from .ranks import (
@@ -260,12 +260,15 @@ def _graphs(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph]]:
     """(path, graph) for the graph and every If/Loop/Scan body below it."""
     yield path, graph
     for node in graph.nodes:
+        label = node.name or (node.outputs[0].name if node.outputs else node.op)
         for attr, value in node.attrs.items():
-            subs = [value] if isinstance(value, gs.Graph) else [v for v in value if isinstance(v, gs.Graph)] \
-                if isinstance(value, (list, tuple)) else []
-            for i, sub in enumerate(subs):
-                key = attr if isinstance(value, gs.Graph) else f"{attr}[{i}]"
-                label = node.name or (node.outputs[0].name if node.outputs else node.op)
+            if isinstance(value, gs.Graph):
+                subs = [(attr, value)]
+            elif isinstance(value, (list, tuple)):
+                subs = [(f"{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, gs.Graph)]
+            else:
+                continue
+            for key, sub in subs:
                 yield from _graphs(sub, f"{path}/{label}/{key}" if path else f"{label}/{key}")
 
 
@@ -469,8 +472,6 @@ def separate(
         ``budget`` needs a shape that is unknown. RewriteError: the result fails the checker.
     """
     if form not in FORMS:
-        from ..errors import OptionError
-
         raise OptionError(f"--form {form}: choose from {', '.join(FORMS)}")
     shapes, notes = tensor_shapes(model, input_shapes, batch)
     graph = gs.import_onnx(model)
