@@ -207,12 +207,16 @@ def _json_default(v: Any) -> Any:
               help="Refit each rewritten layer by least squares to the original's outputs on these inputs "
                    "(one array per model input, samples on the first axis).")
 @click.option("--provider", default="cpu", show_default=True,
-              help="onnxruntime provider that runs the model for --calibration: cpu, cuda or tensorrt.")
+              help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, cuda "
+                   "or tensorrt.")
+@click.option("--target-speedup", type=float, default=None, metavar="S",
+              help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on --provider "
+                   "and errors on --calibration, to reach S times faster with the least error; verified end to end.")
 def separate(model: str, output: str, mode: str, groups: int | None, rank: int | None, energy: float | None,
              exact: bool, max_error: float | None, budget: float | None, form: str, include: tuple[str, ...],
              exclude: tuple[str, ...], force: bool, min_channels: int, input_shapes: tuple[str, ...], batch: int | None,
              report_path: str | None, verify: bool, inputs: str | None, overwrite: bool, calibration: str | None,
-             provider: str) -> None:
+             provider: str, target_speedup: float | None) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
     Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
@@ -227,17 +231,22 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
       onnxconv separate model.onnx -o exact.onnx --exact --verify
       onnxconv separate model.onnx -o grouped.onnx --mode shuffle --groups 4
       onnxconv separate model.onnx -o small.onnx --rank 2 --calibration calib.npz
+      onnxconv separate model.onnx -o fast.onnx --target-speedup 2 --calibration calib.npz
     """
     values = {"rank": rank, "energy": energy, "exact": exact, "max_error": max_error, "budget": budget}
     if mode == "shuffle":
         given = [k for k, v in values.items() if v not in (None, False)]
         if given:
             raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode separable, not shuffle")
-        if groups is None:
+        if groups is None and target_speedup is None:
             raise OptionError("--mode shuffle needs --groups G")
     elif groups is not None:
         raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
-    policy = _policy(values) if mode == "separable" else None
+    if target_speedup is not None and calibration is None:
+        raise OptionError("--target-speedup needs --calibration (the errors are measured on it)")
+    if target_speedup is not None and any(v not in (None, False) for v in values.values()):
+        raise OptionError("--target-speedup chooses the ranks itself: drop --rank/--energy/--exact/--max-error/--budget")
+    policy = _policy(values) if mode == "separable" and target_speedup is None else None
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     node_filter = NodeFilter(include, exclude)
     report_file = Path(report_path) if report_path else None
@@ -251,7 +260,13 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     external = bool(external_data_files(m))
     if external:
         m = load_model(model, load_weights=True)
-    if mode == "separable":
+    if target_speedup is not None:
+        from ..plan import plan_from_file
+
+        result = plan_from_file(m, calibration, target_speedup=target_speedup, provider=provider, mode=mode,
+                                form=form, groups=(groups,) if groups else None, node_filter=node_filter,
+                                input_shapes=shapes, batch=batch)
+    elif mode == "separable":
         from ..passes.separable import separate as separate_pass
 
         result = separate_pass(m, policy, form=form, node_filter=node_filter, force=force,
@@ -260,7 +275,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         from ..passes.shuffle import group_shuffle  # type: ignore[import-not-found]
 
         result = group_shuffle(m, groups=groups, node_filter=node_filter, force=force)
-    if calibration is not None:
+    if calibration is not None and target_speedup is None:
         from ..calibrate import refit_from_file
 
         result = refit_from_file(m, result, calibration, provider=provider)

@@ -1,0 +1,609 @@
+"""Hardware-aware planning: per layer keep, depthwise rank r or grouped G, to reach a measured speed-up.
+
+``--budget`` counts MACs, but a rewrite's worth depends on the provider, threads and batch (conv-math.md: a
+rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite` measures instead:
+
+1. **Candidates and options.** The layers the pass would rewrite (a dry run of the pass with the user's
+   filter), each with its options: *keep*, every depthwise rank ``r`` in :data:`RANK_CHOICES` that saves MACs
+   (``--mode separable``), or every ``G`` in ``groups`` that divides its channels (``--mode shuffle``).
+2. **Error** of each option on the calibration set: one onnxruntime pass of the original model collects each
+   candidate's input patches at sampled output positions (:func:`onnxconv.calibrate.sample_patches`); the
+   option's error is the relative output error ``||P (W - W_o)^T|| / ||P W^T + b||`` of the layer on them,
+   with ``W_o`` the rank-r (separable) or block-diagonal (grouped) weight. Rank errors for all ``r`` come from one
+   projection: with the SVD of every input channel's slice, the output splits into terms ``Y_t`` and the rank-r
+   error is ``||sum_{t >= r} Y_t||``. This is the weight-only error; the refit afterwards only lowers it.
+3. **Latency** of each option: the layer alone (its real input shape, attributes and the rewrite's exact
+   graph form; a plain grouped conv for G) timed with :func:`onnxconv.bench.bench` on the provider, all options
+   of a layer in one interleaved run, cached per (provider, threads, shapes, attributes, option) in a
+   :class:`LatencyCache` (optionally a JSON file) so that layers of the same shape are timed once.
+4. **Choice.** With ``T`` the measured latency of the whole model and ``d_o = t_keep - t_o`` the time an option
+   saves, pick one option per layer minimising ``sum e_o^2`` subject to ``sum d_o >= T (1 - 1/S)`` (a
+   multiple-choice knapsack, solved exactly by dynamic programming over :data:`BUCKETS` time buckets, rounding
+   savings down). Options slower than keeping the layer are dropped. Predicted speed-up: ``T / (T - sum d_o)``.
+5. **Verify.** The rewritten model is timed against the original with the bench code (interleaved rounds, the
+   calibration inputs). Layers timed alone do not add up exactly (fusions, layout conversions, caches), so when
+   the measured speed-up misses the target by more than ``tolerance`` the plan is redone with the target scaled
+   by target/measured, at most ``rounds`` times. Then the chosen layers are refitted
+   (:func:`onnxconv.calibrate.refit`) and the result records predicted vs measured speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .calibrate import CalibrationSet, ConvTerm, activations, load_calibration, refit, sample_patches
+from .errors import OptionError
+from .graph import attrs_of, node_label
+from .passes.common import LayerChange, NodeFilter, PassResult
+
+__all__ = ["RANK_CHOICES", "GROUP_CHOICES", "BUCKETS", "Option", "LayerOptions", "PlanReport", "LatencyCache",
+           "choose", "plan_rewrite", "plan_from_file"]
+
+#: Depthwise ranks the planner considers (those that save MACs in a layer).
+RANK_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
+#: Group counts the planner considers in shuffle mode when ``--groups`` is not given.
+GROUP_CHOICES = (2, 4, 8)
+#: Time buckets of the knapsack: savings are rounded down to ``T (1 - 1/S) / BUCKETS``.
+BUCKETS = 2000
+
+
+@dataclass
+class Option:
+    """One way to run a layer: ``kind`` keep / rank / groups with its ``value``, measured time and error."""
+
+    kind: str
+    value: int
+    latency_s: float
+    error: float
+
+    @property
+    def label(self) -> str:
+        return "keep" if self.kind == "keep" else f"{'r' if self.kind == 'rank' else 'G'}={self.value}"
+
+
+@dataclass
+class LayerOptions:
+    """A candidate layer and its options (the first is keep)."""
+
+    name: str
+    options: list[Option]
+    chosen: int = 0
+
+    @property
+    def keep(self) -> Option:
+        return self.options[0]
+
+
+@dataclass
+class PlanReport:
+    """What the planner decided and how the prediction compared with the measurement."""
+
+    target: float
+    provider: str
+    model_s: float
+    predicted: float
+    measured: float | None
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    layers: list[LayerOptions] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = [{"name": lay.name, "chosen": lay.options[lay.chosen].label,
+                          "options": [asdict(o) for o in lay.options]} for lay in self.layers]
+        return out
+
+
+class LatencyCache:
+    """Measured seconds per (provider, threads, shapes, attributes, option) key, optionally kept in a JSON file."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.times: dict[str, float] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.times = {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+            except (OSError, ValueError, AttributeError):
+                self.times = {}  # an unreadable cache is only a cache: measure again
+
+    def get(self, key: str) -> float | None:
+        return self.times.get(key)
+
+    def put(self, key: str, seconds: float) -> None:
+        self.times[key] = seconds
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.times, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The choice
+
+
+def choose(layers: Sequence[LayerOptions], model_s: float, target: float, buckets: int = BUCKETS) -> float:
+    """Pick ``layers[i].chosen`` to save at least ``model_s * (1 - 1/target)`` seconds with the least
+    ``sum error^2``; returns the predicted speed-up ``model_s / (model_s - saved)``.
+
+    Raises:
+        OptionError: the target cannot be reached even with every layer at its fastest option (the message gives
+            the largest predicted speed-up).
+    """
+    need = model_s * (1.0 - 1.0 / target)
+    best_saving = sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers)
+    if best_saving < need:
+        reach = model_s / (model_s - best_saving)
+        raise OptionError(f"--target-speedup {target:g}: the largest predicted speed-up is {reach:.3f}x "
+                          f"(every candidate layer at its fastest option, measured layer by layer)")
+    for lay in layers:
+        lay.chosen = 0
+    if need <= 0:
+        return 1.0
+    unit = need / buckets
+    best = np.full(buckets + 1, np.inf)
+    best[0] = 0.0
+    trace: list[tuple[np.ndarray, np.ndarray]] = []
+    for lay in layers:
+        new = np.full(buckets + 1, np.inf)
+        pick = np.zeros(buckets + 1, dtype=np.int64)
+        prev = np.arange(buckets + 1)
+        for oi, o in enumerate(lay.options):
+            saved = lay.keep.latency_s - o.latency_s
+            if oi and saved <= 0:
+                continue
+            s = min(buckets, int(math.floor(saved / unit))) if oi else 0
+            val = np.full(buckets + 1, np.inf)
+            src = np.arange(buckets + 1)
+            cost = o.error ** 2
+            if s == 0:
+                val = best + cost
+            else:
+                val[s:buckets] = best[:buckets - s] + cost
+                src[s:buckets] = np.arange(buckets - s)
+                tail = best[buckets - s:]  # every state from here on reaches the cap
+                j = int(np.argmin(tail))
+                val[buckets] = tail[j] + cost
+                src[buckets] = buckets - s + j
+            better = val < new
+            new[better], pick[better], prev[better] = val[better], oi, src[better]
+        trace.append((pick, prev))
+        best = new
+    state = buckets
+    for lay, (pick, prev) in zip(reversed(layers), reversed(trace)):
+        lay.chosen = int(pick[state])
+        state = int(prev[state])
+    saved = sum(lay.keep.latency_s - lay.options[lay.chosen].latency_s for lay in layers)
+    # Layers timed alone can add up to more than the whole model (fusions, per-run overhead): the prediction is
+    # then unbounded, and only the end-to-end measurement says where the plan lands.
+    return model_s / max(model_s - saved, 1e-9 * model_s)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclass
+class _Candidate:
+    name: str
+    node: onnx.NodeProto
+    weight: np.ndarray
+    bias: np.ndarray | None
+    attrs: dict[str, Any]
+    values: list[int]  # ranks or group counts to try
+    masks: dict[int, np.ndarray] = field(default_factory=dict)  # G -> kept (C_out x C_in) for groups
+    input_shape: tuple[int, ...] = ()
+    errors: dict[int, float] = field(default_factory=dict)
+    macs: int | None = None
+    params: int | None = None
+
+
+def _arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def _candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequence[int], node_filter: NodeFilter | None,
+                input_shapes: Mapping[str, Sequence[int]] | None, batch: int | None,
+                ) -> tuple[list[_Candidate], dict[str, LayerChange]]:
+    """Candidate layers with their option values, and a skipped LayerChange (with its reason) for the rest."""
+    nodes = {node_label(n): n for n in model.graph.node if n.op_type == "Conv"}
+    arrays = _arrays(model)
+    found: dict[str, _Candidate] = {}
+    skipped: dict[str, LayerChange] = {}
+    if mode == "separable":
+        from .passes.ranks import RankPolicy
+        from .passes.separable import separate
+
+        dry = separate(model, RankPolicy("rank", 1), form=form, force=True, node_filter=node_filter,
+                       input_shapes=input_shapes, batch=batch)
+        for c in dry.layers:
+            node = nodes.get(c.name)
+            ranks: list[int] = []
+            if c.rewritten and node is not None:
+                w = arrays[node.input[1]]
+                g = int(attrs_of(node).get("group", 1) or 1)  # type: ignore[call-overload]
+                k, ng = math.prod(w.shape[2:]), w.shape[0] // g
+                conv_pos, unit_pos = ng * k, k + ng  # per input channel and output position
+                ranks = [r for r in RANK_CHOICES if r <= min(ng, k) and r * unit_pos < conv_pos]
+            if not ranks:
+                reason = c.reason or ("inside a subgraph: not planned" if node is None else "no rank saves MACs")
+                skipped[c.name] = LayerChange(c.name, c.op_type, False, reason, c.params_before, None,
+                                              c.macs_before)
+                continue
+            found[c.name] = _make_candidate(c, node, arrays, ranks)  # type: ignore[arg-type]
+        return list(found.values()), skipped
+    from .passes.shuffle import group_shuffle
+
+    for g in groups:
+        dry = group_shuffle(model, groups=g, node_filter=node_filter, force=True, input_shapes=input_shapes)
+        for c in dry.layers:
+            node = nodes.get(c.name)
+            if not c.rewritten or node is None:
+                if c.name not in found:
+                    skipped.setdefault(c.name, LayerChange(c.name, c.op_type, False, c.reason or
+                                                           "inside a subgraph: not planned", c.params_before,
+                                                           None, c.macs_before))
+                continue
+            skipped.pop(c.name, None)
+            cand = found.get(c.name) or _make_candidate(c, node, arrays, [])
+            found[c.name] = cand
+            cand.values.append(g)
+            keep = np.asarray(c.details["out_groups"])[:, None] == np.asarray(c.details["in_groups"])[None, :]
+            cand.masks[g] = keep
+    return list(found.values()), skipped
+
+
+def _make_candidate(change: LayerChange, node: onnx.NodeProto, arrays: Mapping[str, np.ndarray],
+                    values: list[int]) -> _Candidate:
+    bias = arrays.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return _Candidate(change.name, node, arrays[node.input[1]], bias, attrs_of(node), list(values),
+                      macs=change.macs_before, params=change.params_before)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Errors on the calibration set
+
+
+def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: CalibrationSet, mode: str,
+                   positions: int, seed: int, providers: Sequence[str], threads: int | None) -> None:
+    """Fill ``cand.errors`` (option value -> relative output error) and ``cand.input_shape``."""
+    from .passes.separable import factor_weight
+
+    elem = {c.name: _elem_type(c.weight) for c in cands}
+    names = {c.node.input[0]: elem[c.name] for c in cands}
+    factors = {c.name: factor_weight(c.weight, int(c.attrs.get("group", 1) or 1)) for c in cands} \
+        if mode == "separable" else {}
+    err2 = {c.name: np.zeros(max(c.values) + 1) for c in cands}
+    total = dict.fromkeys(err2, 0.0)
+    per = max(1, math.ceil(positions / calib.size))
+    for start, outs in activations(model, names, calib, providers, threads):
+        for ci, c in enumerate(cands):
+            x = outs[c.node.input[0]]
+            if not c.input_shape:
+                c.input_shape = (calib.chunk, *x.shape[1:])
+            term = ConvTerm(c.node, c.node.input[0], c.node.input[1], tuple(c.weight.shape), c.attrs)
+            for i in range(x.shape[0]):
+                out_spatial = _out_spatial(term, x.shape[1:])
+                count = math.prod(out_spatial)
+                rng = np.random.default_rng((seed, ci, start + i))
+                pos = np.sort(rng.choice(count, size=min(per, count), replace=False))
+                p = sample_patches(x[i], term, out_spatial, pos).astype(np.float64)
+                full, errs = (_rank_errors(p, factors[c.name], c.values) if mode == "separable"
+                              else _group_errors(p, c.weight, c.masks, c.values))
+                if c.bias is not None:
+                    full = full + c.bias.astype(np.float64)[None, :]
+                total[c.name] += float(np.sum(full * full))
+                for v, e in errs.items():
+                    err2[c.name][v] += e
+    for c in cands:
+        t = total[c.name]
+        c.errors = {v: math.sqrt(err2[c.name][v] / t) if t > 0 else 0.0 for v in c.values}
+
+
+def _elem_type(w: np.ndarray) -> int:
+    return {np.dtype(np.float16): onnx.TensorProto.FLOAT16, np.dtype(np.float64): onnx.TensorProto.DOUBLE}.get(
+        w.dtype, onnx.TensorProto.FLOAT)
+
+
+def _out_spatial(term: ConvTerm, shape: Sequence[int]) -> tuple[int, ...]:
+    from .conv import conv_spec
+
+    spec = conv_spec("Conv", term.attrs, term.weight_shape, False, (1, *shape))
+    return tuple(int(d) for d in spec.output_shape[2:])  # type: ignore[arg-type]
+
+
+def _rank_errors(p: np.ndarray, f: Any, ranks: Sequence[int]) -> tuple[np.ndarray, dict[int, float]]:
+    """(output without bias ``S x N``, rank -> squared output error) from patches ``p`` (``S x M x K``).
+
+    Slice ``m`` contributes ``sum_t f.p[m,:,t] (v[m,t] . p_m)`` (``f.p`` = singular vectors times singular values,
+    :class:`~onnxconv.passes.separable.Factors`); the rank-r error is the part with t >= r.
+    """
+    m, ng, q = f.p.shape
+    g = f.group
+    mg = m // g
+    z = np.matmul(p.transpose(1, 0, 2), f.vt.transpose(0, 2, 1))  # (M, S, q)
+    z = z.reshape(g, mg, -1, q).transpose(0, 3, 2, 1)  # (g, q, S, Mg)
+    u = f.p.reshape(g, mg, ng, q).transpose(0, 3, 1, 2)  # (g, q, Mg, Ng)
+    terms = np.matmul(z, u)  # (g, q, S, Ng): output of term t
+    tail = np.cumsum(terms[:, ::-1], axis=1)[:, ::-1]  # tail[:, t] = sum of terms t..q-1
+    full = tail[:, 0].transpose(1, 0, 2).reshape(p.shape[0], g * ng)
+    errs = {r: float(np.sum(tail[:, r] ** 2)) if r < q else 0.0 for r in ranks}
+    return full, errs
+
+
+def _group_errors(p: np.ndarray, w: np.ndarray, masks: Mapping[int, np.ndarray], groups: Sequence[int],
+                  ) -> tuple[np.ndarray, dict[int, float]]:
+    """(output without bias, G -> squared output error of dropping the weights outside the groups)."""
+    flat = p.reshape(p.shape[0], -1)
+    w64 = w.astype(np.float64)
+    full = flat @ w64.reshape(w.shape[0], -1).T
+    errs = {}
+    for g in groups:
+        drop = w64 * (~masks[g]).reshape(masks[g].shape + (1,) * (w.ndim - 2))
+        d = flat @ drop.reshape(w.shape[0], -1).T
+        errs[g] = float(np.sum(d * d))
+    return full, errs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Latency
+
+
+def _layer_model(c: _Candidate, weight: np.ndarray, attrs: Mapping[str, Any]) -> onnx.ModelProto:
+    """The layer alone: X (its real input shape) -> Conv -> Y."""
+    inits = [numpy_helper.from_array(weight, "W")]
+    ins = ["X", "W"]
+    if c.bias is not None:
+        inits.append(numpy_helper.from_array(c.bias, "B"))
+        ins.append("B")
+    node = helper.make_node("Conv", ins, ["Y"], name=c.name, **attrs)
+    elem = _elem_type(c.weight)
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("X", elem, list(c.input_shape))],
+                              [helper.make_tensor_value_info("Y", elem, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _option_models(c: _Candidate, mode: str, form: str) -> dict[int, onnx.ModelProto]:
+    """Option value (0 = keep) -> the layer alone in that form."""
+    base = _layer_model(c, c.weight, c.attrs)
+    out = {0: base}
+    if mode == "separable":
+        from .passes.ranks import RankPolicy
+        from .passes.separable import separate
+
+        for r in c.values:
+            out[r] = separate(base, RankPolicy("rank", r), form=form, force=True).model
+        return out
+    for g in c.values:
+        w = c.weight[:, : c.weight.shape[1] // g]  # the values do not matter for the time; the shape does
+        out[g] = _layer_model(c, np.ascontiguousarray(w), {**c.attrs, "group": g})
+    return out
+
+
+def _latency_key(c: _Candidate, provider: str, threads: int | None, mode: str, form: str, value: int) -> str:
+    attrs = {k: v for k, v in sorted(c.attrs.items())}
+    return json.dumps([provider, threads, list(c.input_shape), list(c.weight.shape), c.bias is not None, attrs,
+                       "keep" if value == 0 else mode, form if mode == "separable" else "", value], default=str)
+
+
+def _measure(cands: Sequence[_Candidate], mode: str, form: str, provider: str, threads: int | None,
+             cache: LatencyCache, iters: int) -> dict[str, dict[int, float]]:
+    """Candidate -> option value (0 = keep) -> seconds, through the cache: keep's fastest run, and each option
+    that time divided by its median speed-up over keep in interleaved rounds."""
+    from .bench import BenchConfig, bench
+
+    out: dict[str, dict[int, float]] = {}
+    for c in cands:
+        keys = {v: _latency_key(c, provider, threads, mode, form, v) for v in [0, *c.values]}
+        if any(cache.get(k) is None for k in keys.values()):
+            models = _option_models(c, mode, form)
+            values = list(keys)  # keep (0) first: the reference of the speed-ups
+            cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads)
+            report = bench([models[v] for v in values], cfg, names=[f"{c.name}:{v}" for v in values])
+            results = report.runs[0].models
+            # A shared machine slows runs at random: the fastest run is the steadiest absolute figure, and each
+            # option is placed against it by its median per-round ratio to keep (interleaved, so drift cancels).
+            keep_s = results[0].timing.min_s
+            cache.put(keys[0], keep_s)
+            for v, res in zip(values[1:], results[1:]):
+                ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
+                cache.put(keys[v], keep_s / ratio)
+        out[c.name] = {v: cache.get(k) for v, k in keys.items()}  # type: ignore[misc]
+    cache.save()
+    return out
+
+
+def _bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, calib: CalibrationSet,
+                provider: str, threads: int | None, iters: int) -> tuple[float, float | None]:
+    """(fastest run of the original in seconds, median speed-up of ``rewritten``) on the first calibration chunk."""
+    from .bench import BenchConfig, bench
+
+    _, feeds = next(calib.chunks())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "inputs.npz")
+        np.savez(path, **feeds)
+        cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads, inputs=path)
+        models = [original] if rewritten is None else [original, rewritten]
+        report = bench(models, cfg, names=["original", "rewritten"][: len(models)])
+    run = report.runs[0]
+    speed = run.models[1].speedup.median if rewritten is not None and run.models[1].speedup else None
+    return run.models[0].timing.min_s, speed  # the fastest run, as for the layers (see _measure)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Build
+
+
+def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequence[_Candidate],
+           skipped: Mapping[str, LayerChange], mode: str, form: str, input_shapes: Mapping[str, Sequence[int]] | None,
+           batch: int | None) -> PassResult:
+    """Apply the chosen options: one pass per distinct rank (or G), each restricted to its layers by name."""
+    by_value: dict[int, list[str]] = {}
+    for lay in layers:
+        o = lay.options[lay.chosen]
+        if o.kind != "keep":
+            by_value.setdefault(o.value, []).append(lay.name)
+    current = model
+    changes: dict[str, LayerChange] = {}
+    pass_name = "separable" if mode == "separable" else "shuffle"
+    for value, names in sorted(by_value.items()):
+        only = NodeFilter(include=[f"^{re.escape(n)}$" for n in names])
+        if mode == "separable":
+            from .passes.ranks import RankPolicy
+            from .passes.separable import separate
+
+            res = separate(current, RankPolicy("rank", value), form=form, force=True, node_filter=only,
+                           input_shapes=input_shapes, batch=batch)
+        else:
+            from .passes.shuffle import group_shuffle
+
+            res = group_shuffle(current, groups=value, node_filter=only, force=True, input_shapes=input_shapes)
+        changes.update({c.name: c for c in res.rewritten})
+        current = res.model
+    if current is model:
+        current = onnx.ModelProto()
+        current.CopyFrom(model)
+    out: list[LayerChange] = []
+    for lay, c in zip(layers, cands):
+        o = lay.options[lay.chosen]
+        ch = changes.get(lay.name)
+        if ch is None:
+            ch = LayerChange(lay.name, "Conv", False, "kept by the plan (its options cost more error than they "
+                             "save time)", params_before=c.params, macs_before=c.macs)
+        ch.details["plan"] = f"{o.label} {lay.keep.latency_s * 1e6:.0f}->{o.latency_s * 1e6:.0f}us err={o.error:.3g}"
+        out.append(ch)
+    out.extend(skipped.values())
+    return PassResult(current, out, pass_name, {})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def plan_rewrite(
+    model: onnx.ModelProto,
+    calibration: CalibrationSet,
+    *,
+    target_speedup: float,
+    provider: str = "cpu",
+    mode: str = "separable",
+    form: str | None = None,
+    groups: Sequence[int] | None = None,
+    node_filter: NodeFilter | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    positions: int = 2048,
+    layer_iters: int = 20,
+    model_iters: int = 20,
+    rounds: int = 3,
+    tolerance: float = 0.03,
+    cache: LatencyCache | None = None,
+    do_refit: bool = True,
+    seed: int = 0,
+) -> tuple[PassResult, PlanReport]:
+    """Choose per layer keep / rank / G to reach ``target_speedup`` on ``provider`` with the least error.
+
+    Args:
+        model: the original model (weights loaded); not modified.
+        calibration: inputs from :func:`~onnxconv.calibrate.load_calibration`; they give the errors, the layer
+            input shapes and the inputs the whole model is timed on (the first chunk).
+        target_speedup: S > 1, the wanted latency ratio original / rewritten.
+        provider: cpu / cuda / tensorrt (:func:`onnxconv.bench.resolve_provider`).
+        mode: separable (options: ranks) or shuffle (options: ``groups``, default :data:`GROUP_CHOICES`).
+        form: the separable graph form (default: the pass's).
+        positions: output positions per layer for the errors.
+        layer_iters, model_iters: timed runs per option and per whole-model comparison.
+        rounds: plan-measure rounds at most (see the module docstring); tolerance: accepted shortfall.
+        cache: latency cache (a fresh in-memory one by default).
+        do_refit: refit the chosen layers on the calibration set.
+
+    Returns:
+        The pass result (per-layer ``details["plan"]``: chosen option, layer time before -> after, error) and the
+        :class:`PlanReport`; ``result.options["plan"]`` holds the report's figures and ``notes`` a summary line.
+
+    Raises:
+        OptionError: S <= 1, a bad mode or provider, or a target no option set can reach.
+    """
+    from .bench import resolve_provider
+
+    if not (target_speedup > 1 and math.isfinite(target_speedup)):
+        raise OptionError(f"--target-speedup {target_speedup}: must be a number above 1")
+    if mode not in ("separable", "shuffle"):
+        raise OptionError(f"mode '{mode}': choose separable or shuffle")
+    from .passes.separable import DEFAULT_FORM
+
+    form = form or DEFAULT_FORM
+    groups = tuple(groups or GROUP_CHOICES)
+    chain = resolve_provider(provider).chain
+    cache = cache or LatencyCache()
+    cands, skipped = _candidates(model, mode, form, groups, node_filter, input_shapes, batch)
+    if not cands:
+        raise OptionError(f"--target-speedup: no layer of the model can be rewritten in {mode} mode")
+    _option_errors(model, cands, calibration, mode, positions, seed, chain, threads)
+    times = _measure(cands, mode, form, provider, threads, cache, layer_iters)
+    layers = [
+        LayerOptions(c.name, [Option("keep", 0, times[c.name][0], 0.0)]
+                     + [Option("rank" if mode == "separable" else "groups", v, times[c.name][v], c.errors[v])
+                        for v in c.values])
+        for c in cands
+    ]
+    model_s, _ = _bench_pair(model, None, calibration, provider, threads, model_iters)
+    report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers)
+    aim = target_speedup
+    best: tuple[float, PassResult, float, list[int]] | None = None
+    for _ in range(max(1, rounds)):
+        try:
+            predicted = choose(layers, model_s, aim)
+        except OptionError:
+            if best is None:
+                raise
+            break  # a scaled-up aim is out of reach: keep the best plan measured so far
+        result = _build(model, layers, cands, skipped, mode, form, input_shapes, batch)
+        _, measured = _bench_pair(model, result.model, calibration, provider, threads, model_iters)
+        got = measured or 0.0
+        report.rounds.append({"aim": aim, "predicted": predicted, "measured": got})
+        if best is None or got > best[0]:
+            best = (got, result, predicted, [lay.chosen for lay in layers])
+        if got >= target_speedup * (1 - tolerance) or got <= 0:
+            break
+        # Layers timed alone do not add up to the whole model: aim as much higher as the model fell short.
+        aim = aim * target_speedup / got
+    assert best is not None
+    report.measured, result, report.predicted, picks = best
+    for lay, pick in zip(layers, picks):
+        lay.chosen = pick
+    if do_refit:
+        result = refit(model, result, calibration, providers=chain, threads=threads)
+    note = (f"plan: target {target_speedup:g}x on {provider}; predicted {report.predicted:.2f}x from layer "
+            f"timings, measured {report.measured:.2f}x end to end (median of {model_iters} interleaved rounds)")
+    result.options = {**result.options, "plan": report.to_dict(),
+                      "notes": [*result.options.get("notes", []), note]}
+    return result, report
+
+
+def plan_from_file(model: onnx.ModelProto, calibration: str | os.PathLike[str], **kwargs: Any) -> PassResult:
+    """:func:`plan_rewrite` with calibration inputs read from a file or folder; returns the pass result."""
+    return plan_rewrite(model, load_calibration(calibration, model), **kwargs)[0]

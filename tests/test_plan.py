@@ -1,0 +1,226 @@
+"""Hardware-aware planning: the knapsack choice, option errors against onnxruntime, the latency cache, and the
+whole plan (with layer latencies fixed through the cache, so that what is asserted does not depend on timing)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from onnxconv import bench as bench_mod
+from onnxconv import calibrate, compare, plan
+from onnxconv.cli import main
+from onnxconv.errors import OptionError
+from onnxconv.passes.ranks import RankPolicy
+from onnxconv.passes.separable import separate
+from onnxconv.passes.shuffle import group_shuffle, masked_reference
+
+from .modelkit import init, make_model, tensor
+from .test_calibrate import lowrank_weight, rel, smooth_inputs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The choice
+
+
+@st.composite
+def instances(draw: st.DrawFn) -> tuple[list[plan.LayerOptions], float, float]:
+    layers = []
+    for i in range(draw(st.integers(1, 4))):
+        keep = draw(st.floats(1.0, 10.0))
+        opts = [plan.Option("keep", 0, keep, 0.0)]
+        for r in range(1, draw(st.integers(1, 4)) + 1):
+            opts.append(plan.Option("rank", r, draw(st.floats(0.1, 12.0)), draw(st.floats(0.0, 1.0))))
+        layers.append(plan.LayerOptions(f"l{i}", opts))
+    model_s = sum(lay.keep.latency_s for lay in layers) + draw(st.floats(0.0, 10.0))
+    return layers, model_s, draw(st.floats(1.01, 3.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(instances())
+def test_choice_is_the_least_error_plan_that_saves_enough(inst) -> None:
+    layers, model_s, target = inst
+    need = model_s * (1 - 1 / target)
+    combos = list(itertools.product(*[range(len(lay.options)) for lay in layers]))
+
+    def saved(c):  # noqa: ANN001, ANN202
+        return sum(lay.keep.latency_s - lay.options[i].latency_s for lay, i in zip(layers, c))
+
+    def cost(c):  # noqa: ANN001, ANN202
+        return sum(lay.options[i].error ** 2 for lay, i in zip(layers, c))
+
+    try:
+        predicted = plan.choose(layers, model_s, target)
+    except OptionError as e:
+        assert "largest predicted speed-up" in str(e)
+        # Unreachable means: even the fastest option everywhere saves too little.
+        assert sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers) < need
+        return
+    picked = tuple(lay.chosen for lay in layers)
+    assert saved(picked) >= need - 1e-9
+    assert predicted == pytest.approx(model_s / max(model_s - saved(picked), 1e-9 * model_s))
+    # Savings are rounded down to buckets, so the plan can only lose to one that saves a little more than needed.
+    margin = len(layers) * need / plan.BUCKETS
+    better = [c for c in combos if saved(c) >= need + margin and cost(c) < cost(picked) - 1e-12]
+    assert not better
+
+
+def test_unreachable_target_names_the_largest_speedup() -> None:
+    lay = plan.LayerOptions("a", [plan.Option("keep", 0, 1.0, 0.0), plan.Option("rank", 1, 0.5, 0.1)])
+    with pytest.raises(OptionError, match=r"--target-speedup 3: the largest predicted speed-up is 1\.333x"):
+        plan.choose([lay], 2.0, 3.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Option errors agree with onnxruntime
+
+
+def conv_chain(rng: np.random.Generator, c: int = 16, size: int = 10) -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Conv", ["X", "W1", "B1"], ["h"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "W2"], ["Y"], name="c2", pads=[1, 1, 1, 1], strides=[2, 2]),
+    ]
+    inits = [init("W1", lowrank_weight(rng, c, c, 3, 3, 0.3)), init("B1", rng.standard_normal(c).astype(np.float32)),
+             init("W2", lowrank_weight(rng, c, c, 3, 2, 0.3))]
+    return make_model(nodes, [tensor("X", ["N", c, size, size])], [tensor("Y", None)], inits)
+
+
+@pytest.mark.parametrize("mode", ["separable", "shuffle"])
+def test_option_errors_match_onnxruntime_on_the_first_layer(tmp_path, mode) -> None:
+    """The first layer's input is the model input, so the patch-based error of every option must equal the error
+    onnxruntime measures between the original and the rewritten layer (all output positions sampled)."""
+    rng = np.random.default_rng(0)
+    model = conv_chain(rng)
+    x = smooth_inputs(rng, 3, 16, 10)
+    np.savez(tmp_path / "cal.npz", X=x)
+    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cands, _ = plan._candidates(model, mode, "sum", (2, 4), None, None, None)
+    assert [c.name for c in cands] == ["c1", "c2"]
+    plan._option_errors(model, cands, cal, mode, positions=3 * 100, seed=0, providers=["CPUExecutionProvider"],
+                        threads=None)
+    c1 = cands[0]
+    ref = compare.run_model(compare.session(calibrate.truncate_model(model, {"h": 1})), {"X": x})["h"]
+    for v in c1.values:
+        if mode == "separable":
+            got = separate(model, RankPolicy("rank", v), force=True).model
+        else:
+            got = masked_reference(model, group_shuffle(model, groups=v, force=True))
+        out = compare.run_model(compare.session(calibrate.truncate_model(got, {"h": 1})), {"X": x})["h"]
+        assert c1.errors[v] == pytest.approx(rel(ref, out), rel=1e-4, abs=1e-6), v
+    assert all(0 <= e for c in cands for e in c.errors.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Latency cache
+
+
+def test_latencies_are_cached_per_shape(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    w = lowrank_weight(rng, 16, 16, 3, 2, 0.3)
+    nodes = [helper.make_node("Conv", ["X", "W"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "V"], ["Y"], name="b", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [tensor("X", [1, 16, 8, 8])], [tensor("Y", None)],
+                       [init("W", w), init("V", w * 2)])
+    cands, _ = plan._candidates(model, "separable", "sum", (), None, None, None)
+    for c in cands:
+        c.input_shape = (1, 16, 8, 8)
+    calls = []
+    real = bench_mod.bench
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_mod, "bench", counting)
+    cache = plan.LatencyCache(tmp_path / "lat.json")
+    times = plan._measure(cands, "separable", "sum", "cpu", None, cache, iters=3)
+    assert len(calls) == 1  # two layers, one shape: timed once
+    assert times["a"] == times["b"] and set(times["a"]) == {0, *cands[0].values}
+    assert all(t > 0 for t in times["a"].values())
+    # A new cache object reads the file back: nothing is timed again.
+    again = plan._measure(cands, "separable", "sum", "cpu", None, plan.LatencyCache(tmp_path / "lat.json"), 3)
+    assert len(calls) == 1 and again == times
+    assert len(json.loads((tmp_path / "lat.json").read_text())) == len(times["a"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The whole plan
+
+
+def fixed_cache(model: onnx.ModelProto, cal: calibrate.CalibrationSet, keep_s: float, option_s: float,
+                mode: str = "separable") -> plan.LatencyCache:
+    """A cache holding made-up layer latencies, so the choice does not depend on this machine's timing."""
+    cands, _ = plan._candidates(model, mode, "sum", plan.GROUP_CHOICES, None, None, None)
+    cache = plan.LatencyCache()
+    shapes = {"c1": (cal.chunk, 16, 10, 10), "c2": (cal.chunk, 16, 10, 10)}
+    for c in cands:
+        c.input_shape = shapes[c.name]
+        for v in [0, *c.values]:
+            cache.put(plan._latency_key(c, "cpu", None, mode, "sum", v), keep_s if v == 0 else option_s)
+    return cache
+
+
+@pytest.mark.parametrize("mode", ["separable", "shuffle"])
+def test_plan_picks_the_least_error_option_and_refits(tmp_path, mode) -> None:
+    rng = np.random.default_rng(2)
+    model = conv_chain(rng)
+    np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 6, 16, 10))
+    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    # Every option saves a whole second: any single one reaches the target, so the plan is the one option of
+    # least error in the whole model, and nothing else is rewritten.
+    cache = fixed_cache(model, cal, keep_s=2.0, option_s=1.0, mode=mode)
+    result, report = plan.plan_rewrite(model, cal, target_speedup=1.5, mode=mode, form="sum", cache=cache,
+                                       layer_iters=3, model_iters=3, rounds=1)
+    errors = [(o.error, lay.name, o.label) for lay in report.layers for o in lay.options[1:]]
+    least = min(errors)
+    chosen = [(lay.name, lay.options[lay.chosen].label) for lay in report.layers if lay.chosen]
+    assert chosen == [(least[1], least[2])]
+    done = [c for c in result.layers if c.rewritten]
+    assert [c.name for c in done] == [least[1]]
+    assert done[0].details["plan"].startswith(least[2] + " ")
+    assert done[0].details["refit_err"] <= done[0].details["out_err"]
+    assert report.measured is not None and report.measured > 0 and len(report.rounds) == 1
+    assert "predicted" in result.options["notes"][-1] and "measured" in result.options["notes"][-1]
+    assert result.options["plan"]["layers"][0]["options"][0]["kind"] == "keep"
+    x = smooth_inputs(rng, 2, 16, 10)
+    out = compare.run_model(compare.session(result.model), {"X": x})["Y"]
+    assert out.shape == compare.run_model(compare.session(model), {"X": x})["Y"].shape
+
+
+def test_plan_refuses_bad_targets(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    model = conv_chain(rng)
+    np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
+    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    with pytest.raises(OptionError, match="must be a number above 1"):
+        plan.plan_rewrite(model, cal, target_speedup=1.0)
+    with pytest.raises(OptionError, match="--provider nope: unknown"):
+        plan.plan_rewrite(model, cal, target_speedup=2.0, provider="nope")
+    cache = fixed_cache(model, cal, keep_s=1e-9, option_s=0.9e-9)  # saves far less than the model takes
+    with pytest.raises(OptionError, match="the largest predicted speed-up is"):
+        plan.plan_rewrite(model, cal, target_speedup=50.0, cache=cache, form="sum", layer_iters=3, model_iters=3)
+
+
+def test_cli_target_speedup_options(tmp_path) -> None:
+    rng = np.random.default_rng(4)
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_chain(rng), path)
+    np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
+    run = CliRunner().invoke
+    res = run(main, ["separate", str(path), "-o", str(tmp_path / "o.onnx"), "--target-speedup", "2"])
+    assert res.exit_code == 1 and "Error: --target-speedup needs --calibration" in res.output
+    res = run(main, ["separate", str(path), "-o", str(tmp_path / "o.onnx"), "--target-speedup", "2", "--rank", "1",
+                     "--calibration", str(tmp_path / "cal.npz")])
+    assert res.exit_code == 1 and "chooses the ranks itself" in res.output
+    res = run(main, ["separate", str(path), "-o", str(tmp_path / "o.onnx"), "--target-speedup", "0.5",
+                     "--calibration", str(tmp_path / "cal.npz")])
+    assert res.exit_code == 1 and "Error: --target-speedup 0.5: must be a number above 1" in res.output
+    assert not (tmp_path / "o.onnx").exists()
