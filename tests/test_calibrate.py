@@ -161,7 +161,7 @@ def test_shared_weights_get_their_own_refitted_copies(tmp_path) -> None:
         helper.make_node("Conv", ["r", "W"], ["Y"], name="cb", pads=[1, 1, 1, 1]),
     ]
     model = make_model(nodes, [tensor("X", ["N", 8, 10, 10])], [tensor("Y", None)], [init("W", w)])
-    res = separate(model, RankPolicy("rank", 2))
+    res = separate(model, RankPolicy("rank", 2), form="concat")
     pw_weights = {n.input[1] for n in res.model.graph.node if n.name.endswith("/pw")}
     assert len(pw_weights) == 1  # the pass shares the pointwise weight between the two layers
     fitted = calibrate.refit(model, res, calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 10)))
