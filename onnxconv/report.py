@@ -43,13 +43,13 @@ def _num(v: float) -> str:
 
 
 def _rf(r: LayerStats) -> str:
+    """'RF/jump': '7/2' when every axis agrees, else per axis on both sides ('7x7/4x2')."""
     if r.receptive_field is None:
         return "-"
-    rf = r.receptive_field
-    js = r.effective_stride or []
-    rf_s = _num(rf[0]) if len(set(rf)) == 1 else "x".join(_num(v) for v in rf)
-    j_s = _num(js[0]) if js and len(set(js)) == 1 else "x".join(_num(v) for v in js)
-    return f"{rf_s}/{j_s}"
+    rf, js = r.receptive_field, r.effective_stride or []
+    if len(set(rf)) == 1 and len(set(js)) <= 1:
+        return f"{_num(rf[0])}/{_num(js[0])}" if js else _num(rf[0])
+    return "x".join(_num(v) for v in rf) + "/" + "x".join(_num(v) for v in js)
 
 
 def _kind(r: LayerStats) -> str:

@@ -177,3 +177,10 @@ def test_bad_input_shape_option(two_convs: str, option: str, text: str) -> None:
 
 def test_bad_batch(two_convs: str) -> None:
     _one_line_error(stats(two_convs, "--batch", "0"), "--batch must be at least 1")
+
+
+def test_table_spells_out_per_axis_fields_when_axes_differ(tmp_path: Path) -> None:
+    p = tmp_path / "aniso.onnx"
+    p.write_bytes(single_conv([1, 3, 16, 16], [4, 3, 3, 3], strides=[2, 1]).SerializeToString())
+    line = next(line for line in stats(str(p)).output.splitlines() if line.startswith("conv "))
+    assert " 3/2x1 " not in line and " 3x3/2x1 " in line
