@@ -25,10 +25,11 @@ Memory
     ``rss_added_mb`` is the growth of the resident set across this model's session creation and first run
     (current RSS from /proc/self/statm: memory the other models hold is not counted, memory freed before the
     reading is not either, and a later model may grow less because it reuses pages an earlier session freed:
-    the same ResNet-18 twice read 141 then 63 MiB in one process, 140 and 139 MiB isolated). In one process a per-model *peak* cannot be told apart (getrusage's maximum is
-    process-wide and never falls), so ``isolate=True`` runs every session in its own worker process (still timed
-    in interleaved rounds: the parent sends "run once" between runs, outside the clock) and reports the worker's
-    peak RSS beside its RSS before the session was made (Python + onnxruntime). On CUDA, device memory is read
+    the same ResNet-18 twice read 123 then 50 MiB in one process, 122 and 139 MiB isolated). In one process a
+    per-model *peak* cannot be told apart (getrusage's maximum is process-wide and never falls), so
+    ``isolate=True`` runs every session in its own worker process (still timed in interleaved rounds: the parent
+    sends "run once" between runs, outside the clock) and reports the worker's peak RSS beside its RSS before
+    the session was made (Python + onnxruntime). On CUDA, device memory is read
     with NVML for this process when it can, else device-wide with cudaMemGetInfo (which counts other processes);
     ``device_scope`` says which. onnxruntime's arena does not shrink, so the reading after the runs is the peak.
 
@@ -642,7 +643,8 @@ def _draw_inputs(io: Any, cfg: BenchConfig) -> tuple[dict[str, np.ndarray], str]
     return make_inputs(io, cfg.input_shapes, cfg.batch, cfg.seed), f"random (normal floats, seed {cfg.seed})"
 
 
-def _timed_rounds(runners: Sequence[_Runner | _WorkerRunner], cfg: BenchConfig, progress: ProgressFn | None) -> tuple[list[list[float]], float]:
+def _timed_rounds(runners: Sequence[_Runner | _WorkerRunner], cfg: BenchConfig,
+                  progress: ProgressFn | None) -> tuple[list[list[float]], float]:
     """Time rounds of one run per model, alternating the order; (times per model, seconds spent)."""
     times: list[list[float]] = [[] for _ in runners]
     order = list(range(len(runners)))
@@ -713,8 +715,8 @@ def _batch_of(feeds: Mapping[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first is not None and first.ndim > 0 and first.shape[0] > 0 else 1
 
 
-def bench(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], config: BenchConfig | None = None, *, names: Sequence[str] | None = None,
-          progress: ProgressFn | None = None) -> BenchReport:
+def bench(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], config: BenchConfig | None = None, *,
+          names: Sequence[str] | None = None, progress: ProgressFn | None = None) -> BenchReport:
     """Time ``models`` on every provider of ``config`` and compare each with the first one.
 
     Args:
@@ -1007,7 +1009,8 @@ def _render_run(report: BenchReport, run: ProviderRun) -> list[str]:
     body = []
     for m in run.models:
         t = m.timing
-        su = "1.000x (reference)" if m.speedup is None else f"{m.speedup.median:.3f}x ({m.speedup.p25:.2f}-{m.speedup.p75:.2f})"
+        su = "1.000x (reference)" if m.speedup is None else \
+            f"{m.speedup.median:.3f}x ({m.speedup.p25:.2f}-{m.speedup.p75:.2f})"
         row = [m.name, _ms(m.session_s), _ms(m.first_run_s), _ms(t.mean_s), _ms(t.p50_s), _ms(t.p90_s),
                _ms(t.p99_s), _ms(t.min_s), _ms(t.stdev_s), f"{t.throughput:.1f}", _memory_cell(m.memory), su]
         if gpu:
@@ -1035,7 +1038,8 @@ def _render_profile(name: str, provider: str, p: Profile, top: int = 15) -> list
         body.append([n.node, n.op_type, f"{n.mean_us:.1f}", f"{n.p50_us:.1f}", f"{100 * n.share:.1f}%",
                      "-" if n.macs is None else f"{n.macs:,}",
                      "-" if n.macs_per_s is None else f"{n.macs_per_s / 1e9:.2f}", layer])
-    lines += [row.rstrip() for row in _grid(["node", "op", "mean us", "p50 us", "share", "MACs", "GMAC/s", "layer"], body, left=2)]
+    headers = ["node", "op", "mean us", "p50 us", "share", "MACs", "GMAC/s", "layer"]
+    lines += [row.rstrip() for row in _grid(headers, body, left=2)]
     if len(p.nodes) > top:
         lines.append(f"... {len(p.nodes) - top} more nodes (--format json lists all)")
     rate = p.joined_macs / (p.joined_us * 1e-6) / 1e9 if p.joined_us > 0 else 0.0

@@ -92,8 +92,8 @@ class _ProgressBar:
               help="Exit 3 when an output's relative error against the first model exceeds E.")
 def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iters: int | None,
           duration: float | None, threads: int | None, opt_level: str, batch: int | None,
-          input_shapes: tuple[str, ...], inputs_path: str | None, seed: int, profile: bool, spinning: str, isolate: bool,
-          fmt: str, progress_mode: str, fail_if_slower: float | None, max_error: float | None) -> None:
+          input_shapes: tuple[str, ...], inputs_path: str | None, seed: int, profile: bool, spinning: str,
+          isolate: bool, fmt: str, progress_mode: str, fail_if_slower: float | None, max_error: float | None) -> None:
     """Time MODELS with onnxruntime and compare each with the first.
 
     \b
