@@ -141,6 +141,8 @@ class BenchConfig:
             raise OptionError(f"--opt-level {self.opt_level}: choose from {', '.join(OPT_LEVELS)}")
         if self.batch is not None and self.batch < 1:
             raise OptionError(f"--batch must be at least 1, got {self.batch}")
+        if self.device_id < 0:
+            raise OptionError(f"--device-id must be 0 or more, got {self.device_id}")
         if self.profile_runs < 1:
             raise OptionError(f"profile runs must be at least 1, got {self.profile_runs}")
 
@@ -385,7 +387,13 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
-_PRIMED: set[tuple[str, ...]] = set()
+_PRIMED: set[tuple[tuple[str, ...], int]] = set()
+_GPU_EPS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _session_providers(provider: Provider, device_id: int) -> list[str | tuple[str, dict[str, Any]]]:
+    """The provider chain with ``device_id`` given to the GPU providers (IO binding must use the same device)."""
+    return [(ep, {"device_id": device_id}) if ep in _GPU_EPS else ep for ep in provider.chain]
 
 
 def _prime(provider: Provider, device_id: int) -> None:
@@ -393,7 +401,7 @@ def _prime(provider: Provider, device_id: int) -> None:
 
     Without this the first model's session time and RSS growth would carry them, and look worse than the rest.
     """
-    if provider.chain in _PRIMED:
+    if (provider.chain, device_id) in _PRIMED:
         return
     from onnx import TensorProto, helper
 
@@ -402,10 +410,9 @@ def _prime(provider: Provider, device_id: int) -> None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10  # onnx >= 1.23 would write 14, newer than some onnxruntime builds load
-    sess = session(model, providers=provider.chain)
+    sess = session(model, providers=_session_providers(provider, device_id))
     sess.run(None, {"x": np.zeros((1, 8), np.float32)})
-    _PRIMED.add(provider.chain)
-    del device_id  # the CUDA provider picks device 0 here; the context it makes is what matters
+    _PRIMED.add((provider.chain, device_id))
 
 
 class _Runner:
@@ -421,8 +428,8 @@ class _Runner:
         self._rss0 = current_rss_bytes()
         self._dev0 = device_memory_bytes(cfg.device_id)[0] if self._on_gpu else None
         t0 = time.perf_counter()
-        self.sess = session(source, providers=provider.chain, threads=cfg.threads, opt_level=cfg.opt_level,
-                            profile_prefix=profile_prefix, spinning=spinning)
+        self.sess = session(source, providers=_session_providers(provider, cfg.device_id), threads=cfg.threads,
+                            opt_level=cfg.opt_level, profile_prefix=profile_prefix, spinning=spinning)
         self.session_s = time.perf_counter() - t0
         if provider.chain[0] not in self.sess.get_providers():
             # onnxruntime-gpu lists CUDA even when the CUDA/cuDNN libraries are missing, then falls back silently.
@@ -1050,10 +1057,21 @@ def _render_profile(name: str, provider: str, p: Profile, top: int = 15) -> list
     return lines
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (an output full of NaN, a zero-time run) become null: strict JSON readers (jq, browsers) reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def render(report: BenchReport, fmt: str = "table") -> str:
     """The report as a readable table or as JSON (seconds and raw values; see :meth:`BenchReport.to_dict`)."""
     if fmt == "json":
-        return json.dumps(report.to_dict(), indent=2, allow_nan=True)
+        return json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False)
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
     lines = [f"inputs: {shapes}, {report.input_source}"]
     for run in report.runs:

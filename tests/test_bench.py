@@ -171,6 +171,7 @@ def test_duration_mode_runs_at_least_min_rounds(pair) -> None:
     ({"opt_level": "max"}, "--opt-level max"),
     ({"batch": 0}, "--batch"),
     ({"providers": ()}, "at least one --provider"),
+    ({"device_id": -1}, "--device-id"),
 ])
 def test_config_validation(bad: dict, match: str) -> None:
     with pytest.raises(OptionError, match=match):
@@ -342,6 +343,22 @@ def fake_report(speedup: float, rel_error: float) -> B.BenchReport:
     run = B.ProviderRun("cpu", ["CPUExecutionProvider"], 2, 0.01, None, [ref, new])
     return B.BenchReport([run], {"X": [1, 3]}, "random", 1, {"warmup": 1, "threads": None, "opt_level": "all"},
                          "1.0", 100.0)
+
+
+def test_json_has_no_nan() -> None:
+    """An output full of NaN gives a NaN error; strict JSON has no NaN, so it is written as null."""
+    text = B.render(fake_report(1.0, float("nan")), "json")
+    assert json.loads(text)["runs"][0]["models"][1]["agreement"][0]["rel_error"] is None
+    assert "NaN" not in text
+
+
+def test_gpu_providers_get_the_device_id_and_memory_reading_degrades() -> None:
+    trt = B.resolve_provider("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert B._session_providers(trt, 1) == [("TensorrtExecutionProvider", {"device_id": 1}),
+                                            ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert B._session_providers(B.resolve_provider("cpu"), 1) == ["CPUExecutionProvider"]
+    used, scope = B.device_memory_bytes(0)
+    assert (used is None) == (scope == "") and (HAS_CUDA or used is None)  # no GPU here: unknown, not an error
 
 
 def test_fail_if_slower_means_more_than_r_times_as_long() -> None:

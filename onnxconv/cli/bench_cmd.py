@@ -79,6 +79,7 @@ class _ProgressBar:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--profile", is_flag=True,
               help="Per-node times from onnxruntime's profiler joined with the MACs of `onnxconv stats`.")
+@click.option("--device-id", type=int, default=0, show_default=True, help="GPU for cuda/tensorrt.")
 @click.option("--spinning", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
               help="Spin-waiting of idle intra-op threads (auto: off when several models take turns).")
 @click.option("--isolate", is_flag=True,
@@ -92,8 +93,9 @@ class _ProgressBar:
               help="Exit 3 when an output's relative error against the first model exceeds E.")
 def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iters: int | None,
           duration: float | None, threads: int | None, opt_level: str, batch: int | None,
-          input_shapes: tuple[str, ...], inputs_path: str | None, seed: int, profile: bool, spinning: str,
-          isolate: bool, fmt: str, progress_mode: str, fail_if_slower: float | None, max_error: float | None) -> None:
+          input_shapes: tuple[str, ...], inputs_path: str | None, seed: int, profile: bool, device_id: int,
+          spinning: str, isolate: bool, fmt: str, progress_mode: str, fail_if_slower: float | None,
+          max_error: float | None) -> None:
     """Time MODELS with onnxruntime and compare each with the first.
 
     \b
@@ -110,7 +112,7 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     cfg = BenchConfig(
         providers=providers, warmup=warmup, iters=iters, duration=duration, threads=threads, opt_level=opt_level,
         batch=batch, input_shapes=dict(parse_input_shape(s) for s in input_shapes), inputs=inputs_path, seed=seed,
-        profile=profile, isolate=isolate, spinning={"auto": None, "on": True, "off": False}[spinning],
+        profile=profile, isolate=isolate, device_id=device_id, spinning={"auto": None, "on": True, "off": False}[spinning],
     )
     cfg.validate()
     bar = _ProgressBar(progress_mode)
