@@ -67,7 +67,8 @@ from .stats import LayerStats
 __all__ = [
     "BenchConfig", "BenchReport", "ProviderRun", "ModelResult", "Timing", "SpeedUp", "Memory", "NodeTime",
     "Profile", "Provider", "ProviderError", "PROVIDERS", "bench", "resolve_provider", "timing_stats",
-    "speedup_stats", "validate_thresholds", "check_thresholds", "render", "FORMATS",
+    "speedup_stats", "validate_thresholds", "check_thresholds", "render", "FORMATS", "parse_profile",
+    "join_profile", "profile_model", "current_rss_bytes", "peak_rss_bytes", "device_memory_bytes",
 ]
 
 #: ``progress(phase, done, total)``: called between runs (never inside a timed one).
@@ -618,7 +619,7 @@ class _WorkerRunner:
 # Benchmark
 
 
-def _check_source(src: str | os.PathLike[str] | onnx.ModelProto, name: str) -> str | onnx.ModelProto:
+def _check_source(src: str | os.PathLike[str] | onnx.ModelProto) -> str | onnx.ModelProto:
     """Fail early, in one line, on a path that is not a loadable ONNX file (weights are not read)."""
     if isinstance(src, onnx.ModelProto):
         return src
@@ -744,7 +745,7 @@ def bench(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], config: Be
         raise OptionError("give at least one model")
     providers = [resolve_provider(p) for p in dict.fromkeys(cfg.providers)]
     labels = _labels(models, names)
-    sources = [_check_source(m, n) for m, n in zip(models, labels)]
+    sources = [_check_source(m) for m in models]
     runs: list[ProviderRun] = []
     feeds: dict[str, np.ndarray] = {}
     source_text = ""
