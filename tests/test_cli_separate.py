@@ -167,7 +167,8 @@ def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Pat
     """Plumbing only: a stand-in for onnxconv.passes.shuffle records the call and returns a known result."""
     calls = {}
 
-    def group_shuffle(model: onnx.ModelProto, *, groups: int, node_filter=None, force: bool = False) -> PassResult:
+    def group_shuffle(model: onnx.ModelProto, *, groups: int, node_filter=None, force: bool = False,
+                      **more: object) -> PassResult:
         calls.update(groups=groups, force=force, excluded=node_filter.reason("stem"))
         layers = [LayerChange("stem", "Conv", False, reason="matched by --exclude '^stem$'", macs_before=100),
                   LayerChange("head", "Conv", True, macs_before=100, macs_after=25,
@@ -191,8 +192,9 @@ def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Pat
 def test_format_details() -> None:
     assert format_details({"rank": 3, "max_rank": 9, "rel_error": 0.1234567, "energy": 0.98, "form": "concat"}) == \
         "r=3/9 err=0.1235 energy=0.9800 concat"
-    assert format_details({"groups": 2, "kept_energy": 0.5, "forced": True, "extra": 1.5}) == \
-        "g=2 kept=0.5000 forced extra=1.5"
+    assert format_details({"groups": 2, "kept_energy": 0.5, "forced": True, "extra": 1.5, "method": "spectral",
+                           "in_groups": [0, 1, 1, 0], "note": "x" * 40}) == \
+        "g=2 kept=0.5000 forced extra=1.5 method=spectral"
 
 
 def test_exact_verify_failure_writes_nothing(tmp_path: Path) -> None:

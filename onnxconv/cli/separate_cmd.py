@@ -33,8 +33,16 @@ EXACT_TOLERANCE = 1e-5
 _RANK_OPTIONS = ("rank", "energy", "exact", "max_error", "budget")
 
 
+#: Longest text detail shown in the table.
+_SHORT = 24
+
+
 def format_details(details: Mapping[str, Any]) -> str:
-    """One short cell for a pass's per-layer ``details`` (separable: rank/error/form; shuffle: groups/kept)."""
+    """One short cell for a pass's per-layer ``details`` (separable: rank/error/form; shuffle: groups/kept).
+
+    Known keys come first in a fixed form; other scalar details follow as ``key=value``; lists, mappings and
+    long text are left to the JSON report.
+    """
     parts: list[str] = []
     d = dict(details)
     if "rank" in d:
@@ -51,8 +59,13 @@ def format_details(details: Mapping[str, Any]) -> str:
         parts.append(str(d.pop("form")))
     if d.pop("forced", False):
         parts.append("forced")
+    # Other scalars stay in the cell while short; per-channel data (shuffle: group labels, reorder notes) and
+    # long text belong in --report's JSON, not the table.
     for key, v in d.items():
-        parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
+        if isinstance(v, float):
+            parts.append(f"{key}={v:.4g}")
+        elif isinstance(v, (bool, int)) or (isinstance(v, str) and len(v) <= _SHORT):
+            parts.append(f"{key}={v}")
     return " ".join(parts)
 
 
