@@ -39,6 +39,10 @@ __all__ = [
     "MAX_FOLD_ROUNDS",
 ]
 
+# Ops whose inputs the folder never rewires (stats reads their weight's producer).
+_COUNTED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger",
+                          "QLinearMatMul", "RNN", "GRU", "LSTM"})
+
 #: Re-inference rounds after folding shape arithmetic; each round can only unlock shapes the previous found.
 MAX_FOLD_ROUNDS = 4
 
@@ -187,8 +191,8 @@ def _feed_folded_values(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, 
     given = {t.name for t in graph.initializer}
     changed = False
     for node in graph.node:
-        if all(_static(shapes.get(o)) for o in node.output if o):
-            continue
+        if all(_static(shapes.get(o)) for o in node.output if o) or node.op_type in _COUNTED_OPS:
+            continue  # a counted op keeps its inputs: its weight must still say where it comes from
         for i in range(1, len(node.input)):
             name = node.input[i]
             if name in given or name not in values or name.endswith("::onnxconv_folded"):

@@ -353,3 +353,25 @@ def test_gap_inside_the_graph_is_a_note_not_an_error() -> None:
     report = analyze(model)
     assert report.layers[0].macs is None and report.layers[0].params == 108
     assert any("could not work out" in n and "'after'" in n for n in report.notes)
+
+
+def test_folding_never_relabels_a_computed_weight() -> None:
+    # The weight's Reshape target comes from Shape -> Slice at opset 12; folding it must not turn the weight
+    # itself into an "initializer".
+    model = parse(
+        """
+        g (float[1,4,8,8] X) => (float[1,2,6,6] Y) {
+          s = Shape (Wref)
+          head = Slice (s, st, en)
+          target = Concat <axis=0> (head, tail)
+          W = Reshape (Wflat, target)
+          Y = Conv (X, W)
+        }""",
+        {"Wref": (2, 4, 1, 1), "Wflat": (72,)},
+        opset=12,
+    )
+    for name, value in (("st", [0]), ("en", [2]), ("tail", [3, 3])):
+        model.graph.initializer.append(init(name, np.array(value, np.int64)))
+    row = analyze(model).layers[0]
+    assert row.weight_source == "computed at run time"
+    assert row.weight_shape == [2, 4, 3, 3] and row.macs == 2 * 36 * 36
