@@ -136,18 +136,22 @@ class LatencyCache:
 # The choice
 
 
-def choose(layers: Sequence[LayerOptions], model_s: float, target: float, buckets: int = BUCKETS) -> float:
+def choose(layers: Sequence[LayerOptions], model_s: float, target: float, buckets: int = BUCKETS,
+           scale: float = 1.0) -> float:
     """Pick ``layers[i].chosen`` to save at least ``model_s * (1 - 1/target)`` seconds with the least
     ``sum error^2``; returns the predicted speed-up ``model_s / (model_s - saved)``.
+
+    ``scale`` is how much of the time the layers save alone the whole model actually saves (measured by
+    :func:`plan_rewrite`; 1 = layer savings add up as timed).
 
     Raises:
         OptionError: the target cannot be reached even with every layer at its fastest option (the message gives
             the largest predicted speed-up).
     """
-    need = model_s * (1.0 - 1.0 / target)
+    need = model_s * (1.0 - 1.0 / target) / scale
     best_saving = sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers)
     if best_saving < need:
-        reach = model_s / (model_s - best_saving)
+        reach = model_s / max(model_s - best_saving * scale, 1e-9 * model_s)
         raise OptionError(f"--target-speedup {target:g}: the largest predicted speed-up is {reach:.3f}x "
                           f"(every candidate layer at its fastest option, measured layer by layer)")
     for lay in layers:
@@ -187,7 +191,7 @@ def choose(layers: Sequence[LayerOptions], model_s: float, target: float, bucket
     for lay, (pick, prev) in zip(reversed(layers), reversed(trace)):
         lay.chosen = int(pick[state])
         state = int(prev[state])
-    saved = sum(lay.keep.latency_s - lay.options[lay.chosen].latency_s for lay in layers)
+    saved = scale * sum(lay.keep.latency_s - lay.options[lay.chosen].latency_s for lay in layers)
     # Layers timed alone can add up to more than the whole model (fusions, per-run overhead): the prediction is
     # then unbounded, and only the end-to-end measurement says where the plan lands.
     return model_s / max(model_s - saved, 1e-9 * model_s)
@@ -498,6 +502,11 @@ def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequen
     return PassResult(current, out, pass_name, {})
 
 
+def _saved(layers: Sequence[LayerOptions]) -> float:
+    """Seconds the chosen options save, as timed layer by layer."""
+    return sum(lay.keep.latency_s - lay.options[lay.chosen].latency_s for lay in layers)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Entry points
 
@@ -572,26 +581,35 @@ def plan_rewrite(
     ]
     model_s, _ = _bench_pair(model, None, calibration, provider, threads, model_iters)
     report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers)
-    aim = target_speedup
+    scale, fastest = 1.0, False
     best: tuple[float, PassResult, float, list[int]] | None = None
+    goal = target_speedup * (1 - tolerance)
     for _ in range(max(1, rounds)):
         try:
-            predicted = choose(layers, model_s, aim)
+            predicted = choose(layers, model_s, target_speedup, scale=scale)
         except OptionError:
-            if best is None:
-                raise
-            break  # a scaled-up aim is out of reach: keep the best plan measured so far
+            if fastest or best is not None:
+                break  # out of reach even with the measured scale: keep the best plan measured
+            # Layer timings alone say no; measure the fastest plan before believing them.
+            for lay in layers:
+                lay.chosen = int(np.argmin([o.latency_s for o in lay.options]))
+            fastest = True
+            predicted = model_s / max(model_s - scale * _saved(layers), 1e-9 * model_s)
         result = _build(model, layers, cands, skipped, mode, form, input_shapes, batch)
         _, measured = _bench_pair(model, result.model, calibration, provider, threads, model_iters)
         got = measured or 0.0
-        report.rounds.append({"aim": aim, "predicted": predicted, "measured": got})
-        if best is None or got > best[0]:
+        report.rounds.append({"scale": scale, "predicted": predicted, "measured": got})
+        if best is None or (got >= goal) > (best[0] >= goal) or ((got >= goal) == (best[0] >= goal) and got > best[0]):
             best = (got, result, predicted, [lay.chosen for lay in layers])
-        if got >= target_speedup * (1 - tolerance) or got <= 0:
+        if got >= goal or fastest or _saved(layers) <= 0:
             break
-        # Layers timed alone do not add up to the whole model: aim as much higher as the model fell short.
-        aim = aim * target_speedup / got
+        # The whole model saved (1 - 1/got) of its time where the layers alone promised more (or less):
+        # rescale the layer savings by what was measured and plan again.
+        scale = max(model_s * (1.0 - 1.0 / max(got, 1e-9)), 0.05 * scale * _saved(layers)) / _saved(layers)
     assert best is not None
+    if fastest and best[0] < goal:
+        raise OptionError(f"--target-speedup {target_speedup:g}: the largest measured speed-up is {best[0]:.2f}x "
+                          f"(every candidate layer at its fastest option)")
     report.measured, result, report.predicted, picks = best
     for lay, pick in zip(layers, picks):
         lay.chosen = pick

@@ -205,7 +205,7 @@ def test_plan_refuses_bad_targets(tmp_path) -> None:
     with pytest.raises(OptionError, match="--provider nope: unknown"):
         plan.plan_rewrite(model, cal, target_speedup=2.0, provider="nope")
     cache = fixed_cache(model, cal, keep_s=1e-9, option_s=0.9e-9)  # saves far less than the model takes
-    with pytest.raises(OptionError, match="the largest predicted speed-up is"):
+    with pytest.raises(OptionError, match="the largest measured speed-up is .* at its fastest option"):
         plan.plan_rewrite(model, cal, target_speedup=50.0, cache=cache, form="sum", layer_iters=3, model_iters=3)
 
 
@@ -224,3 +224,26 @@ def test_cli_target_speedup_options(tmp_path) -> None:
                      "--calibration", str(tmp_path / "cal.npz")])
     assert res.exit_code == 1 and "Error: --target-speedup 0.5: must be a number above 1" in res.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_plan_rescales_layer_savings_by_the_measured_speedup(tmp_path, monkeypatch) -> None:
+    """Layers alone promise more than the model delivers: the first plan falls short when measured, the layer
+    savings are scaled by what was measured, and the second plan (more layers) reaches the target."""
+    rng = np.random.default_rng(5)
+    model = conv_chain(rng)
+    np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
+    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cache = fixed_cache(model, cal, keep_s=0.5, option_s=0.1)  # each option saves 0.4 s of a 1 s model
+
+    def fake_bench(original, rewritten, *args):  # noqa: ANN001, ANN002, ANN202
+        if rewritten is None:
+            return 1.0, None
+        done = sum(1 for n in rewritten.graph.node if "/dw" in n.name) > 0
+        layers = len({n.name.split("/")[0] for n in rewritten.graph.node if "/dw" in n.name})
+        return 1.0, 1.0 / (1.0 - 0.2 * layers) if done else 1.0  # the model saves half the promised time
+
+    monkeypatch.setattr(plan, "_bench_pair", fake_bench)
+    result, report = plan.plan_rewrite(model, cal, target_speedup=1.3, cache=cache, form="sum", do_refit=False)
+    assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.8, 1 / 0.6])
+    assert report.rounds[1]["scale"] == pytest.approx(0.5)
+    assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 2
