@@ -220,11 +220,9 @@ def test_factors_give_the_best_rank_r_approximation_of_every_slice(form: str, gr
             u_, sv, v_ = np.linalg.svd(s, full_matrices=False)
             best = (u_[:, :r] * sv[:r]) @ v_[:r]
             np.testing.assert_allclose(rebuilt[gi * mg + j], best, atol=1e-10)
-    kept = f.kept
-    full = np.linalg.norm(w)
-    err = math.sqrt(sum(np.linalg.norm(rebuilt[i] - np.moveaxis(w.reshape(group, ng, mg, k), 2, 1).reshape(m, ng, k)[i]) ** 2
-                        for i in range(m))) / full
-    assert math.isclose(err, math.sqrt(1 - kept[r]), rel_tol=1e-9)
+    slices = np.moveaxis(w.reshape(group, ng, mg, k), 2, 1).reshape(m, ng, k)
+    err = np.linalg.norm(rebuilt - slices) / np.linalg.norm(w)
+    assert math.isclose(err, math.sqrt(1 - f.kept[r]), rel_tol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -383,7 +381,8 @@ def test_if_branch_conv_is_rewritten() -> None:
     model = make_model([node], [tensor("cond", [], TensorProto.BOOL), tensor("X", [1, 3, 5, 5])],
                        [tensor("Y", [1, 6, 5, 5])], [init("W", w)])
     result = separate(model, RankPolicy("exact"))
-    assert {layer.name for layer in result.rewritten} == {"branch/then_branch/then_conv", "branch/else_branch/else_conv"}
+    assert {layer.name for layer in result.rewritten} == {"branch/then_branch/then_conv",
+                                                          "branch/else_branch/else_conv"}
     x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
     for cond in (True, False):
         feeds = {"cond": np.array(cond), "X": x}
@@ -504,7 +503,8 @@ def test_loop_body_conv_is_rewritten() -> None:
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
          helper.make_node("Conv", ["x_in", "W"], ["x_out"], name="body_conv", pads=[1, 1, 1, 1])],
-        "body", [tensor("i", [], TensorProto.INT64), tensor("cond_in", [], TensorProto.BOOL), tensor("x_in", [1, 4, 6, 6])],
+        "body",
+        [tensor("i", [], TensorProto.INT64), tensor("cond_in", [], TensorProto.BOOL), tensor("x_in", [1, 4, 6, 6])],
         [tensor("cond_out", [], TensorProto.BOOL), tensor("x_out", [1, 4, 6, 6])])
     loop = helper.make_node("Loop", ["trips", "", "X"], ["Y"], name="loop", body=body)
     model = make_model([loop], [tensor("X", [1, 4, 6, 6])], [tensor("Y", [1, 4, 6, 6])],

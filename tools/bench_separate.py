@@ -189,7 +189,8 @@ def real(args: argparse.Namespace) -> None:
     feeds_img = {inp.name: _image_like(shape, seed=1)}
     ref_img, ref_noise = compare.run_model(ref, feeds_img), compare.run_model(ref, feeds_noise)
     print(f"{args.model}, input {inp.name} {'x'.join(map(str, shape))}; onnxruntime CPU; rel = ||y - y0|| / ||y0||")
-    print(f"command: `{_cmd(['real', '--model', args.model] + (['--input-shape', args.input_shape] if args.input_shape else []))}`\n")
+    argv = ["real", "--model", args.model] + (["--input-shape", args.input_shape] if args.input_shape else [])
+    print(f"command: `{_cmd(argv)}`\n")
     print("| ranks | rewritten | conv MAC ratio | params ratio | mean weight err | image-like: rel / cosine / max abs "
           "/ top-1 | noise: rel / cosine / top-1 |")
     print("|---|---|---|---|---|---|---|")
@@ -216,7 +217,8 @@ def real(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="part", required=True)
     s = sub.add_parser("speed", help="rewrite time of a ~100 MB model")
     s.add_argument("--repeat", type=int, default=3)

@@ -30,8 +30,9 @@ the form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, 
 Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
 QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, depthwise
 convs, 1x1 kernels, convs in model-local functions (the body is shared by every call), and, unless ``force``,
-layers whose chosen rank saves no MACs and layers with fewer than ``min_channels`` input channels (stems). The original weights are never modified (a weight shared with another
-node keeps serving it); new weights keep the original dtype (fp16 stays fp16; the SVD runs in float64).
+layers whose chosen rank saves no MACs and layers with fewer than ``min_channels`` input channels (stems).
+The original weights are never modified (a weight shared with another node keeps serving it); new weights keep
+the original dtype (fp16 stays fp16; the SVD runs in float64).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ from .ranks import (
     relative_error,
 )
 
-__all__ = ["FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy"]
+__all__ = [
+    "FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy",
+]
 
 FORMS = ("concat", "sum", "multiplier")
 #: Chosen by measurement (BENCHMARKS.md "separate"): on onnxruntime's CPU provider (1 thread) ``sum`` realised
