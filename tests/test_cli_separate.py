@@ -220,3 +220,20 @@ def test_exact_failures_allows_the_originals_own_noise_floor() -> None:
     floors = {"b": 1.5e-2, "c": 1e-4}
     assert exact_failures([good, noisy, bad], floors, float32=True) == [bad]
     assert exact_failures([bad], {}, float32=False) == []
+
+
+def test_failed_save_leaves_no_report_and_folder_output_is_refused(model_path: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxconv.cli import separate_cmd
+    from onnxconv.errors import OnnxConvError
+
+    def failing_save(*args: object, **kwargs: object) -> None:
+        raise OnnxConvError("disk full")
+
+    monkeypatch.setattr(separate_cmd, "save_model", failing_save)
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--rank", "1", "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 1 and "Error: disk full" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+    monkeypatch.undo()
+    res = run(str(model_path), "-o", str(tmp_path), "--rank", "1")
+    assert res.exit_code == 1 and "is a folder" in res.output

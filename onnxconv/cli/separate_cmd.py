@@ -170,17 +170,20 @@ def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float
             if a.rel_error > EXACT_TOLERANCE and a.rel_error > 2 * floors.get(a.output, 0.0)]
 
 
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _write_json_tmp(path: Path, data: Mapping[str, Any]) -> Path:
+    """``data`` as JSON in a temporary file beside ``path`` (the caller renames it into place)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=_json_default)
             f.write("\n")
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return Path(tmp)
 
 
 def _json_default(v: Any) -> Any:
@@ -262,6 +265,8 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     policy = _policy(values) if mode == "separable" and target_speedup is None else None
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     node_filter = NodeFilter(include, exclude)
+    if Path(output).is_dir():
+        raise OptionError(f"-o {output}: is a folder; give a file name")
     report_file = Path(report_path) if report_path else None
     if report_file is not None and not report_file.parent.is_dir():
         raise OptionError(f"--report {report_file}: folder '{report_file.parent}' does not exist")
@@ -303,7 +308,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
             raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
                                f"{bad[0].rel_error:.2e} > {EXACT_TOLERANCE:g}; nothing was written")
     external = external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
-    save_model(result.model, output, source=model, overwrite_source=overwrite, external_data=external)
+    report_tmp = None
     if report_file is not None:
         data = result.to_dict()
         data["model"], data["output"] = model, output
@@ -312,10 +317,16 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
                               "outputs": [a.to_dict() for a in agreements]}
             if floors:
                 data["verify"]["original_noise_floor"] = floors
-        try:
-            _write_json_atomic(report_file, data)
-        except OSError as e:
-            raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e
+        # Written before the model and renamed after it: a failure of either leaves neither file behind.
+        report_tmp = _write_json_tmp(report_file, data)
+    try:
+        save_model(result.model, output, source=model, overwrite_source=overwrite, external_data=external)
+    except BaseException:
+        if report_tmp is not None:
+            report_tmp.unlink(missing_ok=True)
+        raise
+    if report_tmp is not None:
+        os.replace(report_tmp, report_file)  # type: ignore[arg-type]
 
     click.echo(render_result(result))
     for a in agreements:
