@@ -511,7 +511,8 @@ def separate(
         k = C.prod(c.spec.kernel_shape)
         ch.params_after = r * c.spec.c_in * k + r * c.spec.weight_shape[1] * c.spec.c_out + c.spec.bias_params
     out = finish_model(model, graph, cleanup=False)
-    options = {"policy": policy.describe(), "form": form, "force": force}
+    options: dict[str, object] = {"policy": policy.describe(), "form": form, "force": force,
+                                  "min_channels": min_channels}
     if notes:
         options["notes"] = notes
     return PassResult(model=out, layers=layers, pass_name="separable", options=options)
