@@ -413,7 +413,7 @@ def test_rewrite_computes_the_masked_reference_exactly(cfg: dict) -> None:
     assert result.rewritten
     for change in result.rewritten:
         assert 0.0 < change.details["kept_energy"] <= 1.0
-        assert change.details["kept_energy"] >= change.details["identity_kept_energy"] - 1e-12
+        assert change.details["kept_energy"] >= change.details["identity_kept"] - 1e-12
     assert_same(masked_reference(model, result), result.model)
 
 

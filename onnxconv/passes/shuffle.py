@@ -664,7 +664,7 @@ def group_shuffle(
 
     Returns:
         The new model and one :class:`LayerChange` per conv. ``details`` of a grouped conv: ``groups``,
-        ``kept_energy`` (kept share of the weight's squared norm), ``identity_kept_energy`` (the same without
+        ``kept_energy`` (kept share of the weight's squared norm), ``identity_kept`` (the same without
         reordering), ``method`` (which assignment won), ``permutation`` (how its input reordering is realised:
         ``none``, ``folded into <node>``, ``none (same groups as <node>)``, ``shuffle`` or ``gather``),
         ``output_reorder`` (the same for each consumer of its output), and ``in_groups``/``out_groups`` (the
@@ -772,7 +772,7 @@ def _describe(layer: _Layer, a: Assignment, groups: int, constrained: bool) -> N
     ch.details = {
         "groups": groups,
         "kept_energy": a.kept,
-        "identity_kept_energy": a.identity_kept,
+        "identity_kept": a.identity_kept,
         "method": a.method + (" (shuffle-constrained)" if constrained else ""),
         "permutation": "none",
         "output_reorder": [],
