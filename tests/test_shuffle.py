@@ -455,6 +455,18 @@ def test_conv_in_if_branch_and_outer_tensor_read_by_the_branch() -> None:
         np.testing.assert_allclose(run(result.model, feeds)[0], run(ref, feeds)[0], rtol=TOL, atol=TOL)
 
 
+def test_nodes_out_of_topological_order_are_handled() -> None:
+    model = shufflenet_unit([1, 16, 4, 4], seed=3)
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    nodes = list(shuffled.graph.node)[::-1]
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes)
+    result = group_shuffle(shuffled, groups=4, mixing="shuffle")
+    assert layer(result, "pw2").details["permutation"] == "shuffle"
+    assert_same(masked_reference(model, result), result.model)
+
+
 def test_input_model_is_not_modified_and_metadata_survives() -> None:
     model = shufflenet_unit([1, 16, 4, 4])
     model.doc_string = "keep me"

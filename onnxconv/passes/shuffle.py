@@ -684,6 +684,7 @@ def group_shuffle(
     # Shuffle Reshapes may bake in the spatial size only where the model itself fixes it, not --input-shape.
     structural = shapes if not input_shapes else tensor_shapes(model)[0]
     graph = gs.import_onnx(model)
+    graph.toposort()  # the order flow visits producers before consumers (exports are not always sorted)
     names = NamePool(model)
     layers: list[LayerChange] = []
     inserted = {"shuffle": 0, "gather": 0}
