@@ -235,6 +235,27 @@ def test_output_order_is_folded_into_a_dense_consumer() -> None:
     assert_same(model, result.model)
 
 
+def test_conv_transpose_absorbs_orders_on_both_sides() -> None:
+    """ConvTranspose (weight C_in x C_out x k) is no target, but folds the order it reads (axis 0) and produces
+    the order the next grouped conv needs (axis 1 and bias)."""
+    rng = np.random.default_rng(11)
+    ch = Chain([1, 8, 4, 4])
+    ch.conv(block_weight(rng, 8, 8, (3, 3), 2), name="a")
+    ch.op("Relu")
+    w_up = (rng.standard_normal((8, 8, 2, 2)) / 4).astype(np.float32)
+    ch.inits += [init("up_W", w_up), init("up_B", rng.standard_normal(8).astype(np.float32))]
+    ch.nodes.append(helper.make_node("ConvTranspose", [ch.cur, "up_W", "up_B"], ["up"], name="up", strides=[2, 2]))
+    ch.cur = "up"
+    ch.conv(block_weight(rng, 8, 8, (3, 3), 2), name="b")
+    model = ch.model()
+    result = group_shuffle(model, groups=2)
+    assert layer(result, "up").reason == "ConvTranspose is not a target of this pass"
+    assert "folded into up" in layer(result, "a").details["output_reorder"]
+    assert layer(result, "b").details["permutation"] == "folded into up"
+    assert between(result.model, "a", "up") == ["Relu"] and between(result.model, "up", "b") == []
+    assert_same(model, result.model)
+
+
 def test_excluded_conv_whose_weight_is_shared_is_not_folded() -> None:
     """A dense conv whose weight serves another node cannot absorb an order: a Gather restores it instead."""
     rng = np.random.default_rng(3)

@@ -156,6 +156,18 @@ class _Commute:
     multiplier: int = 1
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The pass options every graph of the model is rewritten with."""
+
+    groups: int
+    node_filter: NodeFilter | None
+    force: bool
+    mixing: str
+    min_energy: float
+    seed: int
+
+
 def _attr_int(node: gs.Node, name: str, default: int) -> int:
     v = node.attrs.get(name, default)
     return int(default if v is None else v)
@@ -688,9 +700,9 @@ def group_shuffle(
     names = NamePool(model)
     layers: list[LayerChange] = []
     inserted = {"shuffle": 0, "gather": 0}
+    opts = _Options(groups, node_filter, force, mixing, min_energy, seed)
     for path, g in list(_graphs(graph)):
-        found = _rewrite_graph(g, path, shapes, structural, names, groups, node_filter, force, mixing, min_energy,
-                               seed, layers)
+        found = _rewrite_graph(g, path, shapes, structural, names, opts, layers)
         for k, v in found.items():
             inserted[k] += v
     layers.extend(_function_rows(model))
@@ -704,10 +716,12 @@ def group_shuffle(
 
 def _rewrite_graph(
     graph: gs.Graph, path: str, shapes: Mapping[str, tuple[int | None, ...]],
-    structural: Mapping[str, tuple[int | None, ...]], names: NamePool, groups: int, node_filter: NodeFilter | None,
-    force: bool, mixing: str, min_energy: float, seed: int, layers: list[LayerChange],
+    structural: Mapping[str, tuple[int | None, ...]], names: NamePool, opts: _Options, layers: list[LayerChange],
 ) -> dict[str, int]:
-    """Check, assign and rewrite the convs of one graph; returns the inserted op counts."""
+    """Check, assign and rewrite the convs of one graph (rows appended to ``layers``); returns the inserted op
+    counts. ``shapes`` count MACs (with --input-shape applied), ``structural`` shapes decide what may be baked into
+    the graph (the model's own)."""
+    groups = opts.groups
     candidates: dict[int, _Layer] = {}
     for node in list(graph.nodes):
         if node.op not in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv") or node.domain not in _ONNX:
@@ -715,7 +729,7 @@ def _rewrite_graph(
         qualified = f"{path}/{_label(node)}" if path else _label(node)
         change = LayerChange(name=qualified, op_type=node.op, rewritten=False)
         layers.append(change)
-        reason, spec, weight = _check(node, qualified, shapes, groups, node_filter)
+        reason, spec, weight = _check(node, qualified, shapes, groups, opts.node_filter)
         if spec is not None:
             change.params_before, change.macs_before = spec.params, spec.macs
         if reason is not None:
@@ -734,11 +748,11 @@ def _rewrite_graph(
         layer = candidates.get(id(node))
         if layer is None:
             continue
-        strata = _shuffle_strata(layer, input_region, targets, groups) if mixing == "shuffle" else None
-        a = assign_groups(layer.weight, groups, in_strata=strata, seed=seed)
+        strata = _shuffle_strata(layer, input_region, targets, groups) if opts.mixing == "shuffle" else None
+        a = assign_groups(layer.weight, groups, in_strata=strata, seed=opts.seed)
         _describe(layer, a, groups, strata is not None)
-        if a.kept < min_energy and not force:
-            layer.change.reason = f"kept energy {a.kept:.3f} is below --min-energy {min_energy:g} (use --force)"
+        if a.kept < opts.min_energy and not opts.force:
+            layer.change.reason = f"kept energy {a.kept:.3f} is below --min-energy {opts.min_energy:g} (use --force)"
             continue
         layer.set_assignment(a)
         layer.change.rewritten = True
