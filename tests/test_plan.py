@@ -243,7 +243,28 @@ def test_plan_rescales_layer_savings_by_the_measured_speedup(tmp_path, monkeypat
         return 1.0, 1.0 / (1.0 - 0.2 * layers) if done else 1.0  # the model saves half the promised time
 
     monkeypatch.setattr(plan, "_bench_pair", fake_bench)
-    result, report = plan.plan_rewrite(model, cal, target_speedup=1.3, cache=cache, form="sum", do_refit=False)
+    result, report = plan.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
     assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.8, 1 / 0.6])
     assert report.rounds[1]["scale"] == pytest.approx(0.5)
     assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 2
+
+
+def test_plan_backs_off_an_overshoot_to_spend_less_error(tmp_path, monkeypatch) -> None:
+    """The layers promise too little: the first plan (two layers) overshoots the target, so the savings are
+    rescaled and the one-layer plan, which still reaches it with less error, is the one kept."""
+    rng = np.random.default_rng(6)
+    model = conv_chain(rng)
+    np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
+    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cache = fixed_cache(model, cal, keep_s=0.3, option_s=0.1)  # 0.2 s promised per layer, 0.4 s delivered
+
+    def fake_bench(original, rewritten, *args):  # noqa: ANN001, ANN002, ANN202
+        if rewritten is None:
+            return 1.0, None
+        layers = len({n.name.split("/")[0] for n in rewritten.graph.node if "/dw" in n.name})
+        return 1.0, 1.0 / (1.0 - 0.4 * layers)
+
+    monkeypatch.setattr(plan, "_bench_pair", fake_bench)
+    result, report = plan.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
+    assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.2, 1 / 0.6])
+    assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 1
