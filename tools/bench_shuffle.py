@@ -90,13 +90,15 @@ def _agreement(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.nd
     return compare.compare_outputs(ra, rb)[0]
 
 
-def _kept_summary(result: PassResult) -> tuple[float, float]:
-    """MAC-weighted mean and minimum kept energy over the grouped convs."""
-    rows = [(c.details["kept_energy"], c.macs_before or 0) for c in result.rewritten]
-    weights = np.array([w for _, w in rows], dtype=np.float64)
-    kept = np.array([k for k, _ in rows])
-    mean = float((kept * weights).sum() / weights.sum()) if weights.sum() else float(kept.mean())
-    return mean, float(kept.min())
+def _kept_summary(result: PassResult) -> tuple[float, float, float]:
+    """MAC-weighted mean and minimum kept energy over the grouped convs, and the MAC-weighted mean the identity
+    channel order would keep."""
+    rows = [(c.details["kept_energy"], c.details["identity_kept"], c.macs_before or 0) for c in result.rewritten]
+    weights = np.array([w for _, _, w in rows], dtype=np.float64)
+    kept, ident = np.array([k for k, _, _ in rows]), np.array([i for _, i, _ in rows])
+    if not weights.sum():
+        weights = np.ones_like(weights)
+    return float((kept * weights).sum() / weights.sum()), float(kept.min()), float((ident * weights).sum() / weights.sum())
 
 
 class KernelFilter(NodeFilter):
@@ -154,23 +156,24 @@ def real(args: argparse.Namespace, argv: Sequence[str]) -> None:
         input_shapes = {compare.session(model).get_inputs()[0].name: shape}
     feeds = _feeds(model, shape)
     print(f"Command: `{_cmd(argv)}`\n")
-    print("| G | convs grouped | kept energy (MAC-weighted mean / min) | conv MAC ratio | shuffles / Gathers | "
-          "rel err vs original (" + " / ".join(n for n, _ in feeds) + ") | cosine | rel err vs masked ref | pass s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| G | convs grouped | kept energy (MAC-weighted mean / min) | identity order keeps | conv MAC ratio | "
+          "shuffles / Gathers | "
+          "rel err vs original (" + " / ".join(n for n, _ in feeds) + ") | cosine (" + feeds[0][0] + ") | rel err vs masked ref | pass s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rewrites, names = [model], [Path(args.model).stem]
     for g in args.groups:
         t0 = time.perf_counter()
         result = group_shuffle(model, groups=g, input_shapes=input_shapes, mixing=args.mixing)
         dt = time.perf_counter() - t0
         totals = result.totals()
-        mean, low = _kept_summary(result)
+        mean, low, ident = _kept_summary(result)
         errs = [_agreement(model, result.model, f) for _, f in feeds]
         exact = _agreement(masked_reference(model, result), result.model, feeds[-1][1])
         ins = result.options["inserted"]
         ratio = totals["macs_after"] / totals["macs_before"] if totals["macs_before"] else float("nan")
-        print(f"| {g} | {totals['rewritten']}/{totals['layers']} | {mean:.3f} / {low:.3f} | {ratio:.3f} | "
+        print(f"| {g} | {totals['rewritten']}/{totals['layers']} | {mean:.3f} / {low:.3f} | {ident:.3f} | {ratio:.3f} | "
               f"{ins['shuffle']} / {ins['gather']} | " + " / ".join(f"{e.rel_error:.3f}" for e in errs)
-              + f" | {errs[0].cosine:.4f} | {exact.rel_error:.1e} | {dt:.1f} |")
+              + f" | {errs[0].cosine:.4f} | {exact.rel_error:.1e} | {dt:.1f} |", flush=True)
         rewrites.append(result.model)
         names.append(f"G={g}")
     if args.iters:
