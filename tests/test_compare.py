@@ -117,7 +117,9 @@ def test_session_profiling_and_spinning_options(tmp_path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Agreement metrics
 
-finite = st.floats(-100, 100, allow_nan=False, width=32)
+# Subnormals are excluded: float32 rounding of a*(1+eps) is coarse there, so the eps check below is not about
+# the metric. The formula check (rel=1e-9) holds for every input.
+finite = st.floats(-100, 100, allow_nan=False, allow_subnormal=False, width=32)
 
 
 @settings(max_examples=40, deadline=None)

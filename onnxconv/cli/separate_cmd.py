@@ -198,6 +198,11 @@ def _json_default(v: Any) -> Any:
 @click.option("--mode", type=click.Choice(["separable", "shuffle"]), default="separable", show_default=True,
               help="depthwise + pointwise (separable) or grouped + channel shuffle (shuffle).")
 @click.option("--groups", type=click.IntRange(min=2), default=None, help="G for --mode shuffle.")
+@click.option("--mixing", type=click.Choice(["energy", "shuffle"]), default="energy", show_default=True,
+              help="--mode shuffle: each conv keeps the most weight energy (energy), or stacked grouped convs are "
+                   "joined by ShuffleNet channel shuffles (shuffle).")
+@click.option("--min-energy", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="--mode shuffle: leave convs whose grouping keeps less of the weight's squared norm.")
 @click.option("--rank", type=click.IntRange(min=1), default=None, help="Same rank R in every layer.")
 @click.option("--energy", type=float, default=None, help="Smallest rank keeping a fraction E of squared singular values.")
 @click.option("--exact", is_flag=True, help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force).")
@@ -207,7 +212,7 @@ def _json_default(v: Any) -> Any:
               help="Graph form of the separable stage (all compute the same).")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", help="Leave nodes whose name matches (repeatable).")
-@click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs, and narrow ones.")
+@click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs, and narrow ones; in shuffle mode, also below --min-energy.")
 @click.option("--min-channels", type=click.IntRange(min=1), default=MIN_CHANNELS, show_default=True,
               help="Leave convs with fewer input channels (stems): their depthwise stage runs slowly.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
@@ -232,7 +237,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
              exact: bool, max_error: float | None, budget: float | None, form: str, include: tuple[str, ...],
              exclude: tuple[str, ...], force: bool, min_channels: int, input_shapes: tuple[str, ...], batch: int | None,
              report_path: str | None, verify: bool, inputs: str | None, overwrite: bool, calibration: str | None,
-             provider: str, target_speedup: float | None) -> None:
+             provider: str, target_speedup: float | None, mixing: str = "energy", min_energy: float = 0.0) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
     Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
@@ -258,6 +263,8 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
             raise OptionError("--mode shuffle needs --groups G")
     elif groups is not None:
         raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
+    elif mixing != "energy" or min_energy:
+        raise OptionError(f"--{'mixing' if mixing != 'energy' else 'min-energy'} applies to --mode shuffle")
     if target_speedup is not None and calibration is None:
         raise OptionError("--target-speedup needs --calibration (the errors are measured on it)")
     if target_speedup is not None and any(v not in (None, False) for v in values.values()):
@@ -292,7 +299,8 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     else:
         from ..passes.shuffle import group_shuffle  # type: ignore[import-not-found]
 
-        result = group_shuffle(m, groups=groups, node_filter=node_filter, force=force)
+        result = group_shuffle(m, groups=groups, node_filter=node_filter, force=force, mixing=mixing,
+                               min_energy=min_energy, input_shapes=shapes, batch=batch)
     if calibration is not None and target_speedup is None:
         from ..calibrate import refit_from_file
 
