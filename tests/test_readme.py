@@ -42,3 +42,17 @@ def test_readme_main_job_runs_on_a_shipped_model() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     test_cmd = _first_commands()[1]
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S)
+    assert block, "README has a Python API example"
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile(block.group(1), "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    assert (tmp_path / "small.onnx").is_file()
+    result = scope["result"]
+    assert result.layers and any(c.rewritten for c in result.layers)  # type: ignore[attr-defined]
+    assert scope["report"].totals["macs"] > 0  # type: ignore[attr-defined]
