@@ -12,7 +12,7 @@ metadata, doc strings, IR version, every opset import, model-local functions), t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import OptionError, RewriteError
-from ..graph import shapes_of_graph, subgraphs_of
+from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
+from ..errors import OptionError, RewriteError, ShapeError
+from ..graph import node_label, shapes_of_graph, subgraphs_of
 from ..model_io import shape_model
 
 __all__ = [
@@ -30,9 +31,12 @@ __all__ = [
     "NodeFilter",
     "constant_array",
     "tensor_users",
-    "iter_graphs",
+    "weight_origin",
+    "node_conv_spec",
+    "graphs_with_paths",
+    "drop_dead_producers",
+    "function_rows",
     "finish_model",
-    "unique_name",
     "NamePool",
     "tensor_shapes",
     "check_model",
@@ -161,30 +165,6 @@ def tensor_users(tensor: gs.Tensor) -> list[gs.Node]:
     return list(tensor.outputs)
 
 
-def iter_graphs(graph: gs.Graph) -> Iterable[gs.Graph]:
-    """The graph and every subgraph below it (If branches, Loop/Scan bodies)."""
-    yield graph
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            if isinstance(value, gs.Graph):
-                yield from iter_graphs(value)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    if isinstance(v, gs.Graph):
-                        yield from iter_graphs(v)
-
-
-def unique_name(graph: gs.Graph, base: str) -> str:
-    """A tensor/node name not used in ``graph`` (or its ancestors' name pools), starting from ``base``."""
-    used = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-    if base not in used:
-        return base
-    i = 1
-    while f"{base}_{i}" in used:
-        i += 1
-    return f"{base}_{i}"
-
-
 class NamePool:
     """Fresh names for tensors and nodes, unique across the whole model (every subgraph and function too:
     ONNX names are global within a model, and a subgraph may read any outer name)."""
@@ -247,6 +227,85 @@ def tensor_shapes(
 
     visit(inferred.graph)
     return out, notes
+
+
+def weight_origin(tensor: gs.Tensor) -> str | None:
+    """'DequantizeLinear' when the weight is dequantized at run time (QDQ), following Identity/Cast."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant) or not tensor.inputs:
+            return None
+        prod = tensor.inputs[0]
+        if prod.op == "DequantizeLinear":
+            return "DequantizeLinear"
+        if prod.op not in ("Identity", "Cast") or not prod.inputs:
+            return None
+        tensor = prod.inputs[0]
+    return None
+
+
+def node_conv_spec(node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]],
+          weight: np.ndarray | None) -> ConvSpec | None:
+    """The node's ConvSpec when its weight shape is known (for the MACs of skipped layers too), else None."""
+    widx, bidx = WEIGHT_INDEX[node.op], BIAS_INDEX.get(node.op)
+    if len(node.inputs) <= widx or not node.inputs[widx].name:
+        return None
+    w_t = node.inputs[widx]
+    wshape = weight.shape if weight is not None else (
+        w_t.shape if isinstance(w_t, gs.Constant) else shapes.get(w_t.name))
+    if wshape is None or any(d is None for d in wshape):
+        return None
+    has_bias = bidx is not None and len(node.inputs) > bidx and bool(node.inputs[bidx].name)
+    try:
+        return conv_spec(node.op, node.attrs, wshape, has_bias, shapes.get(node.inputs[0].name))
+    except ShapeError as e:
+        raise ShapeError(f"node '{qualified}' ({node.op}): {e}") from None
+
+
+def graphs_with_paths(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph]]:
+    """(path, graph) for the graph and every If/Loop/Scan body below it."""
+    yield path, graph
+    for node in graph.nodes:
+        label = node.name or (node.outputs[0].name if node.outputs else node.op)
+        for attr, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                subs = [(attr, value)]
+            elif isinstance(value, (list, tuple)):
+                subs = [(f"{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, gs.Graph)]
+            else:
+                continue
+            for key, sub in subs:
+                yield from graphs_with_paths(sub, f"{path}/{label}/{key}" if path else f"{label}/{key}")
+
+
+def drop_dead_producers(graph: gs.Graph, tensor: gs.Tensor) -> None:
+    """Remove the Identity/Cast/Constant chain that fed a replaced weight, where nothing else reads it."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant) or not tensor.inputs or tensor.outputs or tensor in graph.outputs:
+            return
+        prod = tensor.inputs[0]
+        if prod.op not in ("Identity", "Cast", "Constant") or prod not in graph.nodes:
+            return
+        if any(o.outputs or o in graph.outputs for o in prod.outputs):
+            return
+        upstream = prod.inputs[0] if prod.inputs else None
+        graph.nodes.remove(prod)
+        prod.inputs.clear()
+        prod.outputs.clear()
+        if upstream is None:
+            return
+        tensor = upstream
+
+
+def function_rows(model: onnx.ModelProto) -> list[LayerChange]:
+    rows = []
+    for f in model.functions:
+        for n in f.node:
+            if n.op_type in CONV_OPS and (n.domain or "") in ("", "ai.onnx"):
+                rows.append(LayerChange(
+                    name=f"{f.domain}.{f.name}/{node_label(n)}", op_type=n.op_type, rewritten=False,
+                    reason="inside a model-local function: its body is shared by every call, not rewritten",
+                ))
+    return rows
 
 
 def finish_model(

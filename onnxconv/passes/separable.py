@@ -37,7 +37,7 @@ the original dtype (fp16 stays fp16; the SVD runs in float64).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,10 +45,22 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import counting as C
-from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
+from ..conv import CONV_OPS, ConvSpec
 from ..errors import OptionError, ShapeError
-from ..graph import node_label
-from .common import LayerChange, NamePool, NodeFilter, PassResult, constant_array, finish_model, tensor_shapes
+from .common import (
+    LayerChange,
+    NamePool,
+    NodeFilter,
+    PassResult,
+    constant_array,
+    drop_dead_producers,
+    finish_model,
+    function_rows,
+    graphs_with_paths,
+    node_conv_spec,
+    tensor_shapes,
+    weight_origin,
+)
 from .ranks import (
     BudgetLayer,
     RankPolicy,
@@ -192,45 +204,13 @@ class _Candidate:
         return None if before is None else before // self.conv_pos * self.unit_pos * r
 
 
-def _weight_origin(tensor: gs.Tensor) -> str | None:
-    """'DequantizeLinear' when the weight is dequantized at run time (QDQ), following Identity/Cast."""
-    for _ in range(8):
-        if isinstance(tensor, gs.Constant) or not tensor.inputs:
-            return None
-        prod = tensor.inputs[0]
-        if prod.op == "DequantizeLinear":
-            return "DequantizeLinear"
-        if prod.op not in ("Identity", "Cast") or not prod.inputs:
-            return None
-        tensor = prod.inputs[0]
-    return None
-
-
-def _spec(node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]],
-          weight: np.ndarray | None) -> ConvSpec | None:
-    """The node's ConvSpec when its weight shape is known (for the MACs of skipped layers too), else None."""
-    widx, bidx = WEIGHT_INDEX[node.op], BIAS_INDEX.get(node.op)
-    if len(node.inputs) <= widx or not node.inputs[widx].name:
-        return None
-    w_t = node.inputs[widx]
-    wshape = weight.shape if weight is not None else (
-        w_t.shape if isinstance(w_t, gs.Constant) else shapes.get(w_t.name))
-    if wshape is None or any(d is None for d in wshape):
-        return None
-    has_bias = bidx is not None and len(node.inputs) > bidx and bool(node.inputs[bidx].name)
-    try:
-        return conv_spec(node.op, node.attrs, wshape, has_bias, shapes.get(node.inputs[0].name))
-    except ShapeError as e:
-        raise ShapeError(f"node '{qualified}' ({node.op}): {e}") from None
-
-
 def _check(
     node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
 ) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
     """(skip reason or None, spec when known, weight when usable) for one conv-family node."""
     w_t = node.inputs[1] if len(node.inputs) > 1 and node.op == "Conv" and node.inputs[1].name else None
-    weight = constant_array(w_t) if w_t is not None and not _weight_origin(w_t) else None
-    spec = _spec(node, qualified, shapes, weight)
+    weight = constant_array(w_t) if w_t is not None and not weight_origin(w_t) else None
+    spec = node_conv_spec(node, qualified, shapes, weight)
     if node.op == "ConvTranspose":
         return "ConvTranspose is not a target of this pass", spec, None
     if node.op in ("ConvInteger", "QLinearConv"):
@@ -241,7 +221,7 @@ def _check(
             return why, spec, None
     if w_t is None:
         return "no weight input", spec, None
-    if _weight_origin(w_t):
+    if weight_origin(w_t):
         return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
     if weight is None:
         return "weight is computed at run time, not a constant", spec, None
@@ -257,41 +237,6 @@ def _check(
 
 # --------------------------------------------------------------------------------------------------------------
 # Rewrite
-
-
-def _graphs(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph]]:
-    """(path, graph) for the graph and every If/Loop/Scan body below it."""
-    yield path, graph
-    for node in graph.nodes:
-        label = node.name or (node.outputs[0].name if node.outputs else node.op)
-        for attr, value in node.attrs.items():
-            if isinstance(value, gs.Graph):
-                subs = [(attr, value)]
-            elif isinstance(value, (list, tuple)):
-                subs = [(f"{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, gs.Graph)]
-            else:
-                continue
-            for key, sub in subs:
-                yield from _graphs(sub, f"{path}/{label}/{key}" if path else f"{label}/{key}")
-
-
-def _drop_dead_producers(graph: gs.Graph, tensor: gs.Tensor) -> None:
-    """Remove the Identity/Cast/Constant chain that fed a replaced weight, where nothing else reads it."""
-    for _ in range(8):
-        if isinstance(tensor, gs.Constant) or not tensor.inputs or tensor.outputs or tensor in graph.outputs:
-            return
-        prod = tensor.inputs[0]
-        if prod.op not in ("Identity", "Cast", "Constant") or prod not in graph.nodes:
-            return
-        if any(o.outputs or o in graph.outputs for o in prod.outputs):
-            return
-        upstream = prod.inputs[0] if prod.inputs else None
-        graph.nodes.remove(prod)
-        prod.inputs.clear()
-        prod.outputs.clear()
-        if upstream is None:
-            return
-        tensor = upstream
 
 
 class _Emitter:
@@ -327,7 +272,7 @@ class _Emitter:
         graph.nodes.remove(node)
         node.inputs.clear()
         node.outputs.clear()
-        _drop_dead_producers(graph, w_t)
+        drop_dead_producers(graph, w_t)
 
         k = spec.spatial_rank
         dw_attrs: dict[str, object] = {
@@ -386,7 +331,7 @@ def _collect(
 ) -> tuple[list[LayerChange], list[_Candidate]]:
     layers: list[LayerChange] = []
     candidates: list[_Candidate] = []
-    for path, g in _graphs(graph):
+    for path, g in graphs_with_paths(graph):
         for node in list(g.nodes):
             if node.op not in CONV_OPS or (node.domain or "") not in ("", "ai.onnx"):
                 continue
@@ -404,18 +349,6 @@ def _collect(
             factors = factor_weight(weight, spec.group)
             candidates.append(_Candidate(g, node, spec, weight.dtype, factors, change, node.inputs[1].name))
     return layers, candidates
-
-
-def _function_rows(model: onnx.ModelProto) -> list[LayerChange]:
-    rows = []
-    for f in model.functions:
-        for n in f.node:
-            if n.op_type in CONV_OPS and (n.domain or "") in ("", "ai.onnx"):
-                rows.append(LayerChange(
-                    name=f"{f.domain}.{f.name}/{node_label(n)}", op_type=n.op_type, rewritten=False,
-                    reason="inside a model-local function: its body is shared by every call, not rewritten",
-                ))
-    return rows
 
 
 def _choose_ranks(policy: RankPolicy, cands: Sequence[_Candidate], layers: Sequence[LayerChange]) -> list[int]:
@@ -479,7 +412,7 @@ def separate(
     shapes, notes = tensor_shapes(model, input_shapes, batch)
     graph = gs.import_onnx(model)
     layers, cands = _collect(graph, shapes, node_filter)
-    layers.extend(_function_rows(model))
+    layers.extend(function_rows(model))
     forced = force or policy.kind == "exact"
     if not forced:
         for c in cands:

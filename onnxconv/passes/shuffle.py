@@ -49,11 +49,23 @@ import onnx_graphsurgeon as gs
 
 from ..conv import ConvSpec
 from ..errors import OptionError
-from .common import LayerChange, NamePool, NodeFilter, PassResult, constant_array, finish_model, tensor_shapes
+from .common import (
+    LayerChange,
+    NamePool,
+    NodeFilter,
+    PassResult,
+    constant_array,
+    drop_dead_producers,
+    finish_model,
+    function_rows,
+    graphs_with_paths,
+    node_conv_spec,
+    tensor_shapes,
+    weight_origin,
+)
 from .grouping import Assignment, assign_groups, group_order
 
 # One copy of the rules and walks the two passes share (separable owns them).
-from .separable import _drop_dead_producers, _function_rows, _graphs, _spec, _weight_origin
 
 __all__ = ["MIXING", "group_shuffle", "masked_reference", "shuffle_order", "shuffle_factor"]
 
@@ -187,8 +199,8 @@ def _check(
 ) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
     """(skip reason or None, spec when the weight shape is known, weight when the node is a target)."""
     w_t = _optional(node, 1) if node.op == "Conv" else None
-    weight = constant_array(w_t) if w_t is not None and not _weight_origin(w_t) else None
-    spec = _spec(node, qualified, shapes, weight)
+    weight = constant_array(w_t) if w_t is not None and not weight_origin(w_t) else None
+    spec = node_conv_spec(node, qualified, shapes, weight)
     if node.op == "ConvTranspose":
         return "ConvTranspose is not a target of this pass", spec, None
     if node.op in ("ConvInteger", "QLinearConv"):
@@ -198,7 +210,7 @@ def _check(
         return why, spec, None
     if w_t is None:
         return "no weight input", spec, None
-    if _weight_origin(w_t):
+    if weight_origin(w_t):
         return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
     if weight is None:
         return "weight is computed at run time, not a constant", spec, None
@@ -225,7 +237,7 @@ def _foldable(node: gs.Node) -> bool:
     if node.op not in ("Conv", "ConvTranspose") or node.domain not in _ONNX or _attr_int(node, "group", 1) != 1:
         return False
     w_t = _optional(node, 1)
-    if w_t is None or _weight_origin(w_t) or len(w_t.outputs) != 1 or constant_array(w_t) is None:
+    if w_t is None or weight_origin(w_t) or len(w_t.outputs) != 1 or constant_array(w_t) is None:
         return False
     b_t = _optional(node, 2)
     return b_t is None or constant_array(b_t) is not None
@@ -334,7 +346,7 @@ class _Flow:
 
     def _depthwise(self, node: gs.Node, c: int) -> _Commute | None:
         w_t = _optional(node, 1)
-        if id(node) in self.targets or w_t is None or len(w_t.outputs) != 1 or _weight_origin(w_t):
+        if id(node) in self.targets or w_t is None or len(w_t.outputs) != 1 or weight_origin(w_t):
             return None
         w = constant_array(w_t)
         if w is None or _attr_int(node, "group", 1) != c or w.shape[1] != 1 or w.shape[0] % c:
@@ -426,7 +438,7 @@ class _Flow:
         """Feed ``value`` to input ``i`` as a new constant; the old producer chain goes when nothing else reads it."""
         old = node.inputs[i]
         node.inputs[i] = gs.Constant(self.names.new(f"{old.name or 'param'}_{suffix}"), np.ascontiguousarray(value))
-        _drop_dead_producers(self.graph, old)
+        drop_dead_producers(self.graph, old)
 
     def _note(self, source: int | None, text: str) -> None:
         layer = self.targets.get(source) if source is not None else None
@@ -701,11 +713,11 @@ def group_shuffle(
     layers: list[LayerChange] = []
     inserted = {"shuffle": 0, "gather": 0}
     opts = _Options(groups, node_filter, force, mixing, min_energy, seed)
-    for path, g in list(_graphs(graph)):
+    for path, g in list(graphs_with_paths(graph)):
         found = _rewrite_graph(g, path, shapes, structural, names, opts, layers)
         for k, v in found.items():
             inserted[k] += v
-    layers.extend(_function_rows(model))
+    layers.extend(function_rows(model))
     out = finish_model(model, graph, cleanup=False)
     options: dict[str, Any] = {"groups": groups, "mixing": mixing, "min_energy": min_energy, "force": force,
                                "inserted": inserted}
@@ -803,7 +815,7 @@ def masked_reference(model: onnx.ModelProto, result: PassResult) -> onnx.ModelPr
     done = {c.name: c for c in result.rewritten if "in_groups" in c.details}
     graph = gs.import_onnx(model)
     names = NamePool(model)
-    for path, g in _graphs(graph):
+    for path, g in graphs_with_paths(graph):
         for node in g.nodes:
             change = done.get(f"{path}/{_label(node)}" if path else _label(node))
             if change is None or node.op != "Conv":
