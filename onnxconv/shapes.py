@@ -25,11 +25,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OptionError, ShapeError
-from .graph import attrs_of, outer_names, toposort
+from .graph import attrs_of, outer_names, shapes_of_graph, toposort
+from .graph import shape_of_value_info as shape_tuple
 from .model_io import KEEP_VALUES_BELOW
 
 __all__ = [
-    "shape_tuple",
     "apply_input_shapes",
     "infer",
     "infer_body",
@@ -45,16 +45,6 @@ _COUNTED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv",
 
 #: Re-inference rounds after folding shape arithmetic; each round can only unlock shapes the previous found.
 MAX_FOLD_ROUNDS = 4
-
-
-def shape_tuple(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
-    """A value_info's dims: int, the dim_param string, or None; None when the rank is unknown."""
-    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
-        return None
-    out: list[int | str | None] = []
-    for d in vi.type.tensor_type.shape.dim:
-        out.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
-    return tuple(out)
 
 
 def _set_dims(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
@@ -127,17 +117,6 @@ def _static(shape: tuple[Any, ...] | None) -> bool:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
-def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        s = shape_tuple(vi)
-        if s is not None:
-            out[vi.name] = s
-    for t in graph.initializer:
-        out[t.name] = tuple(int(d) for d in t.dims)
-    return out
-
-
 def _unknown_outputs(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> int:
     return sum(1 for n in graph.node for o in n.output if o and not _static(shapes.get(o)))
 
@@ -166,13 +145,13 @@ def infer(model: onnx.ModelProto) -> onnx.ModelProto:
     misses."""
     _sort_in_place(model.graph)
     inferred = _infer_once(model)
-    shapes = _shapes(inferred.graph)
+    shapes = shapes_of_graph(inferred.graph)
     unknown = _unknown_outputs(inferred.graph, shapes)
     for _ in range(MAX_FOLD_ROUNDS):
         if not unknown or not _feed_folded_values(inferred.graph, shapes):
             break
         again = _infer_once(inferred)
-        shapes = _shapes(again.graph)
+        shapes = shapes_of_graph(again.graph)
         now = _unknown_outputs(again.graph, shapes)
         inferred = again
         if now >= unknown:
