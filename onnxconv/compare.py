@@ -15,6 +15,7 @@ heads emit). A detector's ``1 x 3549 x 85`` has its longest axis elsewhere and g
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -132,9 +133,14 @@ def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, b
 
 def load_inputs(path: str | os.PathLike[str], sess) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     """Inputs from an .npz file whose array names are the model's input names."""
+    if not os.path.isfile(path):
+        raise OptionError(f"--inputs {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        # np.load would guess at the format and talk about pickles; say what is expected instead.
+        raise OptionError(f"--inputs {path}: not an .npz archive (save one with numpy.savez(path, NAME=array, ...))")
     try:
         data = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise OptionError(f"--inputs {path}: cannot read as .npz ({e})") from None
     names = [i.name for i in sess.get_inputs()]
     missing = [n for n in names if n not in data]

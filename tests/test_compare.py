@@ -64,7 +64,7 @@ def test_load_inputs(tmp_path) -> None:
         compare.load_inputs(partial, sess)
     junk = tmp_path / "junk.npz"
     junk.write_text("not a zip")
-    with pytest.raises(OptionError, match="cannot read as .npz"):
+    with pytest.raises(OptionError, match="not an .npz archive"):
         compare.load_inputs(junk, sess)
 
 
@@ -181,3 +181,8 @@ def test_agreement_of_a_conv_with_perturbed_weights() -> None:
     feeds = compare.make_inputs(sess)
     [ag] = compare.compare_outputs(compare.run_model(sess, feeds), compare.run_model(compare.session(scaled), feeds))
     assert ag.rel_error == pytest.approx(0.01, rel=1e-3) and ag.cosine == pytest.approx(1.0)
+
+
+def test_load_inputs_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError, match="no such file"):
+        compare.load_inputs(tmp_path / "missing.npz", None)
