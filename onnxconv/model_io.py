@@ -24,6 +24,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from .counting import prod
 from .errors import ModelLoadError, OnnxConvError
 
 __all__ = ["load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "KEEP_VALUES_BELOW"]
@@ -99,15 +100,8 @@ def stripped_source(node: onnx.NodeProto) -> str | None:
     return None
 
 
-def _numel(dims: Sequence[int]) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
-
-
 def _large(t: onnx.TensorProto) -> bool:
-    return t.data_location == onnx.TensorProto.EXTERNAL or _numel(t.dims) > KEEP_VALUES_BELOW
+    return t.data_location == onnx.TensorProto.EXTERNAL or prod(t.dims) > KEEP_VALUES_BELOW
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:

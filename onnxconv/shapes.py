@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .counting import prod
 from .errors import OptionError, ShapeError
 from .graph import attrs_of, outer_names, shapes_of_graph, toposort
 from .graph import shape_of_value_info as shape_tuple
@@ -189,7 +190,7 @@ def _fold(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> dict
     """Values of the small tensors computable from constants and known shapes (best effort, numpy only)."""
     values: dict[str, np.ndarray] = {}
     for t in graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) <= 1 and _numel(t.dims) <= KEEP_VALUES_BELOW:
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.dims) <= 1 and prod(t.dims) <= KEEP_VALUES_BELOW:
             try:
                 values[t.name] = numpy_helper.to_array(t)
             except Exception:  # noqa: BLE001 - a tensor numpy cannot hold is simply not folded
@@ -208,13 +209,6 @@ def _fold(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> dict
     return values
 
 
-def _numel(dims: Sequence[int]) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
-
-
 # Each folder gets (node, input values or None, input shapes or None) and returns the first output or None.
 def _need(vals: Sequence[np.ndarray | None], n: int) -> bool:
     return len(vals) >= n and all(v is not None for v in vals[:n])
@@ -231,7 +225,7 @@ def _f_shape(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> n
 
 def _f_constant(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
     for a in node.attribute:
-        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and _numel(a.t.dims) <= KEEP_VALUES_BELOW:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and prod(a.t.dims) <= KEEP_VALUES_BELOW:
             return numpy_helper.to_array(a.t)
         if a.name == "value_int":
             return np.array(a.i, dtype=np.int64)
@@ -352,7 +346,7 @@ def _f_range(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> n
 
 
 def _f_constant_of_shape(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
-    if not _need(vals, 1) or _numel([int(v) for v in vals[0].reshape(-1)]) > KEEP_VALUES_BELOW:
+    if not _need(vals, 1) or prod([int(v) for v in vals[0].reshape(-1)]) > KEEP_VALUES_BELOW:
         return None
     value = attrs_of(node).get("value")
     fill = numpy_helper.to_array(value).reshape(-1)[0] if isinstance(value, onnx.TensorProto) else np.float32(0)
@@ -372,7 +366,7 @@ def _f_expand(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> 
     if not _need(vals, 2):
         return None
     shape = np.broadcast_shapes(vals[0].shape, tuple(int(v) for v in vals[1].reshape(-1)))
-    return np.broadcast_to(vals[0], shape).copy() if _numel(shape) <= KEEP_VALUES_BELOW else None
+    return np.broadcast_to(vals[0], shape).copy() if prod(shape) <= KEEP_VALUES_BELOW else None
 
 
 def _reduce(fn: Any) -> Any:
@@ -386,7 +380,7 @@ def _reduce(fn: Any) -> Any:
 
 
 def _f_size(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
-    return np.array(_numel(shp[0]), dtype=np.int64) if _static(shp[0]) else None
+    return np.array(prod(shp[0]), dtype=np.int64) if _static(shp[0]) else None
 
 
 _FOLD_OPS: dict[str, Any] = {
