@@ -576,8 +576,12 @@ class _Plan:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange, pass_name: str,
-                index: int) -> _Plan | str:
+def _grouped(change: LayerChange) -> bool:
+    """Whether the shuffle pass rewrote this layer (its grouping is recorded), else the separable pass did."""
+    return "in_groups" in change.details
+
+
+def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange, index: int) -> _Plan | str:
     """What to refit for one rewritten layer, or why it is not refitted.
 
     Separable: the layer's original output tensor is still produced, by the pointwise stage. Shuffle: the
@@ -588,7 +592,7 @@ def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: Layer
     if old is None or not old.output:
         return "inside a subgraph: not refitted"
     target = old.output[0]
-    if pass_name == "shuffle":
+    if _grouped(change):
         new = _top_level_node(model, change.name)
         if new is None or not new.output:
             return "the grouped conv is not found in the rewritten model"
@@ -598,19 +602,18 @@ def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: Layer
     return found if isinstance(found, str) else _Plan(found, index, target)
 
 
-def _grouped_orders(original: onnx.ModelProto, result: PassResult, model: onnx.ModelProto, plans: list[_Plan],
+def _grouped_orders(reference: onnx.ModelProto, model: onnx.ModelProto, plans: list[_Plan],
                     calib: CalibrationSet, providers: Sequence[str], threads: int | None) -> dict[int, str]:
-    """Set ``plan.order`` for shuffle-mode layers by matching channels; returns plan index -> skip reason.
+    """Set ``plan.order`` by matching channels with ``reference``; returns plan index -> skip reason.
 
     The shuffle pass's rewrite computes exactly its masked reference (the original with every weight outside
     the groups zeroed), so on any input the grouped conv's output channel ``j`` equals one channel ``order[j]``
     of the reference's output of the same layer. Matching on the first calibration chunk finds that order
     whatever layout the pass chose (folded orders, shuffles, gathers); a channel without an exact, unique match
-    leaves the layer unfitted rather than fitted to the wrong channels.
+    leaves the layer unfitted rather than fitted to the wrong channels. The same holds for a separable layer
+    whose output the shuffle pass reordered (a plan that mixes both passes), with the separable model as the
+    reference's base.
     """
-    from .passes.shuffle import masked_reference
-
-    reference = masked_reference(original, result)
     _, ref = next(activations(reference, {p.target: p.stage.elem_type for p in plans}, calib, providers, threads,
                               first_only=True))
     _, new = next(activations(model, {p.stage.output: p.stage.elem_type for p in plans}, calib, providers, threads,
@@ -683,6 +686,7 @@ def refit(
     seed: int = 0,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
+    reference: onnx.ModelProto | None = None,
 ) -> PassResult:
     """Refit the linear stage of every rewritten layer of ``result`` to the original model's outputs.
 
@@ -695,6 +699,10 @@ def refit(
         ridge: relative ridge ``lam / mean(diag(X^T X))``; None picks it per layer from :data:`RIDGE_GRID`.
         seed: the position sampling seed.
         providers, threads: onnxruntime settings for collecting activations.
+        reference: the model ``result`` computes exactly up to channel orders, with the original's tensor names;
+            every layer's output is then matched to it channel by channel. Needed when the shuffle pass ran on a
+            model the separable pass had already rewritten (:func:`onnxconv.plan.plan_rewrite` with both kinds
+            returns it); by default the shuffle pass's masked reference for grouped layers, none for separable.
 
     Returns:
         A new :class:`PassResult` with the refitted model. Each rewritten layer's ``details`` gain ``out_err``
@@ -719,14 +727,21 @@ def refit(
     for change in layers:
         if not change.rewritten:
             continue
-        found = _plan_layer(original, model, change, result.pass_name, len(plans))
+        found = _plan_layer(original, model, change, len(plans))
         if isinstance(found, str):
             change.details["refit"] = found
             continue
         plans.append(found)
         plan_of[id(change)] = found
-    if plans and result.pass_name == "shuffle":
-        skipped = _grouped_orders(original, result, model, plans, calibration, providers, threads)
+    grouped = {plan_of[id(c)].index for c in layers if id(c) in plan_of and _grouped(c)}
+    if plans and (grouped or reference is not None):
+        # Without a reference only grouped layers have a reordered output; with one, any layer may.
+        matched = plans if reference is not None else [p for p in plans if p.index in grouped]
+        if reference is None:
+            from .passes.shuffle import masked_reference
+
+            reference = masked_reference(original, result)
+        skipped = _grouped_orders(reference, model, matched, calibration, providers, threads)
         for change in layers:
             plan = plan_of.get(id(change))
             if plan is not None and plan.index in skipped:

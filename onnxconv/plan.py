@@ -38,7 +38,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ __all__ = ["RANK_CHOICES", "GROUP_CHOICES", "BUCKETS", "Option", "LayerOptions",
 RANK_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)
 #: Group counts the planner considers in shuffle mode when ``--groups`` is not given.
 GROUP_CHOICES = (2, 4, 8)
+#: The option that leaves a layer as it is (option keys are ``(kind, value)``: ``("rank", r)``, ``("groups", G)``).
+KEEP = ("keep", 0)
 #: Time buckets of the knapsack: savings are rounded down to ``T (1 - 1/S) / BUCKETS``.
 BUCKETS = 2000
 
@@ -100,9 +102,13 @@ class PlanReport:
     measured: float | None
     rounds: list[dict[str, float]] = field(default_factory=list)
     layers: list[LayerOptions] = field(default_factory=list)
+    #: What the rewrite computes exactly up to channel orders when the plan mixes ranks and groups: pass it to
+    #: :func:`onnxconv.calibrate.refit` as ``reference`` (None otherwise).
+    reference: onnx.ModelProto | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layers", "reference")}
+        out["rounds"] = [dict(r) for r in self.rounds]
         out["layers"] = [{"name": lay.name, "chosen": lay.options[lay.chosen].label,
                           "options": [asdict(o) for o in lay.options]} for lay in self.layers]
         return out
@@ -211,10 +217,14 @@ class _Candidate:
     weight: np.ndarray
     bias: np.ndarray | None
     attrs: dict[str, Any]
-    values: list[int]  # ranks or group counts to try
+    options: list[tuple[str, int]]  # ("rank", r) / ("groups", G) to try
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # G -> kept (C_out x C_in) for groups
     input_shape: tuple[int, ...] = ()
-    errors: dict[int, float] = field(default_factory=dict)
+    errors: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def values(self, kind: str) -> list[int]:
+        """The ranks (``kind="rank"``) or group counts (``"groups"``) among the options."""
+        return [v for k, v in self.options if k == kind]
     macs: int | None = None
     params: int | None = None
 
@@ -232,12 +242,32 @@ def _arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def _candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequence[int], node_filter: NodeFilter | None,
                 input_shapes: Mapping[str, Sequence[int]] | None, batch: int | None,
                 ) -> tuple[list[_Candidate], dict[str, LayerChange]]:
-    """Candidate layers with their option values, and a skipped LayerChange (with its reason) for the rest."""
+    """Candidate layers with their options, and a skipped LayerChange (with its reason) for the rest.
+
+    ``mode`` separable offers ranks, shuffle offers group counts, mixed offers both (a layer is a candidate when
+    either pass would rewrite it); the options of a layer are listed ranks first, then group counts.
+    """
     nodes = {node_label(n): n for n in model.graph.node if n.op_type == "Conv"}
     arrays = _arrays(model)
     found: dict[str, _Candidate] = {}
     skipped: dict[str, LayerChange] = {}
-    if mode == "separable":
+    order: list[str] = []  # the graph order of the first dry run, which every dry run lists all convs in
+
+    def add(c: LayerChange, options: list[tuple[str, int]], reason: str) -> None:
+        if c.name not in order:
+            order.append(c.name)
+        node = nodes.get(c.name)
+        if not options or node is None:
+            if c.name not in found:
+                skipped.setdefault(c.name, LayerChange(c.name, c.op_type, False, c.reason or reason,
+                                                       c.params_before, None, c.macs_before))
+            return
+        skipped.pop(c.name, None)
+        cand = found.get(c.name) or _make_candidate(c, node, arrays, [])
+        found[c.name] = cand
+        cand.options.extend(options)
+
+    if mode in ("separable", "mixed"):
         from .passes.ranks import RankPolicy
         from .passes.separable import separate
 
@@ -252,38 +282,26 @@ def _candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequence[i
                 k, ng = math.prod(w.shape[2:]), w.shape[0] // g
                 conv_pos, unit_pos = ng * k, k + ng  # per input channel and output position
                 ranks = [r for r in RANK_CHOICES if r <= min(ng, k) and r * unit_pos < conv_pos]
-            if not ranks:
-                reason = c.reason or ("inside a subgraph: not planned" if node is None else "no rank saves MACs")
-                skipped[c.name] = LayerChange(c.name, c.op_type, False, reason, c.params_before, None,
-                                              c.macs_before)
-                continue
-            found[c.name] = _make_candidate(c, node, arrays, ranks)  # type: ignore[arg-type]
-        return list(found.values()), skipped
-    from .passes.shuffle import group_shuffle
+            add(c, [("rank", r) for r in ranks],
+                "inside a subgraph: not planned" if node is None else "no rank saves MACs")
+    if mode in ("shuffle", "mixed"):
+        from .passes.shuffle import group_shuffle
 
-    for g in groups:
-        dry = group_shuffle(model, groups=g, node_filter=node_filter, force=True, input_shapes=input_shapes)
-        for c in dry.layers:
-            node = nodes.get(c.name)
-            if not c.rewritten or node is None:
-                if c.name not in found:
-                    skipped.setdefault(c.name, LayerChange(c.name, c.op_type, False, c.reason or
-                                                           "inside a subgraph: not planned", c.params_before,
-                                                           None, c.macs_before))
-                continue
-            skipped.pop(c.name, None)
-            cand = found.get(c.name) or _make_candidate(c, node, arrays, [])
-            found[c.name] = cand
-            cand.values.append(g)
-            keep = np.asarray(c.details["out_groups"])[:, None] == np.asarray(c.details["in_groups"])[None, :]
-            cand.masks[g] = keep
-    return list(found.values()), skipped
+        for g in groups:
+            dry = group_shuffle(model, groups=g, node_filter=node_filter, force=True, input_shapes=input_shapes)
+            for c in dry.layers:
+                ok = c.rewritten and c.name in nodes
+                add(c, [("groups", g)] if ok else [], "inside a subgraph: not planned")
+                if ok:
+                    found[c.name].masks[g] = (np.asarray(c.details["out_groups"])[:, None]
+                                              == np.asarray(c.details["in_groups"])[None, :])
+    return [found[n] for n in order if n in found], {n: skipped[n] for n in order if n in skipped}
 
 
 def _make_candidate(change: LayerChange, node: onnx.NodeProto, arrays: Mapping[str, np.ndarray],
-                    values: list[int]) -> _Candidate:
+                    options: list[tuple[str, int]]) -> _Candidate:
     bias = arrays.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    return _Candidate(change.name, node, arrays[node.input[1]], bias, attrs_of(node), list(values),
+    return _Candidate(change.name, node, arrays[node.input[1]], bias, attrs_of(node), list(options),
                       macs=change.macs_before, params=change.params_before)
 
 
@@ -291,16 +309,16 @@ def _make_candidate(change: LayerChange, node: onnx.NodeProto, arrays: Mapping[s
 # Errors on the calibration set
 
 
-def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: CalibrationSet, mode: str,
-                   positions: int, seed: int, providers: Sequence[str], threads: int | None) -> None:
-    """Fill ``cand.errors`` (option value -> relative output error) and ``cand.input_shape``."""
+def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: CalibrationSet, positions: int,
+                   seed: int, providers: Sequence[str], threads: int | None) -> None:
+    """Fill ``cand.errors`` (option -> relative output error) and ``cand.input_shape``."""
     from .passes.separable import factor_weight
 
     elem = {c.name: _elem_type(c.weight) for c in cands}
     names = {c.node.input[0]: elem[c.name] for c in cands}
-    factors = {c.name: factor_weight(c.weight, int(c.attrs.get("group", 1) or 1)) for c in cands} \
-        if mode == "separable" else {}
-    err2 = {c.name: np.zeros(max(c.values) + 1) for c in cands}
+    factors = {c.name: factor_weight(c.weight, int(c.attrs.get("group", 1) or 1)) for c in cands
+               if c.values("rank")}
+    err2: dict[str, dict[tuple[str, int], float]] = {c.name: dict.fromkeys(c.options, 0.0) for c in cands}
     total = dict.fromkeys(err2, 0.0)
     per = max(1, math.ceil(positions / calib.size))
     for start, outs in activations(model, names, calib, providers, threads):
@@ -309,22 +327,30 @@ def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: C
             if not c.input_shape:
                 c.input_shape = (calib.chunk, *x.shape[1:])
             term = ConvTerm(c.node, c.node.input[0], c.node.input[1], tuple(c.weight.shape), c.attrs)
+            ranks, groups = c.values("rank"), c.values("groups")
             for i in range(x.shape[0]):
                 out_spatial = _out_spatial(term, x.shape[1:])
                 count = math.prod(out_spatial)
                 rng = np.random.default_rng((seed, ci, start + i))
                 pos = np.sort(rng.choice(count, size=min(per, count), replace=False))
                 p = sample_patches(x[i], term, out_spatial, pos).astype(np.float64)
-                full, errs = (_rank_errors(p, factors[c.name], c.values) if mode == "separable"
-                              else _group_errors(p, c.weight, c.masks, c.values))
+                errs: dict[tuple[str, int], float] = {}
+                full = None
+                if ranks:
+                    full, by_rank = _rank_errors(p, factors[c.name], ranks)
+                    errs.update({("rank", r): e for r, e in by_rank.items()})
+                if groups:
+                    full, by_g = _group_errors(p, c.weight, c.masks, groups)
+                    errs.update({("groups", g): e for g, e in by_g.items()})
+                assert full is not None
                 if c.bias is not None:
                     full = full + c.bias.astype(np.float64)[None, :]
                 total[c.name] += float(np.sum(full * full))
-                for v, e in errs.items():
-                    err2[c.name][v] += e
+                for key, e in errs.items():
+                    err2[c.name][key] += e
     for c in cands:
         t = total[c.name]
-        c.errors = {v: math.sqrt(err2[c.name][v] / t) if t > 0 else 0.0 for v in c.values}
+        c.errors = {key: math.sqrt(e / t) if t > 0 else 0.0 for key, e in err2[c.name].items()}
 
 
 def _elem_type(w: np.ndarray) -> int:
@@ -392,48 +418,48 @@ def _layer_model(c: _Candidate, weight: np.ndarray, attrs: Mapping[str, Any]) ->
     return m
 
 
-def _option_models(c: _Candidate, mode: str, form: str) -> dict[int, onnx.ModelProto]:
-    """Option value (0 = keep) -> the layer alone in that form."""
+def _option_models(c: _Candidate, form: str) -> dict[tuple[str, int], onnx.ModelProto]:
+    """Option (``("keep", 0)`` first) -> the layer alone in that form."""
     base = _layer_model(c, c.weight, c.attrs)
-    out = {0: base}
-    if mode == "separable":
-        from .passes.ranks import RankPolicy
-        from .passes.separable import separate
+    out = {KEEP: base}
+    for kind, v in c.options:
+        if kind == "rank":
+            from .passes.ranks import RankPolicy
+            from .passes.separable import separate
 
-        for r in c.values:
-            out[r] = separate(base, RankPolicy("rank", r), form=form, force=True).model
-        return out
-    for g in c.values:
-        w = c.weight[:, : c.weight.shape[1] // g]  # the values do not matter for the time; the shape does
-        out[g] = _layer_model(c, np.ascontiguousarray(w), {**c.attrs, "group": g})
+            out[kind, v] = separate(base, RankPolicy("rank", v), form=form, force=True).model
+        else:
+            w = c.weight[:, : c.weight.shape[1] // v]  # the values do not matter for the time; the shape does
+            out[kind, v] = _layer_model(c, np.ascontiguousarray(w), {**c.attrs, "group": v})
     return out
 
 
-def _latency_key(c: _Candidate, provider: str, threads: int | None, mode: str, form: str, value: int) -> str:
+def _latency_key(c: _Candidate, provider: str, threads: int | None, form: str, option: tuple[str, int]) -> str:
     attrs = {k: v for k, v in sorted(c.attrs.items())}
+    kind, value = option
     return json.dumps([provider, threads, list(c.input_shape), list(c.weight.shape), c.bias is not None, attrs,
-                       "keep" if value == 0 else mode, form if mode == "separable" else "", value], default=str)
+                       kind, form if kind == "rank" else "", value], default=str)
 
 
-def _measure(cands: Sequence[_Candidate], mode: str, form: str, provider: str, threads: int | None,
-             cache: LatencyCache, iters: int) -> dict[str, dict[int, float]]:
-    """Candidate -> option value (0 = keep) -> seconds, through the cache: keep's fastest run, and each option
+def _measure(cands: Sequence[_Candidate], form: str, provider: str, threads: int | None,
+             cache: LatencyCache, iters: int) -> dict[str, dict[tuple[str, int], float]]:
+    """Candidate -> option (:data:`KEEP` first) -> seconds, through the cache: keep's fastest run, and each option
     that time divided by its median speed-up over keep in interleaved rounds."""
     from .bench import BenchConfig, bench
 
-    out: dict[str, dict[int, float]] = {}
+    out: dict[str, dict[tuple[str, int], float]] = {}
     for c in cands:
-        keys = {v: _latency_key(c, provider, threads, mode, form, v) for v in [0, *c.values]}
+        keys = {o: _latency_key(c, provider, threads, form, o) for o in [KEEP, *c.options]}
         if any(cache.get(k) is None for k in keys.values()):
-            models = _option_models(c, mode, form)
-            values = list(keys)  # keep (0) first: the reference of the speed-ups
+            models = _option_models(c, form)
+            values = list(keys)  # keep first: the reference of the speed-ups
             cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads)
-            report = bench([models[v] for v in values], cfg, names=[f"{c.name}:{v}" for v in values])
+            report = bench([models[v] for v in values], cfg, names=[f"{c.name}:{k}{v}" for k, v in values])
             results = report.runs[0].models
             # A shared machine slows runs at random: the fastest run is the steadiest absolute figure, and each
             # option is placed against it by its median per-round ratio to keep (interleaved, so drift cancels).
             keep_s = results[0].timing.min_s
-            cache.put(keys[0], keep_s)
+            cache.put(keys[KEEP], keep_s)
             for v, res in zip(values[1:], results[1:]):
                 ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
                 cache.put(keys[v], keep_s / ratio)
@@ -464,29 +490,38 @@ def _bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, ca
 
 
 def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequence[_Candidate],
-           skipped: Mapping[str, LayerChange], mode: str, form: str, input_shapes: Mapping[str, Sequence[int]] | None,
-           batch: int | None) -> PassResult:
-    """Apply the chosen options: one pass per distinct rank (or G), each restricted to its layers by name."""
-    by_value: dict[int, list[str]] = {}
+           skipped: Mapping[str, LayerChange], form: str, input_shapes: Mapping[str, Sequence[int]] | None,
+           batch: int | None) -> tuple[PassResult, onnx.ModelProto | None]:
+    """Apply the chosen options: one pass per distinct rank, then one per distinct G, each restricted to its
+    layers by name; returns the result and, when both kinds were applied, the refit's channel-order reference.
+
+    The shuffle pass runs last because it may reorder the channels of any dense conv next to a grouped one (a
+    pointwise stage included) and must see the final graph to do so consistently; its masked reference is then
+    taken on the separable model, which the result computes exactly up to channel orders.
+    """
+    by_option: dict[tuple[str, int], list[str]] = {}
     for lay in layers:
         o = lay.options[lay.chosen]
         if o.kind != "keep":
-            by_value.setdefault(o.value, []).append(lay.name)
+            by_option.setdefault((o.kind, o.value), []).append(lay.name)
     current = model
     changes: dict[str, LayerChange] = {}
-    pass_name = "separable" if mode == "separable" else "shuffle"
-    for value, names in sorted(by_value.items()):
+    separable_model = model
+    grouped: list[LayerChange] = []
+    for (kind, value), names in sorted(by_option.items(), key=lambda kv: (kv[0][0] != "rank", kv[0][1])):
         only = NodeFilter(include=[f"^{re.escape(n)}$" for n in names])
-        if mode == "separable":
+        if kind == "rank":
             from .passes.ranks import RankPolicy
             from .passes.separable import separate
 
             res = separate(current, RankPolicy("rank", value), form=form, force=True, node_filter=only,
                            input_shapes=input_shapes, batch=batch)
+            separable_model = res.model
         else:
             from .passes.shuffle import group_shuffle
 
             res = group_shuffle(current, groups=value, node_filter=only, force=True, input_shapes=input_shapes)
+            grouped.extend(res.rewritten)
         changes.update({c.name: c for c in res.rewritten})
         current = res.model
     if current is model:
@@ -502,7 +537,14 @@ def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequen
         ch.details["plan"] = f"{o.label} {lay.keep.latency_s * 1e6:.0f}->{o.latency_s * 1e6:.0f}us err={o.error:.3g}"
         out.append(ch)
     out.extend(skipped.values())
-    return PassResult(current, out, pass_name, {})
+    kinds = {kind for kind, _ in by_option}
+    pass_name = "mixed" if len(kinds) == 2 else "shuffle" if kinds == {"groups"} else "separable"
+    reference = None
+    if len(kinds) == 2:
+        from .passes.shuffle import masked_reference
+
+        reference = masked_reference(separable_model, PassResult(current, grouped, "shuffle", {}))
+    return PassResult(current, out, pass_name, {}), reference
 
 
 def _saved(layers: Sequence[LayerOptions]) -> float:
@@ -544,7 +586,8 @@ def plan_rewrite(
             input shapes and the inputs the whole model is timed on (the first chunk).
         target_speedup: S > 1, the wanted latency ratio original / rewritten.
         provider: cpu / cuda / tensorrt (:func:`onnxconv.bench.resolve_provider`).
-        mode: separable (options: ranks) or shuffle (options: ``groups``, default :data:`GROUP_CHOICES`).
+        mode: separable (options: ranks), shuffle (options: ``groups``, default :data:`GROUP_CHOICES`) or mixed
+            (both, per layer: keep, a rank or a G in the same model).
         form: the separable graph form (default: the pass's).
         positions: output positions per layer for the errors.
         layer_iters, model_iters: timed runs per option and per whole-model comparison.
@@ -564,8 +607,8 @@ def plan_rewrite(
 
     if not (target_speedup > 1 and math.isfinite(target_speedup)):
         raise OptionError(f"--target-speedup {target_speedup}: must be a number above 1")
-    if mode not in ("separable", "shuffle"):
-        raise OptionError(f"mode '{mode}': choose separable or shuffle")
+    if mode not in ("separable", "shuffle", "mixed"):
+        raise OptionError(f"mode '{mode}': choose separable, shuffle or mixed")
     from .passes.separable import DEFAULT_FORM
 
     form = form or DEFAULT_FORM
@@ -575,18 +618,17 @@ def plan_rewrite(
     cands, skipped = _candidates(model, mode, form, groups, node_filter, input_shapes, batch)
     if not cands:
         raise OptionError(f"--target-speedup: no layer of the model can be rewritten in {mode} mode")
-    _option_errors(model, cands, calibration, mode, positions, seed, chain, threads)
-    times = _measure(cands, mode, form, provider, threads, cache, layer_iters)
+    _option_errors(model, cands, calibration, positions, seed, chain, threads)
+    times = _measure(cands, form, provider, threads, cache, layer_iters)
     layers = [
-        LayerOptions(c.name, [Option("keep", 0, times[c.name][0], 0.0)]
-                     + [Option("rank" if mode == "separable" else "groups", v, times[c.name][v], c.errors[v])
-                        for v in c.values])
+        LayerOptions(c.name, [Option("keep", 0, times[c.name][KEEP], 0.0)]
+                     + [Option(kind, v, times[c.name][kind, v], c.errors[kind, v]) for kind, v in c.options])
         for c in cands
     ]
     model_s, _ = _bench_pair(model, None, calibration, provider, threads, model_iters)
     report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers)
     scale, fastest = 1.0, False
-    best: tuple[float, PassResult, float, list[int], float] | None = None
+    best: tuple[float, PassResult, float, list[int], float, onnx.ModelProto | None] | None = None
     goal = target_speedup * (1 - tolerance)
     for _ in range(max(1, rounds)):
         try:
@@ -599,14 +641,14 @@ def plan_rewrite(
                 lay.chosen = int(np.argmin([o.latency_s for o in lay.options]))
             fastest = True
             predicted = model_s / max(model_s - scale * _saved(layers), 1e-9 * model_s)
-        result = _build(model, layers, cands, skipped, mode, form, input_shapes, batch)
+        result, reference = _build(model, layers, cands, skipped, form, input_shapes, batch)
         _, measured = _bench_pair(model, result.model, calibration, provider, threads, model_iters)
         got = measured or 0.0
         cost = sum(lay.options[lay.chosen].error ** 2 for lay in layers)
         report.rounds.append({"scale": scale, "predicted": predicted, "measured": got, "cost": cost})
         # Best: a plan that reaches the goal with the least error; failing that, the fastest measured.
         if best is None or (got >= goal and (best[0] < goal or cost < best[4])) or (best[0] < goal and got > best[0]):
-            best = (got, result, predicted, [lay.chosen for lay in layers], cost)
+            best = (got, result, predicted, [lay.chosen for lay in layers], cost, reference)
         if fastest or _saved(layers) <= 0 or goal <= got <= target_speedup * (1 + 3 * tolerance):
             break
         # The whole model saved (1 - 1/got) of its time where the layers alone promised more (or less): rescale
@@ -616,11 +658,11 @@ def plan_rewrite(
     if fastest and best[0] < goal:
         raise OptionError(f"--target-speedup {target_speedup:g}: the largest measured speed-up is {best[0]:.2f}x "
                           f"(every candidate layer at its fastest option)")
-    report.measured, result, report.predicted, picks, _ = best
+    report.measured, result, report.predicted, picks, _, report.reference = best
     for lay, pick in zip(layers, picks):
         lay.chosen = pick
     if do_refit:
-        result = refit(model, result, calibration, providers=chain, threads=threads)
+        result = refit(model, result, calibration, providers=chain, threads=threads, reference=report.reference)
     note = (f"plan: target {target_speedup:g}x on {provider}; predicted {report.predicted:.2f}x from layer "
             f"timings, measured {report.measured:.2f}x end to end (median of {model_iters} interleaved rounds)")
     result.options = {**result.options, "plan": report.to_dict(),

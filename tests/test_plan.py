@@ -93,7 +93,7 @@ def conv_chain(rng: np.random.Generator, c: int = 16, size: int = 10) -> onnx.Mo
     return make_model(nodes, [tensor("X", ["N", c, size, size])], [tensor("Y", None)], inits)
 
 
-@pytest.mark.parametrize("mode", ["separable", "shuffle"])
+@pytest.mark.parametrize("mode", ["separable", "shuffle", "mixed"])
 def test_option_errors_match_onnxruntime_on_the_first_layer(tmp_path, mode) -> None:
     """The first layer's input is the model input, so the patch-based error of every option must equal the error
     onnxruntime measures between the original and the rewritten layer (all output positions sampled)."""
@@ -104,17 +104,19 @@ def test_option_errors_match_onnxruntime_on_the_first_layer(tmp_path, mode) -> N
     cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
     cands, _ = plan._candidates(model, mode, "sum", (2, 4), None, None, None)
     assert [c.name for c in cands] == ["c1", "c2"]
-    plan._option_errors(model, cands, cal, mode, positions=3 * 100, seed=0, providers=["CPUExecutionProvider"],
+    kinds = {"separable": {"rank"}, "shuffle": {"groups"}, "mixed": {"rank", "groups"}}[mode]
+    assert {k for c in cands for k, _ in c.options} == kinds
+    plan._option_errors(model, cands, cal, positions=3 * 100, seed=0, providers=["CPUExecutionProvider"],
                         threads=None)
     c1 = cands[0]
     ref = compare.run_model(compare.session(calibrate.truncate_model(model, {"h": 1})), {"X": x})["h"]
-    for v in c1.values:
-        if mode == "separable":
+    for kind, v in c1.options:
+        if kind == "rank":
             got = separate(model, RankPolicy("rank", v), force=True).model
         else:
             got = masked_reference(model, group_shuffle(model, groups=v, force=True))
         out = compare.run_model(compare.session(calibrate.truncate_model(got, {"h": 1})), {"X": x})["h"]
-        assert c1.errors[v] == pytest.approx(rel(ref, out), rel=1e-4, abs=1e-6), v
+        assert c1.errors[kind, v] == pytest.approx(rel(ref, out), rel=1e-4, abs=1e-6), (kind, v)
     assert all(0 <= e for c in cands for e in c.errors.values())
 
 
@@ -141,12 +143,12 @@ def test_latencies_are_cached_per_shape(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(bench_mod, "bench", counting)
     cache = plan.LatencyCache(tmp_path / "lat.json")
-    times = plan._measure(cands, "separable", "sum", "cpu", None, cache, iters=3)
+    times = plan._measure(cands, "sum", "cpu", None, cache, iters=3)
     assert len(calls) == 1  # two layers, one shape: timed once
-    assert times["a"] == times["b"] and set(times["a"]) == {0, *cands[0].values}
+    assert times["a"] == times["b"] and set(times["a"]) == {plan.KEEP, *cands[0].options}
     assert all(t > 0 for t in times["a"].values())
     # A new cache object reads the file back: nothing is timed again.
-    again = plan._measure(cands, "separable", "sum", "cpu", None, plan.LatencyCache(tmp_path / "lat.json"), 3)
+    again = plan._measure(cands, "sum", "cpu", None, plan.LatencyCache(tmp_path / "lat.json"), 3)
     assert len(calls) == 1 and again == times
     assert len(json.loads((tmp_path / "lat.json").read_text())) == len(times["a"])
 
@@ -156,15 +158,15 @@ def test_latencies_are_cached_per_shape(tmp_path, monkeypatch) -> None:
 
 
 def fixed_cache(model: onnx.ModelProto, cal: calibrate.CalibrationSet, keep_s: float, option_s: float,
-                mode: str = "separable") -> plan.LatencyCache:
+                mode: str = "separable", form: str = "sum") -> plan.LatencyCache:
     """A cache holding made-up layer latencies, so the choice does not depend on this machine's timing."""
-    cands, _ = plan._candidates(model, mode, "sum", plan.GROUP_CHOICES, None, None, None)
+    cands, _ = plan._candidates(model, mode, form, plan.GROUP_CHOICES, None, None, None)
     cache = plan.LatencyCache()
     shapes = {"c1": (cal.chunk, 16, 10, 10), "c2": (cal.chunk, 16, 10, 10)}
     for c in cands:
         c.input_shape = shapes[c.name]
-        for v in [0, *c.values]:
-            cache.put(plan._latency_key(c, "cpu", None, mode, "sum", v), keep_s if v == 0 else option_s)
+        for o in [plan.KEEP, *c.options]:
+            cache.put(plan._latency_key(c, "cpu", None, form, o), keep_s if o == plan.KEEP else option_s)
     return cache
 
 
@@ -268,3 +270,53 @@ def test_plan_backs_off_an_overshoot_to_spend_less_error(tmp_path, monkeypatch) 
     result, report = plan.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
     assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.2, 1 / 0.6])
     assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 1
+
+
+def rank_then_grouped(rng: np.random.Generator, c: int = 16, size: int = 10) -> onnx.ModelProto:
+    """c1 (per-channel rank 1 plus noise) -> Relu -> c2 (block diagonal for G=2 under a shuffled assignment):
+    the least-error option is a rank for c1 and G=2 for c2, and c1's pointwise output feeds a grouped conv, so
+    the shuffle pass reorders it."""
+    w2 = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+    out_g, in_g = rng.permutation(np.arange(c) % 2), rng.permutation(np.arange(c) % 2)
+    w2 *= (out_g[:, None] == in_g[None, :])[:, :, None, None]
+    w2 += 0.01 * rng.standard_normal(w2.shape).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["X", "W1", "B1"], ["h"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "W2"], ["Y"], name="c2", pads=[1, 1, 1, 1]),
+    ]
+    inits = [init("W1", lowrank_weight(rng, c, c, 3, 1, 0.2)), init("B1", rng.standard_normal(c).astype(np.float32)),
+             init("W2", w2)]
+    return make_model(nodes, [tensor("X", ["N", c, size, size])], [tensor("Y", None)], inits)
+
+
+def test_mixed_plan_uses_both_kinds_and_refits_through_the_reordering(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    model = rank_then_grouped(rng)
+    np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 6, 16, 10))
+    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    # 0.4 s saved per layer of 1 s. The concat form ends in one pointwise conv, which the shuffle pass reorders.
+    cache = fixed_cache(model, cal, keep_s=0.5, option_s=0.1, mode="mixed", form="concat")
+    monkeypatch.setattr(plan, "_bench_pair", lambda original, rewritten, *a: (1.0, None if rewritten is None
+                                                                                 else 2.5))
+    weight_only, report = plan.plan_rewrite(model, cal, target_speedup=2.5, mode="mixed", form="concat", cache=cache,
+                                            do_refit=False)
+    chosen = {lay.name: lay.options[lay.chosen] for lay in report.layers}
+    assert chosen["c1"].kind == "rank" and (chosen["c2"].kind, chosen["c2"].value) == ("groups", 2)
+    assert weight_only.pass_name == "mixed" and report.reference is not None
+    assert {c.name for c in weight_only.rewritten} == {"c1", "c2"}
+    # The rewrite computes the reference exactly, up to the channel order the shuffle pass gave c1's output.
+    x = smooth_inputs(rng, 2, 16, 10)
+    outs = {name: compare.run_model(compare.session(m), {"X": x})["Y"]
+            for name, m in (("orig", model), ("ref", report.reference), ("new", weight_only.model))}
+    assert rel(outs["ref"], outs["new"]) < 1e-5
+    fitted = calibrate.refit(model, weight_only, cal, reference=report.reference)
+    for c in fitted.rewritten:
+        assert "refit" not in c.details, (c.name, c.details.get("refit"))  # matched and refitted, not skipped
+        assert c.details["refit_err"] < c.details["out_err"]
+    got = compare.run_model(compare.session(fitted.model), {"X": x})["Y"]
+    assert rel(outs["orig"], got) < rel(outs["orig"], outs["new"])
+    # Without the reference, c1's reordered output cannot be refitted against the original's channel order.
+    blind = calibrate.refit(model, weight_only, cal)
+    c1 = next(c for c in blind.rewritten if c.name == "c1")
+    assert c1.details["refit_err"] > next(c for c in fitted.rewritten if c.name == "c1").details["refit_err"]
