@@ -38,7 +38,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,8 @@ class _Candidate:
     attrs: dict[str, Any]
     options: list[tuple[str, int]]  # ("rank", r) / ("groups", G) to try
     masks: dict[int, np.ndarray] = field(default_factory=dict)  # G -> kept (C_out x C_in) for groups
+    assign: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # G -> (out, in) group labels
+    weight_errors: dict[tuple[str, int], float] = field(default_factory=dict)  # before the refit estimate
     input_shape: tuple[int, ...] = ()
     errors: dict[tuple[str, int], float] = field(default_factory=dict)
 
@@ -293,8 +295,9 @@ def _candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequence[i
                 ok = c.rewritten and c.name in nodes
                 add(c, [("groups", g)] if ok else [], "inside a subgraph: not planned")
                 if ok:
-                    found[c.name].masks[g] = (np.asarray(c.details["out_groups"])[:, None]
-                                              == np.asarray(c.details["in_groups"])[None, :])
+                    out_g, in_g = np.asarray(c.details["out_groups"]), np.asarray(c.details["in_groups"])
+                    found[c.name].masks[g] = out_g[:, None] == in_g[None, :]
+                    found[c.name].assign[g] = (out_g, in_g)
     return [found[n] for n in order if n in found], {n: skipped[n] for n in order if n in skipped}
 
 
@@ -309,9 +312,28 @@ def _make_candidate(change: LayerChange, node: onnx.NodeProto, arrays: Mapping[s
 # Errors on the calibration set
 
 
+#: Largest number of unknowns per output channel for which the refit of an option is estimated (a Gram matrix of
+#: that size per layer is accumulated); options above it get their weight-only error scaled (see
+#: :func:`_option_errors`).
+MAX_REFIT_FEATURES = 1536
+
+
 def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: CalibrationSet, positions: int,
-                   seed: int, providers: Sequence[str], threads: int | None) -> None:
-    """Fill ``cand.errors`` (option -> relative output error) and ``cand.input_shape``."""
+                   seed: int, providers: Sequence[str], threads: int | None, refit_aware: bool = True) -> None:
+    """Fill ``cand.errors`` (option -> relative output error), ``cand.weight_errors`` and ``cand.input_shape``.
+
+    ``weight_errors`` are the weight-only errors (module docstring, step 2). With ``refit_aware`` the ``errors``
+    the choice uses are the errors *after the per-layer refit* instead, estimated on the same patches: the
+    refit fits the option's linear stage ``[X_o, 1] A`` to the original output ``T`` by ridge least squares, and
+    every option's ``X_o`` is a linear function of the patches, so one set of normal equations per layer gives
+    all of them. Rank r: ``X_r`` = the depthwise outputs ``z_{m,t} = v_{m,t} . p_m`` for ``t < r``, so the
+    normal equations of the largest rank hold every smaller rank's as a sub-block. G: per group, the patches of
+    the group's input channels against its output channels. The error is the relative held-out error of the
+    best ridge of :data:`onnxconv.calibrate.RIDGE_GRID` (what :func:`onnxconv.calibrate.refit` does, without the
+    upstream layers' errors), never above the weight-only one. Options with more than
+    :data:`MAX_REFIT_FEATURES` unknowns keep their weight-only error times the ratio refit / weight-only of the
+    layer's largest estimated option of the same kind (1 when there is none).
+    """
     from .passes.separable import factor_weight
 
     elem = {c.name: _elem_type(c.weight) for c in cands}
@@ -320,7 +342,9 @@ def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: C
                if c.values("rank")}
     err2: dict[str, dict[tuple[str, int], float]] = {c.name: dict.fromkeys(c.options, 0.0) for c in cands}
     total = dict.fromkeys(err2, 0.0)
+    refits = {c.name: _RefitEstimate(c, factors.get(c.name)) for c in cands} if refit_aware else {}
     per = max(1, math.ceil(positions / calib.size))
+    per_check = max(1, per // 4) if refit_aware else 0
     for start, outs in activations(model, names, calib, providers, threads):
         for ci, c in enumerate(cands):
             x = outs[c.node.input[0]]
@@ -332,7 +356,9 @@ def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: C
                 out_spatial = _out_spatial(term, x.shape[1:])
                 count = math.prod(out_spatial)
                 rng = np.random.default_rng((seed, ci, start + i))
-                pos = np.sort(rng.choice(count, size=min(per, count), replace=False))
+                drawn = rng.choice(count, size=min(per + per_check, count), replace=False)
+                cut = min(per, max(1, len(drawn) - per_check)) if per_check else len(drawn)
+                pos, chk = np.sort(drawn[:cut]), np.sort(drawn[cut:])
                 p = sample_patches(x[i], term, out_spatial, pos).astype(np.float64)
                 errs: dict[tuple[str, int], float] = {}
                 full = None
@@ -348,9 +374,99 @@ def _option_errors(model: onnx.ModelProto, cands: Sequence[_Candidate], calib: C
                 total[c.name] += float(np.sum(full * full))
                 for key, e in errs.items():
                     err2[c.name][key] += e
+                if refit_aware:
+                    refits[c.name].add("fit", p, full)
+                    if len(chk):
+                        q = sample_patches(x[i], term, out_spatial, chk).astype(np.float64)
+                        y = (_rank_errors(q, factors[c.name], [])[0] if ranks
+                             else _group_errors(q, c.weight, c.masks, [])[0])
+                        refits[c.name].add("check", q, y + (0.0 if c.bias is None else c.bias[None, :]))
     for c in cands:
         t = total[c.name]
-        c.errors = {key: math.sqrt(e / t) if t > 0 else 0.0 for key, e in err2[c.name].items()}
+        c.weight_errors = {key: math.sqrt(e / t) if t > 0 else 0.0 for key, e in err2[c.name].items()}
+        c.errors = refits[c.name].errors(c.weight_errors) if refit_aware else dict(c.weight_errors)
+
+
+class _RefitEstimate:
+    """Normal equations of a candidate's options on sampled patches (see :func:`_option_errors`)."""
+
+    def __init__(self, c: _Candidate, factors: Any) -> None:
+        from .calibrate import _Normal
+
+        self.c, self.f = c, factors
+        self.g = int(c.attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+        m, k = c.weight.shape[1] * self.g, math.prod(c.weight.shape[2:])
+        self.mg = m // self.g
+        ranks = [r for r in c.values("rank") if self.mg * r <= MAX_REFIT_FEATURES]
+        self.rmax = max(ranks, default=0)
+        self.rank = _Normal(self.g, self.mg * self.rmax + 1, c.weight.shape[0] // self.g) if self.rmax else None
+        n = c.weight.shape[0]
+        # Balanced groups (what grouping assigns) give every group the same shape of normal equations.
+        self.groups = {G: _Normal(G, m // G * k + 1, n // G) for G in c.values("groups")
+                       if m // G * k <= MAX_REFIT_FEATURES
+                       and np.all(np.bincount(c.assign[G][0], minlength=G) == n // G)
+                       and np.all(np.bincount(c.assign[G][1], minlength=G) == m // G)}
+
+    def add(self, which: str, p: np.ndarray, y: np.ndarray) -> None:
+        """Add patches ``p`` (``S x M x K``) with the original outputs ``y`` (``S x N``, bias included)."""
+        s = p.shape[0]
+        if self.rank is not None:
+            z = np.matmul(p.transpose(1, 0, 2), self.f.vt[:, : self.rmax].transpose(0, 2, 1))  # (M, S, rmax)
+            z = z.transpose(1, 0, 2).reshape(s, self.g, self.mg * self.rmax)
+            ng = y.shape[1] // self.g
+            for gi in range(self.g):
+                self.rank.add(which, gi, z[:, gi], y[:, gi * ng:(gi + 1) * ng])
+        for G, acc in self.groups.items():
+            out_g, in_g = self.c.assign[G]
+            for gi in range(G):
+                acc.add(which, gi, p[:, in_g == gi].reshape(s, -1), y[:, out_g == gi])
+
+    def _best(self, acc: Any, a0: list[np.ndarray]) -> float | None:
+        from .calibrate import RIDGE_GRID
+
+        errs = [acc.check_error(a) for a in (acc.solve(a0, lam) for lam in RIDGE_GRID) if a is not None]
+        errs = [e for e in errs if e is not None]
+        return min(errs) if errs else None
+
+    def errors(self, weight: Mapping[tuple[str, int], float]) -> dict[tuple[str, int], float]:
+        from .calibrate import _Normal
+
+        c, out = self.c, dict(weight)
+        done: set[tuple[str, int]] = set()
+        n = c.weight.shape[0]
+        bias = np.zeros(n) if c.bias is None else c.bias.astype(np.float64)
+        if self.rank is not None:
+            ng = n // self.g
+            for r in (r for r in c.values("rank") if r <= self.rmax):
+                idx = np.array([m * self.rmax + t for m in range(self.mg) for t in range(r)] + [self.rank.d - 1])
+                sub = _Normal(self.g, len(idx), ng)
+                sub.fit = [[xx[np.ix_(idx, idx)], xt[idx]] for xx, xt in self.rank.fit]
+                sub.check = [[xx[np.ix_(idx, idx)], xt[idx]] for xx, xt in self.rank.check]
+                sub.tt_check = self.rank.tt_check
+                a0 = [np.concatenate([self.f.p[gi * self.mg:(gi + 1) * self.mg, :, :r].transpose(0, 2, 1)
+                                      .reshape(self.mg * r, ng), bias[None, gi * ng:(gi + 1) * ng]])
+                      for gi in range(self.g)]
+                e = self._best(sub, a0)
+                if e is not None:
+                    out["rank", r] = min(e, weight["rank", r])
+                    done.add(("rank", r))
+        w64 = c.weight.astype(np.float64)
+        for G, acc in self.groups.items():
+            out_g, in_g = c.assign[G]
+            a0 = [np.concatenate([w64[out_g == gi][:, in_g == gi].reshape(int(np.sum(out_g == gi)), -1).T,
+                                  bias[None, out_g == gi]]) for gi in range(G)]
+            e = self._best(acc, a0)
+            if e is not None:
+                out["groups", G] = min(e, weight["groups", G])
+                done.add(("groups", G))
+        for kind in ("rank", "groups"):
+            # The largest estimated option is the closest in size to the ones too large to estimate.
+            last = max((v for k, v in done if k == kind), default=None)
+            ratio = out[kind, last] / weight[kind, last] if last is not None and weight[kind, last] > 0 else 1.0
+            for v in c.values(kind):
+                if (kind, v) not in done:
+                    out[kind, v] = weight[kind, v] * ratio
+        return out
 
 
 def _elem_type(w: np.ndarray) -> int:
@@ -497,7 +613,9 @@ def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequen
 
     The shuffle pass runs last because it may reorder the channels of any dense conv next to a grouped one (a
     pointwise stage included) and must see the final graph to do so consistently; its masked reference is then
-    taken on the separable model, which the result computes exactly up to channel orders.
+    taken on the separable model, which the result computes exactly up to channel orders. A later shuffle pass
+    sees weights an earlier one permuted (folded orders), so its channel groups are mapped back to the separable
+    model's channels before masking (:func:`_in_base_channels`).
     """
     by_option: dict[tuple[str, int], list[str]] = {}
     for lay in layers:
@@ -521,7 +639,7 @@ def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequen
             from .passes.shuffle import group_shuffle
 
             res = group_shuffle(current, groups=value, node_filter=only, force=True, input_shapes=input_shapes)
-            grouped.extend(res.rewritten)
+            grouped.extend(_in_base_channels(c, current, separable_model) for c in res.rewritten)
         changes.update({c.name: c for c in res.rewritten})
         current = res.model
     if current is model:
@@ -540,11 +658,56 @@ def _build(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequen
     kinds = {kind for kind, _ in by_option}
     pass_name = "mixed" if len(kinds) == 2 else "shuffle" if kinds == {"groups"} else "separable"
     reference = None
-    if len(kinds) == 2:
+    if grouped:
         from .passes.shuffle import masked_reference
 
         reference = masked_reference(separable_model, PassResult(current, grouped, "shuffle", {}))
     return PassResult(current, out, pass_name, {}), reference
+
+
+def _in_base_channels(change: LayerChange, seen: onnx.ModelProto, base: onnx.ModelProto) -> LayerChange:
+    """``change`` (of a shuffle pass run on ``seen``) with ``in_groups``/``out_groups`` indexed by ``base``'s
+    channels: ``seen`` holds the layer's ``base`` weight with its axes permuted, and each channel is found by
+    its sorted values (invariant to the other axis's permutation). Channels with equal values are
+    interchangeable for masking only when they are zero, which is the case that occurs (dead channels);
+    otherwise the groups are left as they are and the refit reports the layer as unmatched."""
+    w_seen, w_base = (_weight_of(m, change.name) for m in (seen, base))
+    if w_seen is None or w_base is None or w_seen.shape != w_base.shape or "in_groups" not in change.details:
+        return change
+    out = replace(change, details=dict(change.details))
+    for axis, key in ((1, "in_groups"), (0, "out_groups")):
+        perm = _axis_permutation(w_seen, w_base, axis)
+        if perm is None:
+            return change
+        labels = np.empty(len(perm), dtype=np.int64)
+        labels[perm] = np.asarray(change.details[key])  # seen channel j is base channel perm[j]
+        out.details[key] = labels.tolist()
+    return out
+
+
+def _weight_of(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    node = next((n for n in model.graph.node if n.op_type == "Conv" and node_label(n) == name), None)
+    if node is None or len(node.input) < 2:
+        return None
+    return next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == node.input[1]), None)
+
+
+def _axis_permutation(seen: np.ndarray, base: np.ndarray, axis: int) -> np.ndarray | None:
+    """``perm`` with ``seen`` channel ``j`` (on ``axis``) equal to ``base`` channel ``perm[j]`` up to the order of
+    the other axes' values, or None when some channel has no match."""
+    def keys(w: np.ndarray) -> list[bytes]:
+        flat = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        return [np.sort(row).tobytes() for row in flat]
+
+    free: dict[bytes, list[int]] = {}
+    for i, k in enumerate(keys(base)):
+        free.setdefault(k, []).append(i)
+    perm = []
+    for k in keys(seen):
+        if not free.get(k):
+            return None
+        perm.append(free[k].pop(0))
+    return np.asarray(perm)
 
 
 def _saved(layers: Sequence[LayerOptions]) -> float:
@@ -577,6 +740,7 @@ def plan_rewrite(
     cache: LatencyCache | None = None,
     do_refit: bool = True,
     seed: int = 0,
+    refit_aware: bool = True,
 ) -> tuple[PassResult, PlanReport]:
     """Choose per layer keep / rank / G to reach ``target_speedup`` on ``provider`` with the least error.
 
@@ -595,6 +759,8 @@ def plan_rewrite(
             more than 3 tolerances above the target is re-planned too: the overshoot costs error).
         cache: latency cache (a fresh in-memory one by default).
         do_refit: refit the chosen layers on the calibration set.
+        refit_aware: rank options by their estimated error after the per-layer refit (:func:`_option_errors`),
+            else by the weight-only error.
 
     Returns:
         The pass result (per-layer ``details["plan"]``: chosen option, layer time before -> after, error) and the
@@ -618,7 +784,7 @@ def plan_rewrite(
     cands, skipped = _candidates(model, mode, form, groups, node_filter, input_shapes, batch)
     if not cands:
         raise OptionError(f"--target-speedup: no layer of the model can be rewritten in {mode} mode")
-    _option_errors(model, cands, calibration, positions, seed, chain, threads)
+    _option_errors(model, cands, calibration, positions, seed, chain, threads, refit_aware=refit_aware)
     times = _measure(cands, form, provider, threads, cache, layer_iters)
     layers = [
         LayerOptions(c.name, [Option("keep", 0, times[c.name][KEEP], 0.0)]

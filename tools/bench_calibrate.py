@@ -331,7 +331,8 @@ def predictions(model: Any, task: Task, x: np.ndarray) -> list[Any]:
 
 
 def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: plan.LatencyCache,
-             layer_iters: int, model_iters: int) -> list[dict[str, Any]]:
+             layer_iters: int, model_iters: int, mode: str = "separable", refit_aware: bool = True,
+             ) -> list[dict[str, Any]]:
     path = MODELS / task.model
     if not path.exists():
         print(f"{task.name}: {path} missing (run tools/realmodels.py)", flush=True)
@@ -350,26 +351,30 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
         t0 = time.time()
         try:
             weight_only, report = plan.plan_rewrite(model, cal, target_speedup=s, provider="cpu", do_refit=False,
-                                                    cache=cache, layer_iters=layer_iters, model_iters=model_iters)
+                                                    mode=mode, refit_aware=refit_aware, cache=cache,
+                                                    layer_iters=layer_iters,
+                                                    model_iters=model_iters)
         except OptionError as e:
             print(f"{task.name} S={s}: {e}", flush=True)
             rows.append({"model": task.name, "target": s, "unreachable": str(e)})
             continue
         t_plan = time.time() - t0
-        fitted = calibrate.refit(model, weight_only, cal)
+        fitted = calibrate.refit(model, weight_only, cal, reference=report.reference)
         t_refit = time.time() - t0 - t_plan
         m_w = task.score(predictions(weight_only.model, task, test_x), orig, truth)
         m_r = task.score(predictions(fitted.model, task, test_x), orig, truth)
         tot = weight_only.totals()
         row = {
-            "model": task.name, "metric": task.metric, "target": s, "measured": report.measured,
+            "model": task.name, "mode": mode, "errors": "refit" if refit_aware else "weight", "metric": task.metric, "target": s, "measured": report.measured,
             "predicted": report.predicted, "rounds": report.rounds, "rewritten": tot["rewritten"],
             "conv_macs_ratio": tot["macs_after"] / tot["macs_before"] if tot["macs_before"] else None,
             "original": base, "weight_only": m_w, "refit": m_r, "plan_s": t_plan, "refit_s": t_refit,
             "choices": {lay.name: lay.options[lay.chosen].label for lay in report.layers if lay.chosen},
         }
         rows.append(row)
-        print(f"{task.name} S={s}: measured {report.measured:.2f}x (predicted {report.predicted:.2f}x), "
+        kinds = sorted(set(row["choices"].values()))
+        print(f"{task.name} S={s} [{mode}, {row['errors']} errors: {', '.join(kinds)}]: "
+              f"measured {report.measured:.2f}x (predicted {report.predicted:.2f}x), "
               f"{tot['rewritten']} layers, {task.metric}: original {base:.4f}, weight-only {m_w:.4f}, "
               f"refit {m_r:.4f}  [plan {t_plan:.0f}s, refit {t_refit:.0f}s]", flush=True)
     return rows
@@ -383,6 +388,10 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=32, help="held-out test samples per model")
     ap.add_argument("--layer-iters", type=int, default=20)
     ap.add_argument("--model-iters", type=int, default=30)
+    ap.add_argument("--mode", default="separable", choices=["separable", "shuffle", "mixed"],
+                    help="the planner's options per layer: ranks, group counts, or both")
+    ap.add_argument("--weight-errors", action="store_true",
+                    help="rank options by weight-only error (the first round's planner), not the refit estimate")
     ap.add_argument("--cache", default=None, help="latency cache JSON (reused across runs)")
     ap.add_argument("--json", default=None, help="write all rows here")
     args = ap.parse_args()
@@ -394,7 +403,7 @@ def main() -> None:
         if name not in all_tasks:
             sys.exit(f"unknown model {name}: choose from {', '.join(all_tasks)}")
         rows.extend(run_task(all_tasks[name], speedups, args.calib, args.test, cache, args.layer_iters,
-                             args.model_iters))
+                             args.model_iters, args.mode, not args.weight_errors))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print("\n| model | metric | target | measured | predicted | layers | conv MACs | original | weight-only | refit |")
