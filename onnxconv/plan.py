@@ -5,13 +5,16 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
 
 1. **Candidates and options.** The layers the pass would rewrite (a dry run of the pass with the user's
    filter), each with its options: *keep*, every depthwise rank ``r`` in :data:`RANK_CHOICES` that saves MACs
-   (``--mode separable``), or every ``G`` in ``groups`` that divides its channels (``--mode shuffle``).
+   (``mode="separable"``), every ``G`` in ``groups`` that divides its channels (``"shuffle"``), or both
+   (``"mixed"``: one layer may become depthwise rank r and the next grouped G).
 2. **Error** of each option on the calibration set: one onnxruntime pass of the original model collects each
    candidate's input patches at sampled output positions (:func:`onnxconv.calibrate.sample_patches`); the
    option's error is the relative output error ``||P (W - W_o)^T|| / ||P W^T + b||`` of the layer on them,
    with ``W_o`` the rank-r (separable) or block-diagonal (grouped) weight. Rank errors for all ``r`` come from one
    projection: with the SVD of every input channel's slice, the output splits into terms ``Y_t`` and the rank-r
-   error is ``||sum_{t >= r} Y_t||``. This is the weight-only error; the refit afterwards only lowers it.
+   error is ``||sum_{t >= r} Y_t||``. This is the weight-only error. The refit afterwards lowers it, by very
+   different amounts per layer and option, so by default the choice uses the error *after the per-layer
+   refit*, estimated from normal equations accumulated on the same patches (:func:`_option_errors`).
 3. **Latency** of each option: the layer alone (its real input shape, attributes and the rewrite's exact
    graph form; a plain grouped conv for G) timed with :func:`onnxconv.bench.bench` on the provider, all options
    of a layer in one interleaved run, cached per (provider, threads, shapes, attributes, option) in a
@@ -27,7 +30,9 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    ``rounds`` times; the least-error plan that reached the target is kept (else the fastest). A target the
    layer timings call unreachable is checked by measuring the plan with every layer at its fastest option.
    Then the chosen layers are refitted (:func:`onnxconv.calibrate.refit`) and the result records predicted vs
-   measured speed-up.
+   measured speed-up. A plan is built by one separable pass per chosen rank, then one shuffle pass per chosen G
+   on its result (each restricted to its layers by name); when grouped layers exist, the model the rewrite
+   computes exactly up to channel orders is kept as the refit's ``reference`` (:class:`PlanReport`).
 """
 
 from __future__ import annotations

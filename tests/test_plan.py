@@ -363,3 +363,16 @@ def test_shuffle_plan_with_several_group_counts_is_refitted_everywhere(tmp_path,
                compare.run_model(compare.session(result.model), {"X": x})["Y"]) < 1e-5
     fitted = calibrate.refit(model, result, cal, reference=reference)
     assert all("refit" not in c.details and c.details["refit_err"] < c.details["out_err"] for c in fitted.rewritten)
+
+
+def test_cli_mode_mixed_needs_a_target(tmp_path) -> None:
+    rng = np.random.default_rng(10)
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_chain(rng), path)
+    run = CliRunner().invoke
+    res = run(main, ["separate", str(path), "-o", str(tmp_path / "o.onnx"), "--mode", "mixed"])
+    assert res.exit_code == 1 and "Error: --mode mixed needs --target-speedup" in res.output
+    res = run(main, ["separate", str(path), "-o", str(tmp_path / "o.onnx"), "--mode", "mixed", "--groups", "2",
+                     "--target-speedup", "2"])
+    assert res.exit_code == 1 and "Error: --target-speedup needs --calibration" in res.output
+    assert not (tmp_path / "o.onnx").exists()

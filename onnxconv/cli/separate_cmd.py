@@ -195,8 +195,9 @@ def _json_default(v: Any) -> Any:
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the result.")
-@click.option("--mode", type=click.Choice(["separable", "shuffle"]), default="separable", show_default=True,
-              help="depthwise + pointwise (separable) or grouped + channel shuffle (shuffle).")
+@click.option("--mode", type=click.Choice(["separable", "shuffle", "mixed"]), default="separable", show_default=True,
+              help="depthwise + pointwise (separable) or grouped + channel shuffle (shuffle); mixed: with "
+                   "--target-speedup, either one per layer.")
 @click.option("--groups", type=click.IntRange(min=2), default=None, help="G for --mode shuffle.")
 @click.option("--mixing", type=click.Choice(["energy", "shuffle"]), default="energy", show_default=True,
               help="--mode shuffle: each conv keeps the most weight energy (energy), or stacked grouped convs are "
@@ -261,7 +262,9 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
             raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode separable, not shuffle")
         if groups is None and target_speedup is None:
             raise OptionError("--mode shuffle needs --groups G")
-    elif groups is not None:
+    elif mode == "mixed" and target_speedup is None:
+        raise OptionError("--mode mixed needs --target-speedup (the planner chooses a rank or G per layer)")
+    elif groups is not None and mode != "mixed":
         raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
     elif mixing != "energy" or min_energy:
         raise OptionError(f"--{'mixing' if mixing != 'energy' else 'min-energy'} applies to --mode shuffle")
