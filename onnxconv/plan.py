@@ -201,6 +201,11 @@ def choose(layers: Sequence[LayerOptions], model_s: float, target: float, bucket
             new[better], pick[better], prev[better] = val[better], oi, src[better]
         trace.append((pick, prev))
         best = new
+    if not math.isfinite(best[buckets]):
+        # Savings rounded down to buckets can fall short of a target the raw sum just reaches.
+        reach = model_s / max(model_s - best_saving * scale, 1e-9 * model_s)
+        raise OptionError(f"--target-speedup {target:g}: the largest predicted speed-up is {reach:.3f}x "
+                          f"(every candidate layer at its fastest option, measured layer by layer)")
     state = buckets
     for lay, (pick, prev) in zip(reversed(layers), reversed(trace)):
         lay.chosen = int(pick[state])
@@ -805,8 +810,8 @@ def plan_rewrite(
         try:
             predicted = choose(layers, model_s, target_speedup, scale=scale)
         except OptionError:
-            if fastest or best is not None:
-                break  # out of reach even with the measured scale: keep the best plan measured
+            if fastest or (best is not None and best[0] >= goal):
+                break  # out of reach with the measured scale, and a plan that reached the goal is kept
             # Layer timings alone say no; measure the fastest plan before believing them.
             for lay in layers:
                 lay.chosen = int(np.argmin([o.latency_s for o in lay.options]))

@@ -61,8 +61,9 @@ def test_choice_is_the_least_error_plan_that_saves_enough(inst) -> None:
         predicted = plan.choose(layers, model_s, target)
     except OptionError as e:
         assert "largest predicted speed-up" in str(e)
-        # Unreachable means: even the fastest option everywhere saves too little.
-        assert sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers) < need
+        # Unreachable means: even the fastest option everywhere saves too little (savings rounded down to buckets).
+        fastest = sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers)
+        assert fastest < need + len(layers) * need / plan.BUCKETS
         return
     picked = tuple(lay.chosen for lay in layers)
     assert saved(picked) >= need - 1e-9
@@ -71,6 +72,15 @@ def test_choice_is_the_least_error_plan_that_saves_enough(inst) -> None:
     margin = len(layers) * need / plan.BUCKETS
     better = [c for c in combos if saved(c) >= need + margin and cost(c) < cost(picked) - 1e-12]
     assert not better
+
+
+def test_a_target_lost_to_bucket_rounding_is_unreachable_not_an_empty_plan() -> None:
+    """Three layers that each save exactly a third of what is needed: the raw sum reaches the target, the savings
+    rounded down to buckets do not. The choice must say so rather than return a plan that keeps every layer."""
+    layers = [plan.LayerOptions(f"l{i}", [plan.Option("keep", 0, 1.0, 0.0), plan.Option("rank", 1, 1.0 - 1 / 6, 0.1)])
+              for i in range(3)]
+    with pytest.raises(OptionError, match="largest predicted speed-up"):
+        plan.choose(layers, 1.0, 2.0)  # need 0.5 s, three savings of 1/6 s
 
 
 def test_unreachable_target_names_the_largest_speedup() -> None:
