@@ -136,23 +136,59 @@ def test_forms_have_the_expected_structure(form: str) -> None:
         "concat": ["Conv"] * 3 + ["Concat", "Conv"],
         "sum": ["Conv"] * 6 + ["Add"] * 2,
         "multiplier": ["Conv", "Conv"],
+        "tiled": ["Concat", "Conv", "Conv"],
     }[form]
     assert sorted(ops(result.model)) == sorted(expected)
     assert result.layers[0].details["form"] == form
     groups = {n.name: helper.get_attribute_value(next(a for a in n.attribute if a.name == "group"))
               for n in result.model.graph.node if n.op_type == "Conv"}
     dw_groups = {v for k, v in groups.items() if "/dw" in k}
-    assert dw_groups == {4}  # depthwise over the 4 input channels
+    # Depthwise over the 4 input channels; tiled: over the 3 stacked copies of them.
+    assert dw_groups == ({12} if form == "tiled" else {4})
     # The bias is applied once (pointwise stage / first branch).
     assert sum("B" in n.input for n in result.model.graph.node) == 1
 
 
-def test_grouped_concat_falls_back_to_sum_and_rank_one_is_two_convs() -> None:
+@pytest.mark.parametrize("form", ["concat", "tiled"])
+def test_grouped_concat_falls_back_to_sum_and_rank_one_is_two_convs(form: str) -> None:
     grouped = single_conv([1, 4, 6, 6], [6, 2, 3, 3], group=2)
-    res = separate(grouped, RankPolicy("rank", 2), form="concat")
+    res = separate(grouped, RankPolicy("rank", 2), form=form)
     assert res.layers[0].details["form"] == "sum" and "Concat" not in ops(res.model)
-    res1 = separate(single_conv([1, 4, 6, 6], [6, 4, 3, 3]), RankPolicy("rank", 1), form="concat")
+    assert agreement(grouped, separate(grouped, RankPolicy("exact"), form=form).model)[0].rel_error <= 1e-5
+    res1 = separate(single_conv([1, 4, 6, 6], [6, 4, 3, 3]), RankPolicy("rank", 1), form=form)
     assert ops(res1.model) == ["Conv", "Conv"]
+
+
+def test_sum_blocks_keep_emission_order_and_stay_topological() -> None:
+    """Each sum block runs dw0, pw0, dw1, pw1, add1, ...; Adds take the branch first (the NCHWc fusion target)."""
+    rng = np.random.default_rng(5)
+    w1, w2 = (0.3 * rng.standard_normal((8, 8, 3, 3)).astype(np.float32) for _ in range(2))
+    # A bias made at run time by a chain deeper than the depthwise convs (their level in the export's sort),
+    # and a node independent of c1 that the sort puts between c1's nodes.
+    nodes = [helper.make_node("Relu", ["B"], ["b1"], name="bias1"),
+             helper.make_node("Neg", ["b1"], ["b2"], name="bias2"),
+             helper.make_node("Neg", ["b2"], ["bias"], name="bias3"),
+             helper.make_node("Conv", ["X", "W1", "bias"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["X"], ["side"], name="side"),
+             helper.make_node("Conv", ["a", "W2"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["b", "side"], ["Y"], name="residual")]
+    model = make_model(nodes, [tensor("X", [1, 8, 6, 6]), tensor("B", [8])], [tensor("Y", [1, 8, 6, 6])],
+                       [init("W1", w1), init("W2", w2)])
+    result = separate(model, RankPolicy("rank", 3), form="sum")
+    onnx.checker.check_model(result.model)  # nodes in topological order
+    names = [n.name for n in result.model.graph.node]
+    for c in ("c1", "c2"):
+        block = [n for n in names if n.startswith(f"{c}/")]
+        assert block == [f"{c}/dw0", f"{c}/pw0", f"{c}/dw1", f"{c}/pw1", f"{c}/add1", f"{c}/dw2", f"{c}/pw2",
+                         f"{c}/add2"]
+        first = names.index(block[0])
+        assert names[first:first + len(block)] == block  # contiguous
+    by_name = {n.name: n for n in result.model.graph.node}
+    assert by_name["c1/add2"].input[0] == by_name["c1/pw2"].output[0]
+    assert by_name["c1/add2"].input[1] == by_name["c1/add1"].output[0]
+    exact = separate(model, RankPolicy("exact"), form="sum").model
+    onnx.checker.check_model(exact)
+    assert agreement(model, exact)[0].rel_error <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,7 +232,7 @@ def test_weights_built_from_r_terms_are_reproduced_at_rank_r(r: int, group: int,
 
 
 # concat needs group 1 (grouped convs are emitted as sum, tested above).
-@pytest.mark.parametrize(("form", "group"), [("concat", 1), ("sum", 1), ("sum", 2), ("multiplier", 1),
+@pytest.mark.parametrize(("form", "group"), [("concat", 1), ("tiled", 1), ("sum", 1), ("sum", 2), ("multiplier", 1),
                                              ("multiplier", 2)])
 def test_factors_give_the_best_rank_r_approximation_of_every_slice(form: str, group: int) -> None:
     """Rebuild W from the emitted depthwise and pointwise weights and compare with a per-slice truncated SVD."""
@@ -206,10 +242,15 @@ def test_factors_give_the_best_rank_r_approximation_of_every_slice(form: str, gr
     f = factor_weight(w, group)
     dw, pw = separable_weights(f, r, form)
     m, ng, k = mg * group, n // group, 6
-    vt = np.stack([d.reshape(m, k) for d in dw], 1) if form != "multiplier" else dw[0].reshape(m, r, k)
+    if form == "multiplier":
+        vt = dw[0].reshape(m, r, k)
+    elif form == "tiled":  # one depthwise over the r stacked copies of the input: channel t*M + m
+        vt = dw[0].reshape(r, m, k).transpose(1, 0, 2)
+    else:
+        vt = np.stack([d.reshape(m, k) for d in dw], 1)
     if form == "multiplier":
         p = pw[0].reshape(group, ng, mg, r).transpose(0, 2, 1, 3).reshape(m, ng, r)
-    elif form == "concat":
+    elif form in ("concat", "tiled"):
         p = pw[0].reshape(n, r, m).transpose(2, 0, 1)
     else:
         p = np.stack([x.reshape(group, ng, mg).transpose(0, 2, 1).reshape(m, ng) for x in pw], 2)

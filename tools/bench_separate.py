@@ -14,6 +14,16 @@ Three parts, each printing Markdown rows with the command that reproduces them:
     take turns, order reversed every other round; the ratio is the median of per-round ratios), one intra-op
     thread. Realised saving = (1 - latency ratio) / (1 - MAC ratio): 1 means the MACs saved turn fully into time.
 
+``layers``
+    One conv (3x3, pads 1) + Relu per model at VGG-16's layer shapes (channels x resolution), rewritten at one
+    rank in every form; per layer shape one interleaved run of the original and its rewrites: latency ratio
+    and realised saving per layer, which shows where a form loses (the depthwise stage at high resolution).
+
+``order``
+    The ``sum`` form as emitted (nodes dw0, pw0, dw1, pw1, add1, ...; each Add reads its branch first) against
+    the same graph in the export's level order with the Adds' operands swapped back (how the pass emitted it
+    before): per model and rank, one interleaved run of the two; ratio t(emitted) / t(level order).
+
 ``real``
     On a trained model shipped in a PyPI wheel (realmodels/, see tools/realmodels.py): output agreement with the
     original (relative error, cosine, max abs) and conv MAC ratio at several ranks, energies and budgets.
@@ -24,6 +34,8 @@ Usage::
 
     python tools/bench_separate.py speed [--repeat 3]
     python tools/bench_separate.py latency [--archs resnet18 vgg16 mobilenetv2] [--size 224] [--iters 20]
+    python tools/bench_separate.py layers [--rank 4] [--iters 30]
+    python tools/bench_separate.py order [--archs resnet18 vgg16] [--iters 40] [--repeat 2]
     python tools/bench_separate.py real [--model realmodels/ddddocr_det.onnx]
 """
 
@@ -118,7 +130,8 @@ def latency(args: argparse.Namespace) -> None:
           f"median of per-round latency ratios over {args.iters} interleaved rounds")
     argv = ['latency', '--archs', *args.archs, '--size', str(args.size), '--iters', str(args.iters),
             '--threads', str(args.threads)] + (['--min-channels', str(args.min_channels)]
-                                               if args.min_channels != MIN_CHANNELS else [])
+                                               if args.min_channels != MIN_CHANNELS else []) + \
+        (['--forms', *args.forms] if tuple(args.forms) != FORMS else [])
     print(f"command: `{_cmd(argv)}`\n")
     print("| model | r | form | MAC ratio | latency ratio (p25-p75) | realised saving |")
     print("|---|---|---|---|---|---|")
@@ -128,7 +141,7 @@ def latency(args: argparse.Namespace) -> None:
         models, labels = [base], [f"{arch} original"]
         mac_ratio = {}
         for r in RANKS:
-            for form in FORMS:
+            for form in args.forms:
                 new = separate(base, RankPolicy("rank", r), form=form, min_channels=args.min_channels).model
                 models.append(new)
                 labels.append(f"{arch} r={r} {form}")
@@ -146,6 +159,98 @@ def latency(args: argparse.Namespace) -> None:
             print(f"| {arch} ({base_ms:.0f} ms) | {r_s[2:]} | {form} | {mr:.3f} | {lat:.3f} ({lo:.3f}-{hi:.3f}) | "
                   f"{realised:.2f} |")
         sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# layers
+
+#: (channels in = out, resolution) of VGG-16's rewritten convs (its stem, 3 channels, is left alone).
+VGG_LAYERS = ((64, 224), (128, 112), (256, 56), (512, 28), (512, 14))
+
+
+def _conv_relu(channels: int, size: int, seed: int = 0) -> onnx.ModelProto:
+    """Conv 3x3 (pads 1, bias) + Relu, the unit of VGG; He-normal weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2 / (9 * channels))).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "conv_relu", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, channels, size, size])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, channels, size, size])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(channels, np.float32), "B")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def layers(args: argparse.Namespace) -> None:
+    from onnxconv.bench import BenchConfig, bench
+
+    argv = ["layers", "--rank", str(args.rank), "--iters", str(args.iters)]
+    print(f"onnxruntime CPU, 1 thread, one Conv 3x3 + Relu per model, rank {args.rank}, median of per-round "
+          f"latency ratios over {args.iters} interleaved rounds")
+    print(f"command: `{_cmd(argv)}`\n")
+    print("| layer | original ms | MAC ratio | " + " | ".join(f"{f}: latency ratio (p25-p75), realised"
+                                                        for f in args.forms) + " |")
+    print("|---|---|---|" + "---|" * len(args.forms))
+    for channels, size in VGG_LAYERS:
+        base = _conv_relu(channels, size)
+        models = [base] + [separate(base, RankPolicy("rank", args.rank), form=f).model for f in args.forms]
+        mr = _all_macs(models[1]) / _all_macs(base)
+        report = bench(models, BenchConfig(threads=1, iters=args.iters, warmup=2), names=["original", *args.forms])
+        cells = []
+        for res in report.runs[0].models[1:]:
+            sp = res.speedup
+            assert sp is not None
+            lat = 1 / sp.median
+            cells.append(f"{lat:.3f} ({1 / sp.p75:.3f}-{1 / sp.p25:.3f}), {(1 - lat) / (1 - mr):.2f}")
+        base_ms = report.runs[0].models[0].timing.p50_s * 1e3
+        print(f"| {channels}->{channels} @ {size}x{size} | {base_ms:.1f} | {mr:.3f} | " + " | ".join(cells) + " |")
+        sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# order
+
+
+def _level_order(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ``sum`` graph as the pass emitted it before: Adds read (running sum, branch), export's level order."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    for node in graph.nodes:
+        if node.op == "Add" and "/add" in node.name:
+            node.inputs[0], node.inputs[1] = node.inputs[1], node.inputs[0]
+    graph.toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = model.ir_version
+    return out
+
+
+def order(args: argparse.Namespace) -> None:
+    import archs
+
+    from onnxconv.bench import BenchConfig, bench
+
+    argv = ["order", "--archs", *args.archs, "--iters", str(args.iters), "--repeat", str(args.repeat)]
+    print(f"onnxruntime CPU, 1 thread, 224x224; t(sum as emitted) / t(sum in level order), median of per-round "
+          f"ratios over {args.iters} interleaved rounds (p25-p75), {args.repeat} runs")
+    print(f"command: `{_cmd(argv)}`\n")
+    print("| model | r | " + " | ".join(f"run {i + 1}" for i in range(args.repeat)) + " |")
+    print("|---|---|" + "---|" * args.repeat)
+    rows: dict[tuple[str, int], list[str]] = {}
+    for _ in range(args.repeat):
+        for arch in args.archs:
+            base = archs.build(arch, size=224)
+            for r in (2, 4):
+                emitted = separate(base, RankPolicy("rank", r), form="sum").model
+                report = bench([_level_order(emitted), emitted], BenchConfig(threads=1, iters=args.iters, warmup=2),
+                               names=["level order", "emitted"])
+                sp = report.runs[0].models[1].speedup
+                assert sp is not None
+                rows.setdefault((arch, r), []).append(f"{1 / sp.median:.3f} ({1 / sp.p75:.3f}-{1 / sp.p25:.3f})")
+    for (arch, r), cells in rows.items():
+        print(f"| {arch} | {r} | " + " | ".join(cells) + " |")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -229,7 +334,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     lat.add_argument("--iters", type=int, default=20)
     lat.add_argument("--threads", type=int, default=1)
     lat.add_argument("--min-channels", type=int, default=MIN_CHANNELS, help="1: rewrite the stems too")
+    lat.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     lat.set_defaults(fn=latency)
+    lay = sub.add_parser("layers", help="latency ratio per form on single VGG-16 layer shapes")
+    lay.add_argument("--rank", type=int, default=4)
+    lay.add_argument("--iters", type=int, default=30)
+    lay.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
+    lay.set_defaults(fn=layers)
+    o = sub.add_parser("order", help="sum as emitted vs in the export's level order")
+    o.add_argument("--archs", nargs="+", default=["resnet18", "vgg16"])
+    o.add_argument("--iters", type=int, default=40)
+    o.add_argument("--repeat", type=int, default=2)
+    o.set_defaults(fn=order)
     r = sub.add_parser("real", help="output error and MACs on a trained model")
     r.add_argument("--model", default="realmodels/ddddocr_det.onnx")
     r.add_argument("--input-shape", default=None, help="NAME=1x3x416x416 for symbolic dims")

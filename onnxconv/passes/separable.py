@@ -16,15 +16,21 @@ Grouped convs are separated group by group: the 1x1 stage keeps group ``g``. MAC
 ``min(Ng, K) >= Ng*K/(Ng + K)`` the exact rank never saves MACs, so ``exact`` rewrites regardless (it is for
 checking, or as a lossless start for fine-tuning).
 
-Three equivalent forms (``FORMS``) differ only in how onnxruntime runs them:
+Four equivalent forms (``FORMS``) differ only in how onnxruntime runs them:
 
 * ``concat``: ``r`` depthwise convs of multiplier 1 (kernel ``v_t`` for every channel), Concat on channels, one
   1x1 conv. Needs group 1 for the 1x1 stage (a grouped conv is emitted in the ``sum`` form instead).
-* ``sum``: ``r`` branches depthwise (multiplier 1) -> 1x1, joined by Add (the bias on the first branch).
+* ``sum``: ``r`` branches depthwise (multiplier 1) -> 1x1, joined by Add (the bias on the first branch). The
+  nodes are kept in the order dw0, pw0, dw1, pw1, add1, ... and each Add reads its branch first, so that
+  onnxruntime runs every 1x1 conv right after the depthwise conv it reads and fuses the Add into it.
 * ``multiplier``: one depthwise conv with depth multiplier ``r`` -> one 1x1 conv: fewest nodes, but onnxruntime's
   NCHWc layout optimiser rejects depthwise convs with a multiplier above 1, and it runs slower.
+* ``tiled``: Concat of ``r`` copies of the input on channels -> one depthwise conv of multiplier 1 over
+  ``r * M`` channels (channel ``t*M + m`` has kernel ``v_t`` of ``m``) -> one 1x1 conv. One depthwise node in
+  the NCHWc layout instead of ``r``, but the copy costs more than that saves (measured slower than ``sum`` on
+  every layer shape tried). Needs group 1, like ``concat``.
 
-At ``r = 1`` all three are one depthwise conv followed by one 1x1 conv. The default (``DEFAULT_FORM``, sum) is
+At ``r = 1`` all of them are one depthwise conv followed by one 1x1 conv. The default (``DEFAULT_FORM``, sum) is
 the form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, BENCHMARKS.md "separate").
 
 Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
@@ -75,10 +81,11 @@ __all__ = [
     "FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy",
 ]
 
-FORMS = ("concat", "sum", "multiplier")
+FORMS = ("concat", "sum", "multiplier", "tiled")
 #: Chosen by measurement (BENCHMARKS.md "separate"): on onnxruntime's CPU provider (1 thread) ``sum`` realised
 #: the largest share of the MAC saving on ResNet-18 and VGG-16 at every rank (its Adds fuse into the NCHWc 1x1
-#: convs, where ``concat`` pays a copy of all r depthwise outputs), and it needs no fallback for grouped convs.
+#: convs, where ``concat`` pays a copy of all r depthwise outputs and ``tiled`` one of r copies of the input),
+#: and it needs no fallback for grouped convs.
 DEFAULT_FORM = "sum"
 #: Convs with fewer input channels are left alone unless forced. A depthwise conv over a channel count below
 #: onnxruntime's NCHWc block (8 or 16 floats) runs outside that layout at a few GMAC/s, and a stem (3 RGB
@@ -148,6 +155,7 @@ def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], 
     * multiplier: one depthwise ``(M*r, 1, k...)`` (output ``m*r + t``) and one pointwise ``(N, (M/g)*r, 1...)``
       with group ``g`` (input ``j*r + t`` of each group);
     * concat (group 1): ``r`` depthwise ``(M, 1, k...)`` and one pointwise ``(N, r*M, 1...)`` (input ``t*M + m``);
+    * tiled (group 1): one depthwise ``(r*M, 1, k...)`` (channel ``t*M + m``) and the pointwise of concat;
     * sum: ``r`` depthwise ``(M, 1, k...)`` and ``r`` pointwise ``(N, M/g, 1...)`` with group ``g``.
     """
     m, ng, _ = f.p.shape
@@ -163,6 +171,11 @@ def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], 
         if g != 1:
             raise ValueError("the concat form needs group 1 (use sum for grouped convs)")
         dw = [vt[:, t, :].reshape(m, 1, *f.kernel) for t in range(r)]
+        pw = [p.transpose(1, 2, 0).reshape(n, r * m, *ones)]
+    elif form == "tiled":
+        if g != 1:
+            raise ValueError("the tiled form needs group 1 (use sum for grouped convs)")
+        dw = [vt.transpose(1, 0, 2).reshape(r * m, 1, *f.kernel)]
         pw = [p.transpose(1, 2, 0).reshape(n, r * m, *ones)]
     elif form == "sum":
         dw = [vt[:, t, :].reshape(m, 1, *f.kernel) for t in range(r)]
@@ -245,6 +258,8 @@ class _Emitter:
     def __init__(self, names: NamePool) -> None:
         self.names = names
         self.cache: dict[tuple[int, str, int, str], tuple[list[gs.Constant], list[gs.Constant]]] = {}
+        #: Node names of each ``sum`` subgraph in emission order (dw0, pw0, dw1, pw1, add1, ...).
+        self.blocks: list[list[str]] = []
 
     def _consts(self, c: _Candidate, r: int, form: str, base: str) -> tuple[list[gs.Constant], list[gs.Constant]]:
         key = (id(c.graph), c.weight_key, r, form)
@@ -262,7 +277,7 @@ class _Emitter:
         spec, node, graph = c.spec, c.node, c.graph
         if r == 1:
             form = "multiplier"  # every form is one depthwise + one 1x1 conv at rank 1
-        elif form == "concat" and spec.group > 1:
+        elif form in ("concat", "tiled") and spec.group > 1:
             form = "sum"
         base = node.name or node.outputs[0].name
         dwc, pwc = self._consts(c, r, form, base)
@@ -284,7 +299,7 @@ class _Emitter:
             dw_attrs["pads"] = list(spec.pads)
         else:
             dw_attrs["auto_pad"] = spec.auto_pad  # input size unknown: the same auto_pad resolves the same pads
-        pw_group = 1 if form == "concat" else spec.group
+        pw_group = 1 if form in ("concat", "tiled") else spec.group
         pw_attrs = {"kernel_shape": [1] * k, "group": pw_group}
 
         def var(suffix: str) -> gs.Variable:
@@ -306,7 +321,14 @@ class _Emitter:
             cat = var("concat")
             graph.nodes.append(gs.Node("Concat", self.names.new(f"{base}/concat"), {"axis": 1}, mids, [cat]))
             conv(f"{base}/pw", [cat, pwc[0], *tail], y, pw_attrs)
+        elif form == "tiled":
+            tiled = var("tiled")
+            graph.nodes.append(gs.Node("Concat", self.names.new(f"{base}/tile"), {"axis": 1}, [x] * r, [tiled]))
+            mid = var("dw")
+            conv(f"{base}/dw", [tiled, dwc[0]], mid, {**dw_attrs, "group": r * spec.c_in})
+            conv(f"{base}/pw", [mid, pwc[0], *tail], y, pw_attrs)
         else:
+            first = len(graph.nodes)
             acc: gs.Tensor | None = None
             for t in range(r):
                 mid = var(f"dw{t}")
@@ -317,9 +339,47 @@ class _Emitter:
                     acc = out
                     continue
                 dest = y if t == r - 1 else var(f"sum{t}")
-                graph.nodes.append(gs.Node("Add", self.names.new(f"{base}/add{t}"), {}, [acc, out], [dest]))
+                # Branch first, running sum second: onnxruntime's NCHWc pass fuses an Add into the conv that
+                # makes its first input, so pw_t adds the sum of branches 0..t-1 as it writes (see _keep_order).
+                graph.nodes.append(gs.Node("Add", self.names.new(f"{base}/add{t}"), {}, [out, acc], [dest]))
                 acc = dest
+            self.blocks.append([n.name for n in graph.nodes[first:]])
         return form
+
+
+def _keep_order(graph: onnx.GraphProto, block_of: Mapping[str, int], blocks: Sequence[Sequence[str]]) -> None:
+    """Put each ``sum`` subgraph's nodes back together in emission order, where its last node stands.
+
+    The export's topological sort goes level by level, so all r depthwise convs of a layer come before its 1x1
+    convs; onnxruntime then keeps all r depthwise outputs alive at once and runs dw0..dw{r-1} before any 1x1.
+    In the order dw0, pw0, dw1, pw1, add1, ... it runs each 1x1 conv right after the depthwise conv it reads,
+    while that output is still in cache (measured in BENCHMARKS.md "separate"). The order stays topological:
+    a block node reads the block's input, a bias (maybe made at run time) and its weights, all made before that
+    node, so before the block's last one, or nodes of the block; what reads the block's output (made by its
+    last Add, which depends on every other node of the block) already came after the last node.
+    """
+    for node in graph.node:  # If/Loop/Scan bodies
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+                _keep_order(sub, block_of, blocks)
+    if not any(n.name in block_of for n in graph.node):
+        return
+    by_name = {n.name: n for n in graph.node if n.name in block_of}
+    ordered: list[onnx.NodeProto] = []
+    left = {b: len(names) for b, names in enumerate(blocks)}
+    for node in graph.node:
+        b = block_of.get(node.name)
+        if b is None:
+            ordered.append(node)
+            continue
+        left[b] -= 1
+        if not left[b]:  # the block's last node in the exported order
+            ordered.extend(by_name[name] for name in blocks[b])
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -444,6 +504,7 @@ def separate(
         k = C.prod(c.spec.kernel_shape)
         ch.params_after = r * c.spec.c_in * k + r * c.spec.weight_shape[1] * c.spec.c_out + c.spec.bias_params
     out = finish_model(model, graph, cleanup=False)
+    _keep_order(out.graph, {name: i for i, names in enumerate(emitter.blocks) for name in names}, emitter.blocks)
     options: dict[str, object] = {"policy": policy.describe(), "form": form, "force": force,
                                   "min_channels": min_channels}
     if notes:
