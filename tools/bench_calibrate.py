@@ -3,9 +3,10 @@
 For each trained model shipped in a PyPI wheel (``realmodels/``, fetched by ``tools/realmodels.py``), inputs are
 generated and prepared the way the package prepares them, then for each target speed-up S:
 
-1. ``onnxconv.plan.plan_rewrite`` picks per layer keep / depthwise rank from layer latencies measured on the CPU
-   provider and per-option output errors on the calibration set, and measures the end-to-end speed-up with the
-   bench code (interleaved rounds) - this is the "measured" column;
+1. ``onnxconv.plan.plan_rewrite`` picks per layer keep / depthwise rank (``--mode separable``), keep / G
+   (``shuffle``) or any of them (``mixed``) from layer latencies measured on the CPU provider and per-option
+   output errors on the calibration set (after the estimated per-layer refit; ``--weight-errors``: weight-only),
+   and measures the end-to-end speed-up with the bench code (interleaved rounds) - the "measured" column;
 2. the same rewrite is evaluated weight-only (SVD ranks as chosen) and after ``onnxconv.calibrate.refit``
    (same graph, same speed);
 3. a task metric is computed on held-out test inputs (other seeds than the calibration ones).
