@@ -273,10 +273,12 @@ class _Emitter:
         return self.cache[key]
 
     def emit(self, c: _Candidate, r: int, form: str) -> str:
-        """Replace ``c.node`` by its rank-r form; returns the form actually used."""
+        """Replace ``c.node`` by its rank-r form; returns the form actually used (at rank 1 every form is the
+        same graph, one depthwise + one 1x1 conv, and the requested name is kept for the report)."""
         spec, node, graph = c.spec, c.node, c.graph
+        requested = form
         if r == 1:
-            form = "multiplier"  # every form is one depthwise + one 1x1 conv at rank 1
+            form = "multiplier"  # the one-depthwise code path builds that common graph
         elif form in ("concat", "tiled") and spec.group > 1:
             form = "sum"
         base = node.name or node.outputs[0].name
@@ -344,7 +346,7 @@ class _Emitter:
                 graph.nodes.append(gs.Node("Add", self.names.new(f"{base}/add{t}"), {}, [out, acc], [dest]))
                 acc = dest
             self.blocks.append([n.name for n in graph.nodes[first:]])
-        return form
+        return requested if r == 1 else form
 
 
 def _keep_order(graph: onnx.GraphProto, block_of: Mapping[str, int], blocks: Sequence[Sequence[str]]) -> None:
