@@ -8,6 +8,7 @@ exactly: every channel reordering it realises, folded or inserted, is exact).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -576,3 +577,20 @@ def test_include_exclude_and_min_energy_with_force() -> None:
 def test_bad_options_are_option_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(OptionError, match=message):
         group_shuffle(shufflenet_unit([1, 16, 4, 4]), **kwargs)
+
+
+def test_conv_in_an_if_body_keeps_its_macs_and_function_when_the_outer_tensor_is_reordered() -> None:
+    # messy_export's If body reads an outer tensor whose producer is grouped and reordered by the main graph's
+    # rewrite: the body's conv must still be counted, and the whole model must compute the masked reference.
+    root = Path(__file__).resolve().parent.parent
+    model = onnx.load(root / "models" / "messy_export.onnx")
+    result = group_shuffle(model, groups=2)
+    body = layer(result, "refine.if/then_branch/refine.conv")
+    assert body.rewritten and body.macs_before == 589824 and body.macs_after == 294912
+    assert [c.name for c in result.layers][:3] == ["conv1", "conv2", "head.conv"]  # graph order kept
+    ref = compare.session(masked_reference(model, result))
+    feeds = compare.make_inputs(ref, batch=2)
+    want = compare.run_model(ref, feeds)
+    got = compare.run_model(compare.session(result.model), feeds)
+    for name, y in want.items():
+        np.testing.assert_allclose(got[name], y, rtol=TOL, atol=TOL)

@@ -713,10 +713,17 @@ def group_shuffle(
     layers: list[LayerChange] = []
     inserted = {"shuffle": 0, "gather": 0}
     opts = _Options(groups, node_filter, force, mixing, min_energy, seed)
-    for path, g in list(graphs_with_paths(graph)):
-        found = _rewrite_graph(g, path, shapes, structural, names, opts, layers)
+    # Subgraphs first: a parent's rewrite may hand a body a reordered copy of an outer tensor, under a new name
+    # whose shape nobody inferred, and the body's convs would lose their MACs. Bodies only read outer tensors
+    # (in their original order), so the order of the passes does not change what is computed.
+    graphs = list(graphs_with_paths(graph))
+    rows: dict[str, list[LayerChange]] = {path: [] for path, _ in graphs}
+    for path, g in reversed(graphs):
+        found = _rewrite_graph(g, path, shapes, structural, names, opts, rows[path])
         for k, v in found.items():
             inserted[k] += v
+    for path, _ in graphs:  # report in graph order: the main graph, then each body below it
+        layers.extend(rows[path])
     layers.extend(function_rows(model))
     out = finish_model(model, graph, cleanup=False)
     options: dict[str, Any] = {"groups": groups, "mixing": mixing, "min_energy": min_energy, "force": force,
