@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 #: IR version of every test model: onnx >= 1.23 defaults to 14, newer than some onnxruntime builds load.
@@ -55,3 +57,15 @@ def single_conv(
         ins.append("B")
     node = helper.make_node(op, ins, ["Y"], name="conv", **attrs)
     return make_model([node], [tensor("X", x_shape)], [tensor("Y", None)], inits)
+
+
+#: Trained models unpacked from PyPI wheels by tools/realmodels.py (git-ignored; CI fetches them first).
+REALMODELS = Path(__file__).resolve().parent.parent / "realmodels"
+
+
+def real_model(name: str) -> Path:
+    """Path of a fetched trained model; skips the calling test, saying how to fetch it, when it is absent."""
+    path = REALMODELS / name
+    if not path.is_file():
+        pytest.skip(f"{path} absent (trained model from a PyPI wheel; fetch with: python tools/realmodels.py)")
+    return path

