@@ -7,8 +7,10 @@ grouped conv, one per branch for the sum form), all with the same group ``g``::
 
     Y = sum_t conv(Z_t, W_t) + b
 
-The inputs ``Z_t`` of the stage (the depthwise outputs, or a grouped conv's input) stay as they are; the weights
-``W_t`` and the bias ``b`` are refitted. At an output position ``p`` of group ``gi`` the stage is linear in its
+For a grouped conv the inputs ``Z_t`` of the stage stay as they are; the weights ``W_t`` and the bias ``b`` are
+refitted. For a separable layer (by default) the depthwise kernels that make ``Z_t`` are refitted too, by
+alternating least squares with the 1x1 stage (:mod:`onnxconv.depthwise_fit`); the rest of this docstring
+describes the linear-stage refit that is used alone for grouped layers and as its first step. At an output position ``p`` of group ``gi`` the stage is linear in its
 weights: ``y_p = x_p^T A`` with ``x_p`` the receptive-field patch of the ``Z_t`` channels of the group
 (``C_t/g * prod(k_t)`` values each, for a 1x1 stage simply the channel vector) followed by a 1, and
 ``A`` the ``(D + 1) x N/g`` matrix of the group's weights and bias. The refit solves, per group, the ridge
@@ -574,6 +576,8 @@ class _Plan:
     t_fit: np.ndarray | None = None
     t_check: np.ndarray | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    depthwise: Any = None  # a depthwise_fit.Depthwise when its kernels are refitted to the data
+    dw_note: str = ""
 
 
 def _grouped(change: LayerChange) -> bool:
@@ -600,6 +604,24 @@ def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: Layer
     else:
         found = find_stage(model, target, change.name)
     return found if isinstance(found, str) else _Plan(found, index, target)
+
+
+def _plan_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange, plan: _Plan) -> None:
+    """Attach the layer's depthwise stage to ``plan`` for the data-aware kernels, or note why not."""
+    from .depthwise_fit import find_depthwise
+
+    if _grouped(change):
+        return
+    from .depthwise_fit import MAX_UNKNOWNS
+
+    found = find_depthwise(original, model, change.name, change.details, [t.node for t in plan.stage.terms])
+    if isinstance(found, str):
+        plan.dw_note = found
+    elif found.unknowns > MAX_UNKNOWNS:
+        plan.dw_note = (f"{found.unknowns} kernel taps per group to fit together (more than {MAX_UNKNOWNS}): "
+                        "the 1x1 stage alone is refitted")
+    else:
+        plan.depthwise = found
 
 
 def _grouped_orders(reference: onnx.ModelProto, model: onnx.ModelProto, plans: list[_Plan],
@@ -687,6 +709,7 @@ def refit(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
     reference: onnx.ModelProto | None = None,
+    depthwise: bool = True,
 ) -> PassResult:
     """Refit the linear stage of every rewritten layer of ``result`` to the original model's outputs.
 
@@ -703,6 +726,9 @@ def refit(
             every layer's output is then matched to it channel by channel. Needed when the shuffle pass ran on a
             model the separable pass had already rewritten (:func:`onnxconv.plan.plan_rewrite` with both kinds
             returns it); by default the shuffle pass's masked reference for grouped layers, none for separable.
+        depthwise: first refactor each separable layer's depthwise kernels to the covariance of the patches it
+            reads (:mod:`onnxconv.depthwise_fit`), then refit its pointwise stage; False keeps the weight-only
+            kernels.
 
     Returns:
         A new :class:`PassResult` with the refitted model. Each rewritten layer's ``details`` gain ``out_err``
@@ -731,6 +757,8 @@ def refit(
         if isinstance(found, str):
             change.details["refit"] = found
             continue
+        if depthwise:
+            _plan_depthwise(original, model, change, found)
         plans.append(found)
         plan_of[id(change)] = found
     grouped = {plan_of[id(c)].index for c in layers if id(c) in plan_of and _grouped(c)}
@@ -748,6 +776,9 @@ def refit(
                 change.details["refit"] = skipped[plan.index]
                 del plan_of[id(change)]
         plans = [p for p in plans if p.index not in skipped]
+        for p in plans:
+            if p.depthwise is not None and p.order is not None and p.depthwise.group > 1:
+                p.depthwise, p.dw_note = None, "its output channels were reordered across groups by a later pass"
     if plans:
         _collect_targets(original, plans, calibration, positions, check_fraction, seed, providers, threads)
         _refit_waves(model, plans, calibration, positions, check_fraction, ridge, seed, providers, threads)
@@ -758,7 +789,8 @@ def refit(
     options = dict(result.options)
     options["calibration"] = {"source": calibration.source, "samples": calibration.size, "positions": positions,
                               "check_fraction": check_fraction, "ridge": "auto" if ridge is None else ridge,
-                              "seed": seed, "layers_refitted": sum(1 for p in plans if "ridge" in p.report)}
+                              "seed": seed, "layers_refitted": sum(1 for p in plans if "ridge" in p.report),
+                              "depthwise": depthwise}
     return PassResult(model=model, layers=layers, pass_name=result.pass_name, options=options)
 
 
@@ -771,6 +803,12 @@ def _refit_waves(model: onnx.ModelProto, plans: Sequence[_Plan], calib: Calibrat
     per_check = max(1, math.ceil(positions * check_fraction / calib.size)) if check_fraction > 0 else 0
     for wave in sorted({p.stage.wave for p in plans}):
         members = [p for p in plans if p.stage.wave == wave]
+        whole = [p for p in members if p.depthwise is not None]
+        if whole:
+            _alternate(model, whole, calib, writer, seed, per, per_check, ridge, providers, threads)
+        members = [p for p in members if p.depthwise is None]
+        if not members:
+            continue
         feature_names = {t.input: p.stage.elem_type for p in members for t in p.stage.terms}
         accs = {p.index: _Normal(p.stage.group, p.stage.features, p.stage.c_out // p.stage.group) for p in members}
         for start, outs in activations(model, feature_names, calib, providers, threads):
@@ -779,6 +817,65 @@ def _refit_waves(model: onnx.ModelProto, plans: Sequence[_Plan], calib: Calibrat
                 _accumulate(p, outs, start, count, accs[p.index], seed, per, per_check)
         for p in members:
             p.report = _solve_and_write(p.stage, accs[p.index], writer, ridge)
+            if p.dw_note:
+                p.report["depthwise"] = f"kernels kept: {p.dw_note}"
+
+
+def _alternate(model: onnx.ModelProto, plans: Sequence[_Plan], calib: CalibrationSet, writer: _Writer,
+               seed: int, per: int, per_check: int, ridge: float | None, providers: Sequence[str],
+               threads: int | None) -> None:
+    """Refit each plan's separable layer whole (depthwise kernels and pointwise stage, alternating), in place.
+
+    One run of the (partly refitted) model gives every layer's depthwise input; its patches at the refit's own
+    positions, with the original outputs there, give the moments :func:`onnxconv.depthwise_fit.alternate`
+    works from.
+    """
+    from .depthwise_fit import RIDGES, Moments, alternate, start, weights
+
+    geometry: dict[int, ConvTerm] = {}
+    moments: dict[int, tuple[Moments, Moments]] = {}
+    for p in plans:
+        dw = p.depthwise
+        geometry[p.index] = ConvTerm(dw.nodes[0], dw.input, "", dw.dw_shape, dict(dw.attrs, group=dw.channels))
+        shape = (dw.group, dw.channels // dw.group, math.prod(dw.kernel), p.stage.c_out // dw.group)
+        moments[p.index] = (Moments(*shape), Moments(*shape))
+    names = {p.depthwise.input: p.stage.elem_type for p in plans}
+    for first, outs in activations(model, names, calib, providers, threads):
+        for p in plans:
+            z = outs[p.depthwise.input]
+            for i in range(z.shape[0]):
+                sample = first + i
+                fit, chk = _draw(seed, p.index, sample, math.prod(p.out_spatial), per, per_check)
+                for mom, pos, t in ((moments[p.index][0], fit, p.t_fit[sample]),  # type: ignore[index]
+                                    (moments[p.index][1], chk, p.t_check[sample])):  # type: ignore[index]
+                    if len(pos):
+                        mom.add(sample_patches(z[i], geometry[p.index], p.out_spatial, pos), t)
+    for p in plans:
+        dw = p.depthwise
+        d0, a0 = start(dw, p.order)
+        ds, as_, report = alternate(*moments[p.index], d0, a0, ridges=RIDGES if ridge is None else (ridge,))
+        report["samples"] = moments[p.index][0].n
+        if "ridge" in report:
+            _write_separable(writer, dw, *weights(dw, ds, as_))
+            for t in p.stage.terms:
+                t.weight = t.node.input[1]
+        p.report = report
+
+
+def _write_separable(writer: _Writer, dw: Any, dws: Sequence[np.ndarray], pws: Sequence[np.ndarray],
+                     bias: np.ndarray) -> None:
+    """Write a separable layer's depthwise and pointwise weights; the whole bias goes on the first 1x1 conv."""
+    dtype = writer.array(dw.nodes[0].input[1]).dtype  # type: ignore[union-attr]
+    for node, w in zip(dw.nodes, dws):
+        writer.put(node, 1, w.astype(dtype), f"{node_label(node)}_refit_W")
+    for k, (node, w) in enumerate(zip(dw.pointwise, pws)):
+        writer.put(node, 1, w.astype(dtype), f"{node_label(node)}_refit_W")
+        if k == 0:
+            writer.put(node, 2, bias.astype(dtype), f"{node_label(node)}_refit_B")
+        elif len(node.input) > 2:
+            if node.input[2]:
+                writer.users[node.input[2]] = writer.users.get(node.input[2], 1) - 1
+            del node.input[2:]
 
 
 def _solve_and_write(stage: LinearStage, acc: _Normal, writer: _Writer, ridge: float | None) -> dict[str, Any]:

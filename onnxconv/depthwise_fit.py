@@ -1,0 +1,357 @@
+"""Calibration refit of a separable layer's depthwise kernels together with its 1x1 stage.
+
+The pointwise refit (:mod:`onnxconv.calibrate`) keeps the depthwise kernels of the weight-only SVD, which are the
+best rank-r kernels for *white* inputs, and refits only the 1x1 stage. What the layer has to reproduce is the
+original output ``T`` on the patches ``x`` the (already refitted) network feeds it::
+
+    min_{D, P, b}  sum_p || t_p - sum_{m,t} P[:, m, t] (D[m, t] . x_pm) - b ||^2
+
+with ``x_pm`` the ``K`` taps of input channel ``m`` at position ``p``, ``D[m, t]`` the depthwise kernel of term
+``t`` of channel ``m`` and ``P`` the 1x1 weights. The objective is quadratic in ``(P, b)`` for fixed ``D`` (the
+pointwise refit) and in ``D`` for fixed ``(P, b)``, whose normal matrix is the elementwise product
+``(P^T P)[(m,t),(m',t')] * (X^T X)[(m,k),(m',k')]``. :func:`alternate` alternates the two exact block
+minimisations (Zhang et al.'s asymmetric objective, solved jointly over both stages rather than the last one
+only), so the fitted error never rises. Everything comes from the moments ``X^T X``, ``X^T T`` and ``sum T^2``
+of the depthwise *input* patches (with a 1 for the bias), accumulated once: the depthwise outputs are linear in
+those patches, so no step needs another run of the model. Held-out positions choose the ridge of the first
+pointwise step and the iterate kept (the weight-only start included, so it never ends worse there).
+A ridge towards the current solution keeps every solve well posed. Grouped convs are fitted group by group.
+
+Per-channel alternatives measured worse (ddddocr_det, rank 1 everywhere, BENCHMARKS.md "calibration"): choosing
+each channel's kernels from its own patch covariance (the whitened SVD of ``S_m C_m^{1/2}``) lowers every layer's
+error before the pointwise refit but raises it after: the kernels all turn into similar low-pass filters whose
+outputs are redundant across channels. The joint fit sees the channels together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .graph import attrs_of, node_label
+from .passes.separable import Factors, separable_weights
+
+__all__ = ["Depthwise", "find_depthwise", "Moments", "alternate", "start", "weights", "ITERATIONS", "MAX_UNKNOWNS",
+           "RIDGES"]
+
+#: Alternations (a kernel step and a pointwise step each) of :func:`alternate`.
+ITERATIONS = 8
+
+#: Most kernel taps per group fitted together (``Mg * r * K``): the kernel step solves a system this size.
+MAX_UNKNOWNS = 4608
+
+#: Relative ridges tried for the first pointwise step (the refit's own grid).
+RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass
+class Depthwise:
+    """The depthwise stage of one separable layer and what is needed to refactor it.
+
+    ``nodes[i]`` is the depthwise conv paired with pointwise conv ``pointwise[i]`` (sum form: branch ``i``; the
+    other forms have one pointwise conv and the depthwise convs in :func:`separable_weights`'s order).
+    """
+
+    weight: np.ndarray  # the original conv weight (N x M/g x k...), float64
+    bias: np.ndarray  # the original bias (N), float64 (zeros without one)
+    group: int
+    rank: int
+    form: str
+    nodes: list[onnx.NodeProto]
+    pointwise: list[onnx.NodeProto]
+    input: str  # the tensor the depthwise stage reads (the original conv's input)
+    attrs: dict[str, object]  # the depthwise geometry (strides, dilations, pads, auto_pad)
+
+    @property
+    def channels(self) -> int:
+        return int(self.weight.shape[1]) * self.group
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.weight.shape[2:])
+
+    @property
+    def unknowns(self) -> int:
+        """Kernel taps per group the kernel step fits together: ``Mg * r * K``."""
+        return int(self.weight.shape[1]) * self.rank * math.prod(self.kernel)
+
+    @property
+    def dw_shape(self) -> tuple[int, ...]:
+        """The weight shape of one depthwise conv of multiplier 1 (used for patch sampling)."""
+        return (self.channels, 1, *self.kernel)
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def find_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, layer: str, details: Mapping[str, object],
+                   pointwise: Sequence[onnx.NodeProto]) -> Depthwise | str:
+    """The depthwise stage of separable layer ``layer`` in ``model``, or why its kernels are left as they are.
+
+    ``pointwise`` are the convs of the layer's linear stage. The stage must still hold the weight-only factors
+    of the original weight (a later pass that reordered its channels, or a hand edit, leaves it alone).
+    """
+    rank, form = details.get("rank"), details.get("form")
+    if not isinstance(rank, int) or not isinstance(form, str):
+        return "not a separable layer"
+    old = next((n for n in original.graph.node if n.op_type == "Conv" and node_label(n) == layer), None)
+    if old is None or len(old.input) < 2:
+        return "the original conv is not in the main graph"
+    w = _constant(original, old.input[1])
+    if w is None or w.dtype.kind != "f":
+        return "the original weight is not a constant"
+    b = np.zeros(w.shape[0])
+    if len(old.input) > 2 and old.input[2]:
+        bias = _constant(original, old.input[2])
+        if bias is None:
+            return "the original bias is computed at run time"
+        b = bias.astype(np.float64)
+    attrs = attrs_of(old)
+    group = int(attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    nodes: list[onnx.NodeProto] = []
+    for pw in pointwise:
+        prod = producers.get(pw.input[0])
+        if prod is not None and prod.op_type == "Concat" and form == "concat":
+            nodes.extend(producers[i] for i in prod.input if i in producers)
+        elif prod is not None:
+            nodes.append(prod)
+    if not nodes or any(n.op_type != "Conv" for n in nodes):
+        return "the depthwise convs are not found"
+    dw_input = nodes[0].input[0]
+    tile = producers.get(dw_input)
+    if form == "tiled" and tile is not None and tile.op_type == "Concat" and len(set(tile.input)) == 1:
+        dw_input = tile.input[0]  # r copies of the input (at rank 1 the depthwise conv reads it directly)
+    if any(n.input[0] != nodes[0].input[0] for n in nodes):
+        return "the depthwise convs read different tensors"
+    if dw_input != old.input[0]:
+        # Another pass moved the layer's input (e.g. reordered its channels): the weight no longer lines up.
+        return "the layer reads another tensor than the original conv"
+    dw = Depthwise(w.astype(np.float64), b, group, rank, form, nodes, list(pointwise), dw_input, attrs)
+    if not _holds_weight_only(model, dw):
+        return "its weights are not the weight-only factors of the original (changed by a later pass)"
+    return dw
+
+
+def _weights(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray | None]:
+    index = {t.name: t for t in model.graph.initializer}
+    return [numpy_helper.to_array(index[n]) if n in index else None for n in names]
+
+
+def _holds_weight_only(model: onnx.ModelProto, dw: Depthwise) -> bool:
+    """Whether the stage still holds the weight-only factors (in the sum form, its branches in any order)."""
+    from .passes.separable import factor_weight
+
+    want_dw, want_pw = separable_weights(factor_weight(dw.weight, dw.group), dw.rank, dw.form)
+    have_dw = _weights(model, [n.input[1] for n in dw.nodes])
+    have_pw = _weights(model, [n.input[1] for n in dw.pointwise])
+    if len(have_dw) != len(want_dw) or len(have_pw) != len(want_pw):
+        return False
+
+    def same(have: np.ndarray | None, want: np.ndarray) -> bool:
+        if have is None or have.shape != want.shape:
+            return False
+        tol = 1e-3 if have.dtype == np.float16 else 1e-5
+        return bool(np.allclose(have.astype(np.float64), want, rtol=tol,
+                                atol=tol * (float(np.abs(want).max()) + 1e-30)))
+
+    if dw.form != "sum":
+        return all(same(h, w) for h, w in zip([*have_dw, *have_pw], [*want_dw, *want_pw]))
+    free = set(range(len(want_dw)))
+    for hd, hp in zip(have_dw, have_pw):
+        t = next((t for t in free if same(hd, want_dw[t]) and same(hp, want_pw[t])), None)
+        if t is None:
+            return False
+        free.discard(t)
+    return True
+
+
+class Moments:
+    """Per-group sums ``X^T X``, ``X^T T`` (``X`` the depthwise input patches with a 1 appended) and ``sum T^2``.
+
+    One for the fitted positions, one for the held-out ones; float64.
+    """
+
+    def __init__(self, group: int, mg: int, taps: int, ng: int) -> None:
+        self.group, self.mg, self.taps, self.ng = group, mg, taps, ng
+        d = mg * taps + 1
+        self.xx = np.zeros((group, d, d))
+        self.xt = np.zeros((group, d, ng))
+        self.tt = 0.0
+        self.n = 0
+
+    def add(self, patches: np.ndarray, t: np.ndarray) -> None:
+        """``patches``: ``(S, M, K)`` (:func:`onnxconv.calibrate.sample_patches`), ``t``: ``(S, N)`` targets."""
+        s = patches.shape[0]
+        t64 = t.astype(np.float64)
+        for gi in range(self.group):
+            x = patches[:, gi * self.mg:(gi + 1) * self.mg].reshape(s, -1).astype(np.float64)
+            xa = np.concatenate([x, np.ones((s, 1))], axis=1)
+            self.xx[gi] += xa.T @ xa
+            self.xt[gi] += xa.T @ t64[:, gi * self.ng:(gi + 1) * self.ng]
+        self.tt += float(np.sum(t64 * t64))
+        self.n += s
+
+
+def _zmap(d: np.ndarray) -> np.ndarray:
+    """``(Mg*r + 1) x (Mg*K + 1)``: depthwise input patch (with its 1) -> depthwise outputs (with the 1)."""
+    mg, r, k = d.shape
+    out = np.zeros((mg * r + 1, mg * k + 1))
+    for m in range(mg):
+        out[m * r:(m + 1) * r, m * k:(m + 1) * k] = d[m]
+    out[-1, -1] = 1.0
+    return out
+
+
+def _error(mom: Moments, ds: Sequence[np.ndarray], as_: Sequence[np.ndarray]) -> float | None:
+    """Relative error ``||T - Y|| / ||T||`` of the layer (kernels ``ds``, pointwise+bias ``as_`` per group)."""
+    if mom.tt <= 0.0:
+        return None
+    err = mom.tt
+    for gi, (d, a) in enumerate(zip(ds, as_)):
+        w = _zmap(d).T @ a  # (Mg*K + 1, Ng): the whole layer as one linear map
+        err += float(np.sum(w * (mom.xx[gi] @ w)) - 2.0 * np.sum(w * mom.xt[gi]))
+    return math.sqrt(max(0.0, err) / mom.tt)
+
+
+def _p_step(xx: np.ndarray, xt: np.ndarray, d: np.ndarray, prior: np.ndarray, ridge: float) -> np.ndarray | None:
+    """Best pointwise weights and bias ``[P^T; b]`` for kernels ``d``, ridge towards ``prior``."""
+    z = _zmap(d)
+    zz, zt = z @ xx @ z.T, z @ xt
+    scale = float(np.mean(np.diag(zz)[:-1])) or 1.0
+    try:
+        return np.linalg.solve(zz + ridge * scale * np.eye(len(zz)), zt + ridge * scale * prior)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _d_step(xx: np.ndarray, xt: np.ndarray, d: np.ndarray, a: np.ndarray, ridge: float) -> np.ndarray | None:
+    """Best kernels ``d`` (``Mg x r x K``) for pointwise weights and bias ``a``, ridge towards the current ones.
+
+    The layer output is ``sum_{m,t} P[:, m, t] (D[m, t] . x_m) + b``, linear in ``D``: its normal matrix is
+    ``(P^T P)[(m,t),(m',t')] * (X^T X)[(m,k),(m',k')]`` and its right side ``sum_n X^T (T - b)[(m,k), n] P[n,(m,t)]``.
+    """
+    mg, r, k = d.shape
+    p, b = a[:-1].T, a[-1]  # (Ng, Mg*r), (Ng,)
+    sxx = xx[:-1, :-1].reshape(mg, k, mg, k)
+    xt_b = xt[:-1] - np.outer(xx[:-1, -1], b)  # X^T (T - b)
+    g = (p.T @ p).reshape(mg, r, mg, r)
+    h = np.einsum("atbs,akbl->atkbsl", g, sxx, optimize=True).reshape(mg * r * k, mg * r * k)
+    rhs = np.einsum("mkn,nmt->mtk", xt_b.reshape(mg, k, -1), p.reshape(-1, mg, r), optimize=True).ravel()
+    scale = float(np.mean(np.diag(h))) or 1.0
+    try:
+        sol = np.linalg.solve(h + ridge * scale * np.eye(len(h)), rhs + ridge * scale * d.ravel())
+    except np.linalg.LinAlgError:
+        return None
+    return sol.reshape(mg, r, k)
+
+
+def _normalise(d: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm kernels, their scale moved into the pointwise weights (the product is unchanged)."""
+    mg, r, _ = d.shape
+    norms = np.linalg.norm(d, axis=2)
+    norms[norms == 0] = 1.0
+    a = a.copy()
+    a[:-1] *= norms.reshape(mg * r, 1)
+    return d / norms[:, :, None], a
+
+
+def alternate(fit: Moments, check: Moments, d0: Sequence[np.ndarray], a0: Sequence[np.ndarray],
+              iters: int = ITERATIONS, ridges: Sequence[float] = RIDGES,
+              ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """Alternating least squares of one separable layer (kernels, then pointwise weights and bias), per group.
+
+    Starts from ``d0`` (kernels, ``Mg x r x K`` per group) and ``a0`` (``[P^T; b]``, ``(Mg*r + 1) x Ng``); the
+    first pointwise step is the plain refit (its ridge chosen from ``ridges`` by the held-out error, then kept).
+    Each step minimises the fitted error over its block, so the fitted error never rises; the iterate with the
+    lowest held-out error is returned (the weight-only start included), with a report.
+    """
+    ds, as_ = [np.array(d, dtype=np.float64) for d in d0], [np.array(a, dtype=np.float64) for a in a0]
+    before = _error(check, ds, as_)
+    first: tuple[float, list[np.ndarray], float] | None = None
+    for lam in ridges:  # the first step: the pointwise refit of the weight-only kernels
+        trial = [_p_step(fit.xx[gi], fit.xt[gi], ds[gi], as_[gi], lam) for gi in range(fit.group)]
+        if any(t is None for t in trial):
+            continue
+        err = _error(check, ds, trial)  # type: ignore[arg-type]
+        score = err if err is not None else 0.0
+        if first is None or score < first[0]:
+            first = (score, trial, lam)  # type: ignore[assignment]
+        if err is None:
+            break  # nothing held out to choose with: the first ridge stands
+    if first is None:
+        return ds, as_, {"out_err": before, "refit": "singular normal equations"}
+    ridge = first[2]
+    best = (before if before is not None else math.inf, ds, as_, 0)
+    if first[0] < best[0] or before is None:
+        best = (first[0], ds, first[1], 1)
+    as_ = first[1]
+    for it in range(iters):
+        new_d = [_d_step(fit.xx[gi], fit.xt[gi], ds[gi], as_[gi], ridge) for gi in range(fit.group)]
+        if any(d is None for d in new_d):
+            break
+        pairs = [_normalise(d, a) for d, a in zip(new_d, as_)]  # type: ignore[arg-type]
+        ds = [p[0] for p in pairs]
+        new_a = [_p_step(fit.xx[gi], fit.xt[gi], ds[gi], pairs[gi][1], ridge) for gi in range(fit.group)]
+        if any(a is None for a in new_a):
+            break
+        as_ = new_a  # type: ignore[assignment]
+        err = _error(check, ds, as_)
+        if err is not None and err < best[0]:
+            best = (err, ds, as_, it + 2)
+    report: dict[str, Any] = {"out_err": before, "pointwise_err": first[0] if before is not None else None,
+                              "refit_err": best[0] if before is not None else None}
+    if best[3] == 0:
+        report["refit"] = "kept weight-only: no refit lowered the held-out error"
+    else:
+        report["ridge"] = ridge
+        report["alternations"] = best[3] - 1
+    return best[1], best[2], report
+
+
+def start(dw: Depthwise, order: np.ndarray | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The weight-only factors as :func:`alternate`'s start: kernels and ``[P^T; b]`` per group.
+
+    ``order``: the stage writes original output channel ``order[j]`` as its channel ``j`` (group 1 only).
+    """
+    from .passes.separable import factor_weight
+
+    f = factor_weight(dw.weight, dw.group)
+    g, r = dw.group, dw.rank
+    mg = dw.channels // g
+    ng = dw.weight.shape[0] // g
+    ds, as_ = [], []
+    for gi in range(g):
+        rows = slice(gi * mg, (gi + 1) * mg)
+        ds.append(f.vt[rows, :r, :].copy())
+        p = f.p[rows, :, :r]  # (Mg, Ng, r)
+        a = np.concatenate([p.transpose(0, 2, 1).reshape(mg * r, ng), dw.bias[None, gi * ng:(gi + 1) * ng]])
+        as_.append(a[:, order] if order is not None else a)
+    return ds, as_
+
+
+def weights(dw: Depthwise, ds: Sequence[np.ndarray], as_: Sequence[np.ndarray],
+            ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """(depthwise weights, pointwise weights, bias) in ``dw.form``'s layout from per-group kernels and ``[P^T; b]``."""
+    r, ng = dw.rank, as_[0].shape[1]
+    mg = dw.channels // dw.group
+    vt = np.concatenate(list(ds))  # (M, r, K)
+    p = np.concatenate([a[:-1].reshape(mg, r, ng).transpose(0, 2, 1) for a in as_])  # (M, Ng, r)
+    f = Factors(p=p, s=np.ones((dw.channels, r)), vt=vt, group=dw.group, kernel=dw.kernel)
+    dws, pws = separable_weights(f, r, dw.form)
+    return dws, pws, np.concatenate([a[-1] for a in as_])
