@@ -24,6 +24,15 @@ Three parts, each printing Markdown rows with the command that reproduces them:
     the same graph in the export's level order with the Adds' operands swapped back (how the pass emitted it
     before): per model and rank, one interleaved run of the two; ratio t(emitted) / t(level order).
 
+``kernels``
+    What onnxruntime's own kernels allow, independent of how a form wires them: per VGG-16 layer shape, the time
+    (and ResNet-18's) of one 3x3 conv, one depthwise 3x3 conv, one 1x1 conv, one 1x1 conv with a fused Add, and one 1x1
+    conv from r*M channels, each measured in-graph (a chain of n and of 2n identical ops, per-op time = the difference / n,
+    so the layout reorders at the graph's ends cancel). The best latency ratio a rank-r rewrite can reach is the
+    sum of its kernels' times over the 3x3 conv's (``sum``: r depthwise + one 1x1 + (r-1) 1x1-with-Add;
+    ``concat``/``tiled``: r depthwise + one 1x1 from r*M channels, the copy not counted), which bounds the
+    realised saving of any form built from these kernels.
+
 ``real``
     On a trained model shipped in a PyPI wheel (realmodels/, see tools/realmodels.py): output agreement with the
     original (relative error, cosine, max abs) and conv MAC ratio at several ranks, energies and budgets.
@@ -36,6 +45,7 @@ Usage::
     python tools/bench_separate.py latency [--archs resnet18 vgg16 mobilenetv2] [--size 224] [--iters 20]
     python tools/bench_separate.py layers [--rank 4] [--iters 30]
     python tools/bench_separate.py order [--archs resnet18 vgg16] [--iters 40] [--repeat 2]
+    python tools/bench_separate.py kernels [--iters 20] [--chain 2]
     python tools/bench_separate.py real [--model realmodels/ddddocr_det.onnx]
 """
 
@@ -166,6 +176,7 @@ def latency(args: argparse.Namespace) -> None:
 
 #: (channels in = out, resolution) of VGG-16's rewritten convs (its stem, 3 channels, is left alone).
 VGG_LAYERS = ((64, 224), (128, 112), (256, 56), (512, 28), (512, 14))
+RESNET_LAYERS = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18's 3x3 convs (other than the strided ones)
 
 
 def _conv_relu(channels: int, size: int, seed: int = 0) -> onnx.ModelProto:
@@ -251,6 +262,102 @@ def order(args: argparse.Namespace) -> None:
                 rows.setdefault((arch, r), []).append(f"{1 / sp.median:.3f} ({1 / sp.p75:.3f}-{1 / sp.p25:.3f})")
     for (arch, r), cells in rows.items():
         print(f"| {arch} | {r} | " + " | ".join(cells) + " |")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# kernels
+
+
+def _chain(kind: str, channels: int, size: int, n: int, r: int = 1) -> onnx.ModelProto:
+    """``n`` identical units on a (1, M, size, size) tensor: conv3x3+Relu, dw3x3, pw, pw+Add, or pw M->rM->M."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    m = channels
+    nodes, inits = [], []
+    cur = "x"
+
+    def weight(name: str, shape: tuple[int, ...]) -> str:
+        fan = int(np.prod(shape[1:]))
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan)).astype(np.float32), name))
+        return name
+
+    for i in range(n):
+        out = f"y{i}"
+        if kind == "conv":
+            nodes.append(helper.make_node("Conv", [cur, weight(f"W{i}", (m, m, 3, 3))], [f"c{i}"], pads=[1] * 4))
+            nodes.append(helper.make_node("Relu", [f"c{i}"], [out]))
+        elif kind == "dw":
+            nodes.append(helper.make_node("Conv", [cur, weight(f"W{i}", (m, 1, 3, 3))], [out], pads=[1] * 4,
+                                          group=m))
+        elif kind == "pw":
+            nodes.append(helper.make_node("Conv", [cur, weight(f"W{i}", (m, m, 1, 1))], [out]))
+        elif kind == "pwadd":
+            # As in the sum form: a 1x1 conv of another tensor (here z, one depthwise conv of x) added to the
+            # running sum, which onnxruntime fuses into the NCHWc conv. (Adding the conv's own input is not fused.)
+            if i == 0:
+                nodes.append(helper.make_node("Conv", ["x", weight("Z", (m, 1, 3, 3))], ["z"], pads=[1] * 4,
+                                              group=m))
+                cur = "z"  # the running sum starts inside the NCHWc layout, as the sum form's first branch does
+            nodes.append(helper.make_node("Conv", ["z", weight(f"W{i}", (m, m, 1, 1))], [f"c{i}"]))
+            nodes.append(helper.make_node("Add", [f"c{i}", cur], [out]))
+        elif kind == "wide":
+            nodes.append(helper.make_node("Conv", [cur, weight(f"E{i}", (r * m, m, 1, 1))], [f"e{i}"]))
+            nodes.append(helper.make_node("Conv", [f"e{i}", weight(f"W{i}", (m, r * m, 1, 1))], [out]))
+        cur = out
+    vi = [helper.make_tensor_value_info(t, TensorProto.FLOAT, [1, m, size, size]) for t in ("x", cur)]
+    graph = helper.make_graph(nodes, kind, vi[:1], [helper.make_tensor_value_info(cur, TensorProto.FLOAT,
+                                                                                  [1, m, size, size])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def kernels(args: argparse.Namespace) -> None:
+    argv = ["kernels", "--iters", str(args.iters), "--chain", str(args.chain)]
+    n = args.chain
+    print(f"onnxruntime CPU, 1 thread; per-op time from chains of {n} and {2 * n} ops (difference / {n}), median "
+          f"of {args.iters} rounds, all chains of a layer shape interleaved")
+    print(f"command: `{_cmd(argv)}`\n")
+    units = [("conv", 1), ("dw", 1), ("pw", 1), ("pwadd", 1), ("wide", 2), ("wide", 4)]
+    print("| layer | 3x3 ms (GMAC/s) | dw ms (GMAC/s) | 1x1 ms (GMAC/s) | 1x1+Add ms | 1x1 from 2M ms (GMAC/s) | "
+          "1x1 from 4M ms (GMAC/s) | r | MAC ratio | best latency ratio sum / concat | realised saving at best, "
+          "sum / concat |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m, size in VGG_LAYERS + RESNET_LAYERS:
+        sess = {(k, r, c): compare.session(_chain(k, m, size, c, r), threads=1, spinning=False)
+                for k, r in units for c in (n, 2 * n)}
+        x = np.random.default_rng(1).standard_normal((1, m, size, size)).astype(np.float32)
+        times: dict[tuple[str, int, int], list[float]] = {key: [] for key in sess}
+        keys = list(sess)
+        for key in keys:  # warm-up
+            sess[key].run(None, {"x": x})
+        for i in range(args.iters):
+            for key in (keys if i % 2 == 0 else keys[::-1]):
+                t0 = time.perf_counter()
+                sess[key].run(None, {"x": x})
+                times[key].append(time.perf_counter() - t0)
+        per = {(k, r): max(1e-9, (statistics.median(times[(k, r, 2 * n)]) - statistics.median(times[(k, r, n)])) / n)
+               for k, r in units}
+        hw = size * size
+        macs = {("conv", 1): 9 * m * m * hw, ("dw", 1): 9 * m * hw, ("pw", 1): m * m * hw,
+                ("pwadd", 1): m * m * hw, ("wide", 2): 2 * m * m * hw, ("wide", 4): 4 * m * m * hw}  # reduce conv
+        t = {key: per[key] for key in per}
+        t[("wide", 2)] /= 2  # the pair's reduce conv: half the pair (both convs have the same MACs)
+        t[("wide", 4)] /= 2
+
+        def cell(key: tuple[str, int]) -> str:
+            return f"{t[key] * 1e3:.2f} ({macs[key] / t[key] / 1e9:.1f})"
+
+        for r in RANKS:
+            mr = r * (9 * m + m * m) / (9 * m * m)
+            best_sum = (r * t[("dw", 1)] + t[("pw", 1)] + (r - 1) * t[("pwadd", 1)]) / t[("conv", 1)]
+            wide = t[("pw", 1)] if r == 1 else t[("wide", r)]
+            best_cat = (r * t[("dw", 1)] + wide) / t[("conv", 1)]
+            head = (f"| {m}->{m} @ {size} | {cell(('conv', 1))} | {cell(('dw', 1))} | {cell(('pw', 1))} | "
+                    f"{t[('pwadd', 1)] * 1e3:.2f} | {cell(('wide', 2))} | {cell(('wide', 4))} |" if r == 1
+                    else "| | | | | | | |")
+            print(f"{head} {r} | {mr:.3f} | {best_sum:.3f} / {best_cat:.3f} | "
+                  f"{(1 - best_sum) / (1 - mr):.2f} / {(1 - best_cat) / (1 - mr):.2f} |")
+        sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -346,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     o.add_argument("--iters", type=int, default=40)
     o.add_argument("--repeat", type=int, default=2)
     o.set_defaults(fn=order)
+    k = sub.add_parser("kernels", help="per-op times of onnxruntime's kernels: the best a rewrite can reach")
+    k.add_argument("--iters", type=int, default=20)
+    k.add_argument("--chain", type=int, default=2)
+    k.set_defaults(fn=kernels)
     r = sub.add_parser("real", help="output error and MACs on a trained model")
     r.add_argument("--model", default="realmodels/ddddocr_det.onnx")
     r.add_argument("--input-shape", default=None, help="NAME=1x3x416x416 for symbolic dims")
