@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .compare import value_dims
 from .conv import conv_spec
 from .errors import OnnxConvError, OptionError, ShapeError
 from .graph import attrs_of, node_inputs_with_implicit, node_label, subgraphs_of, toposort
@@ -111,13 +112,6 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
-    t = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
-        return None
-    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
-
-
 def _read_arrays(p: Path, label: str) -> dict[str, np.ndarray]:
     if p.is_dir():
         files = sorted(p.glob("*.npy"))
@@ -172,7 +166,7 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, *, chunk: int = 4
         if want is not None and a.dtype != np.dtype(want):
             raise OptionError(f"{label}: array '{vi.name}' has dtype {a.dtype}, the model input is "
                               f"{np.dtype(want).name} (save it with .astype(np.{np.dtype(want).name}))")
-        dims = _dims(vi)
+        dims = value_dims(vi)
         shown = "x".join("?" if d is None else str(d) for d in dims) if dims is not None else "?"
         if dims is not None:
             if a.ndim != len(dims):

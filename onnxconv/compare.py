@@ -25,7 +25,8 @@ import onnx
 
 from .errors import OnnxConvError, OptionError
 
-__all__ = ["Agreement", "make_inputs", "load_inputs", "feeds_for", "run_model", "compare_outputs", "session",
+__all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
+           "feeds_for", "run_model", "compare_outputs", "session",
            "OPT_LEVELS"]
 
 _ORT_TYPES = {
@@ -131,22 +132,79 @@ def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, b
     return feeds
 
 
-def load_inputs(path: str | os.PathLike[str], sess) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Inputs from an .npz file whose array names are the model's input names."""
-    if not os.path.isfile(path):
-        raise OptionError(f"--inputs {path}: no such file")
-    if not zipfile.is_zipfile(path):
-        # np.load would guess at the format and talk about pickles; say what is expected instead.
-        raise OptionError(f"--inputs {path}: not an .npz archive (save one with numpy.savez(path, NAME=array, ...))")
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise OptionError(f"--inputs {path}: cannot read as .npz ({e})") from None
-    names = [i.name for i in sess.get_inputs()]
+InputSpec = tuple[str, "list[int | None] | None", "type | None"]
+
+
+def value_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    """A tensor ValueInfo's dims (None where symbolic or unknown), or None without a shape."""
+    t = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not t.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+
+
+def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """(name, dims, numpy dtype) of each graph input to feed (an input with an initializer has a default)."""
+    from onnx import helper
+
+    inits = {t.name for t in model.graph.initializer}
+    out: list[InputSpec] = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+        dtype = helper.tensor_dtype_to_np_dtype(elem).type if elem else None
+        out.append((vi.name, value_dims(vi), dtype))
+    return out
+
+
+def _session_specs(sess) -> list[InputSpec]:  # type: ignore[no-untyped-def]
+    return [(i.name, [d if isinstance(d, int) and d > 0 else None for d in i.shape] if i.shape is not None else None,
+             _ORT_TYPES.get(i.type)) for i in sess.get_inputs()]
+
+
+def check_inputs(data: Mapping[str, np.ndarray], specs: Sequence[InputSpec], label: str) -> dict[str, np.ndarray]:
+    """The arrays of ``data`` the inputs ``specs`` need, checked: one for each, with the input's rank, its
+    fixed dims and its dtype. Raises OptionError naming the array and what the model expects."""
+    names = [name for name, _, _ in specs]
     missing = [n for n in names if n not in data]
     if missing:
-        raise OptionError(f"--inputs {path}: no array for input(s) {missing} (arrays: {sorted(data)})")
+        raise OptionError(f"{label}: no array for input(s) {missing} (arrays: {sorted(data)})")
+    for name, dims, dtype in specs:
+        a = data[name]
+        if dtype is not None and a.dtype != np.dtype(dtype):
+            raise OptionError(f"{label}: array '{name}' has dtype {a.dtype}, the model input is "
+                              f"{np.dtype(dtype).name} (save it with .astype(np.{np.dtype(dtype).name}))")
+        if dims is None:
+            continue
+        shown = "x".join("?" if d is None else str(d) for d in dims)
+        if a.ndim != len(dims):
+            raise OptionError(f"{label}: array '{name}' has shape {list(a.shape)}, the model input has "
+                              f"{len(dims)} dims ({shown})")
+        for i, (have, want) in enumerate(zip(a.shape, dims)):
+            if want is not None and have != want:
+                raise OptionError(f"{label}: array '{name}' has shape {list(a.shape)}: dim {i} is {have}, the "
+                                  f"model input {shown} needs {want}")
     return {n: data[n] for n in names}
+
+
+def read_npz(path: str | os.PathLike[str], label: str) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; OptionError (one line, starting with ``label``) when it cannot be read."""
+    if not os.path.isfile(path):
+        raise OptionError(f"{label}: no such file")
+    if not zipfile.is_zipfile(path):
+        # np.load would guess at the format and talk about pickles; say what is expected instead.
+        raise OptionError(f"{label}: not an .npz archive (save one with numpy.savez(path, NAME=array, ...))")
+    try:
+        return dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise OptionError(f"{label}: cannot read as .npz ({e})") from None
+
+
+def load_inputs(path: str | os.PathLike[str], sess) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Inputs from an .npz file whose array names are the model's input names, checked against the session's
+    inputs (rank, fixed dims, dtype)."""
+    return check_inputs(read_npz(path, f"--inputs {path}"), _session_specs(sess), f"--inputs {path}")
 
 
 def feeds_for(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]

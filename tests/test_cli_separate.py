@@ -134,6 +134,24 @@ def test_bad_options_are_one_line_errors_and_write_nothing(model_path: Path, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
 
 
+def test_inputs_that_do_not_fit_are_refused_before_the_rewrite(model_path: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong --inputs file is one line and exit 1 at once, not after a long rewrite and refit."""
+    import onnxconv.passes.separable as separable
+
+    def fail(*_a: object, **_k: object) -> None:
+        raise AssertionError("the pass ran before the inputs were checked")
+
+    monkeypatch.setattr(separable, "separate", fail)
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, X=np.zeros((2, 8, 10, 12), np.float32))  # the model needs ? x 8 x 12 x 12
+    out = tmp_path / "o.onnx"
+    res = run(str(model_path), "-o", str(out), "--rank", "1", "--inputs", str(inputs))
+    assert res.exit_code == 1 and not out.exists()
+    assert res.output.strip() == (f"Error: --inputs {inputs}: array 'X' has shape [2, 8, 10, 12]: dim 2 is 10, "
+                                  "the model input ?x8x12x12 needs 12")
+
+
 def test_input_is_never_overwritten_unless_asked(model_path: Path) -> None:
     before = digest(model_path)
     res = run(str(model_path), "-o", str(model_path), "--rank", "1")

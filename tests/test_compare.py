@@ -68,6 +68,28 @@ def test_load_inputs(tmp_path) -> None:
         compare.load_inputs(junk, sess)
 
 
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"S": np.ones((2, 4), np.float32)}, r"array 'S' has shape \[2, 4\]: dim 0 is 2, the model input 1x4 needs 1"),
+    ({"X": np.ones((2, 4, 1), np.float32)}, r"array 'X' has shape \[2, 4, 1\], the model input has 2 dims \(\?x4\)"),
+    ({"X": np.ones((2, 4), np.float64)}, r"array 'X' has dtype float64, the model input is float32"),
+    ({"K": np.arange(3, dtype=np.int32)}, r"array 'K' has dtype int32, the model input is int64"),
+])
+def test_input_arrays_are_checked_against_the_model(tmp_path, arrays, message) -> None:
+    """Shape (rank, fixed dims) and dtype, by the session and by the model's graph inputs alike, in one line
+    before anything runs (onnxruntime's own message is long and cut off)."""
+    model = two_input_model()
+    good = {"X": np.ones((5, 4), np.float32), "S": np.ones((1, 4), np.float32), "K": np.arange(3)}
+    path = tmp_path / "in.npz"
+    np.savez(path, **{**good, **arrays})
+    with pytest.raises(OptionError, match=message):
+        compare.load_inputs(path, compare.session(model))
+    with pytest.raises(OptionError, match=message):
+        compare.check_inputs(compare.read_npz(path, "x"), compare.model_input_specs(model), "x")
+    np.savez(path, **good)  # a symbolic batch takes any size
+    assert compare.load_inputs(path, compare.session(model))["X"].shape == (5, 4)
+
+
 def test_feeds_for_by_name_then_position() -> None:
     feeds = {"X": np.zeros((1, 4), np.float32), "S": np.ones((1, 4), np.float32), "K": np.arange(3)}
     same = compare.session(two_input_model())

@@ -283,6 +283,12 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     verify = verify or inputs is not None
 
     m = load_model(model)
+    if inputs is not None:
+        # Checked now rather than after a rewrite (and refit) that may take minutes.
+        from .. import compare
+
+        compare.check_inputs(compare.read_npz(inputs, f"--inputs {inputs}"), compare.model_input_specs(m),
+                             f"--inputs {inputs}")
     # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
     # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
     external = bool(external_data_files(m))
