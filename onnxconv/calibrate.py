@@ -908,7 +908,7 @@ def _solve_and_write(stage: LinearStage, acc: _Normal, writer: _Writer, ridge: f
 
 
 def refit_from_file(original: onnx.ModelProto, result: PassResult, path: str | Path, *, provider: str = "cpu",
-                    threads: int | None = None) -> PassResult:
+                    threads: int | None = None, depthwise: bool = True) -> PassResult:
     """:func:`refit` with inputs read by :func:`load_calibration` and a provider by short name (cpu/cuda/...).
 
     Raises:
@@ -917,4 +917,5 @@ def refit_from_file(original: onnx.ModelProto, result: PassResult, path: str | P
     from .bench import resolve_provider
 
     chain = resolve_provider(provider).chain
-    return refit(original, result, load_calibration(path, original), providers=chain, threads=threads)
+    return refit(original, result, load_calibration(path, original), providers=chain, threads=threads,
+                 depthwise=depthwise)

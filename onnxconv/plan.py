@@ -749,6 +749,7 @@ def plan_rewrite(
     tolerance: float = 0.03,
     cache: LatencyCache | None = None,
     do_refit: bool = True,
+    refit_kernels: bool = True,
     seed: int = 0,
     refit_aware: bool = True,
 ) -> tuple[PassResult, PlanReport]:
@@ -769,6 +770,8 @@ def plan_rewrite(
             more than 3 tolerances above the target is re-planned too: the overshoot costs error).
         cache: latency cache (a fresh in-memory one by default).
         do_refit: refit the chosen layers on the calibration set.
+        refit_kernels: with ``do_refit``, refit separable layers' depthwise kernels too (``calibrate.refit``'s
+            ``depthwise``).
         refit_aware: rank options by their estimated error after the per-layer refit (:func:`_option_errors`),
             else by the weight-only error.
 
@@ -838,7 +841,8 @@ def plan_rewrite(
     for lay, pick in zip(layers, picks):
         lay.chosen = pick
     if do_refit:
-        result = refit(model, result, calibration, providers=chain, threads=threads, reference=report.reference)
+        result = refit(model, result, calibration, providers=chain, threads=threads, reference=report.reference,
+                       depthwise=refit_kernels)
     note = (f"plan: target {target_speedup:g}x on {provider}; predicted {report.predicted:.2f}x from layer "
             f"timings, measured {report.measured:.2f}x end to end (median of {model_iters} interleaved rounds)")
     result.options = {**result.options, "plan": report.to_dict(),

@@ -43,6 +43,28 @@ def test_calibration_refits_and_reports_per_layer_errors(tmp_path, files) -> Non
     assert e_fit < 0.9 * e_plain
 
 
+def test_kernel_refit_is_the_default_and_can_be_turned_off(tmp_path, files) -> None:
+    model, cal = files
+    both, pointwise = tmp_path / "both.onnx", tmp_path / "pw.onnx"
+    res = separate(str(model), "-o", str(both), "--rank", "2", "--calibration", str(cal))
+    assert res.exit_code == 0 and res.output.count("alternations=") == 2, res.output
+    res = separate(str(model), "-o", str(pointwise), "--rank", "2", "--calibration", str(cal), "--no-kernel-refit")
+    assert res.exit_code == 0 and "alternations=" not in res.output and res.output.count("refit_err=") == 2
+    # The 1x1-only refit leaves the depthwise kernels as the weight-only rewrite made them; the default does not.
+    plain = tmp_path / "plain.onnx"
+    assert separate(str(model), "-o", str(plain), "--rank", "2").exit_code == 0
+
+    def kernels(path: Path) -> list[np.ndarray]:
+        m = onnx.load(path)
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+        return [inits[n.input[1]] for n in m.graph.node if "/dw" in n.name]
+
+    assert all(np.array_equal(a, b) for a, b in zip(kernels(plain), kernels(pointwise)))
+    assert not all(np.array_equal(a, b) for a, b in zip(kernels(plain), kernels(both)))
+    res = separate(str(model), "-o", str(tmp_path / "x.onnx"), "--rank", "2", "--no-kernel-refit")
+    assert res.exit_code == 1 and "--no-kernel-refit applies to --calibration" in res.output
+
+
 def test_calibration_folder_of_npy_files(tmp_path, files) -> None:
     model, cal = files
     folder = tmp_path / "cal"
