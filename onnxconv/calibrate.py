@@ -600,6 +600,20 @@ def _plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: Layer
     return found if isinstance(found, str) else _Plan(found, index, target)
 
 
+def _check_depthwise(model: onnx.ModelProto, plan: _Plan) -> None:
+    """Keep the kernels of a layer a later pass changed (other than by reordering its outputs) as they are."""
+    from .depthwise_fit import holds_weight_only
+
+    dw = plan.depthwise
+    if dw is None:
+        return
+    if plan.order is not None and dw.group > 1:
+        plan.depthwise, plan.dw_note = None, "its output channels were reordered across groups by a later pass"
+    elif not holds_weight_only(model, dw, plan.order):
+        plan.depthwise = None
+        plan.dw_note = "its weights are not the weight-only factors of the original (changed by a later pass)"
+
+
 def _plan_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange, plan: _Plan) -> None:
     """Attach the layer's depthwise stage to ``plan`` for the data-aware kernels, or note why not."""
     from .depthwise_fit import find_depthwise
@@ -770,9 +784,8 @@ def refit(
                 change.details["refit"] = skipped[plan.index]
                 del plan_of[id(change)]
         plans = [p for p in plans if p.index not in skipped]
-        for p in plans:
-            if p.depthwise is not None and p.order is not None and p.depthwise.group > 1:
-                p.depthwise, p.dw_note = None, "its output channels were reordered across groups by a later pass"
+    for p in plans:
+        _check_depthwise(model, p)
     if plans:
         _collect_targets(original, plans, calibration, positions, check_fraction, seed, providers, threads)
         _refit_waves(model, plans, calibration, positions, check_fraction, ridge, seed, providers, threads)

@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from .graph import attrs_of, node_label
 from .passes.separable import Factors, separable_weights
 
-__all__ = ["Depthwise", "find_depthwise", "Moments", "alternate", "start", "weights", "ITERATIONS", "MAX_UNKNOWNS",
+__all__ = ["Depthwise", "find_depthwise", "holds_weight_only", "Moments", "alternate", "start", "weights", "ITERATIONS", "MAX_UNKNOWNS",
            "RIDGES"]
 
 #: Alternations (a kernel step and a pointwise step each) of :func:`alternate`.
@@ -145,10 +145,7 @@ def find_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, layer: str
     if dw_input != old.input[0]:
         # Another pass moved the layer's input (e.g. reordered its channels): the weight no longer lines up.
         return "the layer reads another tensor than the original conv"
-    dw = Depthwise(w.astype(np.float64), b, group, rank, form, nodes, list(pointwise), dw_input, attrs)
-    if not _holds_weight_only(model, dw):
-        return "its weights are not the weight-only factors of the original (changed by a later pass)"
-    return dw
+    return Depthwise(w.astype(np.float64), b, group, rank, form, nodes, list(pointwise), dw_input, attrs)
 
 
 def _weights(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray | None]:
@@ -156,11 +153,15 @@ def _weights(model: onnx.ModelProto, names: Sequence[str]) -> list[np.ndarray | 
     return [numpy_helper.to_array(index[n]) if n in index else None for n in names]
 
 
-def _holds_weight_only(model: onnx.ModelProto, dw: Depthwise) -> bool:
-    """Whether the stage still holds the weight-only factors (in the sum form, its branches in any order)."""
+def holds_weight_only(model: onnx.ModelProto, dw: Depthwise, order: np.ndarray | None = None) -> bool:
+    """Whether the stage still holds the weight-only factors of the original weight (in the sum form, its
+    branches in any order), with its output channels in ``order`` (a later pass's reordering folded into the 1x1
+    weights) when given. A stage changed otherwise (e.g. its input channels reordered) is left alone."""
     from .passes.separable import factor_weight
 
     want_dw, want_pw = separable_weights(factor_weight(dw.weight, dw.group), dw.rank, dw.form)
+    if order is not None:
+        want_pw = [w[order] for w in want_pw]
     have_dw = _weights(model, [n.input[1] for n in dw.nodes])
     have_pw = _weights(model, [n.input[1] for n in dw.pointwise])
     if len(have_dw) != len(want_dw) or len(have_pw) != len(want_pw):
