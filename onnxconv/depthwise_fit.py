@@ -316,8 +316,9 @@ def alternate(fit: Moments, check: Moments, d0: Sequence[np.ndarray], a0: Sequen
             break
         as_ = new_a  # type: ignore[assignment]
         err = _error(check, ds, as_)
-        if err is not None and err < best[0]:
-            best = (err, ds, as_, it + 2)
+        if err is None or err < best[0]:
+            # Without held-out positions the fitted error, which never rises, decides: the last iterate.
+            best = (err if err is not None else 0.0, ds, as_, it + 2)
     report: dict[str, Any] = {"out_err": before, "pointwise_err": first[0] if before is not None else None,
                               "refit_err": best[0] if before is not None else None}
     if best[3] == 0:

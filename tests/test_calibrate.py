@@ -119,6 +119,17 @@ def test_refitting_the_kernels_too_beats_the_pointwise_refit(tmp_path_factory, f
     assert [n.op_type for n in whole.model.graph.node] == [n.op_type for n in weight_only.model.graph.node]
 
 
+def test_without_held_out_positions_the_last_alternation_is_kept(tmp_path) -> None:
+    """Nothing held out to choose an iterate with: the fitted error (which never rises) decides."""
+    from onnxconv.depthwise_fit import ITERATIONS
+
+    rng = np.random.default_rng(9)
+    model = two_layer(rng)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
+    out = calibrate.refit(model, separate(model, RankPolicy("rank", 1)), cal, check_fraction=0)
+    assert all(c.details["alternations"] == ITERATIONS and c.details["refit_err"] is None for c in out.layers)
+
+
 def test_kernels_are_kept_with_a_reason_when_they_cannot_be_refitted(tmp_path, monkeypatch) -> None:
     from onnxconv import depthwise_fit
 
