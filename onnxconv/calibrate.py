@@ -508,6 +508,13 @@ class _Writer:
             node.input.append("")
         node.input[slot] = name
 
+    def drop_bias(self, node: onnx.NodeProto) -> None:
+        """Remove ``node``'s bias input (a sum of convs keeps one bias, on its first term)."""
+        if len(node.input) > 2:
+            if node.input[2]:
+                self.users[node.input[2]] = self.users.get(node.input[2], 1) - 1
+            del node.input[2:]
+
     def write(self, stage: LinearStage, coefs: Sequence[np.ndarray]) -> None:
         g, ng = stage.group, stage.c_out // stage.group
         row = 0
@@ -521,11 +528,8 @@ class _Writer:
             self.put(t.node, 1, w.reshape(t.weight_shape).astype(dtype), f"{base}_refit_W")
             if k == 0:
                 self.put(t.node, 2, bias.astype(dtype), f"{base}_refit_B")
-            elif len(t.node.input) > 2:
-                # The whole bias now sits on the first term.
-                if t.node.input[2]:
-                    self.users[t.node.input[2]] = self.users.get(t.node.input[2], 1) - 1
-                del t.node.input[2:]
+            else:
+                self.drop_bias(t.node)  # the whole bias now sits on the first term
         assert row + 1 == stage.features and len(coefs) == g and coefs[0].shape[1] == ng
 
 
@@ -879,10 +883,8 @@ def _write_separable(writer: _Writer, dw: Any, dws: Sequence[np.ndarray], pws: S
         writer.put(node, 1, w.astype(dtype), f"{node_label(node)}_refit_W")
         if k == 0:
             writer.put(node, 2, bias.astype(dtype), f"{node_label(node)}_refit_B")
-        elif len(node.input) > 2:
-            if node.input[2]:
-                writer.users[node.input[2]] = writer.users.get(node.input[2], 1) - 1
-            del node.input[2:]
+        else:
+            writer.drop_bias(node)
 
 
 def _solve_and_write(stage: LinearStage, acc: _Normal, writer: _Writer, ridge: float | None) -> dict[str, Any]:

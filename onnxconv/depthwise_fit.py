@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,13 @@ class Depthwise:
     pointwise: list[onnx.NodeProto]
     input: str  # the tensor the depthwise stage reads (the original conv's input)
     attrs: dict[str, object]  # the depthwise geometry (strides, dilations, pads, auto_pad)
+
+    @cached_property
+    def factors(self) -> Factors:
+        """The weight-only factors of the original weight (what the pass emitted; the fit's start)."""
+        from .passes.separable import factor_weight
+
+        return factor_weight(self.weight, self.group)
 
     @property
     def channels(self) -> int:
@@ -157,9 +165,7 @@ def holds_weight_only(model: onnx.ModelProto, dw: Depthwise, order: np.ndarray |
     """Whether the stage still holds the weight-only factors of the original weight (in the sum form, its
     branches in any order), with its output channels in ``order`` (a later pass's reordering folded into the 1x1
     weights) when given. A stage changed otherwise (e.g. its input channels reordered) is left alone."""
-    from .passes.separable import factor_weight
-
-    want_dw, want_pw = separable_weights(factor_weight(dw.weight, dw.group), dw.rank, dw.form)
+    want_dw, want_pw = separable_weights(dw.factors, dw.rank, dw.form)
     if order is not None:
         want_pw = [w[order] for w in want_pw]
     have_dw = _weights(model, [n.input[1] for n in dw.nodes])
@@ -334,9 +340,7 @@ def start(dw: Depthwise, order: np.ndarray | None) -> tuple[list[np.ndarray], li
 
     ``order``: the stage writes original output channel ``order[j]`` as its channel ``j`` (group 1 only).
     """
-    from .passes.separable import factor_weight
-
-    f = factor_weight(dw.weight, dw.group)
+    f = dw.factors
     g, r = dw.group, dw.rank
     mg = dw.channels // g
     ng = dw.weight.shape[0] // g

@@ -340,7 +340,7 @@ def kernels(args: argparse.Namespace) -> None:
         hw = size * size
         macs = {("conv", 1): 9 * m * m * hw, ("dw", 1): 9 * m * hw, ("pw", 1): m * m * hw,
                 ("pwadd", 1): m * m * hw, ("wide", 2): 2 * m * m * hw, ("wide", 4): 4 * m * m * hw}  # reduce conv
-        t = {key: per[key] for key in per}
+        t = dict(per)
         t[("wide", 2)] /= 2  # the pair's reduce conv: half the pair (both convs have the same MACs)
         t[("wide", 4)] /= 2
 
