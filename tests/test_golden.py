@@ -116,6 +116,13 @@ def test_missing_case_and_bad_folder(captures: tuple[ModuleType, Path, Path], tm
     del man["cases"]["err-two-policies"]
     (c / "manifest.json").write_text(json.dumps(man))
     lines: list[str] = []
+    # c was captured with --only: a case it did not run is listed, not counted as a difference.
+    assert g.compare(a, c, log=lines.append) == 0
+    assert "not compared err-two-policies: only in A (B was captured with --quick or --only)" in lines
+    assert lines[-1] == "2 cases: all same (1 not compared)"
+    man["meta"].update(quick=False, only=None)  # an unrestricted capture must have every case
+    (c / "manifest.json").write_text(json.dumps(man))
+    lines.clear()
     assert g.compare(a, c, log=lines.append) == 1
     assert "DIFFERENT err-two-policies: only in A" in lines
 

@@ -8,7 +8,8 @@ exit status, the sha256 of what the command printed, the sha256 of every file it
 its serialized graph. Every output stays in ``DIR/cases/<case>/`` (``stdout.txt`` included) so that a mismatch
 can be diffed. ``compare`` reads two captures and prints each case ``same`` or ``DIFFERENT`` with where it
 differs (first differing stdout line, first differing JSON key path, first differing node / initializer /
-model field); exit status 1 when any case differs or is missing on one side, 2 on bad input.
+model field); exit status 1 when any case differs or is missing on one side (unless that side was captured
+with ``--quick``/``--only``: then it is listed as not compared), 2 on bad input.
 
 Use it around a refactor, from the checkout root (the package is imported from the current directory, through
 its public CLI ``onnxconv.cli.main`` with click's CliRunner, never its private functions, except the latency
@@ -626,14 +627,21 @@ def compare(da: Path, db: Path, log: Callable[[str], None] = print) -> int:
         bad += 1
         log(f"DIFFERENT calibration inputs: {d}")
     names = list(ma["cases"]) + [n for n in mb["cases"] if n not in ma["cases"]]
+    # A case one side did not run because that capture was restricted (--quick, --only) is not compared; one
+    # missing from an unrestricted capture is a difference (the case list or the models changed).
+    restricted = {side: bool(m.get("meta", {}).get("quick") or m.get("meta", {}).get("only"))
+                  for side, m in (("A", ma), ("B", mb))}
+    skipped = 0
     for n in names:
-        if n not in mb["cases"]:
-            log(f"DIFFERENT {n}: only in A")
-            bad += 1
-            continue
-        if n not in ma["cases"]:
-            log(f"DIFFERENT {n}: only in B")
-            bad += 1
+        missing = "B" if n not in mb["cases"] else "A" if n not in ma["cases"] else None
+        if missing is not None:
+            if restricted[missing]:
+                log(f"not compared {n}: only in {'A' if missing == 'B' else 'B'} ({missing} was captured with "
+                    "--quick or --only)")
+                skipped += 1
+            else:
+                log(f"DIFFERENT {n}: only in {'A' if missing == 'B' else 'B'}")
+                bad += 1
             continue
         diffs = case_diffs(n, ma["cases"][n], mb["cases"][n], da, db)
         if diffs:
@@ -641,7 +649,9 @@ def compare(da: Path, db: Path, log: Callable[[str], None] = print) -> int:
             log(f"DIFFERENT {n}: " + "; ".join(diffs))
         else:
             log(f"same {n}")
-    log(f"{len(names)} cases: {len(names) - bad} same, {bad} different" if bad else f"{len(names)} cases: all same")
+    compared = len(names) - skipped
+    tail = f" ({skipped} not compared)" if skipped else ""
+    log((f"{compared} cases: {compared - bad} same, {bad} different" if bad else f"{compared} cases: all same") + tail)
     return 1 if bad else 0
 
 
