@@ -85,8 +85,13 @@ REAL_SEPARATE = "ddddocr_det.onnx"
 #: A small real model with symbolic dims, for the kernel refit on a trained model (at a small input shape).
 REAL_SMALL = "ppocr_cls.onnx"
 REAL_SMALL_SHAPE = (1, 3, 48, 64)
-#: Samples per calibration file; symbolic dims other than the batch get this size.
+#: Input shapes for ``stats`` on real models with symbolic dims (each also gets one case without, an error).
+REAL_SHAPES = {"ddddocr_common": "input1=1x1x64x256", "ddddocr_common_old": "input1=1x1x64x256",
+               "ppocr_cls": "x=1x3x48x192", "ppocr_det": "x=1x3x320x320", "ppocr_rec": "x=1x3x48x320"}
+#: Samples per calibration file (sample models; real models: 2, their layers are large); symbolic dims other
+#: than the batch get SYMBOLIC_DIM. With 4 samples the mixed plan on tiny_cnn uses both a rank and a G.
 CALIB_SAMPLES = 4
+CALIB_SAMPLES_REAL = 2
 SYMBOLIC_DIM = 32
 #: The tiny model on which the planner runs with the MAC latency model.
 PLAN_MODEL = "models/tiny_cnn.onnx"
@@ -134,29 +139,34 @@ def cases(root: Path, quick: bool) -> tuple[list[Case], list[str]]:
 
     for m in samples + reals:
         s = _stem(m)
+        shape = ["--input-shape", REAL_SHAPES[s]] if m in reals and s in REAL_SHAPES else []
+        if shape:
+            out.append(Case(f"stats-noshape-{s}", ["stats", m]))
         for fmt in ("table", "json", "csv", "markdown"):
-            args = ["stats", m] + ([] if fmt == "table" else ["--format", fmt])
+            args = ["stats", m, *shape] + ([] if fmt == "table" else ["--format", fmt])
             out.append(Case(f"stats-{fmt}-{s}", args))
-        out.append(Case(f"stats-json-allops-sortmacs-{s}", ["stats", m, "--format", "json", "--all-ops",
+        out.append(Case(f"stats-json-allops-sortmacs-{s}", ["stats", m, *shape, "--format", "json", "--all-ops",
                                                             "--sort", "macs", "--top", "3", "--groups", "2"]))
 
-    def separate_matrix(m: str, calib: bool, kernel_refit: bool, shape: Sequence[str] = ()) -> None:
+    def separate_matrix(m: str, calib: bool, kernel_refit: bool, real: bool = False) -> None:
         s = _stem(m)
         o = ["-o", "{out}/out.onnx"]
         r = ["--report", "{out}/report.json"]
-        sep = ["separate", m, *o, *shape]
+        sep = ["separate", m, *o]
         out.append(Case(f"sep-rank2-plain-{s}", [*sep, "--rank", "2"]))
         for form in ("sum", "concat", "multiplier", "tiled"):
             out.append(Case(f"sep-rank2-{form}-{s}", [*sep, "--rank", "2", "--form", form, *r]))
         out.append(Case(f"sep-energy0.9-{s}", [*sep, "--energy", "0.9", *r]))
         out.append(Case(f"sep-exact-{s}", [*sep, "--exact", *r]))
         out.append(Case(f"sep-budget0.5-{s}", [*sep, "--budget", "0.5", *r]))
+        out.append(Case(f"sep-budget0.75-{s}", [*sep, "--budget", "0.75", *r]))
         out.append(Case(f"sep-maxerror0.3-{s}", [*sep, "--max-error", "0.3", *r]))
         out.append(Case(f"sep-exact-verify-{s}", [*sep, "--exact", "--verify", *r]))
         out.append(Case(f"sep-rank2-verify-{s}", [*sep, "--rank", "2", "--verify", *r]))
-        out.append(Case(f"shuf-g2-{s}", [*sep, "--mode", "shuffle", "--groups", "2", *r]))
-        out.append(Case(f"shuf-g2-mixshuffle-{s}", [*sep, "--mode", "shuffle", "--groups", "2", "--mixing",
-                                                    "shuffle", *r]))
+        if not real:  # on a real model the shuffle pass takes ~15 s CPU a run: only the verified run below
+            out.append(Case(f"shuf-g2-{s}", [*sep, "--mode", "shuffle", "--groups", "2", *r]))
+            out.append(Case(f"shuf-g2-mixshuffle-{s}", [*sep, "--mode", "shuffle", "--groups", "2", "--mixing",
+                                                        "shuffle", *r]))
         out.append(Case(f"shuf-g2-verify-{s}", [*sep, "--mode", "shuffle", "--groups", "2", "--verify", *r]))
         if calib:
             cal = ["--calibration", f"calib/{s}.npz"]
@@ -168,7 +178,7 @@ def cases(root: Path, quick: bool) -> tuple[list[Case], list[str]]:
     for m in samples:
         separate_matrix(m, calib=True, kernel_refit=True)
     if f"{REAL_DIR}/{REAL_SEPARATE}" in reals:
-        separate_matrix(f"{REAL_DIR}/{REAL_SEPARATE}", calib=not quick, kernel_refit=False)
+        separate_matrix(f"{REAL_DIR}/{REAL_SEPARATE}", calib=not quick, kernel_refit=False, real=True)
         if quick:
             notes.append(f"skipped (--quick): calibration cases on {REAL_DIR}/{REAL_SEPARATE}")
     small = f"{REAL_DIR}/{REAL_SMALL}"
@@ -216,7 +226,7 @@ def make_calibration(model_path: Path, dest: Path, shape: Sequence[int] | None =
     """Write a seeded calibration ``.npz`` for the model's graph inputs; returns input name -> sha256 of the
     array (dtype, shape and bytes; the .npz file itself holds zip timestamps, so it is not hashed).
 
-    Each array is ``CALIB_SAMPLES`` samples (times a fixed batch) of standard normal values; symbolic dims take
+    Each array is ``CALIB_SAMPLES`` (``CALIB_SAMPLES_REAL`` under realmodels/) samples (times a fixed batch) of standard normal values; symbolic dims take
     ``SYMBOLIC_DIM``, or the given ``shape`` (one input). The seed is the CRC32 of the model's file name, so
     every capture draws the same values.
     """
@@ -234,7 +244,8 @@ def make_calibration(model_path: Path, dest: Path, shape: Sequence[int] | None =
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else SYMBOLIC_DIM
                     for d in tt.shape.dim]
         batch = dims[0] if dims and shape is None and tt.shape.dim[0].HasField("dim_value") else 1
-        dims = [CALIB_SAMPLES * max(1, batch), *dims[1:]]
+        samples = CALIB_SAMPLES_REAL if model_path.parent.name == REAL_DIR else CALIB_SAMPLES
+        dims = [samples * max(1, batch), *dims[1:]]
         arrays[vi.name] = rng.standard_normal(dims).astype(_np_dtype(tt.elem_type))
     dest.parent.mkdir(parents=True, exist_ok=True)
     np.savez(dest, **arrays)  # type: ignore[arg-type]
