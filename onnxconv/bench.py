@@ -60,7 +60,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .compare import OPT_LEVELS, Agreement, compare_outputs, feeds_for, load_inputs, make_inputs, session
+from .compare import (OPT_LEVELS, Agreement, compare_outputs, feeds_for, load_inputs, make_inputs, ort_message,
+                      session)
 from .errors import OnnxConvError, OptionError
 from .stats import LayerStats
 
@@ -383,11 +384,6 @@ def _mb(n: int | None) -> float | None:
 # Runners: one session with its inputs bound, here or in a worker process
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 _PRIMED: set[tuple[tuple[str, ...], int]] = set()
 _GPU_EPS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
@@ -484,7 +480,7 @@ class _Runner:
         try:
             self.sess.run_with_iobinding(binding)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise OnnxConvError(f"onnxruntime failed to run {self.name}: {_first_line(e)}") from e
+            raise OnnxConvError(f"onnxruntime failed to run {self.name}: {ort_message(e)}") from e
         if self._on_gpu:
             binding.synchronize_outputs()
         return time.perf_counter() - t0

@@ -15,6 +15,7 @@ heads emit). A detector's ``1 x 3549 x 85`` has its longest axis elsewhere and g
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from .errors import OnnxConvError, OptionError
 
 __all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
            "feeds_for", "run_model", "compare_outputs", "session",
-           "OPT_LEVELS"]
+           "OPT_LEVELS", "ort_message", "ORT_LOG_SEVERITY"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -54,6 +55,25 @@ class Agreement:
         return asdict(self)
 
 
+#: Severity below which onnxruntime logs nothing (0 verbose .. 3 error, 4 fatal). Errors too are silenced: every
+#: failure onnxruntime logs it also raises, and the caller turns that into the one ``Error:`` line; the log line
+#: (coloured, with a timestamp and a C++ source location) would only print the same message twice.
+ORT_LOG_SEVERITY = 4
+
+#: A C++ source location with the function that raised (``/onnxruntime_src/.../reshape_helper.h:91
+#: onnxruntime::ReshapeHelper::ReshapeHelper(const ...&, bool) ``): noise for the user, dropped from messages.
+_SOURCE_LOCATION = re.compile(r"\S+\.(?:cc|cpp|cu|h|hpp):\d+(?: (?:[\w:<>,*&~]+ )*[\w<>~]*::[\w:<>~]+\([^)]*\)(?: const)?)? ?")
+
+
+def ort_message(e: BaseException, limit: int = 300) -> str:
+    """onnxruntime's message of ``e`` made fit for one ``Error:`` line: its first line, without C++ source
+    locations, at most ``limit`` characters (the CLI escapes control characters)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    first = _SOURCE_LOCATION.sub("", first).strip() or first
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 #: Graph optimisation levels by the name the CLI takes.
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -76,7 +96,7 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = ORT_LOG_SEVERITY  # the run logger inherits it: runs stay quiet too
     if threads:
         so.intra_op_num_threads = threads
     levels = {
@@ -95,8 +115,7 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-
     try:
         return ort.InferenceSession(src, so, providers=list(providers))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxConvError(f"onnxruntime cannot load the model: {first[:300]}") from e
+        raise OnnxConvError(f"onnxruntime cannot load the model: {ort_message(e)}") from e
 
 
 def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None,  # type: ignore[no-untyped-def]
@@ -231,8 +250,7 @@ def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  
     try:
         outs = sess.run(names, dict(feeds))
     except Exception as e:  # noqa: BLE001
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxConvError(f"onnxruntime failed to run the model: {first[:300]}") from e
+        raise OnnxConvError(f"onnxruntime failed to run the model: {ort_message(e)}") from e
     return dict(zip(names, outs))
 
 

@@ -153,3 +153,29 @@ def test_progress_bar_waits_a_second_then_draws(capsys) -> None:
     off._start -= 2.0
     off("timing", 1, 2)
     assert off._progress is None
+
+
+def reshape_fails_at_run_time() -> onnx.ModelProto:
+    """Loads, then fails in every run: a Reshape of 8 values to 3x5."""
+    from onnx import TensorProto, helper
+
+    from .modelkit import init, make_model, tensor
+
+    node = helper.make_node("Reshape", ["X", "S"], ["Y"], name="reshape")
+    return make_model([node], [tensor("X", [1, 8])], [tensor("Y", None)],
+                      [init("S", np.array([3, 5], np.int64))])
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_run_failure_is_one_quiet_line_with_onnxruntimes_reason(tmp_path, capfd, isolate: bool) -> None:
+    """onnxruntime logs a failed kernel on fd 2 (coloured, timestamped) before it raises: only the Error line may
+    reach the user, and it carries onnxruntime's reason without the C++ source location."""
+    path = tmp_path / "bad.onnx"
+    onnx.save(reshape_fails_at_run_time(), path)
+    r = invoke(str(path), *QUICK, *(["--isolate"] if isolate else []))
+    assert r.exit_code == 1
+    [line] = r.stderr.splitlines()
+    assert line.startswith("Error: onnxruntime failed to run ") and "cannot be reshaped" in line
+    assert ".h:" not in line and "onnxruntime::" not in line and len(line) < 400
+    err = capfd.readouterr().err
+    assert "onnxruntime:" not in err and "\x1b[" not in err

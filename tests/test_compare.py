@@ -208,3 +208,22 @@ def test_agreement_of_a_conv_with_perturbed_weights() -> None:
 def test_load_inputs_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(OptionError, match="no such file"):
         compare.load_inputs(tmp_path / "missing.npz", None)
+
+
+def test_sessions_log_nothing_and_messages_drop_source_locations(capfd) -> None:
+    """separate --verify runs through compare.session/run_model: a failing run raises one short line, and
+    onnxruntime's own (coloured) log line of the same failure does not reach fd 2."""
+    node = helper.make_node("Reshape", ["X", "S"], ["Y"], name="reshape")
+    model = make_model([node], [tensor("X", [1, 8])], [tensor("Y", None)], [init("S", np.array([3, 5], np.int64))])
+    with pytest.raises(OnnxConvError, match="^onnxruntime failed to run the model: .*cannot be reshaped") as e:
+        compare.run_model(compare.session(model), {"X": np.zeros((1, 8), np.float32)})
+    assert "onnxruntime::" not in str(e.value) and "reshape_helper.h" not in str(e.value)
+    err = capfd.readouterr().err
+    assert "onnxruntime:" not in err and "\x1b[" not in err
+
+
+def test_ort_message_first_line_short() -> None:
+    e = RuntimeError("[ONNXRuntimeError] : 1 : FAIL : /src/a/b.cc:12 void f::g(int) const bad thing\nsecond")
+    assert compare.ort_message(e) == "[ONNXRuntimeError] : 1 : FAIL : bad thing"
+    assert compare.ort_message(RuntimeError("x" * 500), limit=50) == "x" * 47 + "..."
+    assert compare.ort_message(RuntimeError("")) == "RuntimeError"
