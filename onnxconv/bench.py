@@ -67,7 +67,7 @@ from .stats import LayerStats
 
 __all__ = [
     "BenchConfig", "BenchReport", "ProviderRun", "ModelResult", "Timing", "SpeedUp", "Memory", "NodeTime",
-    "Profile", "Provider", "ProviderError", "PROVIDERS", "bench", "resolve_provider", "timing_stats",
+    "Profile", "Provider", "ProviderError", "PROVIDERS", "MAX_THREADS", "bench", "resolve_provider", "timing_stats",
     "speedup_stats", "validate_thresholds", "check_thresholds", "render", "FORMATS", "parse_profile",
     "join_profile", "profile_model", "current_rss_bytes", "peak_rss_bytes", "device_memory_bytes",
 ]
@@ -91,6 +91,11 @@ DEFAULT_DURATION = 5.0
 #: Fewest timed rounds in duration mode, so percentiles and the ratio spread mean something.
 MIN_ROUNDS = 5
 _MB = 1024.0 * 1024.0
+#: Most intra-op threads a session may be given. onnxruntime starts every one of them at session creation, and
+#: a thread beyond the cores only waits for one: a typo such as ``--threads 100000`` would start 100000 OS
+#: threads (minutes, or a failure to spawn) for nothing. 1024 is above the core count of any single machine
+#: onnxruntime runs on, so no real setting is refused.
+MAX_THREADS = 1024
 
 
 class ProviderError(OptionError):
@@ -137,8 +142,8 @@ class BenchConfig:
             raise OptionError(f"--iters must be at least 1, got {self.iters}")
         if self.duration is not None and not self.duration > 0:
             raise OptionError(f"--duration must be positive, got {self.duration}")
-        if self.threads is not None and self.threads < 1:
-            raise OptionError(f"--threads must be at least 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise OptionError(f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         if self.opt_level not in OPT_LEVELS:
             raise OptionError(f"--opt-level {self.opt_level}: choose from {', '.join(OPT_LEVELS)}")
         if self.batch is not None and self.batch < 1:

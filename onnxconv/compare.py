@@ -14,12 +14,13 @@ heads emit). A detector's ``1 x 3549 x 85`` has its longest axis elsewhere and g
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -28,7 +29,7 @@ from .errors import OnnxConvError, OptionError
 
 __all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
            "feeds_for", "run_model", "compare_outputs", "session",
-           "OPT_LEVELS", "ort_message", "ORT_LOG_SEVERITY"]
+           "OPT_LEVELS", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -118,13 +119,45 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-
         raise OnnxConvError(f"onnxruntime cannot load the model: {ort_message(e)}") from e
 
 
+def memory_limit_bytes() -> int | None:
+    """Largest input set :func:`make_inputs` draws: half the physical memory (os.sysconf), None where unknown.
+
+    Half, because the arrays are only the start: onnxruntime copies them into OrtValues (bench's IO binding) and
+    allocates every intermediate and output beside them. A typo such as ``--batch 1000000000`` would otherwise
+    ask numpy for terabytes and end in a MemoryError traceback or the OOM killer.
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown here
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
 def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None,  # type: ignore[no-untyped-def]
-                seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every input of an onnxruntime session (standard normal floats, small ints)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+                seed: int = 0, max_bytes: int | Literal["auto"] | None = "auto") -> dict[str, np.ndarray]:
+    """Random inputs for every input of an onnxruntime session (standard normal floats, small ints).
+
+    Every shape is worked out and the bytes of all inputs summed before anything is allocated; more than
+    ``max_bytes`` (default :func:`memory_limit_bytes`; None: no limit) is refused in one line naming the input
+    that crosses it, its shape and its size.
+
+    Raises:
+        OptionError: ``input_shapes`` names no input of the session, a symbolic dim other than the batch is
+            not given, a type random inputs do not cover, or the inputs would not fit in memory.
+    """
+    from .shapes import require_input
+
     shapes = dict(input_shapes or {})
-    for inp in sess.get_inputs():
+    inputs = sess.get_inputs()
+    for name in shapes:
+        require_input(name, [i.name for i in inputs])
+    limit = memory_limit_bytes() if max_bytes == "auto" else max_bytes
+    plan: list[tuple[str, list[int], type]] = []
+    total = 0
+    for inp in inputs:
         if inp.name in shapes:
             shape = list(shapes[inp.name])
         else:
@@ -142,12 +175,25 @@ def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, b
         dtype = _ORT_TYPES.get(inp.type)
         if dtype is None:
             raise OptionError(f"input '{inp.name}' has type {inp.type}, which random inputs do not cover; use --inputs")
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow at 10**12 dims
+        total += nbytes
+        if limit is not None and total > limit:
+            shown = "x".join(map(str, shape))
+            raise OptionError(
+                f"input '{inp.name}' of shape {shown} ({np.dtype(dtype).name}) needs {nbytes:,} bytes "
+                f"({_gib(nbytes)}); the inputs would take {_gib(total)}, more than the limit of {_gib(limit)} "
+                f"(half this machine's memory): lower --batch or --input-shape"
+            )
+        plan.append((inp.name, shape, dtype))
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for name, shape, dtype in plan:
         if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
-            feeds[inp.name] = rng.integers(0, 2, shape).astype(np.bool_)
+            feeds[name] = rng.integers(0, 2, shape).astype(np.bool_)
         else:
-            feeds[inp.name] = rng.integers(0, 8, shape).astype(dtype)
+            feeds[name] = rng.integers(0, 8, shape).astype(dtype)
     return feeds
 
 

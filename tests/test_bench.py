@@ -168,6 +168,7 @@ def test_duration_mode_runs_at_least_min_rounds(pair) -> None:
     ({"duration": 0.0}, "--duration must be positive"),
     ({"warmup": -1}, "--warmup"),
     ({"threads": 0}, "--threads"),
+    ({"threads": 100_000}, "--threads must be between 1 and 1024"),
     ({"opt_level": "max"}, "--opt-level max"),
     ({"batch": 0}, "--batch"),
     ({"providers": ()}, "at least one --provider"),

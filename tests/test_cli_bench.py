@@ -179,3 +179,32 @@ def test_run_failure_is_one_quiet_line_with_onnxruntimes_reason(tmp_path, capfd,
     assert ".h:" not in line and "onnxruntime::" not in line and len(line) < 400
     err = capfd.readouterr().err
     assert "onnxruntime:" not in err and "\x1b[" not in err
+
+
+def test_huge_batch_is_refused_before_allocating(models) -> None:
+    """tiny_net's batch is symbolic: --batch 10**9 asks for 10**9 x 3x12x12 float32 = 1.7 TB of inputs."""
+    a, _, _ = models
+    r = invoke(a, *QUICK, "--batch", "1000000000")
+    assert r.exit_code == 1
+    [line] = r.stderr.splitlines()
+    assert line.startswith("Error: input 'X' of shape 1000000000x3x12x12 (float32) needs 1,728,000,000,000 bytes")
+
+
+def test_unknown_input_shape_name_is_rejected_like_stats(models) -> None:
+    a, _, _ = models
+    r = invoke(a, *QUICK, "--input-shape", "bogus=1x3x12x12")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: --input-shape: the model has no input 'bogus' (inputs: X)"
+    stats = CliRunner().invoke(main, ["stats", a, "--input-shape", "bogus=1x3x12x12"])
+    assert stats.exit_code == 1 and stats.stderr == r.stderr  # the same check, the same words
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("bench", "--batch", "0"), ("stats", "--batch", "0"), ("stats", "--batch", "-2"),
+    ("bench", "--threads", "0"), ("bench", "--threads", "100000"),
+])
+def test_out_of_range_counts_are_usage_errors(models, command: str, option: str, value: str) -> None:
+    a, _, _ = models
+    extra = QUICK if command == "bench" else []
+    r = CliRunner().invoke(main, [command, a, *extra, option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr and "Traceback" not in r.output

@@ -51,6 +51,27 @@ def test_make_inputs_symbolic_non_batch_dim_names_the_option() -> None:
     assert compare.make_inputs(sess, {"X": [1, 3, 9, 7]})["X"].shape == (1, 3, 9, 7)
 
 
+def test_make_inputs_refuses_inputs_beyond_memory_before_allocating() -> None:
+    """X is N x 4 float32 (16 bytes a row), S 1 x 4 float32, K 3 int64: 16*N + 16 + 24 bytes in all."""
+    sess = compare.session(two_input_model())
+    assert compare.make_inputs(sess, batch=4, max_bytes=16 * 4 + 16 + 24)["X"].shape == (4, 4)
+    with pytest.raises(OptionError, match=r"input 'K' of shape 3 \(int64\) needs 24 bytes .*lower --batch") as e:
+        compare.make_inputs(sess, batch=4, max_bytes=16 * 4 + 16 + 23)  # the last input crosses the limit
+    assert "\n" not in str(e.value)
+    # A huge --batch and a declared dim of 10**12 (terabytes): refused by the default limit, nothing allocated.
+    with pytest.raises(OptionError, match=r"input 'X' of shape 1000000000000x4 \(float32\) needs 16,000,000,000,000 "):
+        compare.make_inputs(sess, batch=10**12)
+    huge = compare.session(single_conv([1, 3, 10**12, 1], [4, 3, 1, 1]))
+    with pytest.raises(OptionError, match=r"input 'X' of shape 1x3x1000000000000x1 \(float32\) needs 12,000,000,000,000"):
+        compare.make_inputs(huge)
+
+
+def test_make_inputs_rejects_an_unknown_input_shape_name() -> None:
+    sess = compare.session(two_input_model())
+    with pytest.raises(OptionError, match=r"^--input-shape: the model has no input 'bogus' \(inputs: X, S, K\)$"):
+        compare.make_inputs(sess, {"bogus": [1, 4]})
+
+
 def test_load_inputs(tmp_path) -> None:
     sess = compare.session(two_input_model())
     good = tmp_path / "in.npz"
