@@ -7,9 +7,10 @@ maps them by name, else by position, onto a model whose inputs were renamed).
 Metrics, per output, of a model's output ``b`` against the reference output ``a`` (both as float64):
 max absolute error ``max|a - b|``; relative error ``||a - b|| / ||a||`` (Frobenius; the plain norm of the
 difference when ``a`` is all zeros); cosine similarity ``a.b / (||a|| ||b||)``; top-1 agreement, the share of
-positions whose argmax over the class axis agrees, for outputs that look like class scores: 2-D ``N x C``
-(C > 1), or 3-D with the last axis the longest (``N x T x C`` / ``T x N x C`` per-position scores, as OCR/CTC
-heads emit). A detector's ``1 x 3549 x 85`` has its longest axis elsewhere and gets no top-1.
+positions whose argmax over the class axis agrees, for outputs whose rows are class distributions: 2-D
+``N x C`` or 3-D ``N x T x C`` (per-position scores, as OCR heads emit) whose rows over the last axis are
+softmax or log-softmax outputs (:func:`looks_like_scores`). A detector head, a regression or raw logits get
+no top-1: their shape cannot tell them apart, and argmax over a non-class axis is a meaningless figure.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .errors import OnnxConvError, OptionError
 
 __all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
            "feeds_for", "run_model", "compare_outputs", "session",
-           "OPT_LEVELS", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
+           "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -43,7 +44,7 @@ class Agreement:
     """How closely one output of a model matches the reference model's.
 
     ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius); ``top1`` is the share of positions whose argmax over the
-    last axis agrees, for outputs that look like class scores (see the module docstring), else None.
+    last axis agrees, for outputs whose rows are class distributions (:func:`looks_like_scores`), else None.
     """
 
     output: str
@@ -300,13 +301,34 @@ def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  
     return dict(zip(names, outs))
 
 
-def _looks_like_scores(a: np.ndarray) -> bool:
-    """Class scores: N x C with C > 1, or 3-D whose last (class) axis is the longest (per-position scores)."""
-    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+#: How far a row's sum (probabilities) or log-sum-exp (log-probabilities) may sit from 1 or 0: float32 softmax
+#: over tens of thousands of classes rounds at about 1e-6 relative; a regression or logit row misses by far more.
+_DISTRIBUTION_TOL = 1e-3
+
+
+def looks_like_scores(a: np.ndarray) -> bool:
+    """Whether top-1 agreement means something for ``a``: its rows over the last axis are class distributions.
+
+    The rule: rank 2 (``N x C``) or 3 (``N x T x C`` / ``T x N x C`` per-position scores, as OCR heads emit),
+    ``C >= 2``, and every row of the reference is a probability vector (entries in [0, 1], summing to 1: a
+    softmax) or a log-probability vector (entries <= 0, log-sum-exp 0: a log-softmax). Shape alone cannot tell
+    class scores from other outputs: a YOLO head ``1 x 84 x 2100`` or a ``1 x 10`` landmark regression has the
+    same shape as scores, and argmax over their last axis is meaningless (0 % top-1 at cosine 0.998). Raw logits
+    cannot be told from a regression by their values either, so they get no top-1; cosine and relative error
+    still say how closely they agree.
+    """
+    if not np.issubdtype(a.dtype, np.floating) or a.ndim not in (2, 3) or a.shape[-1] < 2 or a.size == 0:
         return False
-    if a.ndim == 2:
-        return a.shape[1] > 1
-    return a.ndim == 3 and a.shape[2] > 1 and a.shape[2] > max(a.shape[0], a.shape[1])
+    rows = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1])
+    if not np.all(np.isfinite(rows)):
+        return False
+    if rows.min() >= 0 and rows.max() <= 1 + _DISTRIBUTION_TOL:
+        return bool(np.all(np.abs(rows.sum(axis=1) - 1) <= _DISTRIBUTION_TOL))
+    if rows.max() <= 0:
+        top = rows.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+        return bool(np.all(np.abs(lse) <= _DISTRIBUTION_TOL))
+    return False
 
 
 def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> list[Agreement]:
@@ -329,7 +351,7 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
         cos = float(a64 @ b64 / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
         arr_a, arr_b = np.asarray(a), np.asarray(b)
         # Same element count but another shape (a reshape at the end of a rewrite) is compared flat, without top-1.
-        scores = arr_a.shape == arr_b.shape and _looks_like_scores(arr_a)
+        scores = arr_a.shape == arr_b.shape and looks_like_scores(arr_a)
         top1 = float(np.mean(arr_a.argmax(-1) == arr_b.argmax(-1))) if scores else None
         out.append(Agreement(name, float(np.max(np.abs(diff))) if diff.size else 0.0, rel, cos, top1))
     return out

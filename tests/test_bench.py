@@ -144,8 +144,31 @@ def test_bench_two_models_interleaved_with_agreement(pair) -> None:
                                        compare.run_model(compare.session(b), feeds))
     [ag] = new.agreement
     assert ag.output == "Y" and ag.rel_error == pytest.approx(expected[0].rel_error, rel=1e-6)
-    assert ag.rel_error == pytest.approx(0.001, rel=0.02) and ag.top1 == 1.0
+    assert ag.rel_error == pytest.approx(0.001, rel=0.02) and ag.top1 is None  # Gemm logits: no top-1
     assert run.spinning is False and any("spinning" in n for n in report.notes)
+
+
+def test_top1_only_for_the_class_distribution_output() -> None:
+    """A head with a softmax output (class probabilities) and a 1x10 regression output (landmarks): top-1 for the
+    first only; the table prints '-' for the second."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Flatten", ["X"], ["f"]), helper.make_node("Gemm", ["f", "Wc"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+             helper.make_node("Gemm", ["f", "Wr"], ["landmarks"])]
+
+    def head(scale: float) -> onnx.ModelProto:
+        return make_model(nodes, [tensor("X", [2, 3, 4, 4])], [tensor("probs", None), tensor("landmarks", None)],
+                          [init("Wc", (rng.standard_normal((48, 5)) * scale).astype(np.float32)),
+                           init("Wr", (rng.standard_normal((48, 10)) * scale).astype(np.float32))])
+
+    report = B.bench([head(1.0), head(1.0)], B.BenchConfig(**QUICK), names=["a", "b"])
+    probs, landmarks = report.runs[0].models[1].agreement
+    assert (probs.output, landmarks.output) == ("probs", "landmarks")
+    assert probs.top1 is not None and 0 <= probs.top1 <= 1 and landmarks.top1 is None
+    table = B.render(report)
+    row = next(line for line in table.splitlines() if line.startswith("b ") and " landmarks " in line)
+    assert row.rstrip().endswith(" -")
+    assert any(line.startswith("b ") and " probs " in line and line.rstrip().endswith("%") for line in table.splitlines())
 
 
 def test_same_model_twice_is_a_clean_null_test(pair) -> None:

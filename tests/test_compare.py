@@ -188,17 +188,26 @@ def test_agreement_cosine_and_zero_reference() -> None:
     assert zero.rel_error == pytest.approx(5.0) and zero.cosine == 0.0
 
 
-def test_top1_for_class_scores_only() -> None:
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_top1_for_class_distributions_only() -> None:
     rng = np.random.default_rng(0)
-    scores = rng.standard_normal((4, 10)).astype(np.float32)
-    flipped = scores.copy()
+    logits = rng.standard_normal((4, 10))
+    flipped = logits.copy()
     flipped[0] = -flipped[0]  # row 0's argmax moves
-    [ag] = compare.compare_outputs({"Y": scores}, {"Y": flipped})
-    assert ag.top1 == pytest.approx(0.75)
-    seq = rng.standard_normal((1, 6, 30)).astype(np.float32)  # N x T x C, OCR style
+    for scores, moved in ((_softmax(logits), _softmax(flipped)), (np.log(_softmax(logits)), np.log(_softmax(flipped)))):
+        [ag] = compare.compare_outputs({"Y": scores.astype(np.float32)}, {"Y": moved.astype(np.float32)})
+        assert ag.top1 == pytest.approx(0.75)
+    seq = _softmax(rng.standard_normal((1, 6, 3000))).astype(np.float32)  # N x T x C probabilities, OCR style
     [ag] = compare.compare_outputs({"Y": seq}, {"Y": seq})
     assert ag.top1 == 1.0
-    for not_scores in (rng.standard_normal((1, 50, 8)), rng.standard_normal((5, 1)), rng.standard_normal((2, 3, 4, 5))):
+    yolo = np.abs(rng.standard_normal((1, 84, 2100))).astype(np.float32) * 100  # boxes and class scores per anchor
+    regression = rng.standard_normal((1, 10))  # landmarks
+    sigmoids = 1 / (1 + np.exp(-rng.standard_normal((3, 10))))  # multi-label: in [0, 1], rows do not sum to 1
+    for not_scores in (yolo, regression, logits, sigmoids, rng.standard_normal((5, 1)), _softmax(rng.standard_normal((2, 3, 4, 5)))):
         [ag] = compare.compare_outputs({"Y": not_scores}, {"Y": not_scores})
         assert ag.top1 is None, not_scores.shape
 

@@ -104,7 +104,7 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     then models run in interleaved rounds (A B, B A, ...) so that a busy machine slows
     all of them alike. Speed-up = median over rounds of t(first) / t(model), with its
     quartiles. Outputs on the same inputs are compared with the first model's: max abs
-    error, relative error ||a-b||/||a||, cosine, top-1 agreement for class scores.
+    error, relative error ||a-b||/||a||, cosine, top-1 agreement for softmax outputs.
 
     \b
     Exit status: 0 ok, 1 error (e.g. a provider is not available), 3 a threshold failed.
