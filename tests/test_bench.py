@@ -291,6 +291,34 @@ def test_profile_joins_every_counted_layer(opt_level: str) -> None:
     assert [n.mean_us for n in prof.nodes] == sorted((n.mean_us for n in prof.nodes), reverse=True)
 
 
+@pytest.mark.parametrize("opt_level", ["extended", "all"])
+def test_profile_joins_the_convs_of_a_qdq_quantized_model(tmp_path, opt_level: str) -> None:
+    """onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear group into a QLinearConv and renames it:
+    'conv1_token_1' at 'all' (the NHWC pass), the unnamed conv '_token_5' or 'QLinearConv_30'. Every counted
+    conv must still be joined."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self._batches = iter([{"X": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    model = tiny_net()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    report = B.bench([str(tmp_path / "qdq.onnx")], B.BenchConfig(**QUICK, opt_level=opt_level, profile=True,
+                                                                 profile_runs=2))
+    prof = report.runs[0].models[0].profile
+    assert prof is not None
+    assert {n.op_type for n in prof.nodes if n.layer in ("conv1", "c2", "dw")} == {"QLinearConv"}
+    assert prof.unjoined == [] and prof.layer_macs == prof.joined_macs > 0
+
+
 def _events(runs: list[list[tuple[str, str, float]]]) -> list[dict]:
     """A synthetic onnxruntime profile: one model_run per inner list of (node, op, dur_us)."""
     ev: list[dict] = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50}]
@@ -345,6 +373,34 @@ def test_join_follows_onnxruntime_renames() -> None:
     assert by["d_nchwc"].layer is None and by["d_nchwc"].macs is None  # 'd' was already claimed by Conv_2
     assert prof.unjoined == [] and prof.joined_macs == sum(macs.values())
     assert prof.joined_us == 35.0 and prof.total_us == sum(us.values())
+
+
+def test_join_strips_token_suffixes_and_never_guesses_between_unnamed_twins() -> None:
+    """'conv1_token_1' is conv1 rebuilt by a QDQ fusion. Two unnamed convs with outputs of one size cannot be told
+    apart by an unnamed kernel ('_token_5'): it stays unjoined; one of another size ('QLinearConv_30') joins."""
+    x = tensor("X", [1, 4, 6, 6])
+    nodes = [helper.make_node("Conv", ["X", "W"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "W"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c", "W"], ["Y"], strides=[2, 2], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [x], [tensor("Y", None)], [init("W", np.ones((4, 4, 3, 3), np.float32))])
+    rows = analyze(model).layers
+    raw = {"conv1_token_1": 144, "_token_5": 144, "QLinearConv_30": 36}
+    prof = B.join_profile({k: {"us": 1.0, "op_type": "QLinearConv", "provider": "CPU", "output_elements": e}
+                           for k, e in raw.items()}, 1, model, rows)
+    by = {n.node: n.layer for n in prof.nodes}
+    assert by == {"conv1_token_1": "conv1", "_token_5": None, "QLinearConv_30": "Y"}
+    assert sorted(prof.unjoined) == ["b", "c"]
+
+
+def test_parse_profile_reads_the_output_element_count() -> None:
+    ev = _events([[("conv", "Conv", 3.0)]])
+    for e in ev:
+        if e["name"] == "conv_kernel_time":
+            e["args"]["output_type_shape"] = [{"uint8": [1, 12, 12, 8]}]
+    nodes, _ = B.parse_profile(ev, runs=1)
+    assert nodes["conv"]["output_elements"] == 1152
+    assert B.parse_profile(_events([[("conv", "Conv", 3.0)]]), runs=1)[0]["conv"]["output_elements"] is None
 
 
 def test_profile_reports_layers_it_cannot_join() -> None:
