@@ -434,9 +434,9 @@ def test_json_has_no_nan() -> None:
 
 def test_gpu_providers_get_the_device_id_and_memory_reading_degrades() -> None:
     trt = B.resolve_provider("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert B._session_providers(trt, 1) == [("TensorrtExecutionProvider", {"device_id": 1}),
+    assert B.session_providers(trt, 1) == [("TensorrtExecutionProvider", {"device_id": 1}),
                                             ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert B._session_providers(B.resolve_provider("cpu"), 1) == ["CPUExecutionProvider"]
+    assert B.session_providers(B.resolve_provider("cpu"), 1) == ["CPUExecutionProvider"]
     used, scope = B.device_memory_bytes(0)
     assert (used is None) == (scope == "") and (HAS_CUDA or used is None)  # no GPU here: unknown, not an error
 
