@@ -487,3 +487,22 @@ def test_cuda_iobinding_path_matches_cpu(pair) -> None:
     assert cuda.models[1].agreement[0].rel_error == pytest.approx(cpu.models[1].agreement[0].rel_error, abs=1e-4)
     assert cuda.models[0].memory.device_mb is not None
     assert cuda.models[0].profile is not None and cuda.models[0].profile.nodes
+
+
+def test_package_reexports_and_modules_share_only_public_names() -> None:
+    """onnxconv.bench is split by concern (config, runners, timing, profile, render); callers keep importing from
+    the package, and no module reaches into another's private names."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    for name in B.__all__:
+        assert getattr(B, name) is not None, name
+    package = Path(B.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert private == [], f"{path.name} imports {private} from .{node.module}"
+        module = importlib.import_module(f"onnxconv.bench.{path.stem}") if path.stem != "__init__" else B
+        assert all(hasattr(module, n) for n in getattr(module, "__all__", [])), path.name
