@@ -134,7 +134,7 @@ def memory_limit_bytes() -> int | None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.3g} GiB"
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
 
 
 def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None,  # type: ignore[no-untyped-def]
