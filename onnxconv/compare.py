@@ -7,18 +7,21 @@ maps them by name, else by position, onto a model whose inputs were renamed).
 Metrics, per output, of a model's output ``b`` against the reference output ``a`` (both as float64):
 max absolute error ``max|a - b|``; relative error ``||a - b|| / ||a||`` (Frobenius; the plain norm of the
 difference when ``a`` is all zeros); cosine similarity ``a.b / (||a|| ||b||)``; top-1 agreement, the share of
-positions whose argmax over the class axis agrees, for outputs that look like class scores: 2-D ``N x C``
-(C > 1), or 3-D with the last axis the longest (``N x T x C`` / ``T x N x C`` per-position scores, as OCR/CTC
-heads emit). A detector's ``1 x 3549 x 85`` has its longest axis elsewhere and gets no top-1.
+positions whose argmax over the class axis agrees, for outputs whose rows are class distributions: 2-D
+``N x C`` or 3-D ``N x T x C`` (per-position scores, as OCR heads emit) whose rows over the last axis are
+softmax or log-softmax outputs (:func:`looks_like_scores`). A detector head, a regression or raw logits get
+no top-1: their shape cannot tell them apart, and argmax over a non-class axis is a meaningless figure.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -27,7 +30,7 @@ from .errors import OnnxConvError, OptionError
 
 __all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
            "feeds_for", "run_model", "compare_outputs", "session",
-           "OPT_LEVELS"]
+           "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -41,7 +44,7 @@ class Agreement:
     """How closely one output of a model matches the reference model's.
 
     ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius); ``top1`` is the share of positions whose argmax over the
-    last axis agrees, for outputs that look like class scores (see the module docstring), else None.
+    last axis agrees, for outputs whose rows are class distributions (:func:`looks_like_scores`), else None.
     """
 
     output: str
@@ -52,6 +55,25 @@ class Agreement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Severity below which onnxruntime logs nothing (0 verbose .. 3 error, 4 fatal). Errors too are silenced: every
+#: failure onnxruntime logs it also raises, and the caller turns that into the one ``Error:`` line; the log line
+#: (coloured, with a timestamp and a C++ source location) would only print the same message twice.
+ORT_LOG_SEVERITY = 4
+
+#: A C++ source location with the function that raised (``/onnxruntime_src/.../reshape_helper.h:91
+#: onnxruntime::ReshapeHelper::ReshapeHelper(const ...&, bool) ``): noise for the user, dropped from messages.
+_SOURCE_LOCATION = re.compile(r"\S+\.(?:cc|cpp|cu|h|hpp):\d+(?: (?:[\w:<>,*&~]+ )*[\w<>~]*::[\w:<>~]+\([^)]*\)(?: const)?)? ?")
+
+
+def ort_message(e: BaseException, limit: int = 300) -> str:
+    """onnxruntime's message of ``e`` made fit for one ``Error:`` line: its first line, without C++ source
+    locations, at most ``limit`` characters (the CLI escapes control characters)."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    first = _SOURCE_LOCATION.sub("", first).strip() or first
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 #: Graph optimisation levels by the name the CLI takes.
@@ -76,7 +98,7 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = ORT_LOG_SEVERITY  # the run logger inherits it: runs stay quiet too
     if threads:
         so.intra_op_num_threads = threads
     levels = {
@@ -95,17 +117,48 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-
     try:
         return ort.InferenceSession(src, so, providers=list(providers))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxConvError(f"onnxruntime cannot load the model: {first[:300]}") from e
+        raise OnnxConvError(f"onnxruntime cannot load the model: {ort_message(e)}") from e
+
+
+def memory_limit_bytes() -> int | None:
+    """Largest input set :func:`make_inputs` draws: half the physical memory (os.sysconf), None where unknown.
+
+    Half, because the arrays are only the start: onnxruntime copies them into OrtValues (bench's IO binding) and
+    allocates every intermediate and output beside them. A typo such as ``--batch 1000000000`` would otherwise
+    ask numpy for terabytes and end in a MemoryError traceback or the OOM killer.
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown here
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
 
 
 def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None,  # type: ignore[no-untyped-def]
-                seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every input of an onnxruntime session (standard normal floats, small ints)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+                seed: int = 0, max_bytes: int | Literal["auto"] | None = "auto") -> dict[str, np.ndarray]:
+    """Random inputs for every input of an onnxruntime session (standard normal floats, small ints).
+
+    Every shape is worked out and the bytes of all inputs summed before anything is allocated; more than
+    ``max_bytes`` (default :func:`memory_limit_bytes`; None: no limit) is refused in one line naming the input
+    that crosses it, its shape and its size.
+
+    Raises:
+        OptionError: ``input_shapes`` names no input of the session, a symbolic dim other than the batch is
+            not given, a type random inputs do not cover, or the inputs would not fit in memory.
+    """
+    from .shapes import require_input
+
     shapes = dict(input_shapes or {})
-    for inp in sess.get_inputs():
+    inputs = sess.get_inputs()
+    for name in shapes:
+        require_input(name, [i.name for i in inputs])
+    limit = memory_limit_bytes() if max_bytes == "auto" else max_bytes
+    plan: list[tuple[str, list[int], type]] = []
+    total = 0
+    for inp in inputs:
         if inp.name in shapes:
             shape = list(shapes[inp.name])
         else:
@@ -123,12 +176,25 @@ def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, b
         dtype = _ORT_TYPES.get(inp.type)
         if dtype is None:
             raise OptionError(f"input '{inp.name}' has type {inp.type}, which random inputs do not cover; use --inputs")
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow at 10**12 dims
+        total += nbytes
+        if limit is not None and total > limit:
+            shown = "x".join(map(str, shape))
+            raise OptionError(
+                f"input '{inp.name}' of shape {shown} ({np.dtype(dtype).name}) needs {nbytes:,} bytes "
+                f"({_gib(nbytes)}); the inputs would take {_gib(total)}, more than the limit of {_gib(limit)} "
+                f"(half this machine's memory): lower --batch or --input-shape"
+            )
+        plan.append((inp.name, shape, dtype))
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for name, shape, dtype in plan:
         if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
-            feeds[inp.name] = rng.integers(0, 2, shape).astype(np.bool_)
+            feeds[name] = rng.integers(0, 2, shape).astype(np.bool_)
         else:
-            feeds[inp.name] = rng.integers(0, 8, shape).astype(dtype)
+            feeds[name] = rng.integers(0, 8, shape).astype(dtype)
     return feeds
 
 
@@ -231,18 +297,38 @@ def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  
     try:
         outs = sess.run(names, dict(feeds))
     except Exception as e:  # noqa: BLE001
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxConvError(f"onnxruntime failed to run the model: {first[:300]}") from e
+        raise OnnxConvError(f"onnxruntime failed to run the model: {ort_message(e)}") from e
     return dict(zip(names, outs))
 
 
-def _looks_like_scores(a: np.ndarray) -> bool:
-    """Class scores: N x C with C > 1, or 3-D whose last (class) axis is the longest (per-position scores)."""
-    if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+#: How far a row's sum (probabilities) or log-sum-exp (log-probabilities) may sit from 1 or 0: float32 softmax
+#: over tens of thousands of classes rounds at about 1e-6 relative; a regression or logit row misses by far more.
+_DISTRIBUTION_TOL = 1e-3
+
+
+def looks_like_scores(a: np.ndarray) -> bool:
+    """Whether top-1 agreement means something for ``a``: its rows over the last axis are class distributions.
+
+    The rule: rank 2 (``N x C``) or 3 (``N x T x C`` / ``T x N x C`` per-position scores, as OCR heads emit),
+    ``C >= 2``, and every row of the reference is a probability vector (entries in [0, 1], summing to 1: a
+    softmax) or a log-probability vector (entries <= 0, log-sum-exp 0: a log-softmax). Shape alone cannot tell
+    class scores from other outputs: a YOLO head ``1 x 84 x 2100`` or a ``1 x 10`` landmark regression has the
+    same shape as scores, and argmax over their last axis is meaningless (0 % top-1 at cosine 0.998). Raw logits
+    cannot be told from a regression by their values either, so they get no top-1; cosine and relative error
+    still say how closely they agree.
+    """
+    if not np.issubdtype(a.dtype, np.floating) or a.ndim not in (2, 3) or a.shape[-1] < 2 or a.size == 0:
         return False
-    if a.ndim == 2:
-        return a.shape[1] > 1
-    return a.ndim == 3 and a.shape[2] > 1 and a.shape[2] > max(a.shape[0], a.shape[1])
+    rows = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1])
+    if not np.all(np.isfinite(rows)):
+        return False
+    if rows.min() >= 0 and rows.max() <= 1 + _DISTRIBUTION_TOL:
+        return bool(np.all(np.abs(rows.sum(axis=1) - 1) <= _DISTRIBUTION_TOL))
+    if rows.max() <= 0:
+        top = rows.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+        return bool(np.all(np.abs(lse) <= _DISTRIBUTION_TOL))
+    return False
 
 
 def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> list[Agreement]:
@@ -265,7 +351,7 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
         cos = float(a64 @ b64 / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
         arr_a, arr_b = np.asarray(a), np.asarray(b)
         # Same element count but another shape (a reshape at the end of a rewrite) is compared flat, without top-1.
-        scores = arr_a.shape == arr_b.shape and _looks_like_scores(arr_a)
+        scores = arr_a.shape == arr_b.shape and looks_like_scores(arr_a)
         top1 = float(np.mean(arr_a.argmax(-1) == arr_b.argmax(-1))) if scores else None
         out.append(Agreement(name, float(np.max(np.abs(diff))) if diff.size else 0.0, rel, cos, top1))
     return out

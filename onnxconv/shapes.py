@@ -32,6 +32,7 @@ from .model_io import KEEP_VALUES_BELOW
 
 __all__ = [
     "apply_input_shapes",
+    "require_input",
     "infer",
     "infer_body",
     "type_map",
@@ -60,6 +61,12 @@ def _real_inputs(model: onnx.ModelProto, weights: frozenset[str] = frozenset()) 
     return [vi for vi in model.graph.input if vi.name not in init_names]
 
 
+def require_input(name: str, inputs: Sequence[str]) -> None:
+    """Raise OptionError when ``--input-shape`` names ``name``, which is none of the model's ``inputs``."""
+    if name not in inputs:
+        raise OptionError(f"--input-shape: the model has no input '{name}' (inputs: {', '.join(inputs) or 'none'})")
+
+
 def apply_input_shapes(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None, notes: list[str],
     weights: frozenset[str] = frozenset(),
@@ -75,10 +82,8 @@ def apply_input_shapes(
     real = _real_inputs(model, weights)
     by_name = {vi.name: vi for vi in real}
     for name, dims in input_shapes.items():
-        vi = by_name.get(name)
-        if vi is None:
-            names = ", ".join(v.name for v in real) or "none"
-            raise OptionError(f"--input-shape: the model has no input '{name}' (inputs: {names})")
+        require_input(name, list(by_name))
+        vi = by_name[name]
         old = shape_tuple(vi)
         if old is not None and len(old) != len(dims):
             raise OptionError(f"--input-shape {name}: {len(dims)} dims given, the input has rank {len(old)}")

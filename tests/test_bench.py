@@ -144,8 +144,31 @@ def test_bench_two_models_interleaved_with_agreement(pair) -> None:
                                        compare.run_model(compare.session(b), feeds))
     [ag] = new.agreement
     assert ag.output == "Y" and ag.rel_error == pytest.approx(expected[0].rel_error, rel=1e-6)
-    assert ag.rel_error == pytest.approx(0.001, rel=0.02) and ag.top1 == 1.0
+    assert ag.rel_error == pytest.approx(0.001, rel=0.02) and ag.top1 is None  # Gemm logits: no top-1
     assert run.spinning is False and any("spinning" in n for n in report.notes)
+
+
+def test_top1_only_for_the_class_distribution_output() -> None:
+    """A head with a softmax output (class probabilities) and a 1x10 regression output (landmarks): top-1 for the
+    first only; the table prints '-' for the second."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Flatten", ["X"], ["f"]), helper.make_node("Gemm", ["f", "Wc"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+             helper.make_node("Gemm", ["f", "Wr"], ["landmarks"])]
+
+    def head(scale: float) -> onnx.ModelProto:
+        return make_model(nodes, [tensor("X", [2, 3, 4, 4])], [tensor("probs", None), tensor("landmarks", None)],
+                          [init("Wc", (rng.standard_normal((48, 5)) * scale).astype(np.float32)),
+                           init("Wr", (rng.standard_normal((48, 10)) * scale).astype(np.float32))])
+
+    report = B.bench([head(1.0), head(1.0)], B.BenchConfig(**QUICK), names=["a", "b"])
+    probs, landmarks = report.runs[0].models[1].agreement
+    assert (probs.output, landmarks.output) == ("probs", "landmarks")
+    assert probs.top1 is not None and 0 <= probs.top1 <= 1 and landmarks.top1 is None
+    table = B.render(report)
+    row = next(line for line in table.splitlines() if line.startswith("b ") and " landmarks " in line)
+    assert row.rstrip().endswith(" -")
+    assert any(line.startswith("b ") and " probs " in line and line.rstrip().endswith("%") for line in table.splitlines())
 
 
 def test_same_model_twice_is_a_clean_null_test(pair) -> None:
@@ -168,6 +191,7 @@ def test_duration_mode_runs_at_least_min_rounds(pair) -> None:
     ({"duration": 0.0}, "--duration must be positive"),
     ({"warmup": -1}, "--warmup"),
     ({"threads": 0}, "--threads"),
+    ({"threads": 100_000}, "--threads must be between 1 and 1024"),
     ({"opt_level": "max"}, "--opt-level max"),
     ({"batch": 0}, "--batch"),
     ({"providers": ()}, "at least one --provider"),
@@ -267,6 +291,34 @@ def test_profile_joins_every_counted_layer(opt_level: str) -> None:
     assert [n.mean_us for n in prof.nodes] == sorted((n.mean_us for n in prof.nodes), reverse=True)
 
 
+@pytest.mark.parametrize("opt_level", ["extended", "all"])
+def test_profile_joins_the_convs_of_a_qdq_quantized_model(tmp_path, opt_level: str) -> None:
+    """onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear group into a QLinearConv and renames it:
+    'conv1_token_1' at 'all' (the NHWC pass), the unnamed conv '_token_5' or 'QLinearConv_30'. Every counted
+    conv must still be joined."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self._batches = iter([{"X": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    model = tiny_net()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    report = B.bench([str(tmp_path / "qdq.onnx")], B.BenchConfig(**QUICK, opt_level=opt_level, profile=True,
+                                                                 profile_runs=2))
+    prof = report.runs[0].models[0].profile
+    assert prof is not None
+    assert {n.op_type for n in prof.nodes if n.layer in ("conv1", "c2", "dw")} == {"QLinearConv"}
+    assert prof.unjoined == [] and prof.layer_macs == prof.joined_macs > 0
+
+
 def _events(runs: list[list[tuple[str, str, float]]]) -> list[dict]:
     """A synthetic onnxruntime profile: one model_run per inner list of (node, op, dur_us)."""
     ev: list[dict] = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50}]
@@ -323,6 +375,34 @@ def test_join_follows_onnxruntime_renames() -> None:
     assert prof.joined_us == 35.0 and prof.total_us == sum(us.values())
 
 
+def test_join_strips_token_suffixes_and_never_guesses_between_unnamed_twins() -> None:
+    """'conv1_token_1' is conv1 rebuilt by a QDQ fusion. Two unnamed convs with outputs of one size cannot be told
+    apart by an unnamed kernel ('_token_5'): it stays unjoined; one of another size ('QLinearConv_30') joins."""
+    x = tensor("X", [1, 4, 6, 6])
+    nodes = [helper.make_node("Conv", ["X", "W"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "W"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c", "W"], ["Y"], strides=[2, 2], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [x], [tensor("Y", None)], [init("W", np.ones((4, 4, 3, 3), np.float32))])
+    rows = analyze(model).layers
+    raw = {"conv1_token_1": 144, "_token_5": 144, "QLinearConv_30": 36}
+    prof = B.join_profile({k: {"us": 1.0, "op_type": "QLinearConv", "provider": "CPU", "output_elements": e}
+                           for k, e in raw.items()}, 1, model, rows)
+    by = {n.node: n.layer for n in prof.nodes}
+    assert by == {"conv1_token_1": "conv1", "_token_5": None, "QLinearConv_30": "Y"}
+    assert sorted(prof.unjoined) == ["b", "c"]
+
+
+def test_parse_profile_reads_the_output_element_count() -> None:
+    ev = _events([[("conv", "Conv", 3.0)]])
+    for e in ev:
+        if e["name"] == "conv_kernel_time":
+            e["args"]["output_type_shape"] = [{"uint8": [1, 12, 12, 8]}]
+    nodes, _ = B.parse_profile(ev, runs=1)
+    assert nodes["conv"]["output_elements"] == 1152
+    assert B.parse_profile(_events([[("conv", "Conv", 3.0)]]), runs=1)[0]["conv"]["output_elements"] is None
+
+
 def test_profile_reports_layers_it_cannot_join() -> None:
     model = tiny_net()
     rows = analyze(model, all_ops=True).layers
@@ -354,9 +434,9 @@ def test_json_has_no_nan() -> None:
 
 def test_gpu_providers_get_the_device_id_and_memory_reading_degrades() -> None:
     trt = B.resolve_provider("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert B._session_providers(trt, 1) == [("TensorrtExecutionProvider", {"device_id": 1}),
+    assert B.session_providers(trt, 1) == [("TensorrtExecutionProvider", {"device_id": 1}),
                                             ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert B._session_providers(B.resolve_provider("cpu"), 1) == ["CPUExecutionProvider"]
+    assert B.session_providers(B.resolve_provider("cpu"), 1) == ["CPUExecutionProvider"]
     used, scope = B.device_memory_bytes(0)
     assert (used is None) == (scope == "") and (HAS_CUDA or used is None)  # no GPU here: unknown, not an error
 
@@ -407,3 +487,22 @@ def test_cuda_iobinding_path_matches_cpu(pair) -> None:
     assert cuda.models[1].agreement[0].rel_error == pytest.approx(cpu.models[1].agreement[0].rel_error, abs=1e-4)
     assert cuda.models[0].memory.device_mb is not None
     assert cuda.models[0].profile is not None and cuda.models[0].profile.nodes
+
+
+def test_package_reexports_and_modules_share_only_public_names() -> None:
+    """onnxconv.bench is split by concern (config, runners, timing, profile, render); callers keep importing from
+    the package, and no module reaches into another's private names."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    for name in B.__all__:
+        assert getattr(B, name) is not None, name
+    package = Path(B.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert private == [], f"{path.name} imports {private} from .{node.module}"
+        module = importlib.import_module(f"onnxconv.bench.{path.stem}") if path.stem != "__init__" else B
+        assert all(hasattr(module, n) for n in getattr(module, "__all__", [])), path.name

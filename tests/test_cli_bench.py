@@ -153,3 +153,58 @@ def test_progress_bar_waits_a_second_then_draws(capsys) -> None:
     off._start -= 2.0
     off("timing", 1, 2)
     assert off._progress is None
+
+
+def reshape_fails_at_run_time() -> onnx.ModelProto:
+    """Loads, then fails in every run: a Reshape of 8 values to 3x5."""
+    from onnx import TensorProto, helper
+
+    from .modelkit import init, make_model, tensor
+
+    node = helper.make_node("Reshape", ["X", "S"], ["Y"], name="reshape")
+    return make_model([node], [tensor("X", [1, 8])], [tensor("Y", None)],
+                      [init("S", np.array([3, 5], np.int64))])
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_run_failure_is_one_quiet_line_with_onnxruntimes_reason(tmp_path, capfd, isolate: bool) -> None:
+    """onnxruntime logs a failed kernel on fd 2 (coloured, timestamped) before it raises: only the Error line may
+    reach the user, and it carries onnxruntime's reason without the C++ source location."""
+    path = tmp_path / "bad.onnx"
+    onnx.save(reshape_fails_at_run_time(), path)
+    r = invoke(str(path), *QUICK, *(["--isolate"] if isolate else []))
+    assert r.exit_code == 1
+    [line] = r.stderr.splitlines()
+    assert line.startswith("Error: onnxruntime failed to run ") and "cannot be reshaped" in line
+    assert ".h:" not in line and "onnxruntime::" not in line and len(line) < 400
+    err = capfd.readouterr().err
+    assert "onnxruntime:" not in err and "\x1b[" not in err
+
+
+def test_huge_batch_is_refused_before_allocating(models) -> None:
+    """tiny_net's batch is symbolic: --batch 10**9 asks for 10**9 x 3x12x12 float32 = 1.7 TB of inputs."""
+    a, _, _ = models
+    r = invoke(a, *QUICK, "--batch", "1000000000")
+    assert r.exit_code == 1
+    [line] = r.stderr.splitlines()
+    assert line.startswith("Error: input 'X' of shape 1000000000x3x12x12 (float32) needs 1,728,000,000,000 bytes")
+
+
+def test_unknown_input_shape_name_is_rejected_like_stats(models) -> None:
+    a, _, _ = models
+    r = invoke(a, *QUICK, "--input-shape", "bogus=1x3x12x12")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: --input-shape: the model has no input 'bogus' (inputs: X)"
+    stats = CliRunner().invoke(main, ["stats", a, "--input-shape", "bogus=1x3x12x12"])
+    assert stats.exit_code == 1 and stats.stderr == r.stderr  # the same check, the same words
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("bench", "--batch", "0"), ("stats", "--batch", "0"), ("stats", "--batch", "-2"),
+    ("bench", "--threads", "0"), ("bench", "--threads", "100000"),
+])
+def test_out_of_range_counts_are_usage_errors(models, command: str, option: str, value: str) -> None:
+    a, _, _ = models
+    extra = QUICK if command == "bench" else []
+    r = CliRunner().invoke(main, [command, a, *extra, option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr and "Traceback" not in r.output

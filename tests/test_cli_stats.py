@@ -175,8 +175,9 @@ def test_bad_input_shape_option(two_convs: str, option: str, text: str) -> None:
     _one_line_error(stats(str(p), "--input-shape", option), text)
 
 
-def test_bad_batch(two_convs: str) -> None:
-    _one_line_error(stats(two_convs, "--batch", "0"), "--batch must be at least 1")
+def test_bad_batch(two_convs: str) -> None:  # a click range, as in separate and bench: usage error, exit 2
+    result = stats(two_convs, "--batch", "0")
+    assert result.exit_code == 2 and "Invalid value for '--batch'" in result.output, result.output
 
 
 def test_table_spells_out_per_axis_fields_when_axes_differ(tmp_path: Path) -> None:

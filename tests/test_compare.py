@@ -51,6 +51,27 @@ def test_make_inputs_symbolic_non_batch_dim_names_the_option() -> None:
     assert compare.make_inputs(sess, {"X": [1, 3, 9, 7]})["X"].shape == (1, 3, 9, 7)
 
 
+def test_make_inputs_refuses_inputs_beyond_memory_before_allocating() -> None:
+    """X is N x 4 float32 (16 bytes a row), S 1 x 4 float32, K 3 int64: 16*N + 16 + 24 bytes in all."""
+    sess = compare.session(two_input_model())
+    assert compare.make_inputs(sess, batch=4, max_bytes=16 * 4 + 16 + 24)["X"].shape == (4, 4)
+    with pytest.raises(OptionError, match=r"input 'K' of shape 3 \(int64\) needs 24 bytes .*lower --batch") as e:
+        compare.make_inputs(sess, batch=4, max_bytes=16 * 4 + 16 + 23)  # the last input crosses the limit
+    assert "\n" not in str(e.value)
+    # A huge --batch and a declared dim of 10**12 (terabytes): refused by the default limit, nothing allocated.
+    with pytest.raises(OptionError, match=r"input 'X' of shape 1000000000000x4 \(float32\) needs 16,000,000,000,000 "):
+        compare.make_inputs(sess, batch=10**12)
+    huge = compare.session(single_conv([1, 3, 10**12, 1], [4, 3, 1, 1]))
+    with pytest.raises(OptionError, match=r"input 'X' of shape 1x3x1000000000000x1 \(float32\) needs 12,000,000,000,000"):
+        compare.make_inputs(huge)
+
+
+def test_make_inputs_rejects_an_unknown_input_shape_name() -> None:
+    sess = compare.session(two_input_model())
+    with pytest.raises(OptionError, match=r"^--input-shape: the model has no input 'bogus' \(inputs: X, S, K\)$"):
+        compare.make_inputs(sess, {"bogus": [1, 4]})
+
+
 def test_load_inputs(tmp_path) -> None:
     sess = compare.session(two_input_model())
     good = tmp_path / "in.npz"
@@ -167,17 +188,26 @@ def test_agreement_cosine_and_zero_reference() -> None:
     assert zero.rel_error == pytest.approx(5.0) and zero.cosine == 0.0
 
 
-def test_top1_for_class_scores_only() -> None:
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_top1_for_class_distributions_only() -> None:
     rng = np.random.default_rng(0)
-    scores = rng.standard_normal((4, 10)).astype(np.float32)
-    flipped = scores.copy()
+    logits = rng.standard_normal((4, 10))
+    flipped = logits.copy()
     flipped[0] = -flipped[0]  # row 0's argmax moves
-    [ag] = compare.compare_outputs({"Y": scores}, {"Y": flipped})
-    assert ag.top1 == pytest.approx(0.75)
-    seq = rng.standard_normal((1, 6, 30)).astype(np.float32)  # N x T x C, OCR style
+    for scores, moved in ((_softmax(logits), _softmax(flipped)), (np.log(_softmax(logits)), np.log(_softmax(flipped)))):
+        [ag] = compare.compare_outputs({"Y": scores.astype(np.float32)}, {"Y": moved.astype(np.float32)})
+        assert ag.top1 == pytest.approx(0.75)
+    seq = _softmax(rng.standard_normal((1, 6, 3000))).astype(np.float32)  # N x T x C probabilities, OCR style
     [ag] = compare.compare_outputs({"Y": seq}, {"Y": seq})
     assert ag.top1 == 1.0
-    for not_scores in (rng.standard_normal((1, 50, 8)), rng.standard_normal((5, 1)), rng.standard_normal((2, 3, 4, 5))):
+    yolo = np.abs(rng.standard_normal((1, 84, 2100))).astype(np.float32) * 100  # boxes and class scores per anchor
+    regression = rng.standard_normal((1, 10))  # landmarks
+    sigmoids = 1 / (1 + np.exp(-rng.standard_normal((3, 10))))  # multi-label: in [0, 1], rows do not sum to 1
+    for not_scores in (yolo, regression, logits, sigmoids, rng.standard_normal((5, 1)), _softmax(rng.standard_normal((2, 3, 4, 5)))):
         [ag] = compare.compare_outputs({"Y": not_scores}, {"Y": not_scores})
         assert ag.top1 is None, not_scores.shape
 
@@ -208,3 +238,22 @@ def test_agreement_of_a_conv_with_perturbed_weights() -> None:
 def test_load_inputs_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(OptionError, match="no such file"):
         compare.load_inputs(tmp_path / "missing.npz", None)
+
+
+def test_sessions_log_nothing_and_messages_drop_source_locations(capfd) -> None:
+    """separate --verify runs through compare.session/run_model: a failing run raises one short line, and
+    onnxruntime's own (coloured) log line of the same failure does not reach fd 2."""
+    node = helper.make_node("Reshape", ["X", "S"], ["Y"], name="reshape")
+    model = make_model([node], [tensor("X", [1, 8])], [tensor("Y", None)], [init("S", np.array([3, 5], np.int64))])
+    with pytest.raises(OnnxConvError, match="^onnxruntime failed to run the model: .*cannot be reshaped") as e:
+        compare.run_model(compare.session(model), {"X": np.zeros((1, 8), np.float32)})
+    assert "onnxruntime::" not in str(e.value) and "reshape_helper.h" not in str(e.value)
+    err = capfd.readouterr().err
+    assert "onnxruntime:" not in err and "\x1b[" not in err
+
+
+def test_ort_message_first_line_short() -> None:
+    e = RuntimeError("[ONNXRuntimeError] : 1 : FAIL : /src/a/b.cc:12 void f::g(int) const bad thing\nsecond")
+    assert compare.ort_message(e) == "[ONNXRuntimeError] : 1 : FAIL : bad thing"
+    assert compare.ort_message(RuntimeError("x" * 500), limit=50) == "x" * 47 + "..."
+    assert compare.ort_message(RuntimeError("")) == "RuntimeError"

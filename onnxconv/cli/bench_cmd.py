@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..bench import FORMATS, PROVIDERS, BenchConfig, check_thresholds, render, validate_thresholds
+from ..bench import FORMATS, MAX_THREADS, PROVIDERS, BenchConfig, check_thresholds, render, validate_thresholds
 from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS
 from ..stats import parse_input_shape
@@ -68,10 +68,11 @@ class _ProgressBar:
 @click.option("--iters", type=int, default=None, help="Timed rounds (one run of every model each).")
 @click.option("--duration", type=float, default=None,
               help="Seconds of timed rounds per provider (default 5 when --iters is not given).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: onnxruntime's, one per core).")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+              help="Intra-op threads (default: onnxruntime's, one per core).")
 @click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all", show_default=True,
               help="onnxruntime graph optimisation level.")
-@click.option("--batch", type=int, default=None, help="Value for a symbolic batch dim (default 1).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for a symbolic batch dim (default 1).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Shape of an input with symbolic dims (repeatable).")
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -103,7 +104,7 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     then models run in interleaved rounds (A B, B A, ...) so that a busy machine slows
     all of them alike. Speed-up = median over rounds of t(first) / t(model), with its
     quartiles. Outputs on the same inputs are compared with the first model's: max abs
-    error, relative error ||a-b||/||a||, cosine, top-1 agreement for class scores.
+    error, relative error ||a-b||/||a||, cosine, top-1 agreement for softmax outputs.
 
     \b
     Exit status: 0 ok, 1 error (e.g. a provider is not available), 3 a threshold failed.

@@ -15,7 +15,7 @@ __all__ = ["stats"]
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Set the shape of a graph input (repeatable); needed for symbolic dims.")
-@click.option("--batch", type=int, default=None, help="Value for symbolic batch dims (default 1).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--sort", type=click.Choice(SORT_KEYS), default="order", show_default=True,
               help="Row order: graph order, or largest first.")
