@@ -980,7 +980,11 @@ def _ms(seconds: float) -> str:
 
 
 def _grid(headers: Sequence[str], body: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """Plain aligned columns: the first ``left`` columns left-aligned, the rest right-aligned."""
+    """Plain aligned columns: the first ``left`` columns left-aligned, the rest right-aligned. Cells (model
+    labels, output and node names) are escaped by :func:`~onnxconv.text.printable` before widths are measured."""
+    from .text import printable
+
+    body = [[printable(c) for c in b] for b in body]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
@@ -1085,4 +1089,7 @@ def render(report: BenchReport, fmt: str = "table") -> str:
                     " (later models may reuse memory freed by earlier ones: --isolate gives each its own process)")
                  + (f"; process peak RSS {report.process_peak_rss_mb:.0f} MiB" if report.process_peak_rss_mb else ""))
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    # Every line quotes names from the models and paths (inputs, labels, notes): one escape here covers them all.
+    from .text import printable
+
+    return "\n".join(printable(line) for line in lines)

@@ -24,6 +24,7 @@ from ..model_io import external_data_files, load_model, save_model
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..stats import format_count, parse_input_shape
+from ..text import printable
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "EXACT_TOLERANCE"]
 
@@ -41,7 +42,8 @@ def format_details(details: Mapping[str, Any]) -> str:
     """One short cell for a pass's per-layer ``details`` (separable: rank/error/form; shuffle: groups/kept).
 
     Known keys come first in a fixed form; other scalar details follow as ``key=value``; lists, mappings and
-    long text are left to the JSON report.
+    long text are left to the JSON report. Text is escaped by :func:`~onnxconv.text.printable` (a detail may
+    quote a name from the model).
     """
     parts: list[str] = []
     d = dict(details)
@@ -66,7 +68,7 @@ def format_details(details: Mapping[str, Any]) -> str:
             parts.append(f"{key}={v:.4g}")
         elif isinstance(v, (bool, int)) or (isinstance(v, str) and len(v) <= _SHORT):
             parts.append(f"{key}={v}")
-    return " ".join(parts)
+    return printable(" ".join(parts))
 
 
 def _ratio(before: int | None, after: int | None) -> str:
@@ -78,14 +80,16 @@ def _times(before: int | None, after: int | None) -> str:
 
 
 def render_result(result: PassResult) -> str:
-    """The per-layer table and the totals line."""
+    """The per-layer table and the totals line; names, reasons and notes escaped by
+    :func:`~onnxconv.text.printable` (they come from the model), before the column widths are measured."""
     headers = ["layer", "op", "status", "details", "MACs before", "MACs after", "ratio"]
     rows = []
     for c in result.layers:
         after = c.macs_after if c.rewritten else c.macs_before
         detail = format_details(c.details) if c.rewritten else c.reason
-        rows.append([c.name, c.op_type, "rewritten" if c.rewritten else "skipped", detail,
-                     format_count(c.macs_before), format_count(after), _ratio(c.macs_before, after)])
+        rows.append([printable(c.name), printable(c.op_type), "rewritten" if c.rewritten else "skipped",
+                     printable(detail), format_count(c.macs_before), format_count(after),
+                     _ratio(c.macs_before, after)])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     numeric = {4, 5, 6}
 
@@ -104,7 +108,7 @@ def render_result(result: PassResult) -> str:
         f"{_times(t['params_before'], t['params_after'])}"
     )
     for note in result.options.get("notes", []):
-        out.append(f"note: {note}")
+        out.append(f"note: {printable(note)}")
     return "\n".join(out)
 
 
