@@ -123,10 +123,9 @@ def test_separate_table_escapes_names(files, tmp_path: Path) -> None:
     hostile, plain = files
     out = ok("separate", hostile, "-o", str(tmp_path / "h.onnx"), "--rank", "2", "--force")
     ref = ok("separate", plain, "-o", str(tmp_path / "p.onnx"), "--rank", "2", "--force")
-    table = out[:out.index("\nwrote ")]  # the last line echoes -o, the user's own path
-    assert raw_controls(table) == []
+    assert raw_controls(out) == []
     assert len(out.splitlines()) == len(ref.splitlines())
-    assert "csi\\x1b[2J" in table and out.count("rewritten") == len(HOSTILE) + 1  # + the totals line
+    assert "csi\\x1b[2J" in out and out.count("rewritten") == len(HOSTILE) + 1  # + the totals line
 
 
 def test_bench_table_escapes_names(files) -> None:
@@ -164,3 +163,21 @@ def test_error_from_a_crafted_path_is_one_line(files, tmp_path: Path, args: list
         assert r.stderr.count("\n") == 1
     assert raw_controls(r.stderr) == []
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+
+
+def test_separate_verify_and_output_lines_escape_names(files, tmp_path: Path) -> None:
+    hostile, _ = files
+    target = tmp_path / "small\x1b[2J\n.onnx"
+    out = ok("separate", hostile, "-o", str(target), "--rank", "2", "--force", "--verify")
+    assert raw_controls(out) == []
+    assert "verify 'out\\r\\x1b[2J@'" in out and out.splitlines()[-1].endswith("small\\x1b[2J\\n.onnx")
+    assert target.exists()  # the file itself has the exact name asked for
+
+
+def test_bench_threshold_failures_escape_names(files) -> None:
+    hostile, _ = files
+    r = run("bench", hostile, hostile, "--iters", "2", "--warmup", "0", "--progress", "off", "--threads", "1",
+            "--fail-if-slower", "0.0001")
+    assert r.exit_code == 3, r.output
+    fails = r.stderr.splitlines()
+    assert len(fails) == 1 and fails[0].startswith("FAIL: ") and raw_controls(r.stderr) == []

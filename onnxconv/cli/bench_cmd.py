@@ -12,6 +12,7 @@ from ..bench import FORMATS, PROVIDERS, BenchConfig, check_thresholds, render, v
 from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS
 from ..stats import parse_input_shape
+from ..text import printable
 
 __all__ = ["bench", "THRESHOLD_EXIT"]
 
@@ -123,6 +124,6 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     click.echo(render(report, fmt))
     failures = check_thresholds(report, fail_if_slower, max_error)
     for f in failures:
-        click.echo(f"FAIL: {f}", err=True)
+        click.echo(f"FAIL: {printable(f)}", err=True)  # f quotes model paths and output names
     if failures:
         click.get_current_context().exit(THRESHOLD_EXIT)

@@ -358,9 +358,9 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
 
     click.echo(render_result(result))
     for a in agreements:
-        click.echo(f"verify '{a.output}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
+        click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
                    f"cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
         if a.output in floors and a.rel_error > EXACT_TOLERANCE:
             click.echo(f"  note: the original itself differs by relative error {floors[a.output]:.3g} between "
                        "onnxruntime optimisation levels on these inputs: this output is mostly rounding noise")
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {printable(output)}")
