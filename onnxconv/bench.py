@@ -980,17 +980,11 @@ def _ms(seconds: float) -> str:
 
 
 def _grid(headers: Sequence[str], body: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """Plain aligned columns: the first ``left`` columns left-aligned, the rest right-aligned. Cells (model
-    labels, output and node names) are escaped by :func:`~onnxconv.text.printable` before widths are measured."""
-    from .text import printable
+    """:func:`onnxconv.tables.grid` (which escapes the model labels, output and node names) with the first
+    ``left`` columns left-aligned and the rest, figures, right-aligned."""
+    from .tables import grid
 
-    body = [[printable(c) for c in b] for b in body]
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths])] + [line(b) for b in body]
+    return grid(headers, body, right=range(left, len(headers)))
 
 
 def _opt(v: float | None, fmt: str) -> str:
@@ -1051,7 +1045,7 @@ def _render_profile(name: str, provider: str, p: Profile, top: int = 15) -> list
                      "-" if n.macs is None else f"{n.macs:,}",
                      "-" if n.macs_per_s is None else f"{n.macs_per_s / 1e9:.2f}", layer])
     headers = ["node", "op", "mean us", "p50 us", "share", "MACs", "GMAC/s", "layer"]
-    lines += [row.rstrip() for row in _grid(headers, body, left=2)]
+    lines += _grid(headers, body, left=2)
     if len(p.nodes) > top:
         lines.append(f"... {len(p.nodes) - top} more nodes (--format json lists all)")
     rate = p.joined_macs / (p.joined_us * 1e-6) / 1e9 if p.joined_us > 0 else 0.0

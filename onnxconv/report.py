@@ -12,7 +12,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .stats import LayerStats, StatsReport, format_count
+from .stats import LayerStats, StatsReport
+from .tables import format_count, grid
 from .text import csv_cell, markdown_cell, printable
 
 __all__ = ["FORMATS", "SORT_KEYS", "select_rows", "render"]
@@ -88,17 +89,13 @@ def _headers(groups: int) -> list[str]:
             "FLOPs", "share", "RF/jump", "if separable", f"if grouped g={groups}"]
 
 
+#: Right-aligned columns of the table: params, MACs, FLOPs, share.
+_NUMERIC = frozenset({9, 10, 11, 12})
+
+
 def _render_table(report: StatsReport, rows: Sequence[LayerStats]) -> str:
-    headers = _headers(report.whatif_groups)
-    # Names and the model path come from untrusted files: escaped before the widths are measured.
-    body = [[printable(c) for c in b] for b in _table_rows(rows)]
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
-    numeric = {9, 10, 11, 12}
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     lines = [f"model: {printable(report.model)}"] if report.model else []
-    lines += [line(headers), line(["-" * w for w in widths])]
-    lines += [line(b) for b in body]
+    lines += grid(_headers(report.whatif_groups), _table_rows(rows), right=_NUMERIC)
     t = report.totals
     lines.append("")
     lines.append(

@@ -23,7 +23,8 @@ from ..errors import OnnxConvError, OptionError, RewriteError
 from ..model_io import external_data_files, load_model, save_model
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
-from ..stats import format_count, parse_input_shape
+from ..stats import parse_input_shape
+from ..tables import format_count, grid
 from ..text import printable
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "EXACT_TOLERANCE"]
@@ -80,24 +81,16 @@ def _times(before: int | None, after: int | None) -> str:
 
 
 def render_result(result: PassResult) -> str:
-    """The per-layer table and the totals line; names, reasons and notes escaped by
-    :func:`~onnxconv.text.printable` (they come from the model), before the column widths are measured."""
+    """The per-layer table (:func:`~onnxconv.tables.grid`, which escapes the names and reasons taken from the
+    model) and the totals line; notes escaped by :func:`~onnxconv.text.printable`."""
     headers = ["layer", "op", "status", "details", "MACs before", "MACs after", "ratio"]
     rows = []
     for c in result.layers:
         after = c.macs_after if c.rewritten else c.macs_before
         detail = format_details(c.details) if c.rewritten else c.reason
-        rows.append([printable(c.name), printable(c.op_type), "rewritten" if c.rewritten else "skipped",
-                     printable(detail), format_count(c.macs_before), format_count(after),
-                     _ratio(c.macs_before, after)])
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    numeric = {4, 5, 6}
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        rows.append([c.name, c.op_type, "rewritten" if c.rewritten else "skipped", detail,
+                     format_count(c.macs_before), format_count(after), _ratio(c.macs_before, after)])
+    out = grid(headers, rows, right={4, 5, 6})
     t = result.totals()
     out.append("")
     out.append(
