@@ -181,3 +181,17 @@ def test_bench_threshold_failures_escape_names(files) -> None:
     assert r.exit_code == 3, r.output
     fails = r.stderr.splitlines()
     assert len(fails) == 1 and fails[0].startswith("FAIL: ") and raw_controls(r.stderr) == []
+
+
+def test_bench_progress_bar_shows_names_as_text(monkeypatch, capsys) -> None:
+    from onnxconv.cli.bench_cmd import _ProgressBar
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws as on a terminal
+    monkeypatch.setenv("TERM", "xterm")
+    bar = _ProgressBar("on")
+    bar._start -= 10  # past the first second, when the bar appears
+    bar("session evil[reverse]X\x1b]0;pwned\x07\u202e\nY.onnx", 0, 1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "evil[reverse]X\\x1b]0;pwned\\x07\\u202e\\nY.onnx" in err  # shown, markup and escapes inert
+    assert "\x1b]" not in err and "\x1b[7m" not in err and "\u202e" not in err

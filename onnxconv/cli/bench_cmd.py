@@ -37,6 +37,7 @@ class _ProgressBar:
     def __call__(self, phase: str, done: float, total: float) -> None:
         if not self._enabled:
             return
+        phase = printable(phase)  # it quotes model labels (paths); markup=False below keeps '[...]' literal
         now = time.perf_counter()
         if self._progress is None:
             if now - self._start < 1.0:
@@ -44,7 +45,7 @@ class _ProgressBar:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
                                       TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,
                                       transient=True)
             self._progress.start()
