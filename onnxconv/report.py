@@ -12,7 +12,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from .stats import LayerStats, StatsReport, format_count
+from .stats import LayerStats, StatsReport
+from .tables import format_count, grid
+from .text import csv_cell, markdown_cell, printable
 
 __all__ = ["FORMATS", "SORT_KEYS", "select_rows", "render"]
 
@@ -87,16 +89,13 @@ def _headers(groups: int) -> list[str]:
             "FLOPs", "share", "RF/jump", "if separable", f"if grouped g={groups}"]
 
 
+#: Right-aligned columns of the table: params, MACs, FLOPs, share.
+_NUMERIC = frozenset({9, 10, 11, 12})
+
+
 def _render_table(report: StatsReport, rows: Sequence[LayerStats]) -> str:
-    headers = _headers(report.whatif_groups)
-    body = _table_rows(rows)
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
-    numeric = {9, 10, 11, 12}
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    lines = [f"model: {report.model}"] if report.model else []
-    lines += [line(headers), line(["-" * w for w in widths])]
-    lines += [line(b) for b in body]
+    lines = [f"model: {printable(report.model)}"] if report.model else []
+    lines += grid(_headers(report.whatif_groups), _table_rows(rows), right=_NUMERIC)
     t = report.totals
     lines.append("")
     lines.append(
@@ -107,7 +106,7 @@ def _render_table(report: StatsReport, rows: Sequence[LayerStats]) -> str:
     lines.append(f"conventions: {report.conventions}")
     lines.append("RF/jump: receptive field / effective stride of the output w.r.t. the model input")
     for n in report.notes:
-        lines.append(f"note: {n}")
+        lines.append(f"note: {printable(n)}")
     return "\n".join(lines)
 
 
@@ -115,14 +114,14 @@ def _render_markdown(report: StatsReport, rows: Sequence[LayerStats]) -> str:
     headers = _headers(report.whatif_groups)
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for b in _table_rows(rows):
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in b) + " |")
+        out.append("| " + " | ".join(markdown_cell(c) for c in b) + " |")
     t = report.totals
     out.append("")
     out.append(f"**Total**: {t['layers']} layers, params {t['params']:,}, MACs {t['macs']:,}, FLOPs {t['flops']:,}")
     out.append("")
     out.append(f"Conventions: {report.conventions}")
     for n in report.notes:
-        out.append(f"\nNote: {n}")
+        out.append(f"\nNote: {printable(n)}")
     return "\n".join(out)
 
 
@@ -150,9 +149,7 @@ def _render_csv(rows: Sequence[LayerStats]) -> str:
             v = vals.get(k)
             if isinstance(v, list):
                 v = "x".join("?" if x is None else _num(x) for x in v)
-            elif v is None:
-                v = ""
-            row.append(v)
+            row.append(csv_cell(v))
         w.writerow(row)
     return buf.getvalue().rstrip("\n")
 

@@ -30,6 +30,7 @@ from .model_io import shape_model, stripped_source
 from .shapes import (
     apply_input_shapes, infer, infer_body, inputs_feeding, missing_dims_message, type_map,
 )
+from .tables import format_count  # re-exported: it lives with the table writer all commands use
 
 __all__ = [
     "LayerStats", "StatsReport", "analyze", "parse_input_shape", "format_count", "CONVENTIONS", "MAC_OPS",
@@ -140,17 +141,6 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     if not name or not values or any(v <= 0 for v in values):
         raise OptionError(f"--input-shape '{text}': expected NAME=1x3x224x224 with positive dims")
     return name, values
-
-
-def format_count(value: float | int | None) -> str:
-    """Human form of a count: 1.23G, 45.6M, 7.89K, 123; '?' for unknown."""
-    if value is None:
-        return "?"
-    v = float(value)
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return str(int(v)) if v.is_integer() else f"{v:.2f}"
 
 
 # --------------------------------------------------------------------------------------------------------------

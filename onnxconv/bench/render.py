@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..tables import grid
+from ..text import printable
 from .config import BenchReport, Memory, Profile, ProviderRun
 
 __all__ = ["render"]
@@ -18,13 +20,9 @@ def _ms(seconds: float) -> str:
 
 
 def _grid(headers: Sequence[str], body: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """Plain aligned columns: the first ``left`` columns left-aligned, the rest right-aligned."""
-    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths])] + [line(b) for b in body]
+    """:func:`onnxconv.tables.grid` (which escapes the model labels, output and node names) with the first
+    ``left`` columns left-aligned and the rest, figures, right-aligned."""
+    return grid(headers, body, right=range(left, len(headers)))
 
 
 def _opt(v: float | None, fmt: str) -> str:
@@ -85,7 +83,7 @@ def _render_profile(name: str, provider: str, p: Profile, top: int = 15) -> list
                      "-" if n.macs is None else f"{n.macs:,}",
                      "-" if n.macs_per_s is None else f"{n.macs_per_s / 1e9:.2f}", layer])
     headers = ["node", "op", "mean us", "p50 us", "share", "MACs", "GMAC/s", "layer"]
-    lines += [row.rstrip() for row in _grid(headers, body, left=2)]
+    lines += _grid(headers, body, left=2)
     if len(p.nodes) > top:
         lines.append(f"... {len(p.nodes) - top} more nodes (--format json lists all)")
     rate = p.joined_macs / (p.joined_us * 1e-6) / 1e9 if p.joined_us > 0 else 0.0
@@ -123,4 +121,5 @@ def render(report: BenchReport, fmt: str = "table") -> str:
                     " (later models may reuse memory freed by earlier ones: --isolate gives each its own process)")
                  + (f"; process peak RSS {report.process_peak_rss_mb:.0f} MiB" if report.process_peak_rss_mb else ""))
     lines += [f"note: {n}" for n in report.notes]
-    return "\n".join(lines)
+    # Every line quotes names from the models and paths (inputs, labels, notes): one escape here covers them all.
+    return "\n".join(printable(line) for line in lines)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ..errors import OnnxConvError
+from ..text import printable
 
 __all__ = ["main"]
 
@@ -47,11 +48,27 @@ class _LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as e:
+            raise _escaped(e) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except OnnxConvError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(printable(str(e))) from None
+        except click.ClickException as e:
+            # click's own messages quote what the user typed (a path, a command name): escaped the same way.
+            raise _escaped(e) from None
+
+
+def _escaped(e: click.ClickException) -> click.ClickException:
+    """``e`` with its message escaped by :func:`~onnxconv.text.printable`, so that the ``Error: ...`` click prints
+    stays one line and a crafted file name cannot forge a second one or drive the terminal."""
+    e.message = printable(e.message)
+    return e
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

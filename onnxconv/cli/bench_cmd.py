@@ -12,6 +12,7 @@ from ..bench import FORMATS, MAX_THREADS, PROVIDERS, BenchConfig, check_threshol
 from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS
 from ..stats import parse_input_shape
+from ..text import printable
 
 __all__ = ["bench", "THRESHOLD_EXIT"]
 
@@ -36,6 +37,7 @@ class _ProgressBar:
     def __call__(self, phase: str, done: float, total: float) -> None:
         if not self._enabled:
             return
+        phase = printable(phase)  # it quotes model labels (paths); markup=False below keeps '[...]' literal
         now = time.perf_counter()
         if self._progress is None:
             if now - self._start < 1.0:
@@ -43,7 +45,7 @@ class _ProgressBar:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
                                       TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,
                                       transient=True)
             self._progress.start()
@@ -124,6 +126,6 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     click.echo(render(report, fmt))
     failures = check_thresholds(report, fail_if_slower, max_error)
     for f in failures:
-        click.echo(f"FAIL: {f}", err=True)
+        click.echo(f"FAIL: {printable(f)}", err=True)  # f quotes model paths and output names
     if failures:
         click.get_current_context().exit(THRESHOLD_EXIT)

@@ -23,7 +23,9 @@ from ..errors import OnnxConvError, OptionError, RewriteError
 from ..model_io import external_data_files, load_model, save_model
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
-from ..stats import format_count, parse_input_shape
+from ..stats import parse_input_shape
+from ..tables import format_count, grid
+from ..text import printable
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "EXACT_TOLERANCE"]
 
@@ -41,7 +43,8 @@ def format_details(details: Mapping[str, Any]) -> str:
     """One short cell for a pass's per-layer ``details`` (separable: rank/error/form; shuffle: groups/kept).
 
     Known keys come first in a fixed form; other scalar details follow as ``key=value``; lists, mappings and
-    long text are left to the JSON report.
+    long text are left to the JSON report. Text is escaped by :func:`~onnxconv.text.printable` (a detail may
+    quote a name from the model).
     """
     parts: list[str] = []
     d = dict(details)
@@ -66,7 +69,7 @@ def format_details(details: Mapping[str, Any]) -> str:
             parts.append(f"{key}={v:.4g}")
         elif isinstance(v, (bool, int)) or (isinstance(v, str) and len(v) <= _SHORT):
             parts.append(f"{key}={v}")
-    return " ".join(parts)
+    return printable(" ".join(parts))
 
 
 def _ratio(before: int | None, after: int | None) -> str:
@@ -78,7 +81,8 @@ def _times(before: int | None, after: int | None) -> str:
 
 
 def render_result(result: PassResult) -> str:
-    """The per-layer table and the totals line."""
+    """The per-layer table (:func:`~onnxconv.tables.grid`, which escapes the names and reasons taken from the
+    model) and the totals line; notes escaped by :func:`~onnxconv.text.printable`."""
     headers = ["layer", "op", "status", "details", "MACs before", "MACs after", "ratio"]
     rows = []
     for c in result.layers:
@@ -86,14 +90,7 @@ def render_result(result: PassResult) -> str:
         detail = format_details(c.details) if c.rewritten else c.reason
         rows.append([c.name, c.op_type, "rewritten" if c.rewritten else "skipped", detail,
                      format_count(c.macs_before), format_count(after), _ratio(c.macs_before, after)])
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    numeric = {4, 5, 6}
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out = grid(headers, rows, right={4, 5, 6})
     t = result.totals()
     out.append("")
     out.append(
@@ -104,7 +101,7 @@ def render_result(result: PassResult) -> str:
         f"{_times(t['params_before'], t['params_after'])}"
     )
     for note in result.options.get("notes", []):
-        out.append(f"note: {note}")
+        out.append(f"note: {printable(note)}")
     return "\n".join(out)
 
 
@@ -354,9 +351,9 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
 
     click.echo(render_result(result))
     for a in agreements:
-        click.echo(f"verify '{a.output}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
+        click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
                    f"cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
         if a.output in floors and a.rel_error > EXACT_TOLERANCE:
             click.echo(f"  note: the original itself differs by relative error {floors[a.output]:.3g} between "
                        "onnxruntime optimisation levels on these inputs: this output is mostly rounding noise")
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {printable(output)}")
