@@ -131,6 +131,13 @@ def test_missing_case_and_bad_folder(captures: tuple[ModuleType, Path, Path], tm
     assert err.startswith("Error: ") and err.count("\n") == 1
     assert g.main(["capture", str(a)]) == 2  # exists: never overwritten
     assert "already exists" in capsys.readouterr().err
+    man["cases"]["../../escape"] = man["cases"].pop("stats-json-tiny_cnn")  # hostile: names become paths
+    (c / "manifest.json").write_text(json.dumps(man))
+    assert g.main(["compare", str(a), str(c)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "bad case entry '../../escape'" in err and err.count("\n") == 1
+    assert g.main(["capture", str(tmp_path / "d"), "--list", "--only", "("]) == 2
+    assert "not a regular expression" in capsys.readouterr().err
 
 
 def test_json_diff_paths() -> None:

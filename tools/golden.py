@@ -184,8 +184,8 @@ def cases(root: Path, quick: bool) -> tuple[list[Case], list[str]]:
     small = f"{REAL_DIR}/{REAL_SMALL}"
     if small in reals:
         s = _stem(small)
-        shape = "x".join(map(str, REAL_SMALL_SHAPE))
-        base = ["separate", small, "-o", "{out}/out.onnx", "--input-shape", f"x={shape}",
+        dims = "x".join(map(str, REAL_SMALL_SHAPE))
+        base = ["separate", small, "-o", "{out}/out.onnx", "--input-shape", f"x={dims}",
                 "--report", "{out}/report.json"]
         out.append(Case(f"sep-rank2-verify-{s}", [*base, "--rank", "2", "--verify"]))
         if quick:
@@ -226,9 +226,9 @@ def make_calibration(model_path: Path, dest: Path, shape: Sequence[int] | None =
     """Write a seeded calibration ``.npz`` for the model's graph inputs; returns input name -> sha256 of the
     array (dtype, shape and bytes; the .npz file itself holds zip timestamps, so it is not hashed).
 
-    Each array is ``CALIB_SAMPLES`` (``CALIB_SAMPLES_REAL`` under realmodels/) samples (times a fixed batch) of standard normal values; symbolic dims take
-    ``SYMBOLIC_DIM``, or the given ``shape`` (one input). The seed is the CRC32 of the model's file name, so
-    every capture draws the same values.
+    Each array is ``CALIB_SAMPLES`` (``CALIB_SAMPLES_REAL`` under realmodels/) samples (times a fixed batch) of
+    standard normal values; symbolic dims take ``SYMBOLIC_DIM``, or the given ``shape`` (one input). The seed is
+    the CRC32 of the model's file name, so every capture draws the same values.
     """
     m = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
@@ -371,6 +371,13 @@ def run_case(case: Case, runner: Any, main: Any) -> tuple[int, str]:
     return result.exit_code, text
 
 
+def _only(regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex)
+    except re.error as e:
+        raise GoldenError(f"--only {regex!r}: not a regular expression ({e})") from None
+
+
 def capture(dest: Path, quick: bool, only: str | None, root: Path, log: Callable[[str], None] = print) -> int:
     """Run the cases against the package at ``root`` and write ``dest`` (manifest + outputs) atomically."""
     if dest.exists():
@@ -379,12 +386,7 @@ def capture(dest: Path, quick: bool, only: str | None, root: Path, log: Callable
         raise GoldenError(f"{dest.parent}: no such folder")
     if not (root / "onnxconv" / "__init__.py").is_file():
         raise GoldenError(f"{root}: not an onnxconv checkout (run from the checkout root)")
-    pattern = None
-    if only is not None:
-        try:
-            pattern = re.compile(only)
-        except re.error as e:
-            raise GoldenError(f"--only {only!r}: not a regular expression ({e})") from None
+    pattern = _only(only) if only is not None else None
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     loaded = sys.modules.get("onnxconv")
@@ -492,7 +494,17 @@ def _load_manifest(d: Path) -> dict[str, Any]:
         raise GoldenError(f"{p}: not JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("cases"), dict):
         raise GoldenError(f"{p}: not a golden manifest of format {MANIFEST_FORMAT}")
+    # Names become paths under the capture folder: a manifest naming anything else is refused, not followed.
+    for name, case in data["cases"].items():
+        if not _SAFE_NAME.fullmatch(name) or not isinstance(case, dict):
+            raise GoldenError(f"{p}: bad case entry {name[:80]!r}")
+        for f in case.get("files") or {}:
+            if not isinstance(f, str) or not all(_SAFE_NAME.fullmatch(part) for part in f.split("/")):
+                raise GoldenError(f"{p}: case {name}: bad file name {str(f)[:80]!r}")
     return data
+
+
+_SAFE_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.+=-]{1,200}")
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -688,7 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = Path.cwd()
             if ns.list:
                 for c in cases(root, ns.quick)[0]:
-                    print(c.name)
+                    if ns.only is None or _only(ns.only).search(c.name):
+                        print(c.name)
                 return 0
             return capture(ns.dir.absolute(), ns.quick, ns.only, root)
         return compare(ns.a, ns.b)
