@@ -15,12 +15,14 @@ Use it around a refactor, from the checkout root (the package is imported from t
 its public CLI ``onnxconv.cli.main`` with click's CliRunner, never its private functions, except the latency
 seam below)::
 
-    git checkout BASE && python tools/golden.py capture /tmp/golden/base      # ~2-3 min; --quick: ~1 min
+    git checkout BASE && python tools/golden.py capture /tmp/golden/base      # 197 cases, ~90 s CPU
     git checkout REFACTOR && python tools/golden.py capture /tmp/golden/new
     python tools/golden.py compare /tmp/golden/base /tmp/golden/new              # exit 0: nothing changed
 
 (``cp tools/golden.py /tmp/`` first if the base commit does not have it, and run ``python /tmp/golden.py``
 with the checkout as the current directory.) Capture twice on one commit and compare to check determinism.
+Measured at f318295: ~90 s CPU, 5.4 min wall on the 2-core box at load 16; ``--quick`` saves ~65 s CPU.
+A baseline of f318295 may already be in /work/golden/base (same library versions needed: compare warns).
 
 Why the outputs are reproducible:
 
@@ -41,6 +43,12 @@ Why the outputs are reproducible:
 * Volatile stdout parts removed before hashing: none. No case prints a timing line once the planner's
   timings are replaced (the plan note's "measured" figure then comes from the MAC model); a capture-twice
   check on one commit gives all cases the same. ``VOLATILE`` lists patterns should one ever be needed.
+
+Limits: the planned cases reach into the planner's private seam (``_measure``/``_bench_pair`` and its
+candidates' ``name``/``options``/``macs``/``weight``/``attrs``); a refactor that renames them makes those cases
+fail with ``[golden] uncaught ...`` (reported, never silently passing): update ``SEAM_*``/:func:`_layer_seconds`
+and capture both sides with the updated tool. Outputs are compared byte for byte with the same onnx,
+onnxruntime and numpy versions; other versions may legitimately change floats.
 
 ``--quick`` drops the slow real-model calibration cases. ``--only REGEX`` runs the matching cases only, and
 ``--list`` prints the case names.
