@@ -652,16 +652,20 @@ def compare(da: Path, db: Path, log: Callable[[str], None] = print) -> int:
     va, vb = ma.get("meta", {}).get("versions"), mb.get("meta", {}).get("versions")
     if va != vb:
         log(f"warning: captured with different library versions ({va} vs {vb}): differences may not be the code's")
-    bad = 0
-    d = json_diff(ma.get("inputs", {}), mb.get("inputs", {}))
-    if d:
-        bad += 1
-        log(f"DIFFERENT calibration inputs: {d}")
-    names = list(ma["cases"]) + [n for n in mb["cases"] if n not in ma["cases"]]
-    # A case one side did not run because that capture was restricted (--quick, --only) is not compared; one
-    # missing from an unrestricted capture is a difference (the case list or the models changed).
+    # A case (or calibration file) one side did not make because that capture was restricted (--quick, --only)
+    # is not compared; one missing from an unrestricted capture is a difference (the case list or models changed).
     restricted = {side: bool(m.get("meta", {}).get("quick") or m.get("meta", {}).get("only"))
                   for side, m in (("A", ma), ("B", mb))}
+    ia, ib = ma.get("inputs") or {}, mb.get("inputs") or {}
+    bad_inputs = 0
+    for key in list(ia) + [k for k in ib if k not in ia]:
+        missing = "B" if key not in ib else "A" if key not in ia else None
+        d = json_diff(ia.get(key), ib.get(key), key) if missing is None else f"{key}: only in {'AB'[missing == 'A']}"
+        if d and not (missing is not None and restricted[missing]):
+            bad_inputs += 1
+            log(f"DIFFERENT calibration input {d}")
+    bad = 0
+    names = list(ma["cases"]) + [n for n in mb["cases"] if n not in ma["cases"]]
     skipped = 0
     for n in names:
         missing = "B" if n not in mb["cases"] else "A" if n not in ma["cases"] else None
@@ -682,8 +686,9 @@ def compare(da: Path, db: Path, log: Callable[[str], None] = print) -> int:
             log(f"same {n}")
     compared = len(names) - skipped
     tail = f" ({skipped} not compared)" if skipped else ""
-    log((f"{compared} cases: {compared - bad} same, {bad} different" if bad else f"{compared} cases: all same") + tail)
-    return 1 if bad else 0
+    log((f"{compared} cases: {compared - bad} same, {bad} different" if bad else f"{compared} cases: all same") + tail
+        + (f"; {bad_inputs} calibration input(s) differ" if bad_inputs else ""))
+    return 1 if bad or bad_inputs else 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
