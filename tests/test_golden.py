@@ -131,6 +131,13 @@ def test_missing_case_and_bad_folder(captures: tuple[ModuleType, Path, Path], tm
     assert err.startswith("Error: ") and err.count("\n") == 1
     assert g.main(["capture", str(a)]) == 2  # exists: never overwritten
     assert "already exists" in capsys.readouterr().err
+    man["cases"]["../../escape"] = man["cases"].pop("stats-json-tiny_cnn")  # hostile: names become paths
+    (c / "manifest.json").write_text(json.dumps(man))
+    assert g.main(["compare", str(a), str(c)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "bad case entry '../../escape'" in err and err.count("\n") == 1
+    assert g.main(["capture", str(tmp_path / "d"), "--list", "--only", "("]) == 2
+    assert "not a regular expression" in capsys.readouterr().err
 
 
 def test_json_diff_paths() -> None:
@@ -138,3 +145,19 @@ def test_json_diff_paths() -> None:
     assert g.json_diff({"a": [1, {"b": 2}]}, {"a": [1, {"b": 3}]}) == "$.a[1].b: 2 vs 3"
     assert g.json_diff({"a": 1}, {"a": 1, "c": 0}) == "$.c: only in B"
     assert g.json_diff([1, 2], [1, 2]) is None
+
+
+def test_calibration_inputs_compared(captures: tuple[ModuleType, Path, Path], tmp_path: Path) -> None:
+    g, a, b = captures
+    copies = []
+    for name, digest in (("a2", "11"), ("b2", "22")):
+        d = tmp_path / name
+        shutil.copytree(a if name == "a2" else b, d)
+        man = json.loads((d / "manifest.json").read_text())
+        man["inputs"] = {"calib/tiny_cnn.npz": {"input": digest}}
+        (d / "manifest.json").write_text(json.dumps(man))
+        copies.append(d)
+    lines: list[str] = []
+    assert g.compare(copies[0], copies[1], log=lines.append) == 1
+    assert "DIFFERENT calibration input calib/tiny_cnn.npz.input: '11' vs '22'" in lines
+    assert lines[-1] == "3 cases: all same; 1 calibration input(s) differ"

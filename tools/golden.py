@@ -15,12 +15,14 @@ Use it around a refactor, from the checkout root (the package is imported from t
 its public CLI ``onnxconv.cli.main`` with click's CliRunner, never its private functions, except the latency
 seam below)::
 
-    git checkout BASE && python tools/golden.py capture /tmp/golden/base      # ~2-3 min; --quick: ~1 min
+    git checkout BASE && python tools/golden.py capture /tmp/golden/base      # 197 cases, ~90 s CPU
     git checkout REFACTOR && python tools/golden.py capture /tmp/golden/new
     python tools/golden.py compare /tmp/golden/base /tmp/golden/new              # exit 0: nothing changed
 
 (``cp tools/golden.py /tmp/`` first if the base commit does not have it, and run ``python /tmp/golden.py``
 with the checkout as the current directory.) Capture twice on one commit and compare to check determinism.
+Measured at f318295: ~90 s CPU, 5.4 min wall on the 2-core box at load 16; ``--quick`` saves ~65 s CPU.
+A baseline of f318295 may already be in /work/golden/base (same library versions needed: compare warns).
 
 Why the outputs are reproducible:
 
@@ -41,6 +43,12 @@ Why the outputs are reproducible:
 * Volatile stdout parts removed before hashing: none. No case prints a timing line once the planner's
   timings are replaced (the plan note's "measured" figure then comes from the MAC model); a capture-twice
   check on one commit gives all cases the same. ``VOLATILE`` lists patterns should one ever be needed.
+
+Limits: the planned cases reach into the planner's private seam (``_measure``/``_bench_pair`` and its
+candidates' ``name``/``options``/``macs``/``weight``/``attrs``); a refactor that renames them makes those cases
+fail with ``[golden] uncaught ...`` (reported, never silently passing): update ``SEAM_*``/:func:`_layer_seconds`
+and capture both sides with the updated tool. Outputs are compared byte for byte with the same onnx,
+onnxruntime and numpy versions; other versions may legitimately change floats.
 
 ``--quick`` drops the slow real-model calibration cases. ``--only REGEX`` runs the matching cases only, and
 ``--list`` prints the case names.
@@ -184,8 +192,8 @@ def cases(root: Path, quick: bool) -> tuple[list[Case], list[str]]:
     small = f"{REAL_DIR}/{REAL_SMALL}"
     if small in reals:
         s = _stem(small)
-        shape = "x".join(map(str, REAL_SMALL_SHAPE))
-        base = ["separate", small, "-o", "{out}/out.onnx", "--input-shape", f"x={shape}",
+        dims = "x".join(map(str, REAL_SMALL_SHAPE))
+        base = ["separate", small, "-o", "{out}/out.onnx", "--input-shape", f"x={dims}",
                 "--report", "{out}/report.json"]
         out.append(Case(f"sep-rank2-verify-{s}", [*base, "--rank", "2", "--verify"]))
         if quick:
@@ -226,9 +234,9 @@ def make_calibration(model_path: Path, dest: Path, shape: Sequence[int] | None =
     """Write a seeded calibration ``.npz`` for the model's graph inputs; returns input name -> sha256 of the
     array (dtype, shape and bytes; the .npz file itself holds zip timestamps, so it is not hashed).
 
-    Each array is ``CALIB_SAMPLES`` (``CALIB_SAMPLES_REAL`` under realmodels/) samples (times a fixed batch) of standard normal values; symbolic dims take
-    ``SYMBOLIC_DIM``, or the given ``shape`` (one input). The seed is the CRC32 of the model's file name, so
-    every capture draws the same values.
+    Each array is ``CALIB_SAMPLES`` (``CALIB_SAMPLES_REAL`` under realmodels/) samples (times a fixed batch) of
+    standard normal values; symbolic dims take ``SYMBOLIC_DIM``, or the given ``shape`` (one input). The seed is
+    the CRC32 of the model's file name, so every capture draws the same values.
     """
     m = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
@@ -371,6 +379,13 @@ def run_case(case: Case, runner: Any, main: Any) -> tuple[int, str]:
     return result.exit_code, text
 
 
+def _only(regex: str) -> re.Pattern[str]:
+    try:
+        return re.compile(regex)
+    except re.error as e:
+        raise GoldenError(f"--only {regex!r}: not a regular expression ({e})") from None
+
+
 def capture(dest: Path, quick: bool, only: str | None, root: Path, log: Callable[[str], None] = print) -> int:
     """Run the cases against the package at ``root`` and write ``dest`` (manifest + outputs) atomically."""
     if dest.exists():
@@ -379,12 +394,7 @@ def capture(dest: Path, quick: bool, only: str | None, root: Path, log: Callable
         raise GoldenError(f"{dest.parent}: no such folder")
     if not (root / "onnxconv" / "__init__.py").is_file():
         raise GoldenError(f"{root}: not an onnxconv checkout (run from the checkout root)")
-    pattern = None
-    if only is not None:
-        try:
-            pattern = re.compile(only)
-        except re.error as e:
-            raise GoldenError(f"--only {only!r}: not a regular expression ({e})") from None
+    pattern = _only(only) if only is not None else None
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     loaded = sys.modules.get("onnxconv")
@@ -492,7 +502,17 @@ def _load_manifest(d: Path) -> dict[str, Any]:
         raise GoldenError(f"{p}: not JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("cases"), dict):
         raise GoldenError(f"{p}: not a golden manifest of format {MANIFEST_FORMAT}")
+    # Names become paths under the capture folder: a manifest naming anything else is refused, not followed.
+    for name, case in data["cases"].items():
+        if not _SAFE_NAME.fullmatch(name) or not isinstance(case, dict):
+            raise GoldenError(f"{p}: bad case entry {name[:80]!r}")
+        for f in case.get("files") or {}:
+            if not isinstance(f, str) or not all(_SAFE_NAME.fullmatch(part) for part in f.split("/")):
+                raise GoldenError(f"{p}: case {name}: bad file name {str(f)[:80]!r}")
     return data
+
+
+_SAFE_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.+=-]{1,200}")
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -632,16 +652,20 @@ def compare(da: Path, db: Path, log: Callable[[str], None] = print) -> int:
     va, vb = ma.get("meta", {}).get("versions"), mb.get("meta", {}).get("versions")
     if va != vb:
         log(f"warning: captured with different library versions ({va} vs {vb}): differences may not be the code's")
-    bad = 0
-    d = json_diff(ma.get("inputs", {}), mb.get("inputs", {}))
-    if d:
-        bad += 1
-        log(f"DIFFERENT calibration inputs: {d}")
-    names = list(ma["cases"]) + [n for n in mb["cases"] if n not in ma["cases"]]
-    # A case one side did not run because that capture was restricted (--quick, --only) is not compared; one
-    # missing from an unrestricted capture is a difference (the case list or the models changed).
+    # A case (or calibration file) one side did not make because that capture was restricted (--quick, --only)
+    # is not compared; one missing from an unrestricted capture is a difference (the case list or models changed).
     restricted = {side: bool(m.get("meta", {}).get("quick") or m.get("meta", {}).get("only"))
                   for side, m in (("A", ma), ("B", mb))}
+    ia, ib = ma.get("inputs") or {}, mb.get("inputs") or {}
+    bad_inputs = 0
+    for key in list(ia) + [k for k in ib if k not in ia]:
+        missing = "B" if key not in ib else "A" if key not in ia else None
+        d = json_diff(ia.get(key), ib.get(key), key) if missing is None else f"{key}: only in {'AB'[missing == 'A']}"
+        if d and not (missing is not None and restricted[missing]):
+            bad_inputs += 1
+            log(f"DIFFERENT calibration input {d}")
+    bad = 0
+    names = list(ma["cases"]) + [n for n in mb["cases"] if n not in ma["cases"]]
     skipped = 0
     for n in names:
         missing = "B" if n not in mb["cases"] else "A" if n not in ma["cases"] else None
@@ -662,8 +686,9 @@ def compare(da: Path, db: Path, log: Callable[[str], None] = print) -> int:
             log(f"same {n}")
     compared = len(names) - skipped
     tail = f" ({skipped} not compared)" if skipped else ""
-    log((f"{compared} cases: {compared - bad} same, {bad} different" if bad else f"{compared} cases: all same") + tail)
-    return 1 if bad else 0
+    log((f"{compared} cases: {compared - bad} same, {bad} different" if bad else f"{compared} cases: all same") + tail
+        + (f"; {bad_inputs} calibration input(s) differ" if bad_inputs else ""))
+    return 1 if bad or bad_inputs else 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -688,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = Path.cwd()
             if ns.list:
                 for c in cases(root, ns.quick)[0]:
-                    print(c.name)
+                    if ns.only is None or _only(ns.only).search(c.name):
+                        print(c.name)
                 return 0
             return capture(ns.dir.absolute(), ns.quick, ns.only, root)
         return compare(ns.a, ns.b)
