@@ -475,6 +475,7 @@ class _Writer:
         self.names = NamePool(model)
         self.index = {t.name: i for i, t in enumerate(model.graph.initializer)}
         self.users: dict[str, int] = {}
+        self.released: set[str] = set()
 
         def count(graph: onnx.GraphProto) -> None:
             for n in graph.node:
@@ -503,7 +504,7 @@ class _Writer:
         self.index[name] = len(self.model.graph.initializer) - 1
         self.users[name] = 1
         if current:
-            self.users[current] = self.users.get(current, 1) - 1
+            self._release(current)
         while len(node.input) <= slot:
             node.input.append("")
         node.input[slot] = name
@@ -512,8 +513,29 @@ class _Writer:
         """Remove ``node``'s bias input (a sum of convs keeps one bias, on its first term)."""
         if len(node.input) > 2:
             if node.input[2]:
-                self.users[node.input[2]] = self.users.get(node.input[2], 1) - 1
+                self._release(node.input[2])
             del node.input[2:]
+
+    def _release(self, name: str) -> None:
+        """One reader fewer for ``name``; an initializer nobody reads any more is removed at :meth:`prune`."""
+        self.users[name] = self.users.get(name, 1) - 1
+        if self.users[name] <= 0 and name in self.index:
+            self.released.add(name)
+
+    def prune(self) -> None:
+        """Remove the initializers this writer left unread (a bias moved onto another term, a weight replaced by
+        a copy). onnxruntime warns about every unused initializer on every session; tensors another node, a
+        subgraph or a graph output still reads are counted as users and stay, and so do graph inputs (an
+        initializer there is the input's default: part of the model's interface)."""
+        inputs = {i.name for i in self.model.graph.input}
+        drop = {n for n in self.released if self.users.get(n, 0) <= 0 and n not in inputs}
+        if not drop:
+            return
+        keep = [t for t in self.model.graph.initializer if t.name not in drop]
+        del self.model.graph.initializer[:]
+        self.model.graph.initializer.extend(keep)
+        self.index = {t.name: i for i, t in enumerate(self.model.graph.initializer)}
+        self.released -= drop
 
     def write(self, stage: LinearStage, coefs: Sequence[np.ndarray]) -> None:
         g, ng = stage.group, stage.c_out // stage.group
@@ -830,6 +852,7 @@ def _refit_waves(model: onnx.ModelProto, plans: Sequence[_Plan], calib: Calibrat
             p.report = _solve_and_write(p.stage, accs[p.index], writer, ridge)
             if p.dw_note:
                 p.report["depthwise"] = f"kernels kept: {p.dw_note}"
+    writer.prune()
 
 
 def _alternate(model: onnx.ModelProto, plans: Sequence[_Plan], calib: CalibrationSet, writer: _Writer,

@@ -377,3 +377,66 @@ def test_sample_counts_and_fixed_batch_are_checked(tmp_path) -> None:
     np.savez(path, A=np.zeros((3, 3), np.float32), B=np.zeros((3, 3), np.float32))
     with pytest.raises(OptionError, match="fixed batch size 2 does not divide it"):
         calibrate.load_calibration(path, two)
+
+
+def unused_initializers(model: onnx.ModelProto) -> list[str]:
+    """Initializers of any graph (subgraphs too) that no node of that graph or below reads and no output names."""
+    def reads(graph: onnx.GraphProto) -> set[str]:
+        out = {o.name for o in graph.output}
+        for n in graph.node:
+            out.update(n.input)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    out |= reads(sub)
+        return out
+
+    def walk(graph: onnx.GraphProto) -> list[str]:
+        used = reads(graph)
+        found = [t.name for t in graph.initializer if t.name not in used]
+        for n in graph.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    found += walk(sub)
+        return found
+
+    return walk(model.graph)
+
+
+@pytest.mark.parametrize("form", ["sum", "concat", "multiplier", "tiled"])
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_refit_leaves_no_unused_initializer(tmp_path, form, depthwise) -> None:
+    """The sum form's bias moves onto the first term of the Add tree: the bias the pass put on another branch
+    must go, not stay behind as an initializer nobody reads (onnxruntime warns about each on every session)."""
+    rng = np.random.default_rng(11)
+    model = two_layer(rng, bias2=True)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
+    res = separate(model, RankPolicy("rank", 2), form=form)
+    assert unused_initializers(res.model) == []
+    out = calibrate.refit(model, res, cal, depthwise=depthwise)
+    assert all("ridge" in c.details for c in out.layers)
+    assert unused_initializers(out.model) == []
+
+
+def test_shuffle_refit_leaves_no_unused_initializer(tmp_path) -> None:
+    from onnxconv.passes.shuffle import group_shuffle
+
+    rng = np.random.default_rng(12)
+    model = two_layer(rng, bias2=True)
+    out = calibrate.refit(model, group_shuffle(model, groups=2), calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12)))
+    assert all("ridge" in c.details for c in out.layers)
+    assert unused_initializers(out.model) == []
+
+
+def test_a_bias_shared_with_another_node_stays(tmp_path) -> None:
+    """The refit drops the bias from a branch of the sum, but a tensor another node reads too is kept."""
+    rng = np.random.default_rng(13)
+    model = two_layer(rng, bias2=True)
+    model.graph.node.insert(0, helper.make_node("Identity", ["B1"], ["b1_copy"], name="reads_b1"))
+    model.graph.output.append(tensor("b1_copy", None))
+    res = separate(model, RankPolicy("rank", 2), form="sum")
+    out = calibrate.refit(model, res, calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12)))
+    assert unused_initializers(out.model) == []
+    assert "B1" in {t.name for t in out.model.graph.initializer}
+    feeds = {"X": smooth_inputs(rng, 2, 8, 12)}
+    got = compare.run_model(compare.session(out.model), feeds)["b1_copy"]
+    assert np.array_equal(got, compare.run_model(compare.session(model), feeds)["b1_copy"])

@@ -24,7 +24,7 @@ from onnxconv.passes.separable import separate
 from onnxconv.passes.shuffle import group_shuffle, masked_reference
 
 from .modelkit import init, make_model, tensor
-from .test_calibrate import lowrank_weight, rel, smooth_inputs
+from .test_calibrate import lowrank_weight, rel, smooth_inputs, unused_initializers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,6 +200,7 @@ def test_plan_picks_the_least_error_option_and_refits(tmp_path, mode) -> None:
     assert [c.name for c in done] == [least[1]]
     assert done[0].details["plan"].startswith(least[2] + " ")
     assert done[0].details["refit_err"] <= done[0].details["out_err"]
+    assert unused_initializers(result.model) == []  # the refit of the plan leaves no bias behind
     assert report.measured is not None and report.measured > 0 and len(report.rounds) == 1
     assert "predicted" in result.options["notes"][-1] and "measured" in result.options["notes"][-1]
     assert result.options["plan"]["layers"][0]["options"][0]["kind"] == "keep"
