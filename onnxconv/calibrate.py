@@ -35,6 +35,10 @@ per wave; parallel branches share one). Each run uses a copy of the model cut do
 error on held-out positions (drawn apart from the fitted ones). The held-out error of the weight-only stage and
 of the refitted one are reported per layer (``details["out_err"]``, ``details["refit_err"]``); when no ridge
 lowers the held-out error the weight-only weights are kept, so the refit never makes a layer worse there.
+
+Besides those held-out *positions*, a seeded fifth of the calibration *samples* (:data:`HOLDOUT_FRACTION`,
+whole batches for a fixed-batch model, none for fewer than five) is not fitted on at all: :func:`held_out_feeds`
+returns them so that a verification runs on inputs like the calibration data the refit never saw.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ from .passes.common import LayerChange, NamePool, PassResult, check_model
 __all__ = [
     "CalibrationSet",
     "load_calibration",
+    "held_out_feeds",
+    "HOLDOUT_FRACTION",
     "model_inputs",
     "LinearStage",
     "find_stage",
@@ -71,6 +77,9 @@ __all__ = [
 
 #: Relative ridge values tried when ``ridge`` is None (times the mean diagonal of ``X^T X``).
 RIDGE_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+#: Share of the calibration samples (or batches) the refit holds out for verification (:meth:`CalibrationSet.split`).
+HOLDOUT_FRACTION = 0.2
 
 #: ONNX element type -> numpy dtype for calibration inputs.
 _NP_TYPES: dict[int, type] = {
@@ -90,11 +99,13 @@ class CalibrationSet:
     """Calibration inputs: one array per model input, the batch (sample) axis first.
 
     ``chunk`` is how many samples one onnxruntime run takes: the model's fixed batch size, else a few.
+    ``batch`` is the model's fixed batch size (None when its batch dim is symbolic).
     """
 
     arrays: dict[str, np.ndarray]
     source: str
     chunk: int
+    batch: int | None = None
 
     @property
     def size(self) -> int:
@@ -104,6 +115,30 @@ class CalibrationSet:
         """(first sample index, feeds) for consecutive runs over the whole set."""
         for start in range(0, self.size, self.chunk):
             yield start, {k: v[start:start + self.chunk] for k, v in self.arrays.items()}
+
+    def split(self, seed: int = 0) -> tuple[CalibrationSet, CalibrationSet | None]:
+        """(the samples the refit fits on, the held-out samples or None), fixed by ``seed``.
+
+        ``floor(HOLDOUT_FRACTION * units)`` units are held out, a unit being one sample, or one batch of a model
+        with a fixed batch size (every run needs a whole batch); fewer than ``1 / HOLDOUT_FRACTION`` units hold
+        nothing out. The held-out units are ``default_rng(seed).permutation(units)[:count]``; both parts keep
+        the samples' order. They let ``--verify`` test the refitted model on inputs like the calibration data
+        that the refit never saw (random normal inputs say little about a model fitted to images).
+        """
+        unit = self.batch or 1
+        units = self.size // unit
+        count = int(math.floor(HOLDOUT_FRACTION * units))
+        if count == 0:
+            return self, None
+        held_units = np.zeros(units, dtype=bool)
+        held_units[np.random.default_rng(seed).permutation(units)[:count]] = True
+        held = np.repeat(held_units, unit)
+
+        def part(mask: np.ndarray, chunk: int) -> CalibrationSet:
+            return CalibrationSet({k: np.ascontiguousarray(v[mask]) for k, v in self.arrays.items()}, self.source,
+                                  chunk, self.batch)
+
+        return part(~held, self.chunk), part(held, unit if self.batch else count)
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -188,6 +223,7 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, *, chunk: int = 4
     n = next(iter(sizes.values())) if sizes else 0
     if not sizes:
         raise OptionError(f"{label}: the model has no inputs to calibrate with")
+    fixed_batch_size = bool(fixed_batch)
     if fixed_batch:
         b = fixed_batch.pop()
         if n % b:
@@ -195,7 +231,25 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, *, chunk: int = 4
         step = b
     else:
         step = max(1, min(chunk, n))
-    return CalibrationSet(arrays={k: np.ascontiguousarray(arrays[k]) for k in names}, source=str(p), chunk=step)
+    return CalibrationSet(arrays={k: np.ascontiguousarray(arrays[k]) for k in names}, source=str(p), chunk=step,
+                          batch=step if fixed_batch_size else None)
+
+
+def held_out_feeds(calibration: str | Path | CalibrationSet, model: onnx.ModelProto, *, seed: int = 0,
+                   ) -> list[dict[str, np.ndarray]]:
+    """The calibration samples :func:`refit` (with the same ``seed``) holds out, as onnxruntime feeds.
+
+    ``calibration`` is a path for :func:`load_calibration` (checked against ``model``, the original model) or a
+    loaded set. Returns one feeds dict per run: all held-out samples in one for a model with a symbolic batch
+    dim, one per batch for a fixed batch size; an empty list when the set is too small to hold any out
+    (:meth:`CalibrationSet.split`), where a caller falls back to other inputs.
+
+    Raises:
+        OptionError: a bad calibration file (as :func:`load_calibration`).
+    """
+    calib = calibration if isinstance(calibration, CalibrationSet) else load_calibration(calibration, model)
+    _, held = calib.split(seed)
+    return [] if held is None else [feeds for _, feeds in held.chunks()]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -750,11 +804,13 @@ def refit(
     Args:
         original: the model the pass rewrote (weights loaded); gives the target outputs.
         result: the pass's result; not modified.
-        calibration: inputs from :func:`load_calibration` (checked against ``original``).
+        calibration: inputs from :func:`load_calibration` (checked against ``original``). A seeded share of
+            the samples is held out and never fitted on (:meth:`CalibrationSet.split` with ``seed``;
+            :func:`held_out_feeds` returns them, to verify the result on).
         positions: output positions per layer used for the fit (spread over the samples); ``check_fraction``
             times as many more are held out to choose the ridge and report errors.
         ridge: relative ridge ``lam / mean(diag(X^T X))``; None picks it per layer from :data:`RIDGE_GRID`.
-        seed: the position sampling seed.
+        seed: the seed of the position sampling and of the held-out samples.
         providers, threads: onnxruntime settings for collecting activations.
         reference: the model ``result`` computes exactly up to channel orders, with the original's tensor names;
             every layer's output is then matched to it channel by channel. Needed when the shuffle pass ran on a
@@ -779,6 +835,7 @@ def refit(
         raise OptionError(f"check fraction {check_fraction}: must be in [0, 1]")
     if ridge is not None and not (ridge >= 0 and math.isfinite(ridge)):
         raise OptionError(f"ridge {ridge}: must be a finite number >= 0")
+    calibration, held = calibration.split(seed)  # held-out samples are for verification, never fitted
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
     layers = [replace(c, details=dict(c.details)) for c in result.layers]
@@ -820,7 +877,8 @@ def refit(
             change.details.update(plan_of[id(change)].report)
     check_model(model, original)
     options = dict(result.options)
-    options["calibration"] = {"source": calibration.source, "samples": calibration.size, "positions": positions,
+    options["calibration"] = {"source": calibration.source, "samples": calibration.size,
+                              "held_out": 0 if held is None else held.size, "positions": positions,
                               "check_fraction": check_fraction, "ridge": "auto" if ridge is None else ridge,
                               "seed": seed, "layers_refitted": sum(1 for p in plans if "ridge" in p.report),
                               "depthwise": depthwise}

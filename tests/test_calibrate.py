@@ -440,3 +440,62 @@ def test_a_bias_shared_with_another_node_stays(tmp_path) -> None:
     feeds = {"X": smooth_inputs(rng, 2, 8, 12)}
     got = compare.run_model(compare.session(out.model), feeds)["b1_copy"]
     assert np.array_equal(got, compare.run_model(compare.session(model), feeds)["b1_copy"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Held-out samples for --verify
+
+
+def test_the_refit_never_fits_the_held_out_samples(tmp_path) -> None:
+    """held_out_feeds returns samples the refit did not use: replacing them by anything leaves the refitted model
+    byte for byte the same, while changing a fitted sample changes it. The split is seeded and documented."""
+    rng = np.random.default_rng(14)
+    model = two_layer(rng, bias2=True)
+    x = smooth_inputs(rng, 10, 8, 12)
+    np.savez(tmp_path / "cal.npz", X=x)
+    held = calibrate.held_out_feeds(tmp_path / "cal.npz", model)
+    assert len(held) == 1 and held[0]["X"].shape[0] == int(10 * calibrate.HOLDOUT_FRACTION)
+    is_held = np.array([any(np.array_equal(s, h) for h in held[0]["X"]) for s in x])
+    assert is_held.sum() == held[0]["X"].shape[0]
+    # The same seed gives the same samples; the refit records how many it held out.
+    assert all(np.array_equal(a["X"], b["X"]) for a, b in zip(held, calibrate.held_out_feeds(tmp_path / "cal.npz",
+                                                                                              model)))
+    res = separate(model, RankPolicy("rank", 2))
+    (tmp_path / "a").mkdir()
+    base = calibrate.refit(model, res, calib(tmp_path / "a", model, X=x))
+    assert base.options["calibration"]["samples"] == 8 and base.options["calibration"]["held_out"] == 2
+    other = x.copy()
+    other[is_held] = 100.0 * rng.standard_normal(other[is_held].shape)
+    (tmp_path / "b").mkdir()
+    same = calibrate.refit(model, res, calib(tmp_path / "b", model, X=other))
+    assert same.model.SerializeToString() == base.model.SerializeToString()
+    other = x.copy()
+    other[np.flatnonzero(~is_held)[0]] *= 2.0
+    (tmp_path / "c").mkdir()
+    changed = calibrate.refit(model, res, calib(tmp_path / "c", model, X=other))
+    assert changed.model.SerializeToString() != base.model.SerializeToString()
+    # The held-out feeds run as they are.
+    assert run(same.model, held[0]).shape[0] == 2
+
+
+def test_held_out_samples_are_whole_batches_of_a_fixed_batch_model(tmp_path) -> None:
+    rng = np.random.default_rng(15)
+    model = two_layer(rng)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 20, 8, 12))
+    fit, held = cal.split()
+    assert held is not None and (fit.size, held.size) == (16, 4) and held.chunk == 2 and fit.chunk == 2
+    feeds = calibrate.held_out_feeds(cal, model)
+    assert [f["X"].shape[0] for f in feeds] == [2, 2]
+    for f in feeds:  # each a whole batch the fixed-batch model runs
+        assert run(model, f).shape[0] == 2
+    x = cal.arrays["X"].reshape(10, 2, 8, 12, 12)
+    pairs = [next(i for i in range(10) if np.array_equal(x[i], f["X"])) for f in feeds]
+    assert len(set(pairs)) == 2  # whole batches of the file, not samples torn out of them
+
+
+def test_a_small_set_holds_nothing_out(tmp_path) -> None:
+    rng = np.random.default_rng(16)
+    model = two_layer(rng)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 4, 8, 12))
+    assert cal.split() == (cal, None) and calibrate.held_out_feeds(cal, model) == []
