@@ -124,6 +124,7 @@ def stage_coefs(stage: LinearStage, arrays: Mapping[str, np.ndarray], bias: np.n
 
 
 def stage_bias(stage: LinearStage, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The stage's whole bias (float64): the sum of its terms' biases (the sum form may carry one per branch)."""
     total = np.zeros(stage.c_out)
     for t in stage.terms:
         if len(t.node.input) > 2 and t.node.input[2]:

@@ -86,6 +86,7 @@ def option_models(c: Candidate, form: str) -> dict[tuple[str, int], onnx.ModelPr
 
 
 def latency_key(c: Candidate, provider: str, threads: int | None, form: str, option: tuple[str, int]) -> str:
+    """The cache key of one option's time: everything the layer's time depends on, not its weights' values."""
     attrs = {k: v for k, v in sorted(c.attrs.items())}
     kind, value = option
     return json.dumps([provider, threads, list(c.input_shape), list(c.weight.shape), c.bias is not None, attrs,
