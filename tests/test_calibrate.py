@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from onnxconv import calibrate, compare
+from onnxconv import calibration, compare
+from onnxconv.calibration import depthwise
+from onnxconv.calibration.layers import waves
 from onnxconv.errors import OptionError
 from onnxconv.passes.ranks import RankPolicy
 from onnxconv.passes.separable import separate
@@ -60,10 +62,10 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(a.astype(np.float64)))
 
 
-def calib(tmp_path, model: onnx.ModelProto, **arrays: np.ndarray) -> calibrate.CalibrationSet:
+def calib(tmp_path, model: onnx.ModelProto, **arrays: np.ndarray) -> calibration.CalibrationSet:
     path = tmp_path / "cal.npz"
     np.savez(path, **arrays)
-    return calibrate.load_calibration(path, model)
+    return calibration.load_calibration(path, model)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ def test_refit_beats_weight_only_on_held_out_inputs(tmp_path_factory, form, grou
     model = two_layer(rng, group=group, bias2=bias2)
     cal = calib(tmp_path_factory.mktemp("cal"), model, X=smooth_inputs(rng, 16, 8, 12))
     weight_only = separate(model, RankPolicy("rank", 2), form=form)
-    fitted = calibrate.refit(model, weight_only, cal)
+    fitted = calibration.refit(model, weight_only, cal)
     test = {"X": smooth_inputs(rng, 8, 8, 12)}  # inputs the refit never saw
     ref = run(model, test)
     e_w, e_r = rel(ref, run(weight_only.model, test)), rel(ref, run(fitted.model, test))
@@ -106,8 +108,8 @@ def test_refitting_the_kernels_too_beats_the_pointwise_refit(tmp_path_factory, f
                        [init("W", w), init("B", rng.standard_normal(16).astype(np.float32))])
     cal = calib(tmp_path_factory.mktemp("cal"), model, X=smooth_inputs(rng, 16, 16, 12))
     weight_only = separate(model, RankPolicy("rank", rank), form=form)
-    pointwise = calibrate.refit(model, weight_only, cal, depthwise=False)
-    whole = calibrate.refit(model, weight_only, cal)
+    pointwise = calibration.refit(model, weight_only, cal, depthwise=False)
+    whole = calibration.refit(model, weight_only, cal)
     test = {"X": smooth_inputs(rng, 8, 16, 12)}
     ref = run(model, test)
     e_p, e_w = rel(ref, run(pointwise.model, test)), rel(ref, run(whole.model, test))
@@ -121,18 +123,14 @@ def test_refitting_the_kernels_too_beats_the_pointwise_refit(tmp_path_factory, f
 
 def test_without_held_out_positions_the_last_alternation_is_kept(tmp_path) -> None:
     """Nothing held out to choose an iterate with: the fitted error (which never rises) decides."""
-    from onnxconv.depthwise_fit import ITERATIONS
-
     rng = np.random.default_rng(9)
     model = two_layer(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
-    out = calibrate.refit(model, separate(model, RankPolicy("rank", 1)), cal, check_fraction=0)
-    assert all(c.details["alternations"] == ITERATIONS and c.details["refit_err"] is None for c in out.layers)
+    out = calibration.refit(model, separate(model, RankPolicy("rank", 1)), cal, check_fraction=0)
+    assert all(c.details["alternations"] == depthwise.ITERATIONS and c.details["refit_err"] is None for c in out.layers)
 
 
 def test_kernels_are_kept_with_a_reason_when_they_cannot_be_refitted(tmp_path, monkeypatch) -> None:
-    from onnxconv import depthwise_fit
-
     rng = np.random.default_rng(8)
     model = two_layer(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
@@ -141,12 +139,12 @@ def test_kernels_are_kept_with_a_reason_when_they_cannot_be_refitted(tmp_path, m
     dw = next(n for n in res.model.graph.node if n.name.startswith("c1") and "dw" in n.name)
     t = next(t for t in res.model.graph.initializer if t.name == dw.input[1])
     t.CopyFrom(init(t.name, onnx.numpy_helper.to_array(t) * 1.5))
-    out = calibrate.refit(model, res, cal)
+    out = calibration.refit(model, res, cal)
     c1, c2 = out.layers
     assert "not the weight-only factors" in c1.details["depthwise"] and "ridge" in c1.details
     assert "depthwise" not in c2.details and "alternations" in c2.details
-    monkeypatch.setattr(depthwise_fit, "MAX_UNKNOWNS", 8)
-    out = calibrate.refit(model, separate(model, RankPolicy("rank", 2)), cal)
+    monkeypatch.setattr(depthwise, "MAX_UNKNOWNS", 8)
+    out = calibration.refit(model, separate(model, RankPolicy("rank", 2)), cal)
     assert all("the 1x1 stage alone is refitted" in c.details["depthwise"] for c in out.layers)
 
 
@@ -160,7 +158,7 @@ def test_shuffle_mode_refit_beats_weight_only_grouping(tmp_path, mixing) -> None
     model = two_layer(rng, bias2=True)
     grouped = group_shuffle(model, groups=2, mixing=mixing)
     assert len(grouped.rewritten) == 2
-    fitted = calibrate.refit(model, grouped, calib(tmp_path, model, X=smooth_inputs(rng, 16, 8, 12)))
+    fitted = calibration.refit(model, grouped, calib(tmp_path, model, X=smooth_inputs(rng, 16, 8, 12)))
     assert all("refit" not in c.details and c.details["refit_err"] <= c.details["out_err"] for c in fitted.layers)
     test = {"X": smooth_inputs(rng, 8, 8, 12)}
     ref = run(model, test)
@@ -180,7 +178,7 @@ def test_refit_is_exact_when_the_rank_suffices_for_the_data(tmp_path) -> None:
     cols = rng.standard_normal((24, 6, 10, 1)).astype(np.float32)
     cal = calib(tmp_path, model, X=np.repeat(cols[:16], 10, axis=3))
     weight_only = separate(model, RankPolicy("rank", 3), force=True)
-    fitted = calibrate.refit(model, weight_only, cal)
+    fitted = calibration.refit(model, weight_only, cal)
     test = {"X": np.repeat(cols[16:], 10, axis=3)}
     ref = run(model, test)
     assert rel(ref, run(weight_only.model, test)) > 0.1
@@ -195,7 +193,7 @@ def test_refit_keeps_an_exact_low_rank_weight_exact(tmp_path) -> None:
         t = next(t for t in model.graph.initializer if t.name == name)
         t.CopyFrom(init(name, lowrank_weight(rng, 16, t.dims[1], 3, 2, 0.0)))
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
-    fitted = calibrate.refit(model, separate(model, RankPolicy("rank", 2)), cal)
+    fitted = calibration.refit(model, separate(model, RankPolicy("rank", 2)), cal)
     test = {"X": smooth_inputs(rng, 4, 8, 12)}
     assert rel(run(model, test), run(fitted.model, test)) < 1e-4
 
@@ -207,7 +205,7 @@ def test_layer_inputs_come_from_the_refitted_upstream(tmp_path) -> None:
     model = two_layer(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 16, 8, 12))
     res = separate(model, RankPolicy("rank", 1), form="concat", force=True)
-    fitted = calibrate.refit(model, res, cal)
+    fitted = calibration.refit(model, res, cal)
     c2 = next(c for c in fitted.layers if c.name == "c2")
     assert c2.details["out_err"] > 0.05  # the upstream rank-1 error reaches c2's output
     assert c2.details["refit_err"] < c2.details["out_err"]
@@ -225,7 +223,7 @@ def test_shared_weights_get_their_own_refitted_copies(tmp_path) -> None:
     res = separate(model, RankPolicy("rank", 2), form="concat")
     pw_weights = {n.input[1] for n in res.model.graph.node if n.name.endswith("/pw")}
     assert len(pw_weights) == 1  # the pass shares the pointwise weight between the two layers
-    fitted = calibrate.refit(model, res, calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 10)))
+    fitted = calibration.refit(model, res, calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 10)))
     pw = [n for n in fitted.model.graph.node if n.name.endswith("/pw")]
     assert len({n.input[1] for n in pw}) == 2
     test = {"X": smooth_inputs(rng, 4, 8, 10)}
@@ -237,13 +235,13 @@ def test_refit_options_are_recorded_and_checked(tmp_path) -> None:
     model = two_layer(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 4, 8, 12))
     res = separate(model, RankPolicy("rank", 2))
-    out = calibrate.refit(model, res, cal, ridge=1e-3, positions=100)
+    out = calibration.refit(model, res, cal, ridge=1e-3, positions=100)
     assert out.options["calibration"]["samples"] == 4 and out.options["calibration"]["ridge"] == 1e-3
     assert all(c.details["ridge"] == 1e-3 for c in out.layers)
     with pytest.raises(OptionError, match="ridge"):
-        calibrate.refit(model, res, cal, ridge=-1.0)
+        calibration.refit(model, res, cal, ridge=-1.0)
     with pytest.raises(OptionError, match="positions"):
-        calibrate.refit(model, res, cal, positions=0)
+        calibration.refit(model, res, cal, positions=0)
 
 
 def test_layers_on_parallel_branches_share_a_wave() -> None:
@@ -258,10 +256,10 @@ def test_layers_on_parallel_branches_share_a_wave() -> None:
     ]
     model = make_model(nodes, [tensor("X", [1, 8, 6, 6])], [tensor("Y", None)], [init(k, v) for k, v in ws.items()])
     res = separate(model, RankPolicy("rank", 2))
-    stages = [calibrate.find_stage(res.model, y, n) for n, y in
+    stages = [calibration.find_stage(res.model, y, n) for n, y in
               (("stem", "a"), ("left", "b"), ("right", "c"), ("head", "Y"))]
-    assert all(isinstance(s, calibrate.LinearStage) for s in stages)
-    calibrate._waves(res.model, stages)  # type: ignore[arg-type]
+    assert all(isinstance(s, calibration.LinearStage) for s in stages)
+    waves(res.model, stages)  # type: ignore[arg-type]
     assert [s.wave for s in stages] == [0, 1, 1, 2]  # type: ignore[union-attr]
 
 
@@ -287,9 +285,9 @@ def test_patches_times_weights_is_the_conv_output(kernel, stride, dilation, pad,
                        [tensor("Y", None)], [init("W", w)])
     x = rng.standard_normal((1, 4, 9, 8)).astype(np.float32)
     y = run(model, {"X": x})[0]
-    term = calibrate.ConvTerm(model.graph.node[0], "X", "W", w.shape, attrs)
+    term = calibration.ConvTerm(model.graph.node[0], "X", "W", w.shape, attrs)
     pos = rng.choice(int(np.prod(y.shape[1:])), size=min(10, int(np.prod(y.shape[1:]))), replace=False)
-    patches = calibrate.sample_patches(x[0], term, y.shape[1:], pos)
+    patches = calibration.sample_patches(x[0], term, y.shape[1:], pos)
     cg, ng = 4 // group, 4 // group
     for gi in range(group):
         got = patches[:, gi * cg:(gi + 1) * cg].reshape(len(pos), -1) @ w[gi * ng:(gi + 1) * ng].reshape(ng, -1).T
@@ -300,7 +298,7 @@ def test_patches_times_weights_is_the_conv_output(kernel, stride, dilation, pad,
 def test_truncate_model_runs_only_what_the_outputs_need() -> None:
     rng = np.random.default_rng(7)
     model = two_layer(rng)
-    cut = calibrate.truncate_model(model, {"h": TensorProto.FLOAT})
+    cut = calibration.truncate_model(model, {"h": TensorProto.FLOAT})
     assert [n.name for n in cut.graph.node] == ["c1"]
     assert {t.name for t in cut.graph.initializer} == {"W1", "B1"}
     x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
@@ -314,7 +312,7 @@ def test_fixed_batch_model_is_fed_one_sample_at_a_time(tmp_path) -> None:
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 6, 8, 12))
     assert cal.chunk == 1 and [s for s, _ in cal.chunks()] == list(range(6))
-    out = calibrate.refit(model, separate(model, RankPolicy("rank", 2)), cal)
+    out = calibration.refit(model, separate(model, RankPolicy("rank", 2)), cal)
     assert all(c.details["refit_err"] < c.details["out_err"] for c in out.layers)
 
 
@@ -329,7 +327,7 @@ def model() -> onnx.ModelProto:
 
 def test_a_folder_of_npy_files_loads(tmp_path, model) -> None:
     np.save(tmp_path / "X.npy", np.zeros((3, 8, 12, 12), np.float32))
-    cal = calibrate.load_calibration(tmp_path, model)
+    cal = calibration.load_calibration(tmp_path, model)
     assert cal.size == 3 and set(cal.arrays) == {"X"}
 
 
@@ -350,21 +348,21 @@ def test_bad_calibration_files_get_clear_messages(tmp_path, model, arrays, messa
     path = tmp_path / "cal.npz"
     np.savez(path, **arrays)
     with pytest.raises(OptionError, match=message):
-        calibrate.load_calibration(path, model)
+        calibration.load_calibration(path, model)
 
 
 def test_calibration_path_errors(tmp_path, model) -> None:
     with pytest.raises(OptionError, match="no such file or folder"):
-        calibrate.load_calibration(tmp_path / "missing.npz", model)
+        calibration.load_calibration(tmp_path / "missing.npz", model)
     (tmp_path / "empty").mkdir()
     with pytest.raises(OptionError, match="folder has no .npy files"):
-        calibrate.load_calibration(tmp_path / "empty", model)
+        calibration.load_calibration(tmp_path / "empty", model)
     (tmp_path / "cal.txt").write_text("x")
     with pytest.raises(OptionError, match="expected an .npz file or a folder of .npy files"):
-        calibrate.load_calibration(tmp_path / "cal.txt", model)
+        calibration.load_calibration(tmp_path / "cal.txt", model)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(OptionError, match="cannot read as .npz"):
-        calibrate.load_calibration(tmp_path / "bad.npz", model)
+        calibration.load_calibration(tmp_path / "bad.npz", model)
 
 
 def test_sample_counts_and_fixed_batch_are_checked(tmp_path) -> None:
@@ -373,7 +371,130 @@ def test_sample_counts_and_fixed_batch_are_checked(tmp_path) -> None:
     path = tmp_path / "cal.npz"
     np.savez(path, A=np.zeros((4, 3), np.float32), B=np.zeros((6, 3), np.float32))
     with pytest.raises(OptionError, match=r"different numbers of samples \{'A': 4, 'B': 6\}"):
-        calibrate.load_calibration(path, two)
+        calibration.load_calibration(path, two)
     np.savez(path, A=np.zeros((3, 3), np.float32), B=np.zeros((3, 3), np.float32))
     with pytest.raises(OptionError, match="fixed batch size 2 does not divide it"):
-        calibrate.load_calibration(path, two)
+        calibration.load_calibration(path, two)
+
+
+def unused_initializers(model: onnx.ModelProto) -> list[str]:
+    """Initializers of any graph (subgraphs too) that no node of that graph or below reads and no output names."""
+    def reads(graph: onnx.GraphProto) -> set[str]:
+        out = {o.name for o in graph.output}
+        for n in graph.node:
+            out.update(n.input)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    out |= reads(sub)
+        return out
+
+    def walk(graph: onnx.GraphProto) -> list[str]:
+        used = reads(graph)
+        found = [t.name for t in graph.initializer if t.name not in used]
+        for n in graph.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    found += walk(sub)
+        return found
+
+    return walk(model.graph)
+
+
+@pytest.mark.parametrize("form", ["sum", "concat", "multiplier", "tiled"])
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_refit_leaves_no_unused_initializer(tmp_path, form, depthwise) -> None:
+    """The sum form's bias moves onto the first term of the Add tree: the bias the pass put on another branch
+    must go, not stay behind as an initializer nobody reads (onnxruntime warns about each on every session)."""
+    rng = np.random.default_rng(11)
+    model = two_layer(rng, bias2=True)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
+    res = separate(model, RankPolicy("rank", 2), form=form)
+    assert unused_initializers(res.model) == []
+    out = calibration.refit(model, res, cal, depthwise=depthwise)
+    assert all("ridge" in c.details for c in out.layers)
+    assert unused_initializers(out.model) == []
+
+
+def test_shuffle_refit_leaves_no_unused_initializer(tmp_path) -> None:
+    from onnxconv.passes.shuffle import group_shuffle
+
+    rng = np.random.default_rng(12)
+    model = two_layer(rng, bias2=True)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
+    out = calibration.refit(model, group_shuffle(model, groups=2), cal)
+    assert all("ridge" in c.details for c in out.layers)
+    assert unused_initializers(out.model) == []
+
+
+def test_a_bias_shared_with_another_node_stays(tmp_path) -> None:
+    """The refit drops the bias from a branch of the sum, but a tensor another node reads too is kept."""
+    rng = np.random.default_rng(13)
+    model = two_layer(rng, bias2=True)
+    model.graph.node.insert(0, helper.make_node("Identity", ["B1"], ["b1_copy"], name="reads_b1"))
+    model.graph.output.append(tensor("b1_copy", None))
+    res = separate(model, RankPolicy("rank", 2), form="sum")
+    out = calibration.refit(model, res, calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12)))
+    assert unused_initializers(out.model) == []
+    assert "B1" in {t.name for t in out.model.graph.initializer}
+    feeds = {"X": smooth_inputs(rng, 2, 8, 12)}
+    got = compare.run_model(compare.session(out.model), feeds)["b1_copy"]
+    assert np.array_equal(got, compare.run_model(compare.session(model), feeds)["b1_copy"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Held-out samples for --verify
+
+
+def test_the_refit_never_fits_the_held_out_samples(tmp_path) -> None:
+    """held_out_feeds returns samples the refit did not use: replacing them by anything leaves the refitted model
+    byte for byte the same, while changing a fitted sample changes it. The split is seeded and documented."""
+    rng = np.random.default_rng(14)
+    model = two_layer(rng, bias2=True)
+    x = smooth_inputs(rng, 10, 8, 12)
+    np.savez(tmp_path / "cal.npz", X=x)
+    held = calibration.held_out_feeds(tmp_path / "cal.npz", model)
+    assert len(held) == 1 and held[0]["X"].shape[0] == int(10 * calibration.HOLDOUT_FRACTION)
+    is_held = np.array([any(np.array_equal(s, h) for h in held[0]["X"]) for s in x])
+    assert is_held.sum() == held[0]["X"].shape[0]
+    # The same seed gives the same samples; the refit records how many it held out.
+    assert all(np.array_equal(a["X"], b["X"]) for a, b in zip(held, calibration.held_out_feeds(tmp_path / "cal.npz",
+                                                                                              model)))
+    res = separate(model, RankPolicy("rank", 2))
+    (tmp_path / "a").mkdir()
+    base = calibration.refit(model, res, calib(tmp_path / "a", model, X=x))
+    assert base.options["calibration"]["samples"] == 8 and base.options["calibration"]["held_out"] == 2
+    other = x.copy()
+    other[is_held] = 100.0 * rng.standard_normal(other[is_held].shape)
+    (tmp_path / "b").mkdir()
+    same = calibration.refit(model, res, calib(tmp_path / "b", model, X=other))
+    assert same.model.SerializeToString() == base.model.SerializeToString()
+    other = x.copy()
+    other[np.flatnonzero(~is_held)[0]] *= 2.0
+    (tmp_path / "c").mkdir()
+    changed = calibration.refit(model, res, calib(tmp_path / "c", model, X=other))
+    assert changed.model.SerializeToString() != base.model.SerializeToString()
+    # The held-out feeds run as they are.
+    assert run(same.model, held[0]).shape[0] == 2
+
+
+def test_held_out_samples_are_whole_batches_of_a_fixed_batch_model(tmp_path) -> None:
+    rng = np.random.default_rng(15)
+    model = two_layer(rng)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 20, 8, 12))
+    fit, held = cal.split()
+    assert held is not None and (fit.size, held.size) == (16, 4) and held.chunk == 2 and fit.chunk == 2
+    feeds = calibration.held_out_feeds(cal, model)
+    assert [f["X"].shape[0] for f in feeds] == [2, 2]
+    for f in feeds:  # each a whole batch the fixed-batch model runs
+        assert run(model, f).shape[0] == 2
+    x = cal.arrays["X"].reshape(10, 2, 8, 12, 12)
+    pairs = [next(i for i in range(10) if np.array_equal(x[i], f["X"])) for f in feeds]
+    assert len(set(pairs)) == 2  # whole batches of the file, not samples torn out of them
+
+
+def test_a_small_set_holds_nothing_out(tmp_path) -> None:
+    rng = np.random.default_rng(16)
+    model = two_layer(rng)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 4, 8, 12))
+    assert cal.split() == (cal, None) and calibration.held_out_feeds(cal, model) == []

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from onnxconv import bench as bench_mod
-from onnxconv import calibrate, compare, plan
+from onnxconv import calibration, compare, planning
+from onnxconv.planning import latency, planner
 from onnxconv.cli import main
 from onnxconv.errors import OptionError
 from onnxconv.passes.common import NodeFilter
@@ -24,7 +24,7 @@ from onnxconv.passes.separable import separate
 from onnxconv.passes.shuffle import group_shuffle, masked_reference
 
 from .modelkit import init, make_model, tensor
-from .test_calibrate import lowrank_weight, rel, smooth_inputs
+from .test_calibrate import lowrank_weight, rel, smooth_inputs, unused_initializers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -32,14 +32,14 @@ from .test_calibrate import lowrank_weight, rel, smooth_inputs
 
 
 @st.composite
-def instances(draw: st.DrawFn) -> tuple[list[plan.LayerOptions], float, float]:
+def instances(draw: st.DrawFn) -> tuple[list[planning.LayerOptions], float, float]:
     layers = []
     for i in range(draw(st.integers(1, 4))):
         keep = draw(st.floats(1.0, 10.0))
-        opts = [plan.Option("keep", 0, keep, 0.0)]
+        opts = [planning.Option("keep", 0, keep, 0.0)]
         for r in range(1, draw(st.integers(1, 4)) + 1):
-            opts.append(plan.Option("rank", r, draw(st.floats(0.1, 12.0)), draw(st.floats(0.0, 1.0))))
-        layers.append(plan.LayerOptions(f"l{i}", opts))
+            opts.append(planning.Option("rank", r, draw(st.floats(0.1, 12.0)), draw(st.floats(0.0, 1.0))))
+        layers.append(planning.LayerOptions(f"l{i}", opts))
     model_s = sum(lay.keep.latency_s for lay in layers) + draw(st.floats(0.0, 10.0))
     return layers, model_s, draw(st.floats(1.01, 3.0))
 
@@ -58,18 +58,18 @@ def test_choice_is_the_least_error_plan_that_saves_enough(inst) -> None:
         return sum(lay.options[i].error ** 2 for lay, i in zip(layers, c))
 
     try:
-        predicted = plan.choose(layers, model_s, target)
+        predicted = planning.choose(layers, model_s, target)
     except OptionError as e:
         assert "largest predicted speed-up" in str(e)
         # Unreachable means: even the fastest option everywhere saves too little (savings rounded down to buckets).
         fastest = sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers)
-        assert fastest < need + len(layers) * need / plan.BUCKETS
+        assert fastest < need + len(layers) * need / planning.BUCKETS
         return
     picked = tuple(lay.chosen for lay in layers)
     assert saved(picked) >= need - 1e-9
     assert predicted == pytest.approx(model_s / max(model_s - saved(picked), 1e-9 * model_s))
     # Savings are rounded down to buckets, so the plan can only lose to one that saves a little more than needed.
-    margin = len(layers) * need / plan.BUCKETS
+    margin = len(layers) * need / planning.BUCKETS
     better = [c for c in combos if saved(c) >= need + margin and cost(c) < cost(picked) - 1e-12]
     assert not better
 
@@ -77,16 +77,17 @@ def test_choice_is_the_least_error_plan_that_saves_enough(inst) -> None:
 def test_a_target_lost_to_bucket_rounding_is_unreachable_not_an_empty_plan() -> None:
     """Three layers that each save exactly a third of what is needed: the raw sum reaches the target, the savings
     rounded down to buckets do not. The choice must say so rather than return a plan that keeps every layer."""
-    layers = [plan.LayerOptions(f"l{i}", [plan.Option("keep", 0, 1.0, 0.0), plan.Option("rank", 1, 1.0 - 1 / 6, 0.1)])
+    layers = [planning.LayerOptions(f"l{i}", [planning.Option("keep", 0, 1.0, 0.0),
+                                              planning.Option("rank", 1, 1.0 - 1 / 6, 0.1)])
               for i in range(3)]
     with pytest.raises(OptionError, match="largest predicted speed-up"):
-        plan.choose(layers, 1.0, 2.0)  # need 0.5 s, three savings of 1/6 s
+        planning.choose(layers, 1.0, 2.0)  # need 0.5 s, three savings of 1/6 s
 
 
 def test_unreachable_target_names_the_largest_speedup() -> None:
-    lay = plan.LayerOptions("a", [plan.Option("keep", 0, 1.0, 0.0), plan.Option("rank", 1, 0.5, 0.1)])
+    lay = planning.LayerOptions("a", [planning.Option("keep", 0, 1.0, 0.0), planning.Option("rank", 1, 0.5, 0.1)])
     with pytest.raises(OptionError, match=r"--target-speedup 3: the largest predicted speed-up is 1\.333x"):
-        plan.choose([lay], 2.0, 3.0)
+        planning.choose([lay], 2.0, 3.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,21 +113,21 @@ def test_option_errors_match_onnxruntime_on_the_first_layer(tmp_path, mode) -> N
     model = conv_chain(rng)
     x = smooth_inputs(rng, 3, 16, 10)
     np.savez(tmp_path / "cal.npz", X=x)
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
-    cands, _ = plan._candidates(model, mode, "sum", (2, 4), None, None, None)
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
+    cands, _ = planning.find_candidates(model, mode, "sum", (2, 4), None, None, None)
     assert [c.name for c in cands] == ["c1", "c2"]
     kinds = {"separable": {"rank"}, "shuffle": {"groups"}, "mixed": {"rank", "groups"}}[mode]
     assert {k for c in cands for k, _ in c.options} == kinds
-    plan._option_errors(model, cands, cal, positions=3 * 100, seed=0, providers=["CPUExecutionProvider"],
+    planning.option_errors(model, cands, cal, positions=3 * 100, seed=0, providers=["CPUExecutionProvider"],
                         threads=None, refit_aware=False)
     c1 = cands[0]
-    ref = compare.run_model(compare.session(calibrate.truncate_model(model, {"h": 1})), {"X": x})["h"]
+    ref = compare.run_model(compare.session(calibration.truncate_model(model, {"h": 1})), {"X": x})["h"]
     for kind, v in c1.options:
         if kind == "rank":
             got = separate(model, RankPolicy("rank", v), force=True).model
         else:
             got = masked_reference(model, group_shuffle(model, groups=v, force=True))
-        out = compare.run_model(compare.session(calibrate.truncate_model(got, {"h": 1})), {"X": x})["h"]
+        out = compare.run_model(compare.session(calibration.truncate_model(got, {"h": 1})), {"X": x})["h"]
         assert c1.weight_errors[kind, v] == pytest.approx(rel(ref, out), rel=1e-4, abs=1e-6), (kind, v)
     assert all(c.errors == c.weight_errors for c in cands)
 
@@ -142,24 +143,24 @@ def test_latencies_are_cached_per_shape(tmp_path, monkeypatch) -> None:
              helper.make_node("Conv", ["a", "V"], ["Y"], name="b", pads=[1, 1, 1, 1])]
     model = make_model(nodes, [tensor("X", [1, 16, 8, 8])], [tensor("Y", None)],
                        [init("W", w), init("V", w * 2)])
-    cands, _ = plan._candidates(model, "separable", "sum", (), None, None, None)
+    cands, _ = planning.find_candidates(model, "separable", "sum", (), None, None, None)
     for c in cands:
         c.input_shape = (1, 16, 8, 8)
     calls = []
-    real = bench_mod.bench
+    real = latency.bench
 
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench_mod, "bench", counting)
-    cache = plan.LatencyCache(tmp_path / "lat.json")
-    times = plan._measure(cands, "sum", "cpu", None, cache, iters=3)
+    monkeypatch.setattr(latency, "bench", counting)  # what measure_latencies calls
+    cache = planning.LatencyCache(tmp_path / "lat.json")
+    times = planning.measure_latencies(cands, "sum", "cpu", None, cache, iters=3)
     assert len(calls) == 1  # two layers, one shape: timed once
-    assert times["a"] == times["b"] and set(times["a"]) == {plan.KEEP, *cands[0].options}
+    assert times["a"] == times["b"] and set(times["a"]) == {planning.KEEP, *cands[0].options}
     assert all(t > 0 for t in times["a"].values())
     # A new cache object reads the file back: nothing is timed again.
-    again = plan._measure(cands, "sum", "cpu", None, plan.LatencyCache(tmp_path / "lat.json"), 3)
+    again = planning.measure_latencies(cands, "sum", "cpu", None, planning.LatencyCache(tmp_path / "lat.json"), 3)
     assert len(calls) == 1 and again == times
     assert len(json.loads((tmp_path / "lat.json").read_text())) == len(times["a"])
 
@@ -168,16 +169,16 @@ def test_latencies_are_cached_per_shape(tmp_path, monkeypatch) -> None:
 # The whole plan
 
 
-def fixed_cache(model: onnx.ModelProto, cal: calibrate.CalibrationSet, keep_s: float, option_s: float,
-                mode: str = "separable", form: str = "sum") -> plan.LatencyCache:
+def fixed_cache(model: onnx.ModelProto, cal: calibration.CalibrationSet, keep_s: float, option_s: float,
+                mode: str = "separable", form: str = "sum") -> planning.LatencyCache:
     """A cache holding made-up layer latencies, so the choice does not depend on this machine's timing."""
-    cands, _ = plan._candidates(model, mode, form, plan.GROUP_CHOICES, None, None, None)
-    cache = plan.LatencyCache()
+    cands, _ = planning.find_candidates(model, mode, form, planning.GROUP_CHOICES, None, None, None)
+    cache = planning.LatencyCache()
     shapes = {"c1": (cal.chunk, 16, 10, 10), "c2": (cal.chunk, 16, 10, 10)}
     for c in cands:
         c.input_shape = shapes[c.name]
-        for o in [plan.KEEP, *c.options]:
-            cache.put(plan._latency_key(c, "cpu", None, form, o), keep_s if o == plan.KEEP else option_s)
+        for o in [planning.KEEP, *c.options]:
+            cache.put(planning.latency_key(c, "cpu", None, form, o), keep_s if o == planning.KEEP else option_s)
     return cache
 
 
@@ -186,11 +187,11 @@ def test_plan_picks_the_least_error_option_and_refits(tmp_path, mode) -> None:
     rng = np.random.default_rng(2)
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 6, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     # Every option saves a whole second: any single one reaches the target, so the plan is the one option of
     # least error in the whole model, and nothing else is rewritten.
     cache = fixed_cache(model, cal, keep_s=2.0, option_s=1.0, mode=mode)
-    result, report = plan.plan_rewrite(model, cal, target_speedup=1.5, mode=mode, form="sum", cache=cache,
+    result, report = planning.plan_rewrite(model, cal, target_speedup=1.5, mode=mode, form="sum", cache=cache,
                                        layer_iters=3, model_iters=3, rounds=1)
     errors = [(o.error, lay.name, o.label) for lay in report.layers for o in lay.options[1:]]
     least = min(errors)
@@ -200,6 +201,7 @@ def test_plan_picks_the_least_error_option_and_refits(tmp_path, mode) -> None:
     assert [c.name for c in done] == [least[1]]
     assert done[0].details["plan"].startswith(least[2] + " ")
     assert done[0].details["refit_err"] <= done[0].details["out_err"]
+    assert unused_initializers(result.model) == []  # the refit of the plan leaves no bias behind
     assert report.measured is not None and report.measured > 0 and len(report.rounds) == 1
     assert "predicted" in result.options["notes"][-1] and "measured" in result.options["notes"][-1]
     assert result.options["plan"]["layers"][0]["options"][0]["kind"] == "keep"
@@ -212,14 +214,14 @@ def test_plan_refuses_bad_targets(tmp_path) -> None:
     rng = np.random.default_rng(3)
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     with pytest.raises(OptionError, match="must be a number above 1"):
-        plan.plan_rewrite(model, cal, target_speedup=1.0)
+        planning.plan_rewrite(model, cal, target_speedup=1.0)
     with pytest.raises(OptionError, match="--provider nope: unknown"):
-        plan.plan_rewrite(model, cal, target_speedup=2.0, provider="nope")
+        planning.plan_rewrite(model, cal, target_speedup=2.0, provider="nope")
     cache = fixed_cache(model, cal, keep_s=1e-9, option_s=0.9e-9)  # saves far less than the model takes
     with pytest.raises(OptionError, match="the largest measured speed-up is .* at its fastest option"):
-        plan.plan_rewrite(model, cal, target_speedup=50.0, cache=cache, form="sum", layer_iters=3, model_iters=3)
+        planning.plan_rewrite(model, cal, target_speedup=50.0, cache=cache, form="sum", layer_iters=3, model_iters=3)
 
 
 def test_cli_target_speedup_options(tmp_path) -> None:
@@ -245,7 +247,7 @@ def test_plan_rescales_layer_savings_by_the_measured_speedup(tmp_path, monkeypat
     rng = np.random.default_rng(5)
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     cache = fixed_cache(model, cal, keep_s=0.5, option_s=0.1)  # each option saves 0.4 s of a 1 s model
 
     def fake_bench(original, rewritten, *args):  # noqa: ANN001, ANN002, ANN202
@@ -255,8 +257,8 @@ def test_plan_rescales_layer_savings_by_the_measured_speedup(tmp_path, monkeypat
         layers = len({n.name.split("/")[0] for n in rewritten.graph.node if "/dw" in n.name})
         return 1.0, 1.0 / (1.0 - 0.2 * layers) if done else 1.0  # the model saves half the promised time
 
-    monkeypatch.setattr(plan, "_bench_pair", fake_bench)
-    result, report = plan.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
+    monkeypatch.setattr(planner, "bench_pair", fake_bench)
+    result, report = planning.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
     assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.8, 1 / 0.6])
     assert report.rounds[1]["scale"] == pytest.approx(0.5)
     assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 2
@@ -268,7 +270,7 @@ def test_plan_backs_off_an_overshoot_to_spend_less_error(tmp_path, monkeypatch) 
     rng = np.random.default_rng(6)
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     cache = fixed_cache(model, cal, keep_s=0.3, option_s=0.1)  # 0.2 s promised per layer, 0.4 s delivered
 
     def fake_bench(original, rewritten, *args):  # noqa: ANN001, ANN002, ANN202
@@ -277,8 +279,8 @@ def test_plan_backs_off_an_overshoot_to_spend_less_error(tmp_path, monkeypatch) 
         layers = len({n.name.split("/")[0] for n in rewritten.graph.node if "/dw" in n.name})
         return 1.0, 1.0 / (1.0 - 0.4 * layers)
 
-    monkeypatch.setattr(plan, "_bench_pair", fake_bench)
-    result, report = plan.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
+    monkeypatch.setattr(planner, "bench_pair", fake_bench)
+    result, report = planning.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
     assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.2, 1 / 0.6])
     assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 1
 
@@ -305,13 +307,13 @@ def test_mixed_plan_uses_both_kinds_and_refits_through_the_reordering(tmp_path, 
     rng = np.random.default_rng(7)
     model = rank_then_grouped(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 6, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     # 0.4 s saved per layer of 1 s. The concat form ends in one pointwise conv, which the shuffle pass reorders.
     cache = fixed_cache(model, cal, keep_s=0.5, option_s=0.1, mode="mixed", form="concat")
-    monkeypatch.setattr(plan, "_bench_pair", lambda original, rewritten, *a: (1.0, None if rewritten is None
+    monkeypatch.setattr(planner, "bench_pair", lambda original, rewritten, *a: (1.0, None if rewritten is None
                                                                                  else 2.5))
-    weight_only, report = plan.plan_rewrite(model, cal, target_speedup=2.5, mode="mixed", form="concat", cache=cache,
-                                            do_refit=False)
+    weight_only, report = planning.plan_rewrite(model, cal, target_speedup=2.5, mode="mixed", form="concat",
+                                                cache=cache, do_refit=False)
     chosen = {lay.name: lay.options[lay.chosen] for lay in report.layers}
     assert chosen["c1"].kind == "rank" and (chosen["c2"].kind, chosen["c2"].value) == ("groups", 2)
     assert weight_only.pass_name == "mixed" and report.reference is not None
@@ -321,7 +323,7 @@ def test_mixed_plan_uses_both_kinds_and_refits_through_the_reordering(tmp_path, 
     outs = {name: compare.run_model(compare.session(m), {"X": x})["Y"]
             for name, m in (("orig", model), ("ref", report.reference), ("new", weight_only.model))}
     assert rel(outs["ref"], outs["new"]) < 1e-5
-    fitted = calibrate.refit(model, weight_only, cal, reference=report.reference)
+    fitted = calibration.refit(model, weight_only, cal, reference=report.reference)
     for c in fitted.rewritten:
         assert "refit" not in c.details, (c.name, c.details.get("refit"))  # matched and refitted, not skipped
         assert c.details["refit_err"] < c.details["out_err"]
@@ -331,32 +333,32 @@ def test_mixed_plan_uses_both_kinds_and_refits_through_the_reordering(tmp_path, 
     # onnxruntime that beats refitting its 1x1 stage alone.
     c1 = next(c for c in fitted.rewritten if c.name == "c1")
     assert c1.details["alternations"] >= 1 and "depthwise" not in c1.details, c1.details
-    pointwise = calibrate.refit(model, weight_only, cal, reference=report.reference, depthwise=False)
+    pointwise = calibration.refit(model, weight_only, cal, reference=report.reference, depthwise=False)
     got_pw = compare.run_model(compare.session(pointwise.model), {"X": x})["Y"]
     assert rel(outs["orig"], got) < 0.95 * rel(outs["orig"], got_pw)
     # Without the reference, c1's reordered output cannot be refitted against the original's channel order.
-    blind = calibrate.refit(model, weight_only, cal)
+    blind = calibration.refit(model, weight_only, cal)
     c1 = next(c for c in blind.rewritten if c.name == "c1")
     assert c1.details["refit_err"] > next(c for c in fitted.rewritten if c.name == "c1").details["refit_err"]
 
 
 def test_refit_aware_errors_estimate_the_refit_of_the_first_layer(tmp_path) -> None:
     """The first layer sees the model input, so its estimated error after the refit must be close to what
-    calibrate.refit reaches when only that layer is rewritten with the option (both on held-out positions), and
+    calibration.refit reaches when only that layer is rewritten with the option (both on held-out positions), and
     below the weight-only error on these smooth inputs, where the weight-only factors are not optimal."""
     rng = np.random.default_rng(8)
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 8, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
-    cands, _ = plan._candidates(model, "mixed", "sum", (2, 4), None, None, None)
-    plan._option_errors(model, cands, cal, positions=8 * 100, seed=0, providers=["CPUExecutionProvider"],
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
+    cands, _ = planning.find_candidates(model, "mixed", "sum", (2, 4), None, None, None)
+    planning.option_errors(model, cands, cal, positions=8 * 100, seed=0, providers=["CPUExecutionProvider"],
                         threads=None)
     c1 = cands[0]
     only = NodeFilter(include=["^c1$"])
     for kind, v in c1.options:
         res = (separate(model, RankPolicy("rank", v), force=True, node_filter=only) if kind == "rank"
                else group_shuffle(model, groups=v, force=True, node_filter=only))
-        done = next(c for c in calibrate.refit(model, res, cal).rewritten if c.name == "c1")
+        done = next(c for c in calibration.refit(model, res, cal).rewritten if c.name == "c1")
         assert c1.errors[kind, v] < c1.weight_errors[kind, v], (kind, v)
         assert c1.errors[kind, v] == pytest.approx(done.details["refit_err"], rel=0.15), (kind, v)
 
@@ -367,18 +369,18 @@ def test_shuffle_plan_with_several_group_counts_is_refitted_everywhere(tmp_path,
     rng = np.random.default_rng(9)
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 4, 16, 10))
-    cal = calibrate.load_calibration(tmp_path / "cal.npz", model)
-    cands, _ = plan._candidates(model, "shuffle", "sum", (2, 4), None, None, None)
-    layers = [plan.LayerOptions(c.name, [plan.Option("keep", 0, 1.0, 0.0)]
-                                + [plan.Option(k, v, 0.5, 0.1) for k, v in c.options]) for c in cands]
+    cal = calibration.load_calibration(tmp_path / "cal.npz", model)
+    cands, _ = planning.find_candidates(model, "shuffle", "sum", (2, 4), None, None, None)
+    layers = [planning.LayerOptions(c.name, [planning.Option("keep", 0, 1.0, 0.0)]
+                                + [planning.Option(k, v, 0.5, 0.1) for k, v in c.options]) for c in cands]
     layers[0].chosen = next(i for i, o in enumerate(layers[0].options) if o.value == 2)
     layers[1].chosen = next(i for i, o in enumerate(layers[1].options) if o.value == 4)
-    result, reference = plan._build(model, layers, cands, {}, "sum", None, None)
+    result, reference = planning.build_plan(model, layers, cands, {}, "sum", None, None)
     assert reference is not None and [c.details["groups"] for c in result.rewritten] == [2, 4]
     x = smooth_inputs(rng, 2, 16, 10)
     assert rel(compare.run_model(compare.session(reference), {"X": x})["Y"],
                compare.run_model(compare.session(result.model), {"X": x})["Y"]) < 1e-5
-    fitted = calibrate.refit(model, result, cal, reference=reference)
+    fitted = calibration.refit(model, result, cal, reference=reference)
     assert all("refit" not in c.details and c.details["refit_err"] < c.details["out_err"] for c in fitted.rewritten)
 
 

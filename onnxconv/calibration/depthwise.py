@@ -1,7 +1,7 @@
 """Calibration refit of a separable layer's depthwise kernels together with its 1x1 stage.
 
-The pointwise refit (:mod:`onnxconv.calibrate`) keeps the depthwise kernels of the weight-only SVD, which are the
-best rank-r kernels for *white* inputs, and refits only the 1x1 stage. What the layer has to reproduce is the
+The pointwise refit (:mod:`onnxconv.calibration.refit`) keeps the depthwise kernels of the weight-only SVD, which
+are the best rank-r kernels for *white* inputs, and refits only the 1x1 stage. What the layer has to reproduce is the
 original output ``T`` on the patches ``x`` the (already refitted) network feeds it::
 
     min_{D, P, b}  sum_p || t_p - sum_{m,t} P[:, m, t] (D[m, t] . x_pm) - b ||^2
@@ -35,11 +35,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import attrs_of, node_label
-from .passes.separable import Factors, separable_weights
+from ..graph import attrs_of, node_label
+from ..passes.separable import Factors, factor_weight, separable_weights
+from .normal import RIDGES
 
-__all__ = ["Depthwise", "find_depthwise", "holds_weight_only", "Moments", "alternate", "start", "weights", "ITERATIONS", "MAX_UNKNOWNS",
-           "RIDGES"]
+__all__ = ["Depthwise", "find_depthwise", "holds_weight_only", "Moments", "alternate", "start", "weights", "ITERATIONS",
+           "MAX_UNKNOWNS"]
 
 #: Alternations (a kernel step and a pointwise step each) of :func:`alternate`.
 ITERATIONS = 8
@@ -49,10 +50,6 @@ ITERATIONS = 8
 #: calibration images, a limit of 4608 (every layer) took 160 s and 1.5 GB against 9 s and 0.65 GB for the 1x1
 #: refit; 2304 (up to 256 channels at rank 1) takes 28 s and 0.7 GB.
 MAX_UNKNOWNS = 2304
-
-#: Relative ridges tried for the first pointwise step (the refit's own grid).
-RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
 
 @dataclass
 class Depthwise:
@@ -75,8 +72,6 @@ class Depthwise:
     @cached_property
     def factors(self) -> Factors:
         """The weight-only factors of the original weight (what the pass emitted; the fit's start)."""
-        from .passes.separable import factor_weight
-
         return factor_weight(self.weight, self.group)
 
     @property
@@ -206,7 +201,8 @@ class Moments:
         self.n = 0
 
     def add(self, patches: np.ndarray, t: np.ndarray) -> None:
-        """``patches``: ``(S, M, K)`` (:func:`onnxconv.calibrate.sample_patches`), ``t``: ``(S, N)`` targets."""
+        """``patches``: ``(S, M, K)`` (:func:`~onnxconv.calibration.patches.sample_patches`), ``t``: ``(S, N)``
+        targets."""
         s = patches.shape[0]
         t64 = t.astype(np.float64)
         for gi in range(self.group):

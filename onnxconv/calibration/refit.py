@@ -1,0 +1,335 @@
+"""Calibration refit: fit each rewritten layer to the activations the model really sees.
+
+Weight-only SVD (separable) and block-diagonal grouping (shuffle) minimise the *weight* error. Given a few
+inputs, the rewritten layer can instead be fitted to what the network computes. Every rewritten layer ends in a
+*linear stage*: the original output ``Y`` is a sum of convs (one for the concat/multiplier forms and for a
+grouped conv, one per branch for the sum form), all with the same group ``g``::
+
+    Y = sum_t conv(Z_t, W_t) + b
+
+For a grouped conv the inputs ``Z_t`` of the stage stay as they are; the weights ``W_t`` and the bias ``b`` are
+refitted. For a separable layer (by default) the depthwise kernels that make ``Z_t`` are refitted too, by
+alternating least squares with the 1x1 stage (:mod:`onnxconv.calibration.depthwise`); the rest of this docstring
+describes the linear-stage refit that is used alone for grouped layers and as its first step. At an output position
+``p`` of group ``gi`` the stage is linear in its weights: ``y_p = x_p^T A`` with ``x_p`` the receptive-field patch
+of the ``Z_t`` channels of the group (``C_t/g * prod(k_t)`` values each, for a 1x1 stage simply the channel vector)
+followed by a 1, and ``A`` the ``(D + 1) x N/g`` matrix of the group's weights and bias. The refit solves, per
+group, the ridge problem
+
+    min_A  sum_p || x_p^T A - t_p ||^2 + lam * || A - A0 ||^2
+
+where ``t_p`` is the *original* model's output of the layer on the calibration inputs and ``x_p`` comes from
+the *already refitted* rewritten network (Zhang et al., "Accelerating Very Deep Convolutional Networks",
+the asymmetric scheme: a layer learns to undo the error its upstream layers left, so errors do not add up).
+``A0`` is the weight-only solution, so the ridge pulls an ill-conditioned fit back towards it rather than
+towards zero: ``(X^T X + lam I) A = X^T T + lam A0``.
+
+Memory stays bounded whatever the model: per layer a fixed number of output positions is drawn (fixed seed)
+from every calibration sample; only the normal equations ``X^T X`` and ``X^T T`` are accumulated (float64),
+never the samples. The original model's outputs at those positions are collected once for every layer (the
+largest buffer: ``positions * (1 + check_fraction) * C_out`` float32 values per layer); the rewritten model is
+run once per *wave*, the layers whose inputs depend on no layer still to be refitted (a chain has one layer
+per wave; parallel branches share one). Each run uses a copy of the model cut down to the tensors it needs.
+
+``lam = ridge * mean(diag(X^T X))``: with ``ridge`` None it is chosen per layer from
+:data:`~onnxconv.calibration.normal.RIDGES` by the error on held-out positions (drawn apart from the fitted ones).
+The held-out error of the weight-only stage and of the refitted one are reported per layer (``details["out_err"]``,
+``details["refit_err"]``); when no ridge lowers the held-out error the weight-only weights are kept, so the refit
+never makes a layer worse there.
+
+Besides those held-out *positions*, a seeded fifth of the calibration *samples*
+(:data:`~onnxconv.calibration.data.HOLDOUT_FRACTION`, whole batches for a fixed-batch model, none for fewer than
+five) is not fitted on at all: :func:`~onnxconv.calibration.data.held_out_feeds` returns them so that a
+verification runs on inputs like the calibration data the refit never saw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..bench import resolve_provider
+from ..errors import OptionError
+from ..graph import node_label
+from ..passes.common import PassResult, check_model
+from ..passes.shuffle import masked_reference
+from . import depthwise as dwfit
+from .data import CalibrationSet, load_calibration
+from .layers import LayerFit, check_depthwise, grouped_orders, is_grouped, plan_depthwise, plan_layer, waves
+from .normal import NormalEquations, best_ridge
+from .patches import sample_patches
+from .settings import RefitSettings
+from .stage import ConvTerm, LinearStage, Writer, stage_bias, stage_coefs
+
+__all__ = ["refit", "refit_from_file"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The refit
+
+
+def _collect_targets(original: onnx.ModelProto, plans: Sequence[LayerFit], settings: RefitSettings) -> None:
+    """One pass of the original model: each layer's output at its sampled positions (float32)."""
+    outputs = {p.target: p.stage.elem_type for p in plans}
+    size = settings.calibration.size
+    for start, outs in settings.activations(original, outputs):
+        for p in plans:
+            y = outs[p.target] if p.order is None else outs[p.target][:, p.order]
+            if p.t_fit is None:
+                p.out_spatial = tuple(int(d) for d in y.shape[2:])
+                total = math.prod(p.out_spatial)
+                fit0, chk0 = settings.draw(p.index, 0, total)
+                p.n_fit, p.n_check = len(fit0), len(chk0)
+                p.t_fit = np.zeros((size, p.n_fit, y.shape[1]), np.float32)
+                p.t_check = np.zeros((size, p.n_check, y.shape[1]), np.float32)
+            flat = y.reshape(y.shape[0], y.shape[1], -1)
+            for i in range(y.shape[0]):
+                fit, chk = settings.draw(p.index, start + i, flat.shape[2])
+                p.t_fit[start + i] = flat[i][:, fit].T
+                p.t_check[start + i] = flat[i][:, chk].T  # type: ignore[index]
+
+
+def _accumulate(plan: LayerFit, outs: Mapping[str, np.ndarray], start: int, count: int, acc: NormalEquations,
+                settings: RefitSettings) -> None:
+    """Add the stage's input patches at the layer's positions in ``outs`` (samples ``start`` on) to ``acc``."""
+    stage = plan.stage
+    g, ng = stage.group, stage.c_out // stage.group
+    for i in range(count):
+        sample = start + i
+        fit, chk = settings.draw(plan.index, sample, math.prod(plan.out_spatial))
+        pairs = (("fit", fit, plan.t_fit[sample]), ("check", chk, plan.t_check[sample]))  # type: ignore[index]
+        for which, pos, t in pairs:
+            if len(pos) == 0:
+                continue
+            patches = [sample_patches(outs[term.input][i], term, plan.out_spatial, pos) for term in stage.terms]
+            for gi in range(g):
+                x = np.concatenate(
+                    [p[:, gi * term.c_in_group:(gi + 1) * term.c_in_group, :].reshape(len(pos), -1)
+                     for p, term in zip(patches, stage.terms)], axis=1)
+                acc.add(which, gi, x, t[:, gi * ng:(gi + 1) * ng])
+
+
+def refit(
+    original: onnx.ModelProto,
+    result: PassResult,
+    calibration: CalibrationSet,
+    *,
+    positions: int = 8192,
+    check_fraction: float = 0.25,
+    ridge: float | None = None,
+    seed: int = 0,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    reference: onnx.ModelProto | None = None,
+    depthwise: bool = True,
+) -> PassResult:
+    """Refit the linear stage of every rewritten layer of ``result`` to the original model's outputs.
+
+    Args:
+        original: the model the pass rewrote (weights loaded); gives the target outputs.
+        result: the pass's result; not modified.
+        calibration: inputs from :func:`~onnxconv.calibration.data.load_calibration` (checked against
+            ``original``). A seeded share of the samples is held out and never fitted on
+            (:meth:`~onnxconv.calibration.data.CalibrationSet.split` with ``seed``;
+            :func:`~onnxconv.calibration.data.held_out_feeds` returns them, to verify the result on).
+        positions: output positions per layer used for the fit (spread over the samples); ``check_fraction``
+            times as many more are held out to choose the ridge and report errors.
+        ridge: relative ridge ``lam / mean(diag(X^T X))``; None picks it per layer from
+            :data:`~onnxconv.calibration.normal.RIDGES`.
+        seed: the seed of the position sampling and of the held-out samples.
+        providers, threads: onnxruntime settings for collecting activations.
+        reference: the model ``result`` computes exactly up to channel orders, with the original's tensor names;
+            every layer's output is then matched to it channel by channel. Needed when a layer's output
+            channels were reordered by a pass run after the one that rewrote it; by default the shuffle pass's
+            masked reference for grouped layers, none for separable.
+        depthwise: first refactor each separable layer's depthwise kernels to the covariance of the patches it
+            reads (:mod:`onnxconv.calibration.depthwise`), then refit its pointwise stage; False keeps the weight-only
+            kernels.
+
+    Returns:
+        A new :class:`PassResult` with the refitted model. Each rewritten layer's ``details`` gain ``out_err``
+        and ``refit_err`` (relative output error on held-out positions, weight-only vs refitted, with the
+        refitted upstream network) and ``ridge``, or ``refit`` with the reason the layer was not refitted.
+
+    Raises:
+        OptionError: bad ``positions``/``check_fraction``/``ridge``. OnnxConvError: onnxruntime fails on the
+        inputs. RewriteError: the refitted model fails the checker (it should not: only weights change).
+    """
+    if positions < 1:
+        raise OptionError(f"positions {positions}: must be at least 1")
+    if not 0 <= check_fraction <= 1:
+        raise OptionError(f"check fraction {check_fraction}: must be in [0, 1]")
+    if ridge is not None and not (ridge >= 0 and math.isfinite(ridge)):
+        raise OptionError(f"ridge {ridge}: must be a finite number >= 0")
+    calibration, held = calibration.split(seed)  # held-out samples are for verification, never fitted
+    settings = RefitSettings(calibration, positions, check_fraction, ridge, seed, tuple(providers), threads)
+    model = onnx.ModelProto()
+    model.CopyFrom(result.model)
+    layers = [replace(c, details=dict(c.details)) for c in result.layers]
+    plans: list[LayerFit] = []
+    plan_of: dict[int, LayerFit] = {}
+    for change in layers:
+        if not change.rewritten:
+            continue
+        found = plan_layer(original, model, change, len(plans))
+        if isinstance(found, str):
+            change.details["refit"] = found
+            continue
+        if depthwise:
+            plan_depthwise(original, model, change, found)
+        plans.append(found)
+        plan_of[id(change)] = found
+    grouped = {plan_of[id(c)].index for c in layers if id(c) in plan_of and is_grouped(c)}
+    if plans and (grouped or reference is not None):
+        # Without a reference only grouped layers have a reordered output; with one, any layer may.
+        matched = plans if reference is not None else [p for p in plans if p.index in grouped]
+        if reference is None:
+            reference = masked_reference(original, result)
+        skipped = grouped_orders(reference, model, matched, settings)
+        for change in layers:
+            plan = plan_of.get(id(change))
+            if plan is not None and plan.index in skipped:
+                change.details["refit"] = skipped[plan.index]
+                del plan_of[id(change)]
+        plans = [p for p in plans if p.index not in skipped]
+    for p in plans:
+        check_depthwise(model, p)
+    if plans:
+        _collect_targets(original, plans, settings)
+        _refit_waves(model, plans, settings)
+    for change in layers:
+        if id(change) in plan_of:
+            change.details.update(plan_of[id(change)].report)
+    check_model(model, original)
+    options = dict(result.options)
+    options["calibration"] = {"source": calibration.source, "samples": calibration.size,
+                              "held_out": 0 if held is None else held.size, "positions": positions,
+                              "check_fraction": check_fraction, "ridge": "auto" if ridge is None else ridge,
+                              "seed": seed, "layers_refitted": sum(1 for p in plans if "ridge" in p.report),
+                              "depthwise": depthwise}
+    return PassResult(model=model, layers=layers, pass_name=result.pass_name, options=options)
+
+
+def _refit_waves(model: onnx.ModelProto, plans: Sequence[LayerFit], settings: RefitSettings) -> None:
+    """Refit the layers wave by wave, each wave on the activations of the model refitted so far."""
+    writer = Writer(model)
+    waves(model, [p.stage for p in plans])
+    for wave in sorted({p.stage.wave for p in plans}):
+        members = [p for p in plans if p.stage.wave == wave]
+        whole = [p for p in members if p.depthwise is not None]
+        if whole:
+            _alternate(model, whole, writer, settings)
+        members = [p for p in members if p.depthwise is None]
+        if not members:
+            continue
+        feature_names = {t.input: p.stage.elem_type for p in members for t in p.stage.terms}
+        accs = {p.index: NormalEquations(p.stage.group, p.stage.features, p.stage.c_out // p.stage.group)
+                for p in members}
+        for start, outs in settings.activations(model, feature_names):
+            count = next(iter(outs.values())).shape[0]
+            for p in members:
+                _accumulate(p, outs, start, count, accs[p.index], settings)
+        for p in members:
+            p.report = _solve_and_write(p.stage, accs[p.index], writer, settings.ridges)
+            if p.dw_note:
+                p.report["depthwise"] = f"kernels kept: {p.dw_note}"
+    writer.prune()
+
+
+def _alternate(model: onnx.ModelProto, plans: Sequence[LayerFit], writer: Writer, settings: RefitSettings) -> None:
+    """Refit each plan's separable layer whole (depthwise kernels and pointwise stage, alternating), in place.
+
+    One run of the (partly refitted) model gives every layer's depthwise input; its patches at the refit's own
+    positions, with the original outputs there, give the moments
+    :func:`onnxconv.calibration.depthwise.alternate` works from.
+    """
+    geometry: dict[int, ConvTerm] = {}
+    moments: dict[int, tuple[dwfit.Moments, dwfit.Moments]] = {}
+    for p in plans:
+        dw = p.depthwise
+        assert dw is not None  # the caller passes the layers whose kernels are refitted
+        geometry[p.index] = ConvTerm(dw.nodes[0], dw.input, "", dw.dw_shape, dict(dw.attrs, group=dw.channels))
+        shape = (dw.group, dw.channels // dw.group, math.prod(dw.kernel), p.stage.c_out // dw.group)
+        moments[p.index] = (dwfit.Moments(*shape), dwfit.Moments(*shape))
+    names = {p.depthwise.input: p.stage.elem_type for p in plans}  # type: ignore[union-attr]
+    for first, outs in settings.activations(model, names):
+        for p in plans:
+            z = outs[p.depthwise.input]  # type: ignore[union-attr]
+            for i in range(z.shape[0]):
+                sample = first + i
+                fit, chk = settings.draw(p.index, sample, math.prod(p.out_spatial))
+                for mom, pos, t in ((moments[p.index][0], fit, p.t_fit[sample]),  # type: ignore[index]
+                                    (moments[p.index][1], chk, p.t_check[sample])):  # type: ignore[index]
+                    if len(pos):
+                        mom.add(sample_patches(z[i], geometry[p.index], p.out_spatial, pos), t)
+    for p in plans:
+        dw = p.depthwise
+        assert dw is not None
+        d0, a0 = dwfit.start(dw, p.order)
+        ds, as_, report = dwfit.alternate(*moments[p.index], d0, a0, ridges=settings.ridges)
+        report["samples"] = moments[p.index][0].n
+        if "ridge" in report:
+            _write_separable(writer, dw, *dwfit.weights(dw, ds, as_))
+            for t in p.stage.terms:
+                t.weight = t.node.input[1]
+        p.report = report
+
+
+def _write_separable(writer: Writer, dw: dwfit.Depthwise, dws: Sequence[np.ndarray], pws: Sequence[np.ndarray],
+                     bias: np.ndarray) -> None:
+    """Write a separable layer's depthwise and pointwise weights; the whole bias goes on the first 1x1 conv."""
+    dtype = writer.array(dw.nodes[0].input[1]).dtype  # type: ignore[union-attr]
+    for node, w in zip(dw.nodes, dws):
+        writer.put(node, 1, w.astype(dtype), f"{node_label(node)}_refit_W")
+    for k, (node, w) in enumerate(zip(dw.pointwise, pws)):
+        writer.put(node, 1, w.astype(dtype), f"{node_label(node)}_refit_W")
+        if k == 0:
+            writer.put(node, 2, bias.astype(dtype), f"{node_label(node)}_refit_B")
+        else:
+            writer.drop_bias(node)
+
+
+def _solve_and_write(stage: LinearStage, acc: NormalEquations, writer: Writer, ridges: Sequence[float],
+                     ) -> dict[str, Any]:
+    """Solve one stage's equations with the best of ``ridges`` and write the weights, unless that does not lower
+    the held-out error (then the weight-only weights stay); returns the layer's report."""
+    arrays = {t.weight: writer.array(t.weight) for t in stage.terms}
+    arrays.update({t.node.input[2]: writer.array(t.node.input[2]) for t in stage.terms
+                   if len(t.node.input) > 2 and t.node.input[2]})
+    if any(v is None for v in arrays.values()):
+        return {"refit": "a weight or bias of the stage is not an initializer"}
+    a0 = stage_coefs(stage, arrays, stage_bias(stage, arrays))  # type: ignore[arg-type]
+    before = acc.check_error(a0)
+    best = best_ridge(acc, a0, ridges)
+    report: dict[str, Any] = {"out_err": before, "samples": acc.samples}
+    if best is None:
+        report["refit"] = "singular normal equations"
+        return report
+    after = best.error
+    if before is not None and after is not None and after >= before:
+        report["refit_err"] = before
+        report["refit"] = "kept weight-only: no ridge lowered the held-out error"
+        return report
+    writer.write(stage, best.coefs)
+    report["refit_err"] = after
+    report["ridge"] = best.ridge
+    return report
+
+
+def refit_from_file(original: onnx.ModelProto, result: PassResult, path: str | Path, *, provider: str = "cpu",
+                    threads: int | None = None, depthwise: bool = True) -> PassResult:
+    """:func:`refit` with inputs read by :func:`~onnxconv.calibration.data.load_calibration` and a provider by
+    short name (cpu/cuda/...).
+
+    Raises:
+        OptionError: a bad calibration file or an unavailable provider (one line each).
+    """
+    chain = resolve_provider(provider).chain
+    return refit(original, result, load_calibration(path, original), providers=chain, threads=threads,
+                 depthwise=depthwise)

@@ -1,0 +1,133 @@
+"""Latency of each option: the layer alone, timed on the provider, cached per shape.
+
+The layer alone has its real input shape, attributes and the rewrite's exact graph form (a plain grouped conv for
+G); all options of a layer are timed in one interleaved run of :func:`onnxconv.bench.bench`, cached per
+(provider, threads, shapes, attributes, option) in a :class:`LatencyCache` (optionally a JSON file) so that
+layers of the same shape are timed once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..bench import BenchConfig, bench
+from ..calibration import CalibrationSet
+from ..passes.ranks import RankPolicy
+from ..passes.separable import separate
+from .candidates import Candidate, elem_type
+from .choose import KEEP
+
+__all__ = ["LatencyCache", "latency_key", "layer_model", "option_models", "measure_latencies", "bench_pair"]
+
+
+class LatencyCache:
+    """Measured seconds per (provider, threads, shapes, attributes, option) key, optionally kept in a JSON file."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.times: dict[str, float] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.times = {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+            except (OSError, ValueError, AttributeError):
+                self.times = {}  # an unreadable cache is only a cache: measure again
+
+    def get(self, key: str) -> float | None:
+        return self.times.get(key)
+
+    def put(self, key: str, seconds: float) -> None:
+        self.times[key] = seconds
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.times, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def layer_model(c: Candidate, weight: np.ndarray, attrs: Mapping[str, Any]) -> onnx.ModelProto:
+    """The layer alone: X (its real input shape) -> Conv -> Y."""
+    inits = [numpy_helper.from_array(weight, "W")]
+    ins = ["X", "W"]
+    if c.bias is not None:
+        inits.append(numpy_helper.from_array(c.bias, "B"))
+        ins.append("B")
+    node = helper.make_node("Conv", ins, ["Y"], name=c.name, **attrs)
+    elem = elem_type(c.weight)
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("X", elem, list(c.input_shape))],
+                              [helper.make_tensor_value_info("Y", elem, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def option_models(c: Candidate, form: str) -> dict[tuple[str, int], onnx.ModelProto]:
+    """Option (``("keep", 0)`` first) -> the layer alone in that form."""
+    base = layer_model(c, c.weight, c.attrs)
+    out = {KEEP: base}
+    for kind, v in c.options:
+        if kind == "rank":
+            out[kind, v] = separate(base, RankPolicy("rank", v), form=form, force=True).model
+        else:
+            w = c.weight[:, : c.weight.shape[1] // v]  # the values do not matter for the time; the shape does
+            out[kind, v] = layer_model(c, np.ascontiguousarray(w), {**c.attrs, "group": v})
+    return out
+
+
+def latency_key(c: Candidate, provider: str, threads: int | None, form: str, option: tuple[str, int]) -> str:
+    """The cache key of one option's time: everything the layer's time depends on, not its weights' values."""
+    attrs = {k: v for k, v in sorted(c.attrs.items())}
+    kind, value = option
+    return json.dumps([provider, threads, list(c.input_shape), list(c.weight.shape), c.bias is not None, attrs,
+                       kind, form if kind == "rank" else "", value], default=str)
+
+
+def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, threads: int | None,
+             cache: LatencyCache, iters: int) -> dict[str, dict[tuple[str, int], float]]:
+    """Candidate -> option (:data:`KEEP` first) -> seconds, through the cache: keep's fastest run, and each option
+    that time divided by its median speed-up over keep in interleaved rounds."""
+    out: dict[str, dict[tuple[str, int], float]] = {}
+    for c in cands:
+        keys = {o: latency_key(c, provider, threads, form, o) for o in [KEEP, *c.options]}
+        if any(cache.get(k) is None for k in keys.values()):
+            models = option_models(c, form)
+            values = list(keys)  # keep first: the reference of the speed-ups
+            cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads)
+            report = bench([models[v] for v in values], cfg, names=[f"{c.name}:{k}{v}" for k, v in values])
+            results = report.runs[0].models
+            # A shared machine slows runs at random: the fastest run is the steadiest absolute figure, and each
+            # option is placed against it by its median per-round ratio to keep (interleaved, so drift cancels).
+            keep_s = results[0].timing.min_s
+            cache.put(keys[KEEP], keep_s)
+            for v, res in zip(values[1:], results[1:]):
+                ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
+                cache.put(keys[v], keep_s / ratio)
+        out[c.name] = {v: cache.get(k) for v, k in keys.items()}  # type: ignore[misc]
+    cache.save()
+    return out
+
+
+def bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, calib: CalibrationSet,
+                provider: str, threads: int | None, iters: int) -> tuple[float, float | None]:
+    """(fastest run of the original in seconds, median speed-up of ``rewritten``) on the first calibration chunk."""
+    _, feeds = next(calib.chunks())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "inputs.npz")
+        np.savez(path, **feeds)
+        cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads, inputs=path)
+        models = [original] if rewritten is None else [original, rewritten]
+        report = bench(models, cfg, names=["original", "rewritten"][: len(models)])
+    run = report.runs[0]
+    speed = run.models[1].speedup.median if rewritten is not None and run.models[1].speedup else None
+    return run.models[0].timing.min_s, speed  # the fastest run, as for the layers (see measure_latencies)
