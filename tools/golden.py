@@ -108,8 +108,9 @@ PLAN_MODEL = "models/tiny_cnn.onnx"
 SEAM_MODULES = ("onnxconv.plan", "onnxconv.planning.latency", "onnxconv.planning.measure",
                 "onnxconv.planning.timing", "onnxconv.planning.plan", "onnxconv.planning.core",
                 "onnxconv.planning")
-SEAM_LAYERS = "_measure"
-SEAM_MODEL = "_bench_pair"
+#: (per-layer timing, whole-model timing) names: the public ones of ``onnxconv.planning.latency`` first, then the
+#: private ones of the old ``onnxconv.plan`` (so the base commit captures too).
+SEAM_NAMES = (("measure_latencies", "bench_pair"), ("_measure", "_bench_pair"))
 
 
 class GoldenError(Exception):
@@ -312,21 +313,26 @@ def latency_seam() -> Iterator[str]:
     line saying what was replaced (or that nothing was, then the planned cases fail and compare flags them)."""
     found: dict[str, Any] = {}
     where = ""
+    fakes: dict[str, Any] = {}
     for mod_name in SEAM_MODULES:
         try:
             mod = importlib.import_module(mod_name)
         except ImportError:
             continue
-        layer, whole = getattr(mod, SEAM_LAYERS, None), getattr(mod, SEAM_MODEL, None)
-        if callable(layer) and callable(whole):
-            found = {SEAM_LAYERS: layer, SEAM_MODEL: whole}
-            where = mod_name
+        for layer_name, model_name in SEAM_NAMES:
+            layer, whole = getattr(mod, layer_name, None), getattr(mod, model_name, None)
+            if callable(layer) and callable(whole):
+                found = {layer_name: layer, model_name: whole}
+                fakes = {layer_name: _fake_measure, model_name: _fake_bench_pair}
+                where = mod_name
+                break
+        if found:
             break
     if not found:
-        yield (f"latency seam: NOT FOUND ({SEAM_LAYERS}/{SEAM_MODEL} in none of {', '.join(SEAM_MODULES)}); "
+        names = " or ".join(f"{a}/{b}" for a, b in SEAM_NAMES)
+        yield (f"latency seam: NOT FOUND ({names} in none of {', '.join(SEAM_MODULES)}); "
                "planned cases are recorded as failing")
         return
-    fakes = {SEAM_LAYERS: _fake_measure, SEAM_MODEL: _fake_bench_pair}
     patched: list[tuple[Any, str, Any]] = []
     for name, mod in sorted(sys.modules.items()):
         if mod is None or not (name == "onnxconv" or name.startswith("onnxconv.")):
@@ -337,7 +343,8 @@ def latency_seam() -> Iterator[str]:
                 patched.append((mod, attr, orig))
     mods = sorted({m.__name__ for m, _, _ in patched})
     try:
-        yield (f"latency seam: {where}.{SEAM_LAYERS} + {where}.{SEAM_MODEL} replaced by the MAC model "
+        layer_name, model_name = found
+        yield (f"latency seam: {where}.{layer_name} + {where}.{model_name} replaced by the MAC model "
                f"(in {', '.join(mods)})")
     finally:
         for mod, attr, orig in patched:
