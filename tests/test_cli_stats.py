@@ -184,3 +184,30 @@ def test_table_spells_out_per_axis_fields_when_axes_differ(tmp_path: Path) -> No
     p.write_bytes(single_conv([1, 3, 16, 16], [4, 3, 3, 3], strides=[2, 1]).SerializeToString())
     line = next(line for line in stats(str(p)).output.splitlines() if line.startswith("conv "))
     assert " 3/2x1 " not in line and " 3x3/2x1 " in line
+
+
+
+@pytest.mark.parametrize("attrs, text", [
+    ({"pads": [2**62] * 4}, "padded input size"),
+    ({"pads": [2**62, 0, 2**62, 0]}, "padded input size"),
+    ({"kernel_shape": [3, 3], "dilations": [2**62, 1]}, "effective kernel"),
+])
+def test_sizes_beyond_int64_are_one_error_naming_the_node(tmp_path: Path, attrs: dict[str, object], text: str) -> None:
+    """onnxruntime refuses these (int64 overflow); stats used to print a 19-digit dim and add it to the totals."""
+    import numpy as np
+    import onnxruntime as ort
+
+    p = tmp_path / "overflow.onnx"
+    p.write_bytes(single_conv([1, 3, 8, 8], [4, 3, 3, 3], **attrs).SerializeToString())
+    with pytest.raises(Exception):  # the oracle: onnxruntime cannot build or run it either
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        sess.run(None, {"X": np.zeros([1, 3, 8, 8], np.float32)})
+    result = stats(str(p))
+    _one_line_error(result, text)
+    assert "node 'conv' (Conv)" in result.output and "int64" in result.output
+
+
+def test_tensor_with_more_elements_than_int64_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "huge.onnx"
+    p.write_bytes(single_conv([1, 3, 2**40, 2**40], [4, 3, 3, 3], pads=[1, 1, 1, 1]).SerializeToString())
+    _one_line_error(stats(str(p)), "elements, beyond int64")
