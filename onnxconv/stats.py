@@ -706,6 +706,23 @@ def _check_domains(model: onnx.ModelProto) -> None:
         visit(g, f" in function '{f.domain}.{f.name}'", imported | fn_imported)
 
 
+def _checker_rejection(work: onnx.ModelProto) -> str | None:
+    """The first line of onnx.checker's complaint about the weight-free copy ``work``, or None when it passes.
+
+    The copy holds the graph without the weights' bytes (and is sorted by :func:`onnxconv.shapes.infer`), so
+    the check costs what the graph costs, keeping stats about as fast as ``onnx.load``; what it cannot see
+    (tensor data) stats never reads either. A model the checker rejects is usually one onnxruntime refuses too,
+    so the counts are still given but said to rest on that model's word.
+    """
+    try:
+        onnx.checker.check_model(work)
+    except Exception as e:  # noqa: BLE001 - ValidationError and friends: every failure is a reason to note
+        text = str(e).strip()
+        first = text.splitlines()[0].strip() if text else type(e).__name__
+        return first[:300]
+    return None
+
+
 def _shared_params(walker: _Walker) -> int:
     """Weight elements counted more than once because several rows read the same stored tensor."""
     extra = 0
@@ -749,6 +766,10 @@ def analyze(
     work = shape_model(model)
     apply_input_shapes(work, input_shapes or {}, batch, notes, weights)
     inferred = infer(work)
+    rejected = _checker_rejection(work)
+    if rejected:
+        notes.append(f"onnx.checker rejects this model: {rejected}; counts assume each node means what its "
+                     "op's spec says, onnxruntime may refuse to run it")
     walker = _Walker(inferred, all_ops, groups)
     walker.walk(inferred.graph, "", _Scope(inferred.graph, None, set(weights)), {})
     rows = walker.rows

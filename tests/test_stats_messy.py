@@ -375,3 +375,34 @@ def test_folding_never_relabels_a_computed_weight() -> None:
     row = analyze(model).layers[0]
     assert row.weight_source == "computed at run time"
     assert row.weight_shape == [2, 4, 3, 3] and row.macs == 2 * 36 * 36
+
+
+def test_model_the_checker_rejects_is_counted_with_a_note() -> None:
+    """Two nodes writing the same name (not SSA): onnx.checker and onnxruntime refuse it; stats says so."""
+    model = parse(
+        """
+        g (float[1,3,8,8] X) => (float[1,4,8,8] a) {
+          a = Conv <pads=[1,1,1,1]> (X, W)
+          a = Relu (X)
+        }""",
+        {"W": (4, 3, 3, 3)},
+    )
+    with pytest.raises(Exception):
+        onnx.checker.check_model(model)
+    with pytest.raises(Exception):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    report = analyze(model)
+    notes = [n for n in report.notes if n.startswith("onnx.checker rejects this model: ")]
+    assert len(notes) == 1 and "SSA" in notes[0] and "counts assume" in notes[0], report.notes
+    assert report.layers[0].macs == 4 * 8 * 8 * 3 * 9
+
+
+def test_valid_models_get_no_checker_note() -> None:
+    report = analyze(parse(
+        """
+        g (float[1,3,8,8] X) => (float[1,4,8,8] Y) {
+          Y = Conv <pads=[1,1,1,1]> (X, W)
+        }""",
+        {"W": (4, 3, 3, 3)},
+    ))
+    assert not any("onnx.checker" in n for n in report.notes), report.notes
