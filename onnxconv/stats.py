@@ -709,7 +709,9 @@ def _check_domains(model: onnx.ModelProto) -> None:
 def _checker_rejection(work: onnx.ModelProto) -> str | None:
     """The first line of onnx.checker's complaint about the weight-free copy ``work``, or None when it passes.
 
-    The copy holds the graph without the weights' bytes (and is sorted by :func:`onnxconv.shapes.infer`), so
+    ``work`` is the shape-inferred copy: without the weights' bytes, sorted, graph outputs typed (the checker
+    wants a shape on every graph output, which exporters often leave to inference and onnxruntime does not
+    need). So
     the check costs what the graph costs, keeping stats about as fast as ``onnx.load``; what it cannot see
     (tensor data) stats never reads either. A model the checker rejects is usually one onnxruntime refuses too,
     so the counts are still given but said to rest on that model's word.
@@ -766,7 +768,7 @@ def analyze(
     work = shape_model(model)
     apply_input_shapes(work, input_shapes or {}, batch, notes, weights)
     inferred = infer(work)
-    rejected = _checker_rejection(work)
+    rejected = _checker_rejection(inferred)
     if rejected:
         notes.append(f"onnx.checker rejects this model: {rejected}; counts assume each node means what its "
                      "op's spec says, onnxruntime may refuse to run it")

@@ -406,3 +406,11 @@ def test_valid_models_get_no_checker_note() -> None:
         {"W": (4, 3, 3, 3)},
     ))
     assert not any("onnx.checker" in n for n in report.notes), report.notes
+
+
+def test_output_without_declared_shape_gets_no_checker_note() -> None:
+    """onnx.checker wants a shape on graph outputs; onnxruntime does not, and exporters often leave it out."""
+    model = single_conv([1, 3, 8, 8], [4, 3, 3, 3])
+    assert not model.graph.output[0].type.tensor_type.HasField("shape")
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert not any("onnx.checker" in n for n in analyze(model).notes)
