@@ -16,11 +16,13 @@ of what follows without changing its effective stride.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from . import counting as C
 from .conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
@@ -28,7 +30,8 @@ from .errors import OptionError, ShapeError
 from .graph import attrs_of, node_label, shape_of_value_info, subgraphs_of, toposort
 from .model_io import shape_model, stripped_source
 from .shapes import (
-    apply_input_shapes, infer, infer_body, inputs_feeding, missing_dims_message, type_map,
+    apply_input_shapes, infer, infer_body, inputs_feeding, lower_runtime_ops, lowered_from, missing_dims_message,
+    type_map,
 )
 
 __all__ = [
@@ -273,8 +276,10 @@ class _Scope:
 
 
 class _Walker:
-    def __init__(self, model: onnx.ModelProto, all_ops: bool, groups: int) -> None:
+    def __init__(self, model: onnx.ModelProto, all_ops: bool, groups: int,
+                 values: Callable[[str], np.ndarray | None] = lambda name: None) -> None:
         self.model = model
+        self.values = values
         self.all_ops = all_ops
         self.groups = groups
         self.rows: list[LayerStats] = []
@@ -322,7 +327,10 @@ class _Walker:
     # -- conv rows -------------------------------------------------------------------------------------------
     def _conv_row(self, node: onnx.NodeProto, path: str, scope: _Scope, field_in: _Field | None) -> tuple[LayerStats, ConvSpec | None]:
         op = node.op_type
-        row = LayerStats(name=node_label(node), op_type=op, path=path)
+        vendor = lowered_from(node)
+        row = LayerStats(name=node_label(node), op_type=vendor or op, path=path)
+        if vendor:
+            row.add_note(f"onnxruntime's {vendor}, counted as the {op} it computes")
         widx, bidx = WEIGHT_INDEX[op], BIAS_INDEX.get(op)
         attrs = attrs_of(node)
         x_shape = _int_shape(scope.shapes.get(node.input[0])) if node.input and node.input[0] else None
@@ -343,6 +351,8 @@ class _Walker:
             row.add_note(f"weight is a {row.weight_source} (shape known)")
         try:
             spec = conv_spec(op, attrs, wshape, has_bias, x_shape)
+            if vendor and vendor.startswith("com.microsoft.nchwc."):
+                spec = self._unpadded(spec, node, attrs, row, scope)
         except ShapeError as e:
             raise ShapeError(f"node '{row.qualified_name}' ({op}): {e}") from None
         _fill_conv_row(row, spec)
@@ -355,6 +365,34 @@ class _Walker:
         if spec.kind == "standard" and not spec.transposed and row.macs is not None:
             row.whatif = _whatif(spec, row.macs, self.groups)
         return row, spec
+
+    def _unpadded(self, spec: ConvSpec, node: onnx.NodeProto, attrs: Mapping[str, Any], row: LayerStats,
+                  scope: _Scope) -> ConvSpec:
+        """The logical conv behind an NCHWc conv whose channels onnxruntime padded to its block size.
+
+        The padding is zero filters (trailing output rows, with zero bias) and zero input columns, and no
+        attribute records the logical counts, so the weight's values are read for these convs only (an
+        onnxruntime-optimised model keeps them inline). Without them the channels are counted as stored.
+        """
+        w = self.values(node.input[1])
+        b = self.values(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        source = scope.producers.get(node.input[0])
+        blocked = source is not None and (lowered_from(source) or "").startswith("com.microsoft.nchwc.") and \
+            lowered_from(source) != "com.microsoft.nchwc.ReorderOutput"
+        logical = _nchwc_channels(spec, w, b, blocked)
+        if logical is None:
+            row.add_note("NCHWc: channels counted as stored, possibly padded to the block size")
+            return spec
+        c_out, c_in, group = logical
+        if (c_out, c_in, group) == (spec.c_out, spec.c_in, spec.group):
+            return spec
+        x = list(spec.input_shape)
+        x[1] = c_in if x[1] is not None else None
+        new_attrs = dict(attrs)
+        new_attrs["group"] = group
+        row.add_note(f"NCHWc: {spec.c_in}->{spec.c_out} channels as stored are {c_in}->{c_out} without the "
+                     "block padding")
+        return conv_spec(spec.op_type, new_attrs, (c_out, c_in // group, *spec.kernel_shape), spec.has_bias, x)
 
     # -- other MAC-bearing ops -------------------------------------------------------------------------------
     def _const_elems(self, name: str, scope: _Scope) -> int:
@@ -533,6 +571,73 @@ def _fill_conv_row(row: LayerStats, spec: ConvSpec) -> None:
     row.flops = spec.flops
 
 
+#: onnxruntime's NCHWc block sizes (channels per block): 8 or 16 depending on the CPU's vector width.
+_NCHWC_BLOCKS = (16, 8)
+
+
+def _nchwc_unblock(w: np.ndarray, block: int, blocked_input: bool) -> np.ndarray | None:
+    """An NCHWc weight back in OIHW order, flattened to ``(O, I, prod(k))``; None when ``block`` cannot apply.
+
+    onnxruntime (MLAS) stores the weight of a conv reading a blocked input as OIHWBiBo,
+    ``[O/B][I/B][k...][B_i][B_o]``, and of one reading a plain NCHW input (the first layer, depthwise convs)
+    as OIHWBo, ``[O/B][I][k...][B_o]``, keeping the 4-D OIHW shape of the padded channel counts.
+    """
+    o, i = w.shape[0], w.shape[1]
+    k = int(np.prod(w.shape[2:]))
+    if o % block or (blocked_input and i % block):
+        return None
+    if blocked_input:
+        a = w.reshape(o // block, i // block, k, block, block).transpose(0, 4, 1, 3, 2)
+    else:
+        a = w.reshape(o // block, i, k, block).transpose(0, 3, 1, 2)
+    return a.reshape(o, i, k)
+
+
+def _trailing_padding(zero: np.ndarray, block: int) -> int:
+    """How many trailing entries of ``zero`` are True, fewer than a block and fewer than all of them."""
+    n = 0
+    for z in zero[::-1]:
+        if not z or n + 1 >= block or n + 1 >= len(zero):
+            break
+        n += 1
+    return n
+
+
+def _nchwc_channels(spec: ConvSpec, w: np.ndarray | None, b: np.ndarray | None,
+                    blocked_input: bool) -> tuple[int, int, int] | None:
+    """(C_out, C_in, group) of an NCHWc conv with onnxruntime's zero padding removed; None if unknown.
+
+    onnxruntime rounds blocked channel counts up to its block size and fills the new filters and input
+    columns with zeros. After undoing the weight's block order (:func:`_nchwc_unblock`), trailing all-zero
+    output filters (with a zero bias) fewer than a block are padding, and so are trailing all-zero input
+    columns of a blocked input. A depthwise conv pads its groups with its filters. The block size is the one
+    (16 or 8) that explains the most padding; with none found, the channels are as stored.
+    """
+    if w is None or tuple(w.shape) != spec.weight_shape:
+        return None
+    best: tuple[int, int] = (0, 0)
+    for block in _NCHWC_BLOCKS:
+        flat = _nchwc_unblock(w, block, blocked_input and spec.group == 1)
+        if flat is None:
+            continue
+        row_zero = ~np.any(flat != 0, axis=(1, 2))
+        if b is not None and b.shape[0] >= w.shape[0]:
+            row_zero &= b[: w.shape[0]] == 0
+        drop_out = _trailing_padding(row_zero, block)
+        drop_in = 0
+        if spec.group == 1 and blocked_input:
+            drop_in = _trailing_padding(~np.any(flat != 0, axis=(0, 2)), block)
+        if drop_out + drop_in > sum(best):
+            best = (drop_out, drop_in)
+    drop_out, drop_in = best
+    if spec.group == 1:
+        return spec.c_out - drop_out, spec.c_in - drop_in, 1
+    if w.shape[1] == 1 and spec.group == spec.c_in == spec.c_out:
+        c = spec.c_out - drop_out
+        return c, c, c
+    return spec.c_out, spec.c_in, spec.group
+
+
 def _weight_from_attrs(op: str, attrs: Mapping[str, Any], x: list[int | None] | None,
                        y: list[int | None] | None) -> tuple[int, ...] | None:
     """A computed weight's shape from kernel_shape, group and the input/output channels, when all are known."""
@@ -706,6 +811,23 @@ def _check_domains(model: onnx.ModelProto) -> None:
         visit(g, f" in function '{f.domain}.{f.name}'", imported | fn_imported)
 
 
+def _initializer_values(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:
+    """A lookup of the main graph's inline initializer values by name, decoding only what is asked for (stats
+    reads values only for onnxruntime's NCHWc convs, see ``_nchwc_channels``)."""
+    tensors = {t.name: t for t in model.graph.initializer}
+
+    def value(name: str) -> np.ndarray | None:
+        t = tensors.get(name)
+        if t is None or t.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        try:
+            return numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - a tensor numpy cannot decode leaves the channels as stored
+            return None
+
+    return value
+
+
 def _checker_rejection(work: onnx.ModelProto) -> str | None:
     """The first line of onnx.checker's complaint about the weight-free copy ``work``, or None when it passes.
 
@@ -766,13 +888,14 @@ def analyze(
     notes: list[str] = []
     weights = frozenset(t.name for t in model.graph.initializer)
     work = shape_model(model)
+    lower_runtime_ops(work)
     apply_input_shapes(work, input_shapes or {}, batch, notes, weights)
     inferred = infer(work)
     rejected = _checker_rejection(inferred)
     if rejected:
         notes.append(f"onnx.checker rejects this model: {rejected}; counts assume each node means what its "
                      "op's spec says, onnxruntime may refuse to run it")
-    walker = _Walker(inferred, all_ops, groups)
+    walker = _Walker(inferred, all_ops, groups, _initializer_values(model))
     walker.walk(inferred.graph, "", _Scope(inferred.graph, None, set(weights)), {})
     rows = walker.rows
     _check_unknown(model, work, inferred, walker, notes)

@@ -336,12 +336,14 @@ def test_unknown_op_domain_is_one_clear_error() -> None:
 
 
 def test_vendor_conv_ops_are_noted_not_counted() -> None:
+    """A vendor conv onnxconv does not know (onnxruntime's own FusedConv & co. are counted: test_stats_ort.py)."""
     model = single_conv([1, 3, 8, 8], [8, 3, 3, 3])
-    model.graph.node.append(helper.make_node("FusedConv", ["Y", "W2"], ["Z"], name="fc", domain="com.microsoft"))
+    model.graph.node.append(helper.make_node("ConvTransposeWithDynamicPads", ["Y", "W2", "P"], ["Z"], name="fc",
+                                             domain="com.microsoft"))
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     report = analyze(model)
     assert len(report.layers) == 1
-    assert any("com.microsoft.FusedConv" in n for n in report.notes)
+    assert any("com.microsoft.ConvTransposeWithDynamicPads" in n for n in report.notes)
 
 
 def test_gap_inside_the_graph_is_a_note_not_an_error() -> None:
