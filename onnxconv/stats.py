@@ -35,8 +35,8 @@ from .shapes import (
 )
 
 __all__ = [
-    "LayerStats", "StatsReport", "analyze", "parse_input_shape", "format_count", "CONVENTIONS", "MAC_OPS",
-    "SCHEMA_VERSION",
+    "LayerStats", "StatsReport", "analyze", "observe_shapes", "parse_input_shape", "format_count", "CONVENTIONS",
+    "MAC_OPS", "SCHEMA_VERSION",
 ]
 
 #: Version of the JSON layout (docs/stats-json.md); bumped only when a key changes meaning or disappears.
@@ -811,6 +811,55 @@ def _check_domains(model: onnx.ModelProto) -> None:
         visit(g, f" in function '{f.domain}.{f.name}'", imported | fn_imported)
 
 
+def observe_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """Shapes of the values every conv of the main graph reads (X) and writes, from one onnxruntime run.
+
+    Shape inference cannot know a shape computed from an input's value (a Pad amount read from a scalar
+    input); a run can. The convs' inputs and outputs become extra graph outputs of a copy of ``model``
+    (which needs its weights), the copy runs once on ``feeds``, and the shapes of those outputs come back.
+    onnxruntime is imported here only: ``stats`` without ``--inputs`` never loads it.
+
+    Raises:
+        OnnxConvError: onnxruntime cannot load or run the model on these inputs.
+    """
+    from .compare import run_model, session
+
+    wanted: dict[str, None] = {}
+    for node in model.graph.node:
+        if node.op_type in CONV_OPS or _vendor_conv(node):
+            for name in (node.input[0] if node.input else "", node.output[0] if node.output else ""):
+                if name:
+                    wanted.setdefault(name, None)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    have = {o.name for o in copy.graph.output}
+    for name in wanted:
+        if name not in have:
+            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    outs = run_model(session(copy, opt_level="disable"), feeds)  # unoptimised: every name stays
+    return {name: [int(d) for d in outs[name].shape] for name in wanted if name in outs}
+
+
+def _vendor_conv(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is one of onnxruntime's conv ops that stats counts (see onnxconv.shapes)."""
+    return node.domain not in _DEFAULT_DOMAINS and "conv" in node.op_type.lower()
+
+
+def _set_value_shapes(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Give the named values of ``graph`` these shapes (value_info, outputs or inputs; added when absent)."""
+    infos = {vi.name: vi for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
+    for name, dims in shapes.items():
+        vi = infos.get(name)
+        if vi is None:
+            vi = graph.value_info.add()
+            vi.name = name
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        for d in dims:
+            shape.dim.add().dim_value = int(d)
+
+
 def _initializer_values(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:
     """A lookup of the main graph's inline initializer values by name, decoding only what is asked for (stats
     reads values only for onnxruntime's NCHWc convs, see ``_nchwc_channels``)."""
@@ -864,6 +913,7 @@ def analyze(
     batch: int | None = None,
     all_ops: bool = False,
     groups: int = 4,
+    observed_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> StatsReport:
     """Count every convolution (and with ``all_ops`` every Gemm/MatMul/RNN/GRU/LSTM) of ``model``.
 
@@ -874,6 +924,8 @@ def analyze(
         batch: the value for symbolic batch dims (default 1, with a note).
         all_ops: add rows for the other MAC-bearing ops so totals compare with published figures.
         groups: G of the "grouped with G groups" what-if.
+        observed_shapes: shapes of main-graph values seen in a real run (:func:`observe_shapes`); they
+            override inference, so a conv whose input shape depends on an input's *value* is counted.
 
     Raises:
         ShapeError: a dim needed for a count is still unknown (names the input and dim, with an example
@@ -891,6 +943,10 @@ def analyze(
     lower_runtime_ops(work)
     apply_input_shapes(work, input_shapes or {}, batch, notes, weights)
     inferred = infer(work)
+    if observed_shapes:
+        _set_value_shapes(inferred.graph, observed_shapes)
+        notes.append(f"shapes of {len(observed_shapes)} conv input/output value(s) taken from an onnxruntime run "
+                     "on the given inputs")
     rejected = _checker_rejection(inferred)
     if rejected:
         notes.append(f"onnx.checker rejects this model: {rejected}; counts assume each node means what its "

@@ -211,3 +211,66 @@ def test_tensor_with_more_elements_than_int64_is_an_error(tmp_path: Path) -> Non
     p = tmp_path / "huge.onnx"
     p.write_bytes(single_conv([1, 3, 2**40, 2**40], [4, 3, 3, 3], pads=[1, 1, 1, 1]).SerializeToString())
     _one_line_error(stats(str(p)), "elements, beyond int64")
+
+
+def _padded_by_input(tmp_path: Path) -> tuple[str, onnx.ModelProto]:
+    """X is padded by an amount read from the int64 scalar input ``p`` before a 3x3 conv: only a run knows the
+    conv's input size."""
+    import numpy as np
+
+    model = parse(
+        """
+        g (float[1,3,8,8] X, int64 p) => (float[1,4,?,?] Y) {
+          z = Constant <value = int64[2] {0, 0}> ()
+          p1 = Unsqueeze (p, axes)
+          pads = Concat <axis = 0> (z, p1, p1, z, p1, p1)
+          xp = Pad (X, pads)
+          Y = Conv (xp, W)
+        }""",
+        {"W": (4, 3, 3, 3)},
+    )
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axes"))
+    p = tmp_path / "padded.onnx"
+    p.write_bytes(model.SerializeToString())
+    return str(p), model
+
+
+def test_inputs_npz_counts_a_conv_whose_shape_depends_on_an_input_value(tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    path, model = _padded_by_input(tmp_path)
+    feeds = {"X": np.zeros([1, 3, 8, 8], np.float32), "p": np.array(5, np.int64)}
+    npz = tmp_path / "in.npz"
+    np.savez(npz, **feeds)
+    (y,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert y.shape == (1, 4, 16, 16)  # the oracle: 8 + 2*5 - 2
+    without = json.loads(stats(path, "--format", "json").output)
+    assert without["layers"][0]["macs"] is None and without["totals"]["uncounted"] == 1
+    result = stats(path, "--inputs", str(npz), "--format", "json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["layers"]
+    assert row["input_shape"] == [1, 3, 18, 18] and row["output_shape"] == list(y.shape)
+    assert row["macs"] == 4 * 16 * 16 * 3 * 9
+    assert any("onnxruntime run" in n for n in json.loads(result.output)["notes"])
+
+
+def test_stats_without_inputs_does_not_import_onnxruntime(two_convs: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from onnxconv.cli import main; "
+            f"r = CliRunner().invoke(main, ['stats', {two_convs!r}]); assert r.exit_code == 0, r.output; "
+            "print('onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_inputs_npz_errors_are_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    path, _ = _padded_by_input(tmp_path)
+    npz = tmp_path / "in.npz"
+    np.savez(npz, X=np.zeros([1, 3, 8, 8], np.float32))
+    _one_line_error(stats(path, "--inputs", str(npz)), "no array for input(s) ['p']")
+    _one_line_error(stats(path, "--inputs", str(tmp_path / "none.npz")), "no such file")
