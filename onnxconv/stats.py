@@ -31,7 +31,7 @@ from .analysis.layer import LayerStats
 from .analysis.rows import MAC_OPS, RECURRENT_OPS
 from .analysis.scope import DEFAULT_DOMAINS, Scope
 from .analysis.walker import Walker
-from .conv import CONV_OPS
+from .conv import CONV_OPS, INT64_MAX
 from .errors import OptionError, ShapeError
 from .graph import node_label, subgraphs_of
 from .model_io import shape_model
@@ -93,6 +93,8 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
         raise OptionError(f"--input-shape '{text}': dims must be whole numbers, e.g. {name}=1x3x224x224") from None
     if not name or not values or any(v <= 0 for v in values):
         raise OptionError(f"--input-shape '{text}': expected NAME=1x3x224x224 with positive dims")
+    if any(v > INT64_MAX for v in values):
+        raise OptionError(f"--input-shape '{text}': a dim beyond int64 ({INT64_MAX})")
     return name, values
 
 
@@ -251,8 +253,8 @@ def analyze(
     """
     if groups < 1:
         raise OptionError(f"--groups must be at least 1, got {groups}")
-    if batch is not None and batch < 1:
-        raise OptionError(f"--batch must be at least 1, got {batch}")
+    if batch is not None and not 1 <= batch <= INT64_MAX:
+        raise OptionError(f"--batch must be from 1 to {INT64_MAX}, got {batch}")
     _check_domains(model)
     notes: list[str] = []
     weights = frozenset(t.name for t in model.graph.initializer)

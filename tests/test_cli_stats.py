@@ -166,7 +166,7 @@ def test_unknown_domain(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "option, text",
     [("X", "expected NAME=1x3x224x224"), ("X=1xax8x8", "whole numbers"), ("Q=1x3x8x8", "no input 'Q'"),
-     ("X=1x3x8", "rank 4"), ("X=0x3x8x8", "positive")],
+     ("X=1x3x8", "rank 4"), ("X=0x3x8x8", "positive"), (f"X=1x3x{2**64}x8", "beyond int64")],
 )
 def test_bad_input_shape_option(two_convs: str, option: str, text: str) -> None:
     model = single_conv([1, 3, "h", "w"], [8, 3, 3, 3])
@@ -175,8 +175,11 @@ def test_bad_input_shape_option(two_convs: str, option: str, text: str) -> None:
     _one_line_error(stats(str(p), "--input-shape", option), text)
 
 
-def test_bad_batch(two_convs: str) -> None:
-    _one_line_error(stats(two_convs, "--batch", "0"), "--batch must be at least 1")
+@pytest.mark.parametrize("value", ["0", str(2**64)])
+def test_bad_batch(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "batch.onnx"
+    p.write_bytes(single_conv(["n", 3, 8, 8], [8, 3, 3, 3]).SerializeToString())
+    _one_line_error(stats(str(p), "--batch", value), "--batch must be from 1 to 9223372036854775807")
 
 
 def test_table_spells_out_per_axis_fields_when_axes_differ(tmp_path: Path) -> None:
