@@ -94,3 +94,38 @@ def test_optimised_quantized_model_with_nhwc_qlinearconv(tmp_path: Path) -> None
     (row,) = analyze(saved).layers
     assert row.op_type == "com.microsoft.QLinearConv"
     assert _figures(saved) == _figures(original)
+
+
+def _blocked(w: np.ndarray, c_out: int, c_in: int, block: int, blocked_input: bool) -> np.ndarray:
+    """``w`` zero-padded to ``c_out x c_in`` and reordered as onnxruntime's MLAS does (OIHWBiBo for a blocked
+    input, OIHWBo otherwise), keeping the padded OIHW shape."""
+    padded = np.zeros((c_out, c_in, *w.shape[2:]), w.dtype)
+    padded[: w.shape[0], : w.shape[1]] = w
+    k = int(np.prod(w.shape[2:]))
+    flat = padded.reshape(c_out, c_in, k)
+    if blocked_input:
+        d = flat.reshape(c_out // block, block, c_in // block, block, k).transpose(0, 2, 4, 3, 1)
+    else:
+        d = flat.reshape(c_out // block, block, c_in, k).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(d).reshape(padded.shape)
+
+
+@pytest.mark.parametrize("logical, padded, group, block, blocked_input", [
+    ((10, 20), (16, 24), 1, 8, True),     # block 8 (AVX2 CPUs): only 8 divides 24
+    ((30, 29), (32, 32), 1, 8, True),     # 16 would divide too: the block that explains the padding wins
+    ((12, 3), (16, 3), 1, 16, False),     # first layer: plain NCHW input, OIHWBo
+    ((20, 20), (24, 24), "depthwise", 8, False),
+])
+def test_nchwc_channels_undo_the_block_padding(logical: tuple[int, int], padded: tuple[int, int],
+                                               group: object, block: int, blocked_input: bool) -> None:
+    from onnxconv.analysis.nchwc import nchwc_channels
+    from onnxconv.conv import conv_spec
+
+    rng = np.random.default_rng(2)
+    depthwise = group == "depthwise"
+    w = rng.standard_normal((logical[0], 1 if depthwise else logical[1], 3, 3)).astype(np.float32)
+    stored = _blocked(w, padded[0], 1 if depthwise else padded[1], block, blocked_input and not depthwise)
+    g = padded[1] if depthwise else 1
+    spec = conv_spec("Conv", {"group": g}, stored.shape, False, [1, padded[1], 8, 8])
+    expected = (logical[0], logical[0], logical[0]) if depthwise else (logical[0], logical[1], 1)
+    assert nchwc_channels(spec, stored, None, blocked_input) == expected
