@@ -4,6 +4,11 @@ Inputs are read by position, never by name (thop's ONNX counter finds weights by
 wrong): X is input 0 for every op; the weight is input 1 (Conv, ConvTranspose, ConvInteger) or 3 (QLinearConv);
 the bias is input 2 (Conv, ConvTranspose) or 8 (QLinearConv). Attribute defaults follow the ONNX spec:
 kernel_shape from the weight, strides and dilations 1, pads 0, group 1, auto_pad NOTSET, output_padding 0.
+
+Every value must also make sense to a runtime: onnxruntime computes sizes in int64, so an attribute, a padded
+extent ``D + pb + pe``, an effective kernel ``d*(k-1)+1``, an output dim or a tensor's element count beyond
+``2**63 - 1`` is an overflow there (Python's ints would happily report a 19-digit dim), and is refused here
+with a :class:`ShapeError` naming the value.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ __all__ = ["CONV_OPS", "WEIGHT_INDEX", "BIAS_INDEX", "Shape", "ConvSpec", "conv_
 CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
 WEIGHT_INDEX = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3}
 BIAS_INDEX = {"Conv": 2, "ConvTranspose": 2, "QLinearConv": 8}
+
+#: Largest value of an int64: onnxruntime's dims, pads and element counts all live in int64.
+INT64_MAX = 2**63 - 1
 
 #: A tensor shape; ``None`` marks a dim that is unknown (symbolic or not inferred).
 Shape = tuple["int | None", ...]
@@ -154,7 +162,30 @@ def _ints(value: Any, n: int, default: int, name: str, minimum: int | None = Non
         raise ShapeError(f"attribute {name}={list(out)} has {len(out)} values, expected {n}")
     if minimum is not None and any(v < minimum for v in out):
         raise ShapeError(f"attribute {name}={list(out)}: every value must be at least {minimum}")
+    _check_int64(name, out)
     return out
+
+
+def _check_int64(what: str, values: Sequence[int | None]) -> None:
+    """Refuse values an int64 cannot hold (see the module docstring: onnxruntime would overflow)."""
+    if any(v is not None and abs(v) > INT64_MAX for v in values):
+        raise ShapeError(f"{what} {list(values)} overflows int64 (onnxruntime cannot compute it)")
+
+
+def _check_sizes(spatial_in: Sequence[int | None], kernel: Sequence[int], dilations: Sequence[int],
+                 pads: Sequence[int] | None, transposed: bool, output_shape: Sequence[int | None],
+                 input_shape: Sequence[int | None]) -> None:
+    """Every intermediate size onnxruntime computes must fit in int64: padded extents, effective kernels,
+    output dims and the element counts of the input and output tensors."""
+    k = len(kernel)
+    _check_int64("effective kernel", [C.effective_kernel(kernel[i], dilations[i]) for i in range(k)])
+    if pads is not None:
+        padded = [None if d is None else d + pads[i] + pads[k + i] for i, d in enumerate(spatial_in)]
+        _check_int64("padded input size" if not transposed else "input size plus pads", padded)
+    _check_int64("output shape", list(output_shape))
+    for what, shape in (("input", input_shape), ("output", output_shape)):
+        if all(v is not None for v in shape) and C.prod(shape) > INT64_MAX:  # type: ignore[arg-type]
+            raise ShapeError(f"{what} shape {list(shape)} has {C.prod(shape)} elements, beyond int64")  # type: ignore[arg-type]
 
 
 def conv_spec(
@@ -221,6 +252,9 @@ def conv_spec(
         pads, out_spatial = _transpose_geometry(attrs, spatial_in, kernel, strides, dilations, output_padding, auto_pad)
     else:
         pads, out_spatial = _conv_geometry(attrs, spatial_in, kernel, strides, dilations, auto_pad)
+    output_shape = (x[0], c_out, *out_spatial)
+    _check_int64("input shape", x)
+    _check_sizes(spatial_in, kernel, dilations, pads, transposed, output_shape, x)
     if any(o is not None and o <= 0 for o in out_spatial):
         raise ShapeError(
             f"input spatial size {spatial_in} is too small for kernel {list(kernel)} "
@@ -237,7 +271,7 @@ def conv_spec(
         group=group,
         has_bias=has_bias,
         input_shape=tuple(x),
-        output_shape=tuple([x[0], c_out, *out_spatial]),
+        output_shape=output_shape,
         output_padding=output_padding,
     )
 

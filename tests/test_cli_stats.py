@@ -166,7 +166,7 @@ def test_unknown_domain(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "option, text",
     [("X", "expected NAME=1x3x224x224"), ("X=1xax8x8", "whole numbers"), ("Q=1x3x8x8", "no input 'Q'"),
-     ("X=1x3x8", "rank 4"), ("X=0x3x8x8", "positive")],
+     ("X=1x3x8", "rank 4"), ("X=0x3x8x8", "positive"), (f"X=1x3x{2**64}x8", "beyond int64")],
 )
 def test_bad_input_shape_option(two_convs: str, option: str, text: str) -> None:
     model = single_conv([1, 3, "h", "w"], [8, 3, 3, 3])
@@ -180,8 +180,104 @@ def test_bad_batch(two_convs: str) -> None:  # a click range, as in separate and
     assert result.exit_code == 2 and "Invalid value for '--batch'" in result.output, result.output
 
 
+def test_batch_beyond_int64_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "batch.onnx"
+    p.write_bytes(single_conv(["n", 3, 8, 8], [8, 3, 3, 3]).SerializeToString())
+    _one_line_error(stats(str(p), "--batch", str(2**64)), "--batch must be from 1 to 9223372036854775807")
+
+
 def test_table_spells_out_per_axis_fields_when_axes_differ(tmp_path: Path) -> None:
     p = tmp_path / "aniso.onnx"
     p.write_bytes(single_conv([1, 3, 16, 16], [4, 3, 3, 3], strides=[2, 1]).SerializeToString())
     line = next(line for line in stats(str(p)).output.splitlines() if line.startswith("conv "))
     assert " 3/2x1 " not in line and " 3x3/2x1 " in line
+
+
+
+@pytest.mark.parametrize("attrs, text", [
+    ({"pads": [2**62] * 4}, "padded input size"),
+    ({"pads": [2**62, 0, 2**62, 0]}, "padded input size"),
+    ({"kernel_shape": [3, 3], "dilations": [2**62, 1]}, "effective kernel"),
+])
+def test_sizes_beyond_int64_are_one_error_naming_the_node(tmp_path: Path, attrs: dict[str, object], text: str) -> None:
+    """onnxruntime refuses these (int64 overflow); stats used to print a 19-digit dim and add it to the totals."""
+    import numpy as np
+    import onnxruntime as ort
+
+    p = tmp_path / "overflow.onnx"
+    p.write_bytes(single_conv([1, 3, 8, 8], [4, 3, 3, 3], **attrs).SerializeToString())
+    with pytest.raises(Exception):  # the oracle: onnxruntime cannot build or run it either
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        sess.run(None, {"X": np.zeros([1, 3, 8, 8], np.float32)})
+    result = stats(str(p))
+    _one_line_error(result, text)
+    assert "node 'conv' (Conv)" in result.output and "int64" in result.output
+
+
+def test_tensor_with_more_elements_than_int64_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "huge.onnx"
+    p.write_bytes(single_conv([1, 3, 2**40, 2**40], [4, 3, 3, 3], pads=[1, 1, 1, 1]).SerializeToString())
+    _one_line_error(stats(str(p)), "elements, beyond int64")
+
+
+def _padded_by_input(tmp_path: Path) -> tuple[str, onnx.ModelProto]:
+    """X is padded by an amount read from the int64 scalar input ``p`` before a 3x3 conv: only a run knows the
+    conv's input size."""
+    import numpy as np
+
+    model = parse(
+        """
+        g (float[1,3,8,8] X, int64 p) => (float[1,4,?,?] Y) {
+          z = Constant <value = int64[2] {0, 0}> ()
+          p1 = Unsqueeze (p, axes)
+          pads = Concat <axis = 0> (z, p1, p1, z, p1, p1)
+          xp = Pad (X, pads)
+          Y = Conv (xp, W)
+        }""",
+        {"W": (4, 3, 3, 3)},
+    )
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axes"))
+    p = tmp_path / "padded.onnx"
+    p.write_bytes(model.SerializeToString())
+    return str(p), model
+
+
+def test_inputs_npz_counts_a_conv_whose_shape_depends_on_an_input_value(tmp_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    path, model = _padded_by_input(tmp_path)
+    feeds = {"X": np.zeros([1, 3, 8, 8], np.float32), "p": np.array(5, np.int64)}
+    npz = tmp_path / "in.npz"
+    np.savez(npz, **feeds)
+    (y,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert y.shape == (1, 4, 16, 16)  # the oracle: 8 + 2*5 - 2
+    without = json.loads(stats(path, "--format", "json").output)
+    assert without["layers"][0]["macs"] is None and without["totals"]["uncounted"] == 1
+    result = stats(path, "--inputs", str(npz), "--format", "json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["layers"]
+    assert row["input_shape"] == [1, 3, 18, 18] and row["output_shape"] == list(y.shape)
+    assert row["macs"] == 4 * 16 * 16 * 3 * 9
+    assert any("onnxruntime run" in n for n in json.loads(result.output)["notes"])
+
+
+def test_stats_without_inputs_does_not_import_onnxruntime(two_convs: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from onnxconv.cli import main; "
+            f"r = CliRunner().invoke(main, ['stats', {two_convs!r}]); assert r.exit_code == 0, r.output; "
+            "print('onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_inputs_npz_errors_are_one_line(tmp_path: Path) -> None:
+    import numpy as np
+
+    path, _ = _padded_by_input(tmp_path)
+    npz = tmp_path / "in.npz"
+    np.savez(npz, X=np.zeros([1, 3, 8, 8], np.float32))
+    _one_line_error(stats(path, "--inputs", str(npz)), "no array for input(s) ['p']")
+    _one_line_error(stats(path, "--inputs", str(tmp_path / "none.npz")), "no such file")

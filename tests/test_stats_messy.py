@@ -336,12 +336,14 @@ def test_unknown_op_domain_is_one_clear_error() -> None:
 
 
 def test_vendor_conv_ops_are_noted_not_counted() -> None:
+    """A vendor conv onnxconv does not know (onnxruntime's own FusedConv & co. are counted: test_stats_ort.py)."""
     model = single_conv([1, 3, 8, 8], [8, 3, 3, 3])
-    model.graph.node.append(helper.make_node("FusedConv", ["Y", "W2"], ["Z"], name="fc", domain="com.microsoft"))
+    model.graph.node.append(helper.make_node("ConvTransposeWithDynamicPads", ["Y", "W2", "P"], ["Z"], name="fc",
+                                             domain="com.microsoft"))
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     report = analyze(model)
     assert len(report.layers) == 1
-    assert any("com.microsoft.FusedConv" in n for n in report.notes)
+    assert any("com.microsoft.ConvTransposeWithDynamicPads" in n for n in report.notes)
 
 
 def test_gap_inside_the_graph_is_a_note_not_an_error() -> None:
@@ -375,3 +377,42 @@ def test_folding_never_relabels_a_computed_weight() -> None:
     row = analyze(model).layers[0]
     assert row.weight_source == "computed at run time"
     assert row.weight_shape == [2, 4, 3, 3] and row.macs == 2 * 36 * 36
+
+
+def test_model_the_checker_rejects_is_counted_with_a_note() -> None:
+    """Two nodes writing the same name (not SSA): onnx.checker and onnxruntime refuse it; stats says so."""
+    model = parse(
+        """
+        g (float[1,3,8,8] X) => (float[1,4,8,8] a) {
+          a = Conv <pads=[1,1,1,1]> (X, W)
+          a = Relu (X)
+        }""",
+        {"W": (4, 3, 3, 3)},
+    )
+    with pytest.raises(Exception):
+        onnx.checker.check_model(model)
+    with pytest.raises(Exception):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    report = analyze(model)
+    notes = [n for n in report.notes if n.startswith("onnx.checker rejects this model: ")]
+    assert len(notes) == 1 and "SSA" in notes[0] and "counts assume" in notes[0], report.notes
+    assert report.layers[0].macs == 4 * 8 * 8 * 3 * 9
+
+
+def test_valid_models_get_no_checker_note() -> None:
+    report = analyze(parse(
+        """
+        g (float[1,3,8,8] X) => (float[1,4,8,8] Y) {
+          Y = Conv <pads=[1,1,1,1]> (X, W)
+        }""",
+        {"W": (4, 3, 3, 3)},
+    ))
+    assert not any("onnx.checker" in n for n in report.notes), report.notes
+
+
+def test_output_without_declared_shape_gets_no_checker_note() -> None:
+    """onnx.checker wants a shape on graph outputs; onnxruntime does not, and exporters often leave it out."""
+    model = single_conv([1, 3, 8, 8], [4, 3, 3, 3])
+    assert not model.graph.output[0].type.tensor_type.HasField("shape")
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert not any("onnx.checker" in n for n in analyze(model).notes)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..compare import check_inputs, model_input_specs, read_npz
 from ..model_io import load_model
 from ..report import FORMATS, SORT_KEYS, render
-from ..stats import analyze, parse_input_shape
+from ..stats import analyze, observe_shapes, parse_input_shape
 
 __all__ = ["stats"]
 
@@ -24,8 +25,11 @@ __all__ = ["stats"]
               help="G of the 'if grouped with G groups' what-if column.")
 @click.option("--all-ops", is_flag=True,
               help="Also count Gemm/MatMul/RNN/GRU/LSTM, so totals compare with published figures.")
+@click.option("--inputs", "inputs_path", metavar="FILE.npz", default=None,
+              help="Run onnxruntime once on these inputs (one array per model input) and count with the "
+                   "shapes seen, for convs whose input shape depends on an input's value.")
 def stats(model: str, input_shapes: tuple[str, ...], batch: int | None, fmt: str, sort: str, top: int | None,
-          groups: int, all_ops: bool) -> None:
+          groups: int, all_ops: bool, inputs_path: str | None) -> None:
     """Count params, MACs and FLOPs of every conv layer of MODEL.
 
     Rows cover Conv, ConvTranspose, ConvInteger and QLinearConv (1-D to 3-D), including
@@ -44,5 +48,12 @@ def stats(model: str, input_shapes: tuple[str, ...], batch: int | None, fmt: str
     """
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     m = load_model(model)
-    report = analyze(m, name=model, input_shapes=shapes, batch=batch, all_ops=all_ops, groups=groups)
+    observed = None
+    if inputs_path is not None:
+        label = f"--inputs {inputs_path}"
+        feeds = check_inputs(read_npz(inputs_path, label), model_input_specs(m), label)
+        shapes = {**{k: list(v.shape) for k, v in feeds.items()}, **shapes}
+        observed = observe_shapes(load_model(model, load_weights=True), feeds)
+    report = analyze(m, name=model, input_shapes=shapes, batch=batch, all_ops=all_ops, groups=groups,
+                     observed_shapes=observed)
     click.echo(render(report, fmt, sort, top))
