@@ -34,15 +34,18 @@ At ``r = 1`` all of them are one depthwise conv followed by one 1x1 conv. The de
 the form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, BENCHMARKS.md "separate").
 
 Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
-QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, depthwise
-convs, 1x1 kernels, convs in model-local functions (the body is shared by every call), and, unless ``force``,
-layers whose chosen rank saves no MACs and layers with fewer than ``min_channels`` input channels (stems).
+QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, weights with
+NaN/Inf values, depthwise convs, 1x1 kernels, under ``exact`` weights whose factors stored in their own dtype do
+not rebuild them (:func:`reconstruction_error`, e.g. outliers 1e16 times the other values), convs in
+model-local functions (the body is shared by every call), and, unless ``force``, layers whose chosen rank saves
+no MACs and layers with fewer than ``min_channels`` input channels (stems).
 The original weights are never modified (a weight shared with another node keeps serving it); new weights keep
 the original dtype (fp16 stays fp16; the SVD runs in float64).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -71,6 +74,7 @@ from .ranks import (
     BudgetLayer,
     RankPolicy,
     allocate_budget,
+    exact_tolerance,
     kept_energy,
     rank_for_energy,
     rank_for_error,
@@ -78,7 +82,8 @@ from .ranks import (
 )
 
 __all__ = [
-    "FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy",
+    "FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "reconstruction_error",
+    "separate", "RankPolicy",
 ]
 
 FORMS = ("concat", "sum", "multiplier", "tiled")
@@ -185,6 +190,32 @@ def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], 
     return dw, pw
 
 
+def reconstruction_error(f: Factors, weight: np.ndarray, r: int | None = None) -> float:
+    """Largest relative error, over output channels, of ``weight`` rebuilt from its rank-``r`` factors (default:
+    all ``q``) *as stored in the weight's dtype*: ``max_n ||W'[n] - W[n]|| / ||W[n]||``, rows over ``(M/g) x K``.
+
+    Per output channel, not over the whole weight: an outlier (1e16 next to ordinary values) dominates the
+    whole weight's norm, so a whole-weight figure would hide ordinary channels that the factoring got wrong.
+    A row that is all zero counts as reproduced only when it is rebuilt as zero. NaN when a factor overflows
+    the dtype (float16 above 65504).
+    """
+    w = np.asarray(weight)
+    q = f.max_rank if r is None else r
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = f.p[:, :, :q].astype(w.dtype).astype(np.float64)
+        vt = f.vt[:, :q, :].astype(w.dtype).astype(np.float64)
+        rebuilt = np.matmul(p, vt)  # (M, Ng, K): slice m = (group gi, local input j)
+    g, n, mg = f.group, int(w.shape[0]), int(w.shape[1])
+    k = rebuilt.shape[2]
+    rows = rebuilt.reshape(g, mg, n // g, k).transpose(0, 2, 1, 3).reshape(n, mg * k)
+    ref = w.astype(np.float64).reshape(n, mg * k)
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.linalg.norm(rows - ref, axis=1)
+        norm = np.linalg.norm(ref, axis=1)
+        rel = np.where(norm > 0, err / np.where(norm > 0, norm, 1.0), np.where(err > 0, np.inf, 0.0))
+    return float("nan") if not np.all(np.isfinite(rows)) else float(rel.max(initial=0.0))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Checks
 
@@ -200,6 +231,7 @@ class _Candidate:
     factors: Factors
     change: LayerChange
     weight_key: str
+    weight: np.ndarray
 
     @property
     def unit_pos(self) -> int:
@@ -240,6 +272,10 @@ def _check(
         return "weight is computed at run time, not a constant", spec, None
     if weight.dtype.type not in _FLOAT_TYPES:
         return f"weight type {weight.dtype} is not float16/32/64", spec, None
+    bad = int(weight.size - np.count_nonzero(np.isfinite(weight)))
+    if bad:
+        # The SVD of such a slice does not converge, and no factoring reproduces NaN/Inf anyway.
+        return f"weight has NaN/Inf values ({bad} of {weight.size})", spec, None
     assert spec is not None  # the weight's shape is known, so the spec is
     if spec.kind == "depthwise":
         return "already depthwise (group = C_in)", spec, None
@@ -409,8 +445,24 @@ def _collect(
                 continue
             assert spec is not None and weight is not None  # _check returns both when there is no reason
             factors = factor_weight(weight, spec.group)
-            candidates.append(_Candidate(g, node, spec, weight.dtype, factors, change, node.inputs[1].name))
+            candidates.append(_Candidate(g, node, spec, weight.dtype, factors, change, node.inputs[1].name, weight))
     return layers, candidates
+
+
+def _inexact(c: _Candidate) -> str | None:
+    """Why ``c``'s exact-rank factors, stored in its dtype, do not reproduce its weight (None when they do).
+
+    ``--exact`` promises a lossless rewrite; the SVD runs in float64, but the factors are stored in the weight's
+    dtype, and a weight with outliers far above its other values loses those in the factoring. Checked per
+    layer against :func:`~onnxconv.passes.ranks.exact_tolerance`, so such a layer stays as it was.
+    """
+    tol = exact_tolerance(c.dtype, c.factors.max_rank)
+    err = reconstruction_error(c.factors, c.weight)
+    if err <= tol:
+        return None
+    shown = "overflows" if math.isnan(err) else f"differs by relative error {err:.2e} > {tol:.2e}"
+    return (f"not exactly factorable in {c.dtype}: the rebuilt weight {shown} in some output channel "
+            "(values of very different scales?)")
 
 
 def _choose_ranks(policy: RankPolicy, cands: Sequence[_Candidate], layers: Sequence[LayerChange]) -> list[int]:
@@ -491,6 +543,11 @@ def separate(
             ch.reason = ("no rank saves MACs" if c.unit_pos >= c.conv_pos
                          else "left as it is: the budget is met without it")
             continue
+        if policy.kind == "exact":
+            why = _inexact(c)
+            if why:
+                ch.reason = why
+                continue
         ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
                       "energy": float(kept[r])}
         saves = r * c.unit_pos < c.conv_pos

@@ -32,7 +32,7 @@ run-time cost wherever possible, with one op otherwise:
 
 Skipped, with the reason in the result (the rules of the separable mode, plus grouping's own): ConvTranspose,
 quantized convs (ConvInteger, QLinearConv, a weight from DequantizeLinear), convs not selected by the filter,
-weights or biases computed at run time, non-float weights, weights shared with another node, convs already
+weights or biases computed at run time, non-float weights, weights with NaN/Inf values, weights shared with another node, convs already
 depthwise or grouped, ``C_in`` or ``C_out`` not divisible by ``G``, convs in model-local functions, and (unless
 ``force``) a kept energy below ``min_energy``. Original weights are never modified in place.
 """
@@ -216,6 +216,10 @@ def _check(
         return "weight is computed at run time, not a constant", spec, None
     if weight.dtype.kind != "f":
         return f"weight type {weight.dtype} is not float", spec, None
+    bad = int(weight.size - np.count_nonzero(np.isfinite(weight)))
+    if bad:
+        # The spectral assignment's SVD does not converge on them, and no grouping keeps a share of infinity.
+        return f"weight has NaN/Inf values ({bad} of {weight.size})", spec, None
     if len(w_t.outputs) > 1:
         return f"weight '{w_t.name}' is shared with {len(w_t.outputs) - 1} other node(s)", spec, None
     b_t = _optional(node, 2)
