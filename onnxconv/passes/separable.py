@@ -61,14 +61,12 @@ from .common import (
     NamePool,
     NodeFilter,
     PassResult,
-    constant_array,
+    base_check,
     drop_dead_producers,
     finish_model,
     function_rows,
     graphs_with_paths,
-    node_conv_spec,
     tensor_shapes,
-    weight_origin,
 )
 from .ranks import (
     BudgetLayer,
@@ -97,8 +95,6 @@ DEFAULT_FORM = "sum"
 #: channels, 7x7, stride 2) rewritten at rank 4 measured slower than the conv it replaced on ResNet-18
 #: (BENCHMARKS.md "separate"); MobileNets keep their first conv standard for the same reason.
 MIN_CHANNELS = 8
-
-_FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,30 +248,11 @@ class _Candidate:
 def _check(
     node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
 ) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
-    """(skip reason or None, spec when known, weight when usable) for one conv-family node."""
-    w_t = node.inputs[1] if len(node.inputs) > 1 and node.op == "Conv" and node.inputs[1].name else None
-    weight = constant_array(w_t) if w_t is not None and not weight_origin(w_t) else None
-    spec = node_conv_spec(node, qualified, shapes, weight)
-    if node.op == "ConvTranspose":
-        return "ConvTranspose is not a target of this pass", spec, None
-    if node.op in ("ConvInteger", "QLinearConv"):
-        return f"quantized conv ({node.op}) is not rewritten", spec, None
-    if node_filter is not None:
-        why = node_filter.reason(qualified)
-        if why:
-            return why, spec, None
-    if w_t is None:
-        return "no weight input", spec, None
-    if weight_origin(w_t):
-        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
-    if weight is None:
-        return "weight is computed at run time, not a constant", spec, None
-    if weight.dtype.type not in _FLOAT_TYPES:
-        return f"weight type {weight.dtype} is not float16/32/64", spec, None
-    bad = int(weight.size - np.count_nonzero(np.isfinite(weight)))
-    if bad:
-        # The SVD of such a slice does not converge, and no factoring reproduces NaN/Inf anyway.
-        return f"weight has NaN/Inf values ({bad} of {weight.size})", spec, None
+    """(skip reason or None, spec when known, weight when usable) for one conv-family node: the checks of
+    :func:`~onnxconv.passes.common.base_check`, then depthwise convs and 1x1 kernels (nothing to separate)."""
+    reason, spec, weight = base_check(node, qualified, shapes, node_filter)
+    if reason is not None:
+        return reason, spec, None
     assert spec is not None  # the weight's shape is known, so the spec is
     if spec.kind == "depthwise":
         return "already depthwise (group = C_in)", spec, None
@@ -526,6 +503,8 @@ def separate(
     shapes, notes = tensor_shapes(model, input_shapes, batch)
     graph = gs.import_onnx(model)
     layers, cands = _collect(graph, shapes, node_filter)
+    for change in layers:
+        change.pass_name = "separable"
     layers.extend(function_rows(model))
     forced = force or policy.kind == "exact"
     if not forced:
@@ -550,12 +529,13 @@ def separate(
                 continue
         ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
                       "energy": float(kept[r])}
+        ch.rank = r
         saves = r * c.unit_pos < c.conv_pos
         if not saves and not forced:
             ch.reason = (f"rank {r} saves no MACs ({r} x (K + C_out/g) = {r * c.unit_pos // c.spec.c_in} "
                          f">= C_out/g x K = {c.conv_pos // c.spec.c_in} per input channel); use --force")
             continue
-        ch.details["form"] = emitter.emit(c, r, form)
+        ch.form = ch.details["form"] = emitter.emit(c, r, form)
         if not saves:
             ch.details["forced"] = True
         ch.rewritten = True

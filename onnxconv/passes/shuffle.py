@@ -54,18 +54,16 @@ from .common import (
     NamePool,
     NodeFilter,
     PassResult,
+    base_check,
     constant_array,
     drop_dead_producers,
     finish_model,
     function_rows,
     graphs_with_paths,
-    node_conv_spec,
     tensor_shapes,
     weight_origin,
 )
 from .grouping import Assignment, assign_groups, group_order
-
-# One copy of the rules and walks the two passes share (separable owns them).
 
 __all__ = ["MIXING", "group_shuffle", "masked_reference", "shuffle_order", "shuffle_factor"]
 
@@ -197,29 +195,14 @@ def _check(
     node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], groups: int,
     node_filter: NodeFilter | None,
 ) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
-    """(skip reason or None, spec when the weight shape is known, weight when the node is a target)."""
-    w_t = _optional(node, 1) if node.op == "Conv" else None
-    weight = constant_array(w_t) if w_t is not None and not weight_origin(w_t) else None
-    spec = node_conv_spec(node, qualified, shapes, weight)
-    if node.op == "ConvTranspose":
-        return "ConvTranspose is not a target of this pass", spec, None
-    if node.op in ("ConvInteger", "QLinearConv"):
-        return f"quantized conv ({node.op}) is not rewritten", spec, None
-    why = node_filter.reason(qualified) if node_filter is not None else None
-    if why:
-        return why, spec, None
-    if w_t is None:
-        return "no weight input", spec, None
-    if weight_origin(w_t):
-        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
-    if weight is None:
-        return "weight is computed at run time, not a constant", spec, None
-    if weight.dtype.kind != "f":
-        return f"weight type {weight.dtype} is not float", spec, None
-    bad = int(weight.size - np.count_nonzero(np.isfinite(weight)))
-    if bad:
-        # The spectral assignment's SVD does not converge on them, and no grouping keeps a share of infinity.
-        return f"weight has NaN/Inf values ({bad} of {weight.size})", spec, None
+    """(skip reason or None, spec when the weight shape is known, weight when the node is a target): the checks
+    of :func:`~onnxconv.passes.common.base_check`, then shared weights (the grouped weight would replace it for
+    every reader), a bias computed at run time (it is permuted), convs already depthwise or grouped, and channel
+    counts ``groups`` does not divide."""
+    reason, spec, weight = base_check(node, qualified, shapes, node_filter)
+    if reason is not None:
+        return reason, spec, None
+    w_t = node.inputs[1]
     if len(w_t.outputs) > 1:
         return f"weight '{w_t.name}' is shared with {len(w_t.outputs) - 1} other node(s)", spec, None
     b_t = _optional(node, 2)
@@ -477,6 +460,8 @@ class _Flow:
         node.attrs["group"] = groups
         details["in_groups"] = layer.assignment.in_groups.tolist()
         details["out_groups"] = layer.assignment.out_groups.tolist()
+        layer.change.in_groups = tuple(details["in_groups"])
+        layer.change.out_groups = tuple(details["out_groups"])
         self._set_order(node.outputs[0], layer.pout, w.ndim, id(node))
 
     def _realise_fold(self, node: gs.Node) -> None:
@@ -750,7 +735,7 @@ def _rewrite_graph(
         if node.op not in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv") or node.domain not in _ONNX:
             continue
         qualified = f"{path}/{_label(node)}" if path else _label(node)
-        change = LayerChange(name=qualified, op_type=node.op, rewritten=False)
+        change = LayerChange(name=qualified, op_type=node.op, rewritten=False, pass_name="shuffle")
         layers.append(change)
         reason, spec, weight = _check(node, qualified, shapes, groups, opts.node_filter)
         if spec is not None:
@@ -805,6 +790,7 @@ def _shuffle_strata(
 
 def _describe(layer: _Layer, a: Assignment, groups: int, constrained: bool) -> None:
     ch, spec = layer.change, layer.spec
+    ch.groups = groups
     ch.params_after = spec.weight_params // groups + spec.bias_params
     ch.macs_after = None if spec.macs is None else spec.macs // groups
     ch.details = {
