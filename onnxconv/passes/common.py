@@ -28,6 +28,8 @@ from ..model_io import shape_model
 __all__ = [
     "LayerChange",
     "PassResult",
+    "FLOAT_TYPES",
+    "base_check",
     "NodeFilter",
     "constant_array",
     "tensor_users",
@@ -48,7 +50,15 @@ class LayerChange:
     """What a pass did to one conv node.
 
     ``reason`` is empty for a rewritten node and says why otherwise. ``details`` holds pass-specific figures
-    (rank and relative weight error for separable; groups and kept energy for shuffle; form; ...).
+    for the report and the table (rank and relative weight error for separable; groups and kept energy for
+    shuffle; form; ...), keyed as the JSON report spells them. Code that needs one of them reads the typed
+    fields instead, which the passes fill in alongside (None where a pass does not set them):
+
+    * ``pass_name``: ``"separable"`` or ``"shuffle"`` (the pass that made the row; empty for rows of layers
+      inside model-local functions);
+    * ``rank``, ``form``: the separable rank and graph form (the form actually emitted);
+    * ``groups``, ``in_groups``, ``out_groups``: the shuffle pass's G and the group of every original input /
+      output channel of a grouped conv (``details`` holds the same labels as JSON lists).
     """
 
     name: str
@@ -60,6 +70,23 @@ class LayerChange:
     macs_before: int | None = None
     macs_after: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    pass_name: str = ""
+    rank: int | None = None
+    form: str | None = None
+    groups: int | None = None
+    in_groups: tuple[int, ...] | None = None
+    out_groups: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's view: the fields up to ``details`` (the typed ones repeat what ``details`` holds)."""
+        d = asdict(self)
+        for name in _TYPED_FIELDS:
+            del d[name]
+        return d
+
+
+#: LayerChange fields other modules read, kept out of the JSON report (whose layout predates them).
+_TYPED_FIELDS = ("pass_name", "rank", "form", "groups", "in_groups", "out_groups")
 
 
 @dataclass
@@ -94,7 +121,7 @@ class PassResult:
         return {
             "pass": self.pass_name,
             "options": self.options,
-            "layers": [asdict(c) for c in self.layers],
+            "layers": [c.to_dict() for c in self.layers],
             "totals": self.totals(),
         }
 
@@ -259,6 +286,45 @@ def node_conv_spec(node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int
         return conv_spec(node.op, node.attrs, wshape, has_bias, shapes.get(node.inputs[0].name))
     except ShapeError as e:
         raise ShapeError(f"node '{qualified}' ({node.op}): {e}") from None
+
+
+#: Weight types a pass factors or groups (numpy has no bfloat16).
+FLOAT_TYPES = (np.float16, np.float32, np.float64)
+
+
+def base_check(
+    node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
+) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
+    """The checks every pass makes first, in order; each pass adds its own after them.
+
+    Returns (the reason ``node`` is left alone or None, its spec when the weight shape is known, its weight when
+    usable). Left alone: ConvTranspose (neither pass targets it), quantized convs (ConvInteger, QLinearConv),
+    nodes not selected by ``node_filter``, no weight input, a weight from DequantizeLinear (rewriting it would
+    break the quantization), a weight computed at run time, a non-float weight, and a weight with NaN/Inf
+    values (no factoring or grouping reproduces them, and the SVDs both passes run do not converge on them).
+    """
+    w_t = node.inputs[1] if len(node.inputs) > 1 and node.op == "Conv" and node.inputs[1].name else None
+    weight = constant_array(w_t) if w_t is not None and not weight_origin(w_t) else None
+    spec = node_conv_spec(node, qualified, shapes, weight)
+    if node.op == "ConvTranspose":
+        return "ConvTranspose is not a target of this pass", spec, None
+    if node.op in ("ConvInteger", "QLinearConv"):
+        return f"quantized conv ({node.op}) is not rewritten", spec, None
+    why = node_filter.reason(qualified) if node_filter is not None else None
+    if why:
+        return why, spec, None
+    if w_t is None:
+        return "no weight input", spec, None
+    if weight_origin(w_t):
+        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
+    if weight is None:
+        return "weight is computed at run time, not a constant", spec, None
+    if weight.dtype.type not in FLOAT_TYPES:
+        return f"weight type {weight.dtype} is not float16/32/64", spec, None
+    bad = int(weight.size - np.count_nonzero(np.isfinite(weight)))
+    if bad:
+        return f"weight has NaN/Inf values ({bad} of {weight.size})", spec, None
+    return None, spec, weight
 
 
 def graphs_with_paths(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph]]:

@@ -36,6 +36,7 @@ __all__ = [
     "largest_saving_rank",
     "BudgetLayer",
     "allocate_budget",
+    "exact_tolerance",
 ]
 
 #: Kept-energy comparisons allow this much float slack, so ``--energy 1`` and ``--max-error 0`` pick the exact
@@ -75,6 +76,21 @@ class RankPolicy:
 
     def describe(self) -> str:
         return "exact" if self.kind == "exact" else f"{self.kind} {self.value:g}"  # type: ignore[str-format]
+
+
+def exact_tolerance(dtype: np.dtype, max_rank: int) -> float:
+    """Largest relative error, per output channel, of a weight rebuilt from its exact-rank factors stored in
+    ``dtype`` that still counts as exact: ``2 * sqrt(q) * eps(dtype) + 64 * q * eps(float64)``, ``q = max_rank``.
+
+    Rounding the ``q`` terms' factors to ``dtype`` perturbs each output channel's weight row by about
+    ``eps * sqrt(q)`` times its norm (independent roundings add like a random walk); measured 0.03-0.12 of that
+    on random and trained weights in float16 and float32, so the factor 2 leaves a wide margin. The second term
+    is the float64 factoring's own rounding (a few ``q * eps`` when measured), which only float64 weights see.
+    A weight whose factoring loses more (outliers 1e16 times its other values: the float64 SVD cannot resolve
+    the small values next to them) is not reproduced exactly in its own dtype, whatever the rank.
+    """
+    q = max(int(max_rank), 1)
+    return 2.0 * math.sqrt(q) * float(np.finfo(dtype).eps) + 64.0 * q * float(np.finfo(np.float64).eps)
 
 
 def kept_energy(s: np.ndarray) -> np.ndarray:

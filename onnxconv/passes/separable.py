@@ -34,15 +34,18 @@ At ``r = 1`` all of them are one depthwise conv followed by one 1x1 conv. The de
 the form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, BENCHMARKS.md "separate").
 
 Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
-QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, depthwise
-convs, 1x1 kernels, convs in model-local functions (the body is shared by every call), and, unless ``force``,
-layers whose chosen rank saves no MACs and layers with fewer than ``min_channels`` input channels (stems).
+QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, weights with
+NaN/Inf values, depthwise convs, 1x1 kernels, under ``exact`` weights whose factors stored in their own dtype do
+not rebuild them (:func:`reconstruction_error`, e.g. outliers 1e16 times the other values), convs in
+model-local functions (the body is shared by every call), and, unless ``force``, layers whose chosen rank saves
+no MACs and layers with fewer than ``min_channels`` input channels (stems).
 The original weights are never modified (a weight shared with another node keeps serving it); new weights keep
 the original dtype (fp16 stays fp16; the SVD runs in float64).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -58,30 +61,29 @@ from .common import (
     NamePool,
     NodeFilter,
     PassResult,
-    constant_array,
+    base_check,
     drop_dead_producers,
     finish_model,
     function_rows,
     graphs_with_paths,
-    node_conv_spec,
     tensor_shapes,
-    weight_origin,
 )
+from .factoring import FORMS, Factors, factor_weight, reconstruction_error, separable_weights
 from .ranks import (
     BudgetLayer,
     RankPolicy,
     allocate_budget,
-    kept_energy,
+    exact_tolerance,
     rank_for_energy,
     rank_for_error,
     relative_error,
 )
 
 __all__ = [
-    "FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "separate", "RankPolicy",
+    "FORMS", "DEFAULT_FORM", "MIN_CHANNELS", "Factors", "factor_weight", "separable_weights", "reconstruction_error",
+    "separate", "RankPolicy",
 ]
 
-FORMS = ("concat", "sum", "multiplier", "tiled")
 #: Chosen by measurement (BENCHMARKS.md "separate"): on onnxruntime's CPU provider (1 thread) ``sum`` realised
 #: the largest share of the MAC saving on ResNet-18 and VGG-16 at every rank (its Adds fuse into the NCHWc 1x1
 #: convs, where ``concat`` pays a copy of all r depthwise outputs and ``tiled`` one of r copies of the input),
@@ -92,97 +94,6 @@ DEFAULT_FORM = "sum"
 #: channels, 7x7, stride 2) rewritten at rank 4 measured slower than the conv it replaced on ResNet-18
 #: (BENCHMARKS.md "separate"); MobileNets keep their first conv standard for the same reason.
 MIN_CHANNELS = 8
-
-_FLOAT_TYPES = (np.float16, np.float32, np.float64)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Weights
-
-
-@dataclass
-class Factors:
-    """Factors of every slice of a conv weight, stacked: slice ``m`` is input channel ``m`` (group ``m // (M/g)``).
-
-    ``p``: (M, Ng, q) the left singular vectors times the singular values (``u_t * s_t``, the 1x1 weights),
-    ``s``: (M, q) descending, ``vt``: (M, q, K) the right singular vectors (the depthwise kernels), with
-    ``q = min(Ng, K)``; all float64. ``kept[r]`` is the kept energy of rank ``r`` (:mod:`.ranks`).
-    """
-
-    p: np.ndarray
-    s: np.ndarray
-    vt: np.ndarray
-    group: int
-    kernel: tuple[int, ...]
-
-    @property
-    def max_rank(self) -> int:
-        return int(self.s.shape[1])
-
-    @property
-    def kept(self) -> np.ndarray:
-        return kept_energy(self.s)
-
-
-def factor_weight(weight: np.ndarray, group: int) -> Factors:
-    """Factor a Conv weight (``N x M/g x k...``) slice by slice, all slices at once in float64.
-
-    When ``K <= Ng`` (the usual case: 9 taps, dozens of outputs) the right singular vectors come from the
-    eigenvectors of the small ``K x K`` Gram matrices ``S^T S`` (batched ``eigh``, several times faster than
-    a batched SVD of the tall slices), and ``p = S V`` is computed directly rather than as ``U * s``: no
-    division by small singular values, and with all ``K`` vectors ``p V^T = S V V^T = S`` exactly. Otherwise
-    (few outputs per group) a batched SVD.
-    """
-    w = np.asarray(weight)
-    n, mg = int(w.shape[0]), int(w.shape[1])
-    kernel = tuple(int(d) for d in w.shape[2:])
-    k = C.prod(kernel)
-    ng = n // group
-    # Slice m = (group gi, local input j): rows are gi's outputs, columns the kernel taps.
-    stacked = w.astype(np.float64).reshape(group, ng, mg, k).transpose(0, 2, 1, 3).reshape(group * mg, ng, k)
-    if k <= ng:
-        evals, evecs = np.linalg.eigh(np.matmul(stacked.transpose(0, 2, 1), stacked))
-        evals, evecs = evals[:, ::-1], evecs[:, :, ::-1]  # eigh sorts ascending
-        s = np.sqrt(np.clip(evals, 0.0, None))
-        return Factors(p=np.matmul(stacked, evecs), s=s, vt=evecs.transpose(0, 2, 1), group=group, kernel=kernel)
-    u, s, vt = np.linalg.svd(stacked, full_matrices=False)
-    return Factors(p=u * s[:, None, :], s=s, vt=vt, group=group, kernel=kernel)
-
-
-def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(depthwise weights, pointwise weights) of the rank-r rewrite in ``form``, float64.
-
-    * multiplier: one depthwise ``(M*r, 1, k...)`` (output ``m*r + t``) and one pointwise ``(N, (M/g)*r, 1...)``
-      with group ``g`` (input ``j*r + t`` of each group);
-    * concat (group 1): ``r`` depthwise ``(M, 1, k...)`` and one pointwise ``(N, r*M, 1...)`` (input ``t*M + m``);
-    * tiled (group 1): one depthwise ``(r*M, 1, k...)`` (channel ``t*M + m``) and the pointwise of concat;
-    * sum: ``r`` depthwise ``(M, 1, k...)`` and ``r`` pointwise ``(N, M/g, 1...)`` with group ``g``.
-    """
-    m, ng, _ = f.p.shape
-    g = f.group
-    mg, n = m // g, ng * g
-    ones = (1,) * len(f.kernel)
-    vt = f.vt[:, :r, :]  # (M, r, K)
-    p = f.p[:, :, :r]  # (M, Ng, r): the 1x1 weights, singular values folded in
-    if form == "multiplier":
-        dw = [vt.reshape(m * r, 1, *f.kernel)]
-        pw = [p.reshape(g, mg, ng, r).transpose(0, 2, 1, 3).reshape(n, mg * r, *ones)]
-    elif form == "concat":
-        if g != 1:
-            raise ValueError("the concat form needs group 1 (use sum for grouped convs)")
-        dw = [vt[:, t, :].reshape(m, 1, *f.kernel) for t in range(r)]
-        pw = [p.transpose(1, 2, 0).reshape(n, r * m, *ones)]
-    elif form == "tiled":
-        if g != 1:
-            raise ValueError("the tiled form needs group 1 (use sum for grouped convs)")
-        dw = [vt.transpose(1, 0, 2).reshape(r * m, 1, *f.kernel)]
-        pw = [p.transpose(1, 2, 0).reshape(n, r * m, *ones)]
-    elif form == "sum":
-        dw = [vt[:, t, :].reshape(m, 1, *f.kernel) for t in range(r)]
-        pw = [p[:, :, t].reshape(g, mg, ng).transpose(0, 2, 1).reshape(n, mg, *ones) for t in range(r)]
-    else:
-        raise ValueError(f"unknown form '{form}' (choose from {', '.join(FORMS)})")
-    return dw, pw
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -200,6 +111,7 @@ class _Candidate:
     factors: Factors
     change: LayerChange
     weight_key: str
+    weight: np.ndarray
 
     @property
     def unit_pos(self) -> int:
@@ -220,26 +132,11 @@ class _Candidate:
 def _check(
     node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int | None, ...]], node_filter: NodeFilter | None
 ) -> tuple[str | None, ConvSpec | None, np.ndarray | None]:
-    """(skip reason or None, spec when known, weight when usable) for one conv-family node."""
-    w_t = node.inputs[1] if len(node.inputs) > 1 and node.op == "Conv" and node.inputs[1].name else None
-    weight = constant_array(w_t) if w_t is not None and not weight_origin(w_t) else None
-    spec = node_conv_spec(node, qualified, shapes, weight)
-    if node.op == "ConvTranspose":
-        return "ConvTranspose is not a target of this pass", spec, None
-    if node.op in ("ConvInteger", "QLinearConv"):
-        return f"quantized conv ({node.op}) is not rewritten", spec, None
-    if node_filter is not None:
-        why = node_filter.reason(qualified)
-        if why:
-            return why, spec, None
-    if w_t is None:
-        return "no weight input", spec, None
-    if weight_origin(w_t):
-        return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
-    if weight is None:
-        return "weight is computed at run time, not a constant", spec, None
-    if weight.dtype.type not in _FLOAT_TYPES:
-        return f"weight type {weight.dtype} is not float16/32/64", spec, None
+    """(skip reason or None, spec when known, weight when usable) for one conv-family node: the checks of
+    :func:`~onnxconv.passes.common.base_check`, then depthwise convs and 1x1 kernels (nothing to separate)."""
+    reason, spec, weight = base_check(node, qualified, shapes, node_filter)
+    if reason is not None:
+        return reason, spec, None
     assert spec is not None  # the weight's shape is known, so the spec is
     if spec.kind == "depthwise":
         return "already depthwise (group = C_in)", spec, None
@@ -409,8 +306,24 @@ def _collect(
                 continue
             assert spec is not None and weight is not None  # _check returns both when there is no reason
             factors = factor_weight(weight, spec.group)
-            candidates.append(_Candidate(g, node, spec, weight.dtype, factors, change, node.inputs[1].name))
+            candidates.append(_Candidate(g, node, spec, weight.dtype, factors, change, node.inputs[1].name, weight))
     return layers, candidates
+
+
+def _inexact(c: _Candidate) -> str | None:
+    """Why ``c``'s exact-rank factors, stored in its dtype, do not reproduce its weight (None when they do).
+
+    ``--exact`` promises a lossless rewrite; the SVD runs in float64, but the factors are stored in the weight's
+    dtype, and a weight with outliers far above its other values loses those in the factoring. Checked per
+    layer against :func:`~onnxconv.passes.ranks.exact_tolerance`, so such a layer stays as it was.
+    """
+    tol = exact_tolerance(c.dtype, c.factors.max_rank)
+    err = reconstruction_error(c.factors, c.weight)
+    if err <= tol:
+        return None
+    shown = "overflows" if math.isnan(err) else f"differs by relative error {err:.2e} > {tol:.2e}"
+    return (f"not exactly factorable in {c.dtype}: the rebuilt weight {shown} in some output channel "
+            "(values of very different scales?)")
 
 
 def _choose_ranks(policy: RankPolicy, cands: Sequence[_Candidate], layers: Sequence[LayerChange]) -> list[int]:
@@ -474,6 +387,8 @@ def separate(
     shapes, notes = tensor_shapes(model, input_shapes, batch)
     graph = gs.import_onnx(model)
     layers, cands = _collect(graph, shapes, node_filter)
+    for change in layers:
+        change.pass_name = "separable"
     layers.extend(function_rows(model))
     forced = force or policy.kind == "exact"
     if not forced:
@@ -491,14 +406,20 @@ def separate(
             ch.reason = ("no rank saves MACs" if c.unit_pos >= c.conv_pos
                          else "left as it is: the budget is met without it")
             continue
+        if policy.kind == "exact":
+            why = _inexact(c)
+            if why:
+                ch.reason = why
+                continue
         ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
                       "energy": float(kept[r])}
+        ch.rank = r
         saves = r * c.unit_pos < c.conv_pos
         if not saves and not forced:
             ch.reason = (f"rank {r} saves no MACs ({r} x (K + C_out/g) = {r * c.unit_pos // c.spec.c_in} "
                          f">= C_out/g x K = {c.conv_pos // c.spec.c_in} per input channel); use --force")
             continue
-        ch.details["form"] = emitter.emit(c, r, form)
+        ch.form = ch.details["form"] = emitter.emit(c, r, form)
         if not saves:
             ch.details["forced"] = True
         ch.rewritten = True
