@@ -36,6 +36,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph import attrs_of, node_label
+from ..passes.common import LayerChange
 from ..passes.separable import Factors, factor_weight, separable_weights
 from .normal import RIDGES
 
@@ -105,15 +106,15 @@ def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     return None
 
 
-def find_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, layer: str, details: Mapping[str, object],
+def find_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange,
                    pointwise: Sequence[onnx.NodeProto]) -> Depthwise | str:
-    """The depthwise stage of separable layer ``layer`` in ``model``, or why its kernels are left as they are.
+    """The depthwise stage of the separable layer ``change`` in ``model``, or why its kernels are left as they are.
 
     ``pointwise`` are the convs of the layer's linear stage. The stage must still hold the weight-only factors
     of the original weight (a later pass that reordered its channels, or a hand edit, leaves it alone).
     """
-    rank, form = details.get("rank"), details.get("form")
-    if not isinstance(rank, int) or not isinstance(form, str):
+    layer, rank, form = change.name, change.rank, change.form
+    if rank is None or form is None:
         return "not a separable layer"
     old = next((n for n in original.graph.node if n.op_type == "Conv" and node_label(n) == layer), None)
     if old is None or len(old.input) < 2:

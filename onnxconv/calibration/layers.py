@@ -67,7 +67,7 @@ class LayerFit:
 
 def is_grouped(change: LayerChange) -> bool:
     """Whether the shuffle pass rewrote this layer (its grouping is recorded), else the separable pass did."""
-    return "in_groups" in change.details
+    return change.in_groups is not None
 
 
 def plan_layer(original: onnx.ModelProto, model: onnx.ModelProto, change: LayerChange, index: int) -> LayerFit | str:
@@ -107,7 +107,7 @@ def plan_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, change: La
     """Attach the layer's depthwise stage to ``plan`` for the data-aware kernels, or note why not."""
     if is_grouped(change):
         return
-    found = dwfit.find_depthwise(original, model, change.name, change.details, [t.node for t in plan.stage.terms])
+    found = dwfit.find_depthwise(original, model, change, [t.node for t in plan.stage.terms])
     if isinstance(found, str):
         plan.dw_note = found
     elif found.unknowns > dwfit.MAX_UNKNOWNS:  # read at call time: the limit can be lowered (tests do)

@@ -270,7 +270,7 @@ def masked_reference(model: onnx.ModelProto, result: PassResult) -> onnx.ModelPr
     The rewrite computes exactly this function, up to float rounding: it separates the approximation (the dropped
     weights) from the reordering machinery, which must be exact.
     """
-    done = {c.name: c for c in result.rewritten if "in_groups" in c.details}
+    done = {c.name: c for c in result.rewritten if c.in_groups is not None and c.out_groups is not None}
     graph = gs.import_onnx(model)
     names = NamePool(model)
     for path, g in graphs_with_paths(graph):
@@ -280,7 +280,7 @@ def masked_reference(model: onnx.ModelProto, result: PassResult) -> onnx.ModelPr
                 continue
             w = constant_array(node.inputs[1])
             assert w is not None
-            keep = np.array(change.details["out_groups"])[:, None] == np.array(change.details["in_groups"])[None, :]
+            keep = np.array(change.out_groups)[:, None] == np.array(change.in_groups)[None, :]
             masked = w * keep.reshape(keep.shape + (1,) * (w.ndim - 2)).astype(w.dtype)
             node.inputs[1] = gs.Constant(names.new(f"{node.inputs[1].name}_masked"), masked)
     return finish_model(model, graph)

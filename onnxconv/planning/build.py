@@ -81,16 +81,17 @@ def _in_base_channels(change: LayerChange, seen: onnx.ModelProto, base: onnx.Mod
     interchangeable for masking only when they are zero, which is the case that occurs (dead channels);
     otherwise the groups are left as they are and the refit reports the layer as unmatched."""
     w_seen, w_base = (_weight_of(m, change.name) for m in (seen, base))
-    if w_seen is None or w_base is None or w_seen.shape != w_base.shape or "in_groups" not in change.details:
+    if w_seen is None or w_base is None or w_seen.shape != w_base.shape or change.in_groups is None or change.out_groups is None:
         return change
     out = replace(change, details=dict(change.details))
-    for axis, key in ((1, "in_groups"), (0, "out_groups")):
+    for axis, key, groups in ((1, "in_groups", change.in_groups), (0, "out_groups", change.out_groups)):
         perm = _axis_permutation(w_seen, w_base, axis)
         if perm is None:
             return change
         labels = np.empty(len(perm), dtype=np.int64)
-        labels[perm] = np.asarray(change.details[key])  # seen channel j is base channel perm[j]
-        out.details[key] = labels.tolist()
+        labels[perm] = np.asarray(groups)  # seen channel j is base channel perm[j]
+        out.details[key] = labels.tolist()  # the report's JSON view, kept in step with the typed field
+        setattr(out, key, tuple(int(v) for v in labels))
     return out
 
 

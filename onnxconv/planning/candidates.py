@@ -113,7 +113,7 @@ def find_candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequen
                 ok = c.rewritten and c.name in nodes
                 add(c, [("groups", g)] if ok else [], "inside a subgraph: not planned")
                 if ok:
-                    out_g, in_g = np.asarray(c.details["out_groups"]), np.asarray(c.details["in_groups"])
+                    out_g, in_g = np.asarray(c.out_groups), np.asarray(c.in_groups)
                     found[c.name].masks[g] = out_g[:, None] == in_g[None, :]
                     found[c.name].assign[g] = (out_g, in_g)
     return [found[n] for n in order if n in found], {n: skipped[n] for n in order if n in skipped}
