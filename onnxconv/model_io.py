@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,9 +28,12 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .counting import prod
-from .errors import ModelLoadError, OnnxConvError
+from .errors import ModelLoadError, OnnxConvError, OptionError
 
-__all__ = ["load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "KEEP_VALUES_BELOW"]
+__all__ = [
+    "load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "check_output_path",
+    "KEEP_VALUES_BELOW",
+]
 
 #: Initializers with at most this many elements keep their values for shape inference (shape tensors, axes).
 KEEP_VALUES_BELOW = 1024
@@ -229,6 +235,70 @@ def shape_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+#: Why an output may not be the input file.
+INPUT_CLASH = "refusing to overwrite the input model (choose another file)"
+
+
+def check_output_path(path: str | os.PathLike[str], option: str, *,
+                      not_same_as: Sequence[tuple[str | os.PathLike[str], str]] = ()) -> Path:
+    """Refuse an output path that is not a regular file or a new name in an existing folder.
+
+    A write replaces the name by rename, so a symlink, ``/dev/null``, a FIFO or a folder at ``path`` would be
+    silently replaced by a regular file (or the write would fail halfway): they are refused before any work.
+    ``not_same_as`` lists (path, message) pairs: files the output must not be, compared by identity (the same
+    inode, or the same resolved path for names that do not exist yet), never by spelling.
+
+    Raises:
+        OptionError: naming ``option`` and the problem.
+    """
+    dest = Path(path)
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # ENAMETOOLONG, ENOTDIR, EACCES, ELOOP
+        raise OptionError(f"{option} {dest}: {_reason(e)}") from e
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "not a regular file")
+        raise OptionError(f"{option} {dest}: is {kind}; give a regular file name")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise OptionError(f"{option} {dest}: folder '{folder}' does not exist")
+    for other, message in not_same_as:
+        if _same_path(dest, Path(other)):
+            raise OptionError(f"{option} {dest}: {message}")
+    return dest
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two names denote the same file: the same inode when both exist, else the same resolved path."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):
+        return False
+
+
+def _reason(e: OSError) -> str:
+    """An OSError's reason without the path (the caller names the path the user gave)."""
+    if e.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return e.strerror.lower() if e.strerror else str(e)
+
+
+def _write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` (one place, so that tests can simulate a full disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -239,27 +309,24 @@ def save_model(
 ) -> Path:
     """Write ``model`` to ``path`` atomically.
 
+    Everything is written to temporary names in the target folder and renamed into place, so an interrupted or
+    failed write (full disk, signal) leaves the previous file, if any, untouched and no temporary file behind.
+
     Args:
         model: the model to write (weights loaded in memory).
-        path: destination.
+        path: destination: a regular file or a new name in an existing folder (see :func:`check_output_path`).
         source: the input file; writing over it is refused unless ``overwrite_source``.
         overwrite_source: allow ``path`` to be ``source``.
         external_data: store weights in ``<name>.data`` beside the model; default: when the model is over 1.8 GB
             (protobuf's 2 GB limit) or when ``source`` stored its weights externally.
 
     Raises:
-        OnnxConvError: the destination is the source, or its folder is missing or not writable.
+        OnnxConvError: the destination is the source or not a regular file, its folder is missing, or the write
+            failed (the reason in one line; nothing is left behind).
     """
     dest = Path(path)
-    if source is not None and not overwrite_source and dest.exists():
-        try:
-            if dest.resolve() == Path(source).resolve() or os.path.samefile(dest, source):
-                raise OnnxConvError(f"{dest}: refusing to overwrite the input model (choose another -o)")
-        except FileNotFoundError:
-            pass
+    check_output_path(dest, "-o", not_same_as=[] if source is None or overwrite_source else [(source, INPUT_CLASH)])
     folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise OnnxConvError(f"{dest}: folder '{folder}' does not exist")
     if external_data is None:
         external_data = model.ByteSize() > 1_800_000_000 if _small_enough_to_size(model) else True
         if source is not None:
@@ -267,44 +334,54 @@ def save_model(
                 external_data = external_data or bool(external_data_files(load_model(source)))
             except OnnxConvError:
                 pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp_data = None
     try:
         if external_data:
-            data_name = dest.name + ".data"
-            # A fresh, empty temporary file: onnx appends to an existing data file, so a leftover from an
-            # interrupted run (or a concurrent save) must never be reused.
-            fd, tmp_data_str = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+            _save_external(model, dest, folder)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=folder)
             os.close(fd)
-            tmp_data = Path(tmp_data_str)
-            # Serialise with the final data name, but into a temporary folder-local copy first.
-            work = onnx.ModelProto()
-            work.CopyFrom(model)
-            onnx.save_model(
-                work, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                location=tmp_data.name, size_threshold=1024,
-            )
-            # Re-point the tensors at the final data file name and rewrite the small graph file.
-            small = onnx.load(tmp, load_external_data=False)
-            for t in _model_tensors(small):
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            onnx.save_model(small, tmp)
+            try:
+                _write_bytes(tmp, model.SerializeToString())
+                _plain_permissions(Path(tmp))
+                os.replace(tmp, dest)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+    except OSError as e:
+        raise OnnxConvError(f"-o {dest}: cannot write ({_reason(e)}); nothing was written") from e
+    return dest
+
+
+def _save_external(model: onnx.ModelProto, dest: Path, folder: Path) -> None:
+    """Write ``dest`` and ``<dest name>.data`` through a fresh private folder beside them.
+
+    onnx refuses to append to (or writes after the end of) an existing data file, and resolves the data location
+    against the model file's folder: saving both under their final names inside a new temporary folder in the
+    target folder avoids both traps, and the two renames stay on one file system.
+    """
+    data_name = dest.name + ".data"
+    work_dir = tempfile.mkdtemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=folder)
+    try:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        tmp_model = os.path.join(work_dir, dest.name)
+        onnx.save_model(work, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        tmp_data = Path(work_dir, data_name)
+        _plain_permissions(Path(tmp_model))
+        if tmp_data.exists():
             _plain_permissions(tmp_data)
             os.replace(tmp_data, folder / data_name)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
-        _plain_permissions(Path(tmp))
-        os.replace(tmp, dest)
-    except BaseException:
-        for t in (tmp, tmp_data):
-            if t is not None and os.path.exists(t):
-                os.unlink(t)
-        raise
-    return dest
+        os.replace(tmp_model, dest)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _plain_permissions(path: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
-from ..model_io import external_data_files, load_model, save_model
+from ..model_io import INPUT_CLASH, check_output_path, external_data_files, load_model, save_model
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..stats import format_count, parse_input_shape
@@ -173,15 +173,17 @@ def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float
 def _write_json_tmp(path: Path, data: Mapping[str, Any]) -> Path:
     """``data`` as JSON in a temporary file beside ``path`` (the caller renames it into place)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=_json_default)
             f.write("\n")
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
         raise
     return Path(tmp)
 
@@ -219,7 +221,7 @@ def _json_default(v: Any) -> Any:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Set a graph input's shape (for MACs, --budget and --verify with symbolic dims).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
               help="Also write the per-layer report (and verification) as JSON.")
 @click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs.")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
@@ -282,11 +284,13 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     policy = _policy(values) if mode == "separable" and target_speedup is None else None
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     node_filter = NodeFilter(include, exclude)
-    if Path(output).is_dir():
-        raise OptionError(f"-o {output}: is a folder; give a file name")
-    report_file = Path(report_path) if report_path else None
-    if report_file is not None and not report_file.parent.is_dir():
-        raise OptionError(f"--report {report_file}: folder '{report_file.parent}' does not exist")
+    # Checked before any work: a rename would replace a symlink or device by a regular file, and the report must
+    # land neither on the input nor on the model it describes (compared by identity, not by spelling).
+    check_output_path(output, "-o", not_same_as=[] if overwrite else [(model, INPUT_CLASH)])
+    report_file = None
+    if report_path:
+        report_file = check_output_path(report_path, "--report", not_same_as=[
+            (model, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
     verify = verify or inputs is not None
 
     m = load_model(model)
