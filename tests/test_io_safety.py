@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -189,4 +191,78 @@ def test_full_disk_is_one_error_line_and_leaves_nothing(model_path: Path, tmp_pa
     res = run(str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2", "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 1
     assert "no space left" in one_error_line(res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Signals: a subprocess signals itself at a chosen point (deterministic, unlike a timer), through an import hook
+# or a patched writer, then runs the CLI exactly as `python -m onnxconv` does.
+
+_PRELUDE = """
+import importlib.abc, os, runpy, signal, sys, time
+sys.path.insert(0, {root!r})
+sys.argv = ["onnxconv"] + {argv!r}
+"""
+
+_ON_IMPORT = """
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        return None
+sys.meta_path.insert(0, Hook())
+"""
+
+_ON_WRITE = """
+import onnx
+import onnxconv.model_io as model_io
+def slow_write(*args, **kwargs):
+    with open(args[0] if isinstance(args[0], str) else args[1], "ab") as f:
+        f.write(b"partial")
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(30)
+    raise AssertionError("the signal did not stop the write")
+if {external!r}:
+    onnx.save_model = slow_write
+else:
+    model_io._write_bytes = slow_write
+"""
+
+_RUN = """
+runpy.run_module("onnxconv", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("module", ["click", "onnx", "onnxconv.passes.separable"])
+def test_ctrl_c_during_start_up_imports_exits_130_without_traceback(model_path: Path, tmp_path: Path,
+                                                                   module: str) -> None:
+    argv = ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2"]
+    proc = run_python(_PRELUDE.format(root=ROOT, argv=argv) + _ON_IMPORT.format(module=module) + _RUN, tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "Aborted!" in proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("external", [False, True])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_while_writing_leaves_no_temp_files(model_path: Path, tmp_path: Path, sig: str,
+                                                   external: bool) -> None:
+    if external:
+        save_external(two_conv_model(), model_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2",
+            "--report", str(tmp_path / "r.json")]
+    code = _PRELUDE.format(root=ROOT, argv=argv) + _ON_WRITE.format(signal=sig, external=external) + _RUN
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == (143 if sig == "SIGTERM" else 130), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
