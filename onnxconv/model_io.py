@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 import shutil
@@ -32,6 +33,7 @@ from .errors import ModelLoadError, OnnxConvError, OptionError
 
 __all__ = [
     "load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "check_output_path",
+    "check_weights",
     "KEEP_VALUES_BELOW",
 ]
 
@@ -83,8 +85,10 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
     if not model.opset_import and model.ir_version >= 3:
         # opset_import follows the graph in the file: a file cut right after the graph parses but lacks it.
         raise ModelLoadError(f"{p}: declares IR version {model.ir_version} but no opset (truncated file?)")
+    _check_graph(p, model)
     base = p.parent
     for loc in external_data_files(model):
+        _check_location(p, loc)
         if not (base / loc).is_file():
             raise ModelLoadError(f"{p}: external data file '{loc}' is missing (looked in {base})")
     if load_weights and external_data_files(model):
@@ -93,6 +97,115 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{p}: cannot read external data ({e})") from e
     return model
+
+
+def _check_location(p: Path, loc: str) -> None:
+    """Refuse an external-data location that leaves the model's folder (``../x``, ``/etc/x``, a symlink out):
+    a model file is untrusted input, and reading (or writing beside) arbitrary files on its say-so is not ours
+    to do. onnx's own loader refuses these too, but with a traceback-worthy ValidationError and only later."""
+    base = os.path.realpath(p.parent)
+    target = os.path.realpath(os.path.join(base, loc))
+    if os.path.isabs(loc) or "\0" in loc or os.path.commonpath([base, target]) != base:
+        raise ModelLoadError(f"{p}: external data location {loc!r} points outside the model's folder; "
+                             "refusing to read it")
+
+
+def _check_graph(p: Path, model: onnx.ModelProto) -> None:
+    """Refuse names that are not UTF-8 text and graphs with a cycle, in the main graph, subgraphs and functions.
+
+    protobuf hands back ``bytes`` instead of ``str`` for a string field that is not valid UTF-8, which fails
+    far from here (formatting a table); a cycle makes every later pass see an order that does not exist.
+    """
+    from .graph import cyclic_nodes, subgraphs_of
+
+    def names(graph: onnx.GraphProto) -> Iterator[object]:
+        yield graph.name
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            yield vi.name
+        for t in graph.initializer:
+            yield t.name
+
+    def nodes_text(nodes: Sequence[onnx.NodeProto]) -> Iterator[object]:
+        for n in nodes:
+            yield n.name
+            yield n.op_type
+            yield n.domain
+            yield from n.input
+            yield from n.output
+
+    def check(graph_nodes: Sequence[onnx.NodeProto], texts: Iterator[object], where: str) -> None:
+        for text in texts:
+            if isinstance(text, bytes):
+                raise ModelLoadError(f"{p}: a name in {where} is not valid UTF-8 text ({ascii(text)[1:]})")
+        cyclic = cyclic_nodes(graph_nodes)
+        if cyclic:
+            label = cyclic[0].name or next((o for o in cyclic[0].output if o), cyclic[0].op_type)
+            raise ModelLoadError(f"{p}: {where} has a cycle (through node '{label}'); not a valid ONNX model")
+        for n in graph_nodes:
+            for attr, sub in subgraphs_of(n):
+                check(sub.node, itertools.chain(names(sub), nodes_text(sub.node)), f"the {attr} body of a node")
+
+    check(model.graph.node, itertools.chain(names(model.graph), nodes_text(model.graph.node)), "the graph")
+    for f in model.functions:
+        check(f.node, itertools.chain([f.name, f.domain], f.input, f.output, nodes_text(f.node)),
+              "a model-local function")
+
+
+#: Which typed field holds a tensor's values when raw_data is empty, and how many field entries per element.
+_TYPED_FIELD = {
+    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 2),
+    onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 2),
+    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
+    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
+}
+#: Types packed two elements to a byte (or int32 entry): their sizes are not checked here.
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+           if hasattr(onnx.TensorProto, n)}
+_CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
+
+
+def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Refuse tensors whose data does not match their dims, and conv weights of a non-numeric type.
+
+    ``raw_data`` must hold ``prod(dims) * itemsize`` bytes, a typed field ``prod(dims)`` values (two per complex
+    element); anything else makes numpy fail deep inside a rewrite (``cannot reshape array of size ...``).
+    Only what is in memory is checked: call it after external data is loaded.
+
+    Raises:
+        ModelLoadError: naming the tensor, its dims and what its data holds.
+    """
+    for t in _model_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED or not t.data_type:
+            continue
+        n = prod(t.dims)
+        if t.HasField("raw_data"):
+            if t.data_type == onnx.TensorProto.STRING:
+                raise ModelLoadError(f"{path}: tensor '{t.name}' stores strings as raw_data; not a valid ONNX model")
+            got, want, unit = len(t.raw_data), n * _elem_size(t.data_type), "bytes"
+        else:
+            field, per = _TYPED_FIELD.get(t.data_type, ("int32_data", 1))
+            got, want, unit = len(getattr(t, field)), n * per, f"{field} values"
+        if got != want:
+            raise ModelLoadError(f"{path}: tensor '{t.name}' of shape {list(t.dims)} holds {got} {unit}, "
+                                 f"expected {want}; not a valid ONNX model")
+
+    def check_convs(graph: onnx.GraphProto) -> None:
+        strings = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.STRING}
+        for node in graph.node:
+            if node.op_type in _CONV_OPS and node.domain in ("", "ai.onnx"):
+                w = node.input[3] if node.op_type == "QLinearConv" and len(node.input) > 3 else (
+                    node.input[1] if len(node.input) > 1 else "")
+                if w in strings:
+                    raise ModelLoadError(f"{path}: node '{node.name or node.output[0]}' ({node.op_type}) has a "
+                                         f"string-typed weight '{w}'; not a valid ONNX model")
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    check_convs(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        check_convs(g)
+
+    check_convs(model.graph)
 
 
 #: doc_string marking a tensor that shape_model replaced by a ConstantOfShape: "<marker><original kind>".

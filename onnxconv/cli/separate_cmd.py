@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
-from ..model_io import INPUT_CLASH, check_output_path, external_data_files, load_model, save_model
+from ..model_io import (INPUT_CLASH, check_output_path, check_weights, external_data_files, load_model,
+                        save_model)
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..stats import format_count, parse_input_shape
@@ -305,6 +306,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     external = bool(external_data_files(m))
     if external:
         m = load_model(model, load_weights=True)
+    check_weights(m, model)
     if target_speedup is not None:
         from ..plan import plan_from_file
 
