@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -33,7 +33,7 @@ from .errors import ModelLoadError, OnnxConvError, OptionError
 
 __all__ = [
     "load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "check_output_path",
-    "check_weights",
+    "check_weights", "fix_input_shapes",
     "KEEP_VALUES_BELOW",
 ]
 
@@ -206,6 +206,37 @@ def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
                         check_convs(g)
 
     check_convs(model.graph)
+
+
+def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None) -> None:
+    """Write ``--input-shape`` and ``--batch`` into ``model``'s graph inputs, in place (``--fix-input-shape``).
+
+    Quantization and compilation tools want static shapes. Inputs get exactly what counting used
+    (:func:`onnxconv.shapes.apply_input_shapes`: a symbolic batch becomes ``batch`` or 1). A symbolic dim names
+    one value across the graph, so every other value_info and output dim with the same ``dim_param`` gets the
+    same value, keeping the stated shapes consistent for shape inference.
+
+    Raises:
+        OptionError: unknown input, wrong rank, a fixed dim contradicted, or one dim name given two values.
+    """
+    from .shapes import apply_input_shapes
+
+    graph = model.graph
+    weights = frozenset(t.name for t in graph.initializer)
+    before = {vi.name: [d.dim_param if d.HasField("dim_param") else None for d in vi.type.tensor_type.shape.dim]
+              for vi in graph.input}
+    apply_input_shapes(model, input_shapes, batch, [], weights)
+    values: dict[str, int] = {}
+    for vi in graph.input:
+        for param, dim in zip(before.get(vi.name, []), vi.type.tensor_type.shape.dim):
+            if param and dim.HasField("dim_value"):
+                if values.setdefault(param, dim.dim_value) != dim.dim_value:
+                    raise OptionError(f"--fix-input-shape: dim '{param}' is given both {values[param]} and "
+                                      f"{dim.dim_value} on different inputs")
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in values:
+                dim.dim_value = values[dim.dim_param]
 
 
 #: doc_string marking a tensor that shape_model replaced by a ConstantOfShape: "<marker><original kind>".

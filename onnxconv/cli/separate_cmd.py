@@ -20,13 +20,16 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
-from ..model_io import (INPUT_CLASH, check_output_path, check_weights, external_data_files, load_model,
-                        save_model)
+from ..model_io import (INPUT_CLASH, check_output_path, check_weights, external_data_files, fix_input_shapes,
+                        load_model, save_model)
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..stats import format_count, parse_input_shape
 
-__all__ = ["separate", "format_details", "render_result", "exact_failures", "EXACT_TOLERANCE"]
+__all__ = ["separate", "format_details", "render_result", "exact_failures", "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
+
+#: Exit status of --fail-if-unchanged when no conv was rewritten (errors exit 1, bench thresholds 3).
+UNCHANGED_EXIT = 4
 
 #: ``--exact --verify`` fails (and writes nothing) above this relative output error in float32.
 EXACT_TOLERANCE = 1e-5
@@ -109,10 +112,16 @@ def render_result(result: PassResult) -> str:
     return "\n".join(out)
 
 
+def _given(value: Any) -> bool:
+    """Whether an option was given: 0 and 0.0 are values (``--max-error 0``), only None and an unset flag are not
+    (``0.0 in (None, False)`` is true in Python, which once made ``--max-error 0`` count as absent)."""
+    return value is not None and value is not False
+
+
 def _policy(values: Mapping[str, Any]):  # type: ignore[no-untyped-def]
     from ..passes.ranks import RankPolicy
 
-    chosen = [k for k in _RANK_OPTIONS if values[k] not in (None, False)]
+    chosen = [k for k in _RANK_OPTIONS if _given(values[k])]
     if len(chosen) > 1:
         raise OptionError("choose one of --rank, --energy, --exact, --max-error, --budget (got "
                           + ", ".join("--" + c.replace("_", "-") for c in chosen) + ")")
@@ -208,10 +217,13 @@ def _json_default(v: Any) -> Any:
 @click.option("--min-energy", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="--mode shuffle: leave convs whose grouping keeps less of the weight's squared norm.")
 @click.option("--rank", type=click.IntRange(min=1), default=None, help="Same rank R in every layer.")
-@click.option("--energy", type=float, default=None, help="Smallest rank keeping a fraction E of squared singular values.")
+@click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Smallest rank keeping a fraction E (0 < E <= 1) of squared singular values.")
 @click.option("--exact", is_flag=True, help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force).")
-@click.option("--max-error", type=float, default=None, help="Smallest rank whose relative weight error is at most F.")
-@click.option("--budget", type=float, default=None, help="Whole model at most F times the original conv MACs.")
+@click.option("--max-error", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Smallest rank whose relative weight error is at most F (0 <= F < 1).")
+@click.option("--budget", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Whole model at most F (0 < F <= 1) times the original conv MACs.")
 @click.option("--form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
               help="Graph form of the separable stage (all compute the same).")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable).")
@@ -222,6 +234,11 @@ def _json_default(v: Any) -> Any:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Set a graph input's shape (for MACs, --budget and --verify with symbolic dims).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
+@click.option("--fix-input-shape", is_flag=True,
+              help="Also write the --input-shape / --batch values into the output model's graph inputs (static "
+                   "shapes for quantization tools; a symbolic batch becomes --batch or 1).")
+@click.option("--fail-if-unchanged", is_flag=True,
+              help=f"Exit with status {UNCHANGED_EXIT} and write nothing when no conv was rewritten (errors exit 1).")
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
               help="Also write the per-layer report (and verification) as JSON.")
 @click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs.")
@@ -238,7 +255,7 @@ def _json_default(v: Any) -> Any:
 @click.option("--provider", default="cpu", show_default=True,
               help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, cuda "
                    "or tensorrt.")
-@click.option("--target-speedup", type=float, default=None, metavar="S",
+@click.option("--target-speedup", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
               help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on --provider "
                    "and errors on --calibration, to reach S times faster with the least error; verified end to end.")
 def separate(model: str, output: str, mode: str, groups: int | None, rank: int | None, energy: float | None,
@@ -246,7 +263,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
              exclude: tuple[str, ...], force: bool, min_channels: int, input_shapes: tuple[str, ...], batch: int | None,
              report_path: str | None, verify: bool, inputs: str | None, overwrite: bool, calibration: str | None,
              provider: str, target_speedup: float | None, mixing: str = "energy", min_energy: float = 0.0,
-             kernel_refit: bool = True) -> None:
+             kernel_refit: bool = True, fix_input_shape: bool = False, fail_if_unchanged: bool = False) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
     Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
@@ -265,7 +282,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
     """
     values = {"rank": rank, "energy": energy, "exact": exact, "max_error": max_error, "budget": budget}
     if mode == "shuffle":
-        given = [k for k, v in values.items() if v not in (None, False)]
+        given = [k for k, v in values.items() if _given(v)]
         if given:
             raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode separable, not shuffle")
         if groups is None and target_speedup is None:
@@ -276,11 +293,13 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
     elif mixing != "energy" or min_energy:
         raise OptionError(f"--{'mixing' if mixing != 'energy' else 'min-energy'} applies to --mode shuffle")
+    if fix_input_shape and not input_shapes and batch is None:
+        raise OptionError("--fix-input-shape needs --input-shape NAME=DIMS or --batch N (the values to write)")
     if not kernel_refit and calibration is None:
         raise OptionError("--no-kernel-refit applies to --calibration")
     if target_speedup is not None and calibration is None:
         raise OptionError("--target-speedup needs --calibration (the errors are measured on it)")
-    if target_speedup is not None and any(v not in (None, False) for v in values.values()):
+    if target_speedup is not None and any(_given(v) for v in values.values()):
         raise OptionError("--target-speedup chooses the ranks itself: drop --rank/--energy/--exact/--max-error/--budget")
     policy = _policy(values) if mode == "separable" and target_speedup is None else None
     shapes = dict(parse_input_shape(s) for s in input_shapes)
@@ -328,6 +347,12 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
 
         result = refit_from_file(m, result, calibration, provider=provider, depthwise=kernel_refit)
     del m
+    if fail_if_unchanged and not result.rewritten:
+        click.echo(render_result(result))
+        click.echo(f"no conv was rewritten (--fail-if-unchanged): nothing written to {output}", err=True)
+        raise click.exceptions.Exit(UNCHANGED_EXIT)
+    if fix_input_shape:
+        fix_input_shapes(result.model, shapes, batch)
 
     agreements: list[Any] = []
     floors: dict[str, float] = {}
