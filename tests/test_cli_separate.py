@@ -321,3 +321,39 @@ def test_fail_if_unchanged_exits_4_and_writes_nothing(model_path: Path, tmp_path
     # Something rewritten: the flag changes nothing.
     res = run(str(model_path), "-o", str(out), "--rank", "2", "--fail-if-unchanged")
     assert res.exit_code == 0 and out.exists()
+
+
+# -- issue 11: one request object, shared option decorators -----------------------------------------------------
+
+def test_separate_request_validates_without_click(model_path: Path, tmp_path: Path) -> None:
+    from onnxconv.errors import OptionError
+    from onnxconv.requests import SeparateRequest, run_separate
+
+    out = str(tmp_path / "o.onnx")
+    for kwargs, message in [
+        ({"rank": 2, "energy": 0.9}, "choose one of --rank, --energy, --exact, --max-error, --budget (got --rank, --energy)"),
+        ({}, "say how ranks are chosen"),
+        ({"mode": "shuffle", "groups": 2, "max_error": 0.0}, "--max-error applies to --mode separable, not shuffle"),
+        ({"rank": 2, "kernel_refit": False}, "--no-kernel-refit applies to --calibration"),
+        ({"target_speedup": 2.0}, "--target-speedup needs --calibration"),
+        ({"rank": 2, "include": ("(",)}, "--include '('"),
+    ]:
+        with pytest.raises(OptionError, match=re.escape(message)):
+            SeparateRequest(str(model_path), out, **kwargs).validate()
+    outcome = run_separate(SeparateRequest(str(model_path), out, rank=2, input_shapes={"X": [2, 8, 12, 12]},
+                                           fix_input_shape=True))
+    assert [c.rewritten for c in outcome.result.layers] == [True, True] and not outcome.external
+    assert outcome.result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert not Path(out).exists()  # the library call writes nothing
+
+
+@pytest.mark.parametrize("command", ["stats", "separate", "bench"])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch", "0"], "Error: --batch must be at least 1, got 0"),
+    (["--input-shape", "X=1xAx3"], "Error: --input-shape 'X=1xAx3': dims must be whole numbers"),
+])
+def test_shape_options_mean_the_same_in_every_command(model_path: Path, tmp_path: Path, command: str,
+                                                      args: list[str], message: str) -> None:
+    extra = ["-o", str(tmp_path / "o.onnx"), "--rank", "2"] if command == "separate" else []
+    res = CliRunner().invoke(main, [command, str(model_path), *extra, *args], catch_exceptions=False)
+    assert res.exit_code == 1 and res.output.startswith(message) and res.output.count("\n") == 1, res.output

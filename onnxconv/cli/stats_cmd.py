@@ -6,16 +6,15 @@ import click
 
 from ..model_io import load_model
 from ..report import FORMATS, SORT_KEYS, render
-from ..stats import analyze, parse_input_shape
+from ..stats import analyze
+from .options import shape_options
 
 __all__ = ["stats"]
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Set the shape of a graph input (repeatable); needed for symbolic dims.")
-@click.option("--batch", type=int, default=None, help="Value for symbolic batch dims (default 1).")
+@shape_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--sort", type=click.Choice(SORT_KEYS), default="order", show_default=True,
               help="Row order: graph order, or largest first.")
@@ -24,7 +23,7 @@ __all__ = ["stats"]
               help="G of the 'if grouped with G groups' what-if column.")
 @click.option("--all-ops", is_flag=True,
               help="Also count Gemm/MatMul/RNN/GRU/LSTM, so totals compare with published figures.")
-def stats(model: str, input_shapes: tuple[str, ...], batch: int | None, fmt: str, sort: str, top: int | None,
+def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt: str, sort: str, top: int | None,
           groups: int, all_ops: bool) -> None:
     """Count params, MACs and FLOPs of every conv layer of MODEL.
 
@@ -42,7 +41,6 @@ def stats(model: str, input_shapes: tuple[str, ...], batch: int | None, fmt: str
               FLOPs 2*MACs - buffer positions hit (+ outputs with bias)
       params  weight + bias elements (not scales or zero points)
     """
-    shapes = dict(parse_input_shape(s) for s in input_shapes)
     m = load_model(model)
-    report = analyze(m, name=model, input_shapes=shapes, batch=batch, all_ops=all_ops, groups=groups)
+    report = analyze(m, name=model, input_shapes=input_shapes, batch=batch, all_ops=all_ops, groups=groups)
     click.echo(render(report, fmt, sort, top))
