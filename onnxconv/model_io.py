@@ -33,7 +33,7 @@ from .errors import ModelLoadError, OnnxConvError, OptionError
 
 __all__ = [
     "load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "check_output_path",
-    "check_weights", "fix_input_shapes",
+    "check_weights", "fix_input_shapes", "same_file",
     "KEEP_VALUES_BELOW",
 ]
 
@@ -410,12 +410,12 @@ def check_output_path(path: str | os.PathLike[str], option: str, *,
     if not folder.is_dir():
         raise OptionError(f"{option} {dest}: folder '{folder}' does not exist")
     for other, message in not_same_as:
-        if _same_path(dest, Path(other)):
+        if same_file(dest, Path(other)):
             raise OptionError(f"{option} {dest}: {message}")
     return dest
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """Whether two names denote the same file: the same inode when both exist, else the same resolved path."""
     try:
         if os.path.samefile(a, b):

@@ -15,6 +15,7 @@ and, with ``--fix-input-shape``, static graph inputs. Verification, the report a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -140,10 +141,12 @@ class SeparateRequest:
 
 @dataclass
 class SeparateOutcome:
-    """The rewrite and whether the output keeps its weights in an external data file (as the input did)."""
+    """The rewrite, whether the output keeps its weights in an external data file (as the input did), and the
+    input's external data files (paths), which no output may replace."""
 
     result: PassResult
     external: bool
+    input_data_files: list[str] = field(default_factory=list)
 
 
 def run_separate(request: SeparateRequest) -> SeparateOutcome:
@@ -167,7 +170,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
                              f"--inputs {r.inputs}")
     # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
     # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
-    external = bool(external_data_files(m))
+    data_files = [os.path.join(os.path.dirname(r.model), loc) for loc in external_data_files(m)]
+    external = bool(data_files)
     if external:
         m = load_model(r.model, load_weights=True)
     check_weights(m, r.model)
@@ -194,4 +198,4 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
-    return SeparateOutcome(result, external)
+    return SeparateOutcome(result, external, data_files)

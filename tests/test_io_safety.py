@@ -266,3 +266,31 @@ def test_signal_while_writing_leaves_no_temp_files(model_path: Path, tmp_path: P
     assert "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_outputs_never_replace_the_inputs_external_data(tmp_path: Path) -> None:
+    """The input's weights file is part of the input: neither -o, nor -o's own data file, nor --report may be it."""
+    src = tmp_path / "m.onnx"
+    save_external(two_conv_model(), src)
+    data = tmp_path / "m.onnx.data"
+    # The input's data file named o.onnx.data: -o o.onnx would write its weights over it.
+    (tmp_path / "m.onnx.data").rename(tmp_path / "o.onnx.data")
+    m = onnx.load(src, load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "o.onnx.data"
+    onnx.save(m, src)
+    data = tmp_path / "o.onnx.data"
+    before = digest(data)
+    for args, message in [
+        (["-o", str(tmp_path / "o.onnx")], "would replace the input model's"),
+        (["-o", str(data)], "input model's external data file"),
+        (["-o", str(tmp_path / "x.onnx"), "--report", str(data)], "input model's external data file"),
+        (["-o", str(tmp_path / "x.onnx"), "--report", str(tmp_path / "x.onnx.data")], "-o model's external data"),
+    ]:
+        res = run(str(src), *args, "--rank", "2")
+        assert res.exit_code == 1, (args, res.output)
+        assert message in one_error_line(res.output)
+        assert digest(data) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "o.onnx.data"]

@@ -21,8 +21,8 @@ import click
 import numpy as np
 import onnx
 
-from ..errors import OnnxConvError, RewriteError
-from ..model_io import INPUT_CLASH, check_output_path, save_model
+from ..errors import OnnxConvError, OptionError, RewriteError
+from ..model_io import INPUT_CLASH, check_output_path, same_file, save_model
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..requests import SeparateRequest, run_separate
@@ -249,6 +249,18 @@ def separate(model: str, output: str, **options: Any) -> None:
 
     outcome = run_separate(request)
     result = outcome.result
+    # The output's weights file, and the input's: none of these may be replaced by another file (the input's
+    # weights would be lost while its graph still points at them).
+    data_clash = [(f, "is the input model's external data file (choose another file)") for f in outcome.input_data_files]
+    if not request.overwrite:
+        check_output_path(output, "-o", not_same_as=data_clash)
+        for f, _ in data_clash:
+            if same_file(output + ".data", f):
+                raise OptionError(f"-o {output}: its external data file {output}.data would replace the input "
+                                  "model's (choose another file)")
+    if report_file is not None:
+        check_output_path(report_file, "--report", not_same_as=[
+            *data_clash, (output + ".data", "is the -o model's external data file (choose another file)")])
     if request.fail_if_unchanged and not result.rewritten:
         click.echo(render_result(result))
         click.echo(f"no conv was rewritten (--fail-if-unchanged): nothing written to {output}", err=True)
@@ -281,7 +293,11 @@ def separate(model: str, output: str, **options: Any) -> None:
             report_tmp.unlink(missing_ok=True)
         raise
     if report_tmp is not None:
-        os.replace(report_tmp, report_file)  # type: ignore[arg-type]
+        try:
+            os.replace(report_tmp, report_file)  # type: ignore[arg-type]
+        except OSError as e:
+            report_tmp.unlink(missing_ok=True)
+            raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e
 
     click.echo(render_result(result))
     for a in agreements:
