@@ -19,6 +19,7 @@ __all__ = [
     "outer_names",
     "node_inputs_with_implicit",
     "toposort",
+    "cyclic_nodes",
     "shape_of_value_info",
     "shapes_of_graph",
     "node_label",
@@ -73,6 +74,26 @@ def toposort(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
     Nodes on a cycle (invalid ONNX) are appended in their original order rather than dropped.
     """
     nodes = list(nodes)
+    order = _kahn(nodes)
+    if len(order) < len(nodes):
+        done = set(order)
+        order.extend(i for i in range(len(nodes)) if i not in done)
+    return [nodes[i] for i in order]
+
+
+def cyclic_nodes(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Nodes that no topological order can place: those on a cycle and those downstream of one (empty for a
+    valid graph, whose nodes form a DAG over their tensors)."""
+    nodes = list(nodes)
+    placed = set(_kahn(nodes))
+    # _kahn ignores a node reading its own output (no edge to count); it is a cycle of length one.
+    return [n for i, n in enumerate(nodes)
+            if i not in placed or {o for o in n.output if o} & set(node_inputs_with_implicit(n))]
+
+
+def _kahn(nodes: list[onnx.NodeProto]) -> list[int]:
+    """Kahn's algorithm over tensor names: indices of the nodes in a topological order, without those on or
+    after a cycle."""
     producer: dict[str, int] = {}
     for i, n in enumerate(nodes):
         for o in n.output:
@@ -96,10 +117,7 @@ def toposort(nodes: Iterable[onnx.NodeProto]) -> list[onnx.NodeProto]:
             pending[u] -= 1
             if pending[u] == 0:
                 ready.append(u)
-    if len(order) < len(nodes):
-        done = set(order)
-        order.extend(i for i in range(len(nodes)) if i not in done)
-    return [nodes[i] for i in order]
+    return order
 
 
 def shape_of_value_info(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:

@@ -15,19 +15,27 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import mmap
 import os
+import shutil
+import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from .counting import prod
-from .errors import ModelLoadError, OnnxConvError
+from .errors import ModelLoadError, OnnxConvError, OptionError
 
-__all__ = ["load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "KEEP_VALUES_BELOW"]
+__all__ = [
+    "load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "check_output_path",
+    "check_weights", "fix_input_shapes", "same_file",
+    "KEEP_VALUES_BELOW",
+]
 
 #: Initializers with at most this many elements keep their values for shape inference (shape tensors, axes).
 KEEP_VALUES_BELOW = 1024
@@ -77,8 +85,10 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
     if not model.opset_import and model.ir_version >= 3:
         # opset_import follows the graph in the file: a file cut right after the graph parses but lacks it.
         raise ModelLoadError(f"{p}: declares IR version {model.ir_version} but no opset (truncated file?)")
+    _check_graph(p, model)
     base = p.parent
     for loc in external_data_files(model):
+        _check_location(p, loc)
         if not (base / loc).is_file():
             raise ModelLoadError(f"{p}: external data file '{loc}' is missing (looked in {base})")
     if load_weights and external_data_files(model):
@@ -87,6 +97,146 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{p}: cannot read external data ({e})") from e
     return model
+
+
+def _check_location(p: Path, loc: str) -> None:
+    """Refuse an external-data location that leaves the model's folder (``../x``, ``/etc/x``, a symlink out):
+    a model file is untrusted input, and reading (or writing beside) arbitrary files on its say-so is not ours
+    to do. onnx's own loader refuses these too, but with a traceback-worthy ValidationError and only later."""
+    base = os.path.realpath(p.parent)
+    target = os.path.realpath(os.path.join(base, loc))
+    if os.path.isabs(loc) or "\0" in loc or os.path.commonpath([base, target]) != base:
+        raise ModelLoadError(f"{p}: external data location {loc!r} points outside the model's folder; "
+                             "refusing to read it")
+
+
+def _check_graph(p: Path, model: onnx.ModelProto) -> None:
+    """Refuse names that are not UTF-8 text and graphs with a cycle, in the main graph, subgraphs and functions.
+
+    protobuf hands back ``bytes`` instead of ``str`` for a string field that is not valid UTF-8, which fails
+    far from here (formatting a table); a cycle makes every later pass see an order that does not exist.
+    """
+    from .graph import cyclic_nodes, subgraphs_of
+
+    def names(graph: onnx.GraphProto) -> Iterator[object]:
+        yield graph.name
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            yield vi.name
+        for t in graph.initializer:
+            yield t.name
+
+    def nodes_text(nodes: Sequence[onnx.NodeProto]) -> Iterator[object]:
+        for n in nodes:
+            yield n.name
+            yield n.op_type
+            yield n.domain
+            yield from n.input
+            yield from n.output
+
+    def check(graph_nodes: Sequence[onnx.NodeProto], texts: Iterator[object], where: str) -> None:
+        for text in texts:
+            if isinstance(text, bytes):
+                raise ModelLoadError(f"{p}: a name in {where} is not valid UTF-8 text ({ascii(text)[1:]})")
+        cyclic = cyclic_nodes(graph_nodes)
+        if cyclic:
+            label = cyclic[0].name or next((o for o in cyclic[0].output if o), cyclic[0].op_type)
+            raise ModelLoadError(f"{p}: {where} has a cycle (through node '{label}'); not a valid ONNX model")
+        for n in graph_nodes:
+            for attr, sub in subgraphs_of(n):
+                check(sub.node, itertools.chain(names(sub), nodes_text(sub.node)), f"the {attr} body of a node")
+
+    check(model.graph.node, itertools.chain(names(model.graph), nodes_text(model.graph.node)), "the graph")
+    for f in model.functions:
+        check(f.node, itertools.chain([f.name, f.domain], f.input, f.output, nodes_text(f.node)),
+              "a model-local function")
+
+
+#: Which typed field holds a tensor's values when raw_data is empty, and how many field entries per element.
+_TYPED_FIELD = {
+    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 2),
+    onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 2),
+    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
+    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
+}
+#: Types packed two elements to a byte (or int32 entry): their sizes are not checked here.
+_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+           if hasattr(onnx.TensorProto, n)}
+_CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
+
+
+def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Refuse tensors whose data does not match their dims, and conv weights of a non-numeric type.
+
+    ``raw_data`` must hold ``prod(dims) * itemsize`` bytes, a typed field ``prod(dims)`` values (two per complex
+    element); anything else makes numpy fail deep inside a rewrite (``cannot reshape array of size ...``).
+    Only what is in memory is checked: call it after external data is loaded.
+
+    Raises:
+        ModelLoadError: naming the tensor, its dims and what its data holds.
+    """
+    for t in _model_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED or not t.data_type:
+            continue
+        n = prod(t.dims)
+        if t.HasField("raw_data"):
+            if t.data_type == onnx.TensorProto.STRING:
+                raise ModelLoadError(f"{path}: tensor '{t.name}' stores strings as raw_data; not a valid ONNX model")
+            got, want, unit = len(t.raw_data), n * _elem_size(t.data_type), "bytes"
+        else:
+            field, per = _TYPED_FIELD.get(t.data_type, ("int32_data", 1))
+            got, want, unit = len(getattr(t, field)), n * per, f"{field} values"
+        if got != want:
+            raise ModelLoadError(f"{path}: tensor '{t.name}' of shape {list(t.dims)} holds {got} {unit}, "
+                                 f"expected {want}; not a valid ONNX model")
+
+    def check_convs(graph: onnx.GraphProto) -> None:
+        strings = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.STRING}
+        for node in graph.node:
+            if node.op_type in _CONV_OPS and node.domain in ("", "ai.onnx"):
+                w = node.input[3] if node.op_type == "QLinearConv" and len(node.input) > 3 else (
+                    node.input[1] if len(node.input) > 1 else "")
+                if w in strings:
+                    raise ModelLoadError(f"{path}: node '{node.name or node.output[0]}' ({node.op_type}) has a "
+                                         f"string-typed weight '{w}'; not a valid ONNX model")
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    check_convs(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        check_convs(g)
+
+    check_convs(model.graph)
+
+
+def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None) -> None:
+    """Write ``--input-shape`` and ``--batch`` into ``model``'s graph inputs, in place (``--fix-input-shape``).
+
+    Quantization and compilation tools want static shapes. Inputs get exactly what counting used
+    (:func:`onnxconv.shapes.apply_input_shapes`: a symbolic batch becomes ``batch`` or 1). A symbolic dim names
+    one value across the graph, so every other value_info and output dim with the same ``dim_param`` gets the
+    same value, keeping the stated shapes consistent for shape inference.
+
+    Raises:
+        OptionError: unknown input, wrong rank, a fixed dim contradicted, or one dim name given two values.
+    """
+    from .shapes import apply_input_shapes
+
+    graph = model.graph
+    weights = frozenset(t.name for t in graph.initializer)
+    before = {vi.name: [d.dim_param if d.HasField("dim_param") else None for d in vi.type.tensor_type.shape.dim]
+              for vi in graph.input}
+    apply_input_shapes(model, input_shapes, batch, [], weights)
+    values: dict[str, int] = {}
+    for vi in graph.input:
+        for param, dim in zip(before.get(vi.name, []), vi.type.tensor_type.shape.dim):
+            if param and dim.HasField("dim_value"):
+                if values.setdefault(param, dim.dim_value) != dim.dim_value:
+                    raise OptionError(f"--fix-input-shape: dim '{param}' is given both {values[param]} and "
+                                      f"{dim.dim_value} on different inputs")
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in values:
+                dim.dim_value = values[dim.dim_param]
 
 
 #: doc_string marking a tensor that shape_model replaced by a ConstantOfShape: "<marker><original kind>".
@@ -229,6 +379,70 @@ def shape_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+#: Why an output may not be the input file.
+INPUT_CLASH = "refusing to overwrite the input model (choose another file)"
+
+
+def check_output_path(path: str | os.PathLike[str], option: str, *,
+                      not_same_as: Sequence[tuple[str | os.PathLike[str], str]] = ()) -> Path:
+    """Refuse an output path that is not a regular file or a new name in an existing folder.
+
+    A write replaces the name by rename, so a symlink, ``/dev/null``, a FIFO or a folder at ``path`` would be
+    silently replaced by a regular file (or the write would fail halfway): they are refused before any work.
+    ``not_same_as`` lists (path, message) pairs: files the output must not be, compared by identity (the same
+    inode, or the same resolved path for names that do not exist yet), never by spelling.
+
+    Raises:
+        OptionError: naming ``option`` and the problem.
+    """
+    dest = Path(path)
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # ENAMETOOLONG, ENOTDIR, EACCES, ELOOP
+        raise OptionError(f"{option} {dest}: {_reason(e)}") from e
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "not a regular file")
+        raise OptionError(f"{option} {dest}: is {kind}; give a regular file name")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise OptionError(f"{option} {dest}: folder '{folder}' does not exist")
+    for other, message in not_same_as:
+        if same_file(dest, Path(other)):
+            raise OptionError(f"{option} {dest}: {message}")
+    return dest
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two names denote the same file: the same inode when both exist, else the same resolved path."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):
+        return False
+
+
+def _reason(e: OSError) -> str:
+    """An OSError's reason without the path (the caller names the path the user gave)."""
+    if e.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return e.strerror.lower() if e.strerror else str(e)
+
+
+def _write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` (one place, so that tests can simulate a full disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -239,27 +453,24 @@ def save_model(
 ) -> Path:
     """Write ``model`` to ``path`` atomically.
 
+    Everything is written to temporary names in the target folder and renamed into place, so an interrupted or
+    failed write (full disk, signal) leaves the previous file, if any, untouched and no temporary file behind.
+
     Args:
         model: the model to write (weights loaded in memory).
-        path: destination.
+        path: destination: a regular file or a new name in an existing folder (see :func:`check_output_path`).
         source: the input file; writing over it is refused unless ``overwrite_source``.
         overwrite_source: allow ``path`` to be ``source``.
         external_data: store weights in ``<name>.data`` beside the model; default: when the model is over 1.8 GB
             (protobuf's 2 GB limit) or when ``source`` stored its weights externally.
 
     Raises:
-        OnnxConvError: the destination is the source, or its folder is missing or not writable.
+        OnnxConvError: the destination is the source or not a regular file, its folder is missing, or the write
+            failed (the reason in one line; nothing is left behind).
     """
     dest = Path(path)
-    if source is not None and not overwrite_source and dest.exists():
-        try:
-            if dest.resolve() == Path(source).resolve() or os.path.samefile(dest, source):
-                raise OnnxConvError(f"{dest}: refusing to overwrite the input model (choose another -o)")
-        except FileNotFoundError:
-            pass
+    check_output_path(dest, "-o", not_same_as=[] if source is None or overwrite_source else [(source, INPUT_CLASH)])
     folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise OnnxConvError(f"{dest}: folder '{folder}' does not exist")
     if external_data is None:
         external_data = model.ByteSize() > 1_800_000_000 if _small_enough_to_size(model) else True
         if source is not None:
@@ -267,44 +478,54 @@ def save_model(
                 external_data = external_data or bool(external_data_files(load_model(source)))
             except OnnxConvError:
                 pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp_data = None
     try:
         if external_data:
-            data_name = dest.name + ".data"
-            # A fresh, empty temporary file: onnx appends to an existing data file, so a leftover from an
-            # interrupted run (or a concurrent save) must never be reused.
-            fd, tmp_data_str = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+            _save_external(model, dest, folder)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=folder)
             os.close(fd)
-            tmp_data = Path(tmp_data_str)
-            # Serialise with the final data name, but into a temporary folder-local copy first.
-            work = onnx.ModelProto()
-            work.CopyFrom(model)
-            onnx.save_model(
-                work, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                location=tmp_data.name, size_threshold=1024,
-            )
-            # Re-point the tensors at the final data file name and rewrite the small graph file.
-            small = onnx.load(tmp, load_external_data=False)
-            for t in _model_tensors(small):
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            onnx.save_model(small, tmp)
+            try:
+                _write_bytes(tmp, model.SerializeToString())
+                _plain_permissions(Path(tmp))
+                os.replace(tmp, dest)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
+    except OSError as e:
+        raise OnnxConvError(f"-o {dest}: cannot write ({_reason(e)}); nothing was written") from e
+    return dest
+
+
+def _save_external(model: onnx.ModelProto, dest: Path, folder: Path) -> None:
+    """Write ``dest`` and ``<dest name>.data`` through a fresh private folder beside them.
+
+    onnx refuses to append to (or writes after the end of) an existing data file, and resolves the data location
+    against the model file's folder: saving both under their final names inside a new temporary folder in the
+    target folder avoids both traps, and the two renames stay on one file system.
+    """
+    data_name = dest.name + ".data"
+    work_dir = tempfile.mkdtemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=folder)
+    try:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        tmp_model = os.path.join(work_dir, dest.name)
+        onnx.save_model(work, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        tmp_data = Path(work_dir, data_name)
+        _plain_permissions(Path(tmp_model))
+        if tmp_data.exists():
             _plain_permissions(tmp_data)
             os.replace(tmp_data, folder / data_name)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
-        _plain_permissions(Path(tmp))
-        os.replace(tmp, dest)
-    except BaseException:
-        for t in (tmp, tmp_data):
-            if t is not None and os.path.exists(t):
-                os.unlink(t)
-        raise
-    return dest
+        os.replace(tmp_model, dest)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _plain_permissions(path: Path) -> None:

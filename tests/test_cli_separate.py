@@ -113,7 +113,7 @@ def test_include_exclude_budget(model_path: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--rank", "2", "--energy", "0.9"], "choose one of --rank"),
     ([], "say how ranks are chosen"),
-    (["--energy", "1.5"], "--energy 1.5"),
+    (["--energy", "1.5"], "'--energy': 1.5 is not in the range 0<x<=1"),
     (["--max-error", "-0.1"], "--max-error"),
     (["--rank", "2", "--groups", "2"], "--groups applies to --mode shuffle"),
     (["--mode", "shuffle"], "--mode shuffle needs --groups"),
@@ -255,3 +255,108 @@ def test_failed_save_leaves_no_report_and_folder_output_is_refused(model_path: P
     monkeypatch.undo()
     res = run(str(model_path), "-o", str(tmp_path), "--rank", "1")
     assert res.exit_code == 1 and "is a folder" in res.output
+
+
+# -- option ranges, --fix-input-shape, --fail-if-unchanged ------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--energy", "0"], "'--energy': 0.0 is not in the range 0<x<=1"),
+    (["--budget", "0"], "'--budget': 0.0 is not in the range 0<x<=1"),
+    (["--budget", "1.5"], "'--budget': 1.5 is not in the range 0<x<=1"),
+    (["--max-error", "-0.5"], "'--max-error': -0.5 is not in the range 0<=x<1"),
+    (["--target-speedup", "0", "--calibration", "c.npz"], "'--target-speedup': 0.0 is not in the range x>0"),
+])
+def test_option_ranges_name_the_range(model_path: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), *args)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_max_error_zero_is_a_value_not_a_missing_option(model_path: Path, tmp_path: Path) -> None:
+    # 0.0 in (None, False) is true in Python: --max-error 0 used to read as "no rank option given".
+    res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--max-error", "0")
+    assert res.exit_code == 0, res.output
+    assert "say how ranks" not in res.output and "rank 9 saves no MACs" in res.output  # the exact rank
+
+
+def test_fix_input_shape_writes_static_inputs(model_path: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    out = tmp_path / "o.onnx"
+    res = run(str(model_path), "-o", str(out), "--rank", "2", "--input-shape", "X=3x8x12x12", "--fix-input-shape",
+              "--verify")
+    assert res.exit_code == 0, res.output
+    m = onnx.load(out)
+    dims = [[d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+            for vi in (*m.graph.input, *m.graph.output)]
+    assert dims == [[3, 8, 12, 12], [3, 16, 12, 12]]  # the output's symbolic N is the same dim as the input's
+    onnx.checker.check_model(m, full_check=True)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [3, 8, 12, 12]
+    y = sess.run(None, {"X": np.zeros((3, 8, 12, 12), np.float32)})[0]
+    assert y.shape == (3, 16, 12, 12)
+    # Without the flag the input stays symbolic.
+    res = run(str(model_path), "-o", str(out), "--rank", "2", "--input-shape", "X=3x8x12x12")
+    assert res.exit_code == 0
+    assert onnx.load(out).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+def test_fix_input_shape_with_batch_and_without_values(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    res = run(str(model_path), "-o", str(out), "--rank", "2", "--batch", "5", "--fix-input-shape")
+    assert res.exit_code == 0, res.output
+    assert onnx.load(out).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 5
+    res = run(str(model_path), "-o", str(tmp_path / "p.onnx"), "--rank", "2", "--fix-input-shape")
+    assert res.exit_code == 1 and "--fix-input-shape needs --input-shape" in res.output
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_fail_if_unchanged_exits_4_and_writes_nothing(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    res = run(str(model_path), "-o", str(out), "--rank", "2", "--exclude", ".", "--fail-if-unchanged",
+              "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 4, res.output
+    assert "no conv was rewritten" in res.output and "skipped" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]
+    # Something rewritten: the flag changes nothing.
+    res = run(str(model_path), "-o", str(out), "--rank", "2", "--fail-if-unchanged")
+    assert res.exit_code == 0 and out.exists()
+
+
+# -- issue 11: one request object, shared option decorators -----------------------------------------------------
+
+def test_separate_request_validates_without_click(model_path: Path, tmp_path: Path) -> None:
+    from onnxconv.errors import OptionError
+    from onnxconv.requests import SeparateRequest, run_separate
+
+    out = str(tmp_path / "o.onnx")
+    for kwargs, message in [
+        ({"rank": 2, "energy": 0.9}, "choose one of --rank, --energy, --exact, --max-error, --budget (got --rank, --energy)"),
+        ({}, "say how ranks are chosen"),
+        ({"mode": "shuffle", "groups": 2, "max_error": 0.0}, "--max-error applies to --mode separable, not shuffle"),
+        ({"rank": 2, "kernel_refit": False}, "--no-kernel-refit applies to --calibration"),
+        ({"target_speedup": 2.0}, "--target-speedup needs --calibration"),
+        ({"rank": 2, "include": ("(",)}, "--include '('"),
+    ]:
+        with pytest.raises(OptionError, match=re.escape(message)):
+            SeparateRequest(str(model_path), out, **kwargs).validate()
+    outcome = run_separate(SeparateRequest(str(model_path), out, rank=2, input_shapes={"X": [2, 8, 12, 12]},
+                                           fix_input_shape=True))
+    assert [c.rewritten for c in outcome.result.layers] == [True, True] and not outcome.external
+    assert outcome.result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert not Path(out).exists()  # the library call writes nothing
+
+
+@pytest.mark.parametrize("command", ["stats", "separate", "bench"])
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch", "0"], "Error: Invalid value for '--batch': 0 is not in the range 1<=x<=9223372036854775807."),
+    (["--input-shape", "X=1xAx3"], "Error: --input-shape 'X=1xAx3': dims must be whole numbers"),
+])
+def test_shape_options_mean_the_same_in_every_command(model_path: Path, tmp_path: Path, command: str,
+                                                      args: list[str], message: str) -> None:
+    extra = ["-o", str(tmp_path / "o.onnx"), "--rank", "2"] if command == "separate" else []
+    res = CliRunner().invoke(main, [command, str(model_path), *extra, *args], catch_exceptions=False)
+    if "Invalid value" in message:  # a range: click's usage error (exit 2), the same in every command
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    else:
+        assert res.exit_code == 1 and res.output.startswith(message) and res.output.count("\n") == 1, res.output

@@ -192,3 +192,126 @@ def test_saved_files_get_plain_permissions(tmp_path: Path) -> None:
     out = save_model(model, tmp_path / "out.onnx", external_data=True)
     for p in (out, tmp_path / "out.onnx.data"):
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+# -- load-time validation: each bad model is one Error line from both commands, never a traceback ----------------
+
+def _two_conv() -> onnx.ModelProto:
+    from tests.test_cli_separate import two_conv_model
+
+    return two_conv_model()
+
+
+def _cycle() -> onnx.ModelProto:
+    # Shape-consistent, so that only the cycle is wrong: relu2 feeds relu1, which feeds relu2 and the conv.
+    m = _two_conv()
+    g = m.graph
+    g.node.insert(1, helper.make_node("Add", ["H", "L2"], ["L1"], name="add"))
+    g.node.insert(2, helper.make_node("Relu", ["L1"], ["L2"], name="loop"))
+    g.node[3].input[0] = "L2"  # relu reads the loop
+    return m
+
+
+def _self_loop() -> onnx.ModelProto:
+    m = _two_conv()
+    m.graph.node[1].input[0] = "R"  # relu reads its own output
+    return m
+
+
+def _short_raw() -> onnx.ModelProto:
+    m = _two_conv()
+    m.graph.initializer[2].raw_data = m.graph.initializer[2].raw_data[:-8]
+    return m
+
+
+def _short_floats() -> onnx.ModelProto:
+    m = _two_conv()
+    w = m.graph.initializer[2]
+    values = np.frombuffer(w.raw_data, np.float32)
+    w.ClearField("raw_data")
+    w.float_data.extend(values[:-3].tolist())
+    return m
+
+
+def _string_weight() -> onnx.ModelProto:
+    m = _two_conv()
+    w = m.graph.initializer[2]
+    dims = list(w.dims)
+    w.Clear()
+    w.name, w.data_type = "W2", TensorProto.STRING
+    w.dims.extend(dims)
+    w.string_data.extend([b"a"] * int(np.prod(dims)))
+    return m
+
+
+BAD_MODELS = {
+    "cycle": (_cycle, "cycle", True),
+    "self-loop": (_self_loop, "cycle", True),
+    "short raw_data": (_short_raw, "holds 9208 bytes, expected 9216", False),
+    "short float_data": (_short_floats, "holds 2301 float_data values, expected 2304", False),
+    "string weight": (_string_weight, "string-typed weight 'W2'", False),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODELS))
+def test_bad_models_are_one_error_line_in_stats_and_separate(tmp_path: Path, case: str) -> None:
+    from click.testing import CliRunner
+
+    from onnxconv.cli import main
+
+    build, message, stats_too = BAD_MODELS[case]
+    p = _write(tmp_path / "bad.onnx", build())
+    for args in (["stats", str(p)], ["separate", str(p), "-o", str(tmp_path / "o.onnx"), "--rank", "2"]):
+        res = CliRunner().invoke(main, args, catch_exceptions=False)
+        if args[0] == "stats" and not stats_too:
+            # stats reads shapes only: a model whose weights' bytes are broken still counts.
+            assert res.exit_code == 0, res.output
+            continue
+        assert res.exit_code == 1, (args, res.output)
+        assert res.output.startswith("Error: ") and res.output.count("\n") == 1 and message in res.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_name_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from onnxconv.cli import main
+
+    p = tmp_path / "bad.onnx"
+    data = _two_conv().SerializeToString()
+    assert data.count(b"stem") == 1
+    p.write_bytes(data.replace(b"stem", b"st\xffm"))
+    with pytest.raises(ModelLoadError, match=r"not valid UTF-8 text \('st\\xffm'\)"):
+        load_model(p)
+    for args in (["stats", str(p)], ["separate", str(p), "-o", str(tmp_path / "o.onnx"), "--rank", "2"]):
+        res = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_external_data_outside_the_model_folder_is_refused_unread(tmp_path: Path, where: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "secret.data"
+    secret.write_bytes(b"\0" * 4096)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    m = _two_conv()
+    onnx.save_model(m, sub / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.data", size_threshold=0)
+    m = onnx.load(sub / "m.onnx", load_external_data=False)
+    location = {"parent": "../secret.data", "absolute": str(secret), "symlink": "link.data"}[where]
+    if where == "symlink":
+        (sub / "link.data").symlink_to(secret)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(m, sub / "m.onnx")
+
+    def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("external data was read")
+
+    monkeypatch.setattr(onnx, "load_external_data_for_model", no_read)
+    for weights in (False, True):
+        with pytest.raises(ModelLoadError, match="outside the model's folder"):
+            load_model(sub / "m.onnx", load_weights=weights)

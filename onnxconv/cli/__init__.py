@@ -3,12 +3,21 @@
 Lazy loading keeps ``onnxconv stats`` free of onnxruntime and onnx-graphsurgeon imports, so its wall time stays
 close to the cost of parsing the model. Library errors (:class:`~onnxconv.errors.OnnxConvError`) become one
 ``Error: ...`` line and exit status 1 here, in one place; anything else is a bug and keeps its traceback.
+
+Signals end a run like a shell expects, with one line and no traceback: Ctrl-C (SIGINT) exits 130, SIGTERM 143
+(128 + the signal number). SIGTERM's default action would kill the process on the spot and leave the temporary
+files of an atomic write behind; the handler installed while a command runs raises :class:`Terminated` instead,
+so the writers' cleanup (``except BaseException``: unlink the temporary files) runs first.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import signal
+import sys
+import threading
+from types import FrameType
 from typing import Any
 
 import click
@@ -16,7 +25,22 @@ import click
 from ..errors import OnnxConvError
 from ..text import printable
 
-__all__ = ["main"]
+__all__ = ["main", "Terminated", "INTERRUPT_EXIT", "TERMINATE_EXIT"]
+
+#: Exit statuses after SIGINT and SIGTERM: 128 + the signal number, as a shell reports a process killed by it.
+INTERRUPT_EXIT = 128 + signal.SIGINT
+TERMINATE_EXIT = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup runs before the process exits.
+
+    A BaseException, like KeyboardInterrupt: ``except Exception`` handlers must not swallow it.
+    """
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
 
 # command name -> (module, attribute, short help shown by `onnxconv --help` without importing the module)
 _COMMANDS = {
@@ -62,6 +86,26 @@ class _LazyGroup(click.Group):
         except click.ClickException as e:
             # click's own messages quote what the user typed (a path, a command name): escaped the same way.
             raise _escaped(e) from None
+        except KeyboardInterrupt:
+            # click would say "Aborted!" too, but exit 1: a pipeline could not tell Ctrl-C from an error.
+            click.echo("\nAborted!", err=True)
+            raise click.exceptions.Exit(INTERRUPT_EXIT) from None
+        except Terminated:
+            click.echo("Terminated.", err=True)
+            raise click.exceptions.Exit(TERMINATE_EXIT) from None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main with SIGTERM turned into :class:`Terminated` for the duration of the command."""
+        if threading.current_thread() is not threading.main_thread():
+            return super().main(*args, **kwargs)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            return super().main(*args, **kwargs)
+        except Terminated:  # arrived outside a command (while parsing options)
+            click.echo("Terminated.", err=True)
+            sys.exit(TERMINATE_EXIT)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _escaped(e: click.ClickException) -> click.ClickException:

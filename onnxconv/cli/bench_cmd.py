@@ -11,8 +11,8 @@ import click
 from ..bench import FORMATS, MAX_THREADS, PROVIDERS, BenchConfig, check_thresholds, render, validate_thresholds
 from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS
-from ..stats import parse_input_shape
 from ..text import printable
+from .options import shape_options
 
 __all__ = ["bench", "THRESHOLD_EXIT"]
 
@@ -74,9 +74,7 @@ class _ProgressBar:
               help="Intra-op threads (default: onnxruntime's, one per core).")
 @click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all", show_default=True,
               help="onnxruntime graph optimisation level.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for a symbolic batch dim (default 1).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Shape of an input with symbolic dims (repeatable).")
+@shape_options
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Feed these arrays (.npz, one array per input name) instead of random inputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
@@ -96,7 +94,7 @@ class _ProgressBar:
               help="Exit 3 when an output's relative error against the first model exceeds E.")
 def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iters: int | None,
           duration: float | None, threads: int | None, opt_level: str, batch: int | None,
-          input_shapes: tuple[str, ...], inputs_path: str | None, seed: int, profile: bool, device_id: int,
+          input_shapes: dict[str, list[int]], inputs_path: str | None, seed: int, profile: bool, device_id: int,
           spinning: str, isolate: bool, fmt: str, progress_mode: str, fail_if_slower: float | None,
           max_error: float | None) -> None:
     """Time MODELS with onnxruntime and compare each with the first.
@@ -114,7 +112,7 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     validate_thresholds(fail_if_slower, max_error)  # before minutes of timing, not after
     cfg = BenchConfig(
         providers=providers, warmup=warmup, iters=iters, duration=duration, threads=threads, opt_level=opt_level,
-        batch=batch, input_shapes=dict(parse_input_shape(s) for s in input_shapes), inputs=inputs_path, seed=seed,
+        batch=batch, input_shapes=input_shapes, inputs=inputs_path, seed=seed,
         profile=profile, isolate=isolate, device_id=device_id, spinning={"auto": None, "on": True, "off": False}[spinning],
     )
     cfg.validate()

@@ -1,7 +1,9 @@
-"""``onnxconv separate``: a thin wrapper over the separable and shuffle passes.
+"""``onnxconv separate``: a thin wrapper over :func:`onnxconv.requests.run_separate`.
 
-Both modes share loading, ``--include``/``--exclude``, the per-layer report, ``--report FILE.json``,
-``--verify``/``--inputs`` and the atomic write; only the pass call differs. The report prints each pass's
+The options become one :class:`~onnxconv.requests.SeparateRequest` (which checks their combinations); the
+library loads the model and dispatches to the separable or shuffle pass, the planner and the refit. This module
+adds what is about files and the terminal: output-path checks before any work, ``--verify``/``--inputs``, the
+per-layer report, ``--report FILE.json`` and the atomic write. The report prints each pass's
 ``details`` through :func:`format_details`, which knows the keys of both passes and shows any other as
 ``key=value``.
 """
@@ -20,21 +22,22 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
-from ..model_io import external_data_files, load_model, save_model
-from ..passes.common import NodeFilter, PassResult
+from ..model_io import INPUT_CLASH, check_output_path, same_file, save_model
+from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
-from ..stats import parse_input_shape
+from ..requests import SeparateRequest, run_separate
 from ..tables import format_count, grid
 from ..text import printable
+from .options import calibration_options, rank_options, shape_options
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
-           "EXACT_TOLERANCE"]
+           "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
+
+#: Exit status of --fail-if-unchanged when no conv was rewritten (errors exit 1, bench thresholds 3).
+UNCHANGED_EXIT = 4
 
 #: ``--exact --verify`` fails (and writes nothing) above this relative output error in float32.
 EXACT_TOLERANCE = 1e-5
-
-_RANK_OPTIONS = ("rank", "energy", "exact", "max_error", "budget")
-
 
 #: Longest text detail shown in the table.
 _SHORT = 24
@@ -104,19 +107,6 @@ def render_result(result: PassResult) -> str:
     for note in result.options.get("notes", []):
         out.append(f"note: {printable(note)}")
     return "\n".join(out)
-
-
-def _policy(values: Mapping[str, Any]):  # type: ignore[no-untyped-def]
-    from ..passes.ranks import RankPolicy
-
-    chosen = [k for k in _RANK_OPTIONS if values[k] not in (None, False)]
-    if len(chosen) > 1:
-        raise OptionError("choose one of --rank, --energy, --exact, --max-error, --budget (got "
-                          + ", ".join("--" + c.replace("_", "-") for c in chosen) + ")")
-    if not chosen:
-        raise OptionError("say how ranks are chosen: --rank R, --energy E, --exact, --max-error F or --budget F")
-    kind = chosen[0]
-    return RankPolicy(kind.replace("_", "-"), None if kind == "exact" else float(values[kind]))
 
 
 #: Weights above this many bytes go to an external data file (protobuf cannot serialise 2 GB in one message).
@@ -202,15 +192,17 @@ def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float
 def _write_json_tmp(path: Path, data: Mapping[str, Any]) -> Path:
     """``data`` as JSON in a temporary file beside ``path`` (the caller renames it into place)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=_json_default)
             f.write("\n")
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
         raise
     return Path(tmp)
 
@@ -233,11 +225,7 @@ def _json_default(v: Any) -> Any:
                    "joined by ShuffleNet channel shuffles (shuffle).")
 @click.option("--min-energy", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="--mode shuffle: leave convs whose grouping keeps less of the weight's squared norm.")
-@click.option("--rank", type=click.IntRange(min=1), default=None, help="Same rank R in every layer.")
-@click.option("--energy", type=float, default=None, help="Smallest rank keeping a fraction E of squared singular values.")
-@click.option("--exact", is_flag=True, help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force).")
-@click.option("--max-error", type=float, default=None, help="Smallest rank whose relative weight error is at most F.")
-@click.option("--budget", type=float, default=None, help="Whole model at most F times the original conv MACs.")
+@rank_options
 @click.option("--form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
               help="Graph form of the separable stage (all compute the same).")
 @click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable).")
@@ -245,34 +233,20 @@ def _json_default(v: Any) -> Any:
 @click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs, and narrow ones; in shuffle mode, also below --min-energy.")
 @click.option("--min-channels", type=click.IntRange(min=1), default=MIN_CHANNELS, show_default=True,
               help="Leave convs with fewer input channels (stems): their depthwise stage runs slowly.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Set a graph input's shape (for MACs, --budget and --verify with symbolic dims).")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+@shape_options
+@click.option("--fix-input-shape", is_flag=True,
+              help="Also write the --input-shape / --batch values into the output model's graph inputs (static "
+                   "shapes for quantization tools; a symbolic batch becomes --batch or 1).")
+@click.option("--fail-if-unchanged", is_flag=True,
+              help=f"Exit with status {UNCHANGED_EXIT} and write nothing when no conv was rewritten (errors exit 1).")
+@click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
               help="Also write the per-layer report (and verification) as JSON.")
 @click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs.")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Inputs for --verify from an .npz file (implies --verify).")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
-@click.option("--calibration", type=click.Path(path_type=str), default=None, metavar="FILE.npz|DIR",
-              help="Refit each rewritten layer by least squares to the original's outputs on these inputs "
-                   "(one array per model input, samples on the first axis).")
-@click.option("--kernel-refit/--no-kernel-refit", default=True, show_default=True,
-              help="With --calibration: refit separable layers' depthwise kernels together with the 1x1 stage "
-                   "(lower per-layer error; several times the refit time). --no-kernel-refit refits the 1x1 "
-                   "stage only.")
-@click.option("--provider", default="cpu", show_default=True,
-              help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, cuda "
-                   "or tensorrt.")
-@click.option("--target-speedup", type=float, default=None, metavar="S",
-              help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on --provider "
-                   "and errors on --calibration, to reach S times faster with the least error; verified end to end.")
-def separate(model: str, output: str, mode: str, groups: int | None, rank: int | None, energy: float | None,
-             exact: bool, max_error: float | None, budget: float | None, form: str, include: tuple[str, ...],
-             exclude: tuple[str, ...], force: bool, min_channels: int, input_shapes: tuple[str, ...], batch: int | None,
-             report_path: str | None, verify: bool, inputs: str | None, overwrite: bool, calibration: str | None,
-             provider: str, target_speedup: float | None, mixing: str = "energy", min_energy: float = 0.0,
-             kernel_refit: bool = True) -> None:
+@calibration_options
+def separate(model: str, output: str, **options: Any) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
     Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
@@ -289,68 +263,36 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
       onnxconv separate model.onnx -o small.onnx --rank 2 --calibration calib.npz
       onnxconv separate model.onnx -o fast.onnx --target-speedup 2 --calibration calib.npz
     """
-    values = {"rank": rank, "energy": energy, "exact": exact, "max_error": max_error, "budget": budget}
-    if mode == "shuffle":
-        given = [k for k, v in values.items() if v not in (None, False)]
-        if given:
-            raise OptionError(f"--{given[0].replace('_', '-')} applies to --mode separable, not shuffle")
-        if groups is None and target_speedup is None:
-            raise OptionError("--mode shuffle needs --groups G")
-    elif mode == "mixed" and target_speedup is None:
-        raise OptionError("--mode mixed needs --target-speedup (the planner chooses a rank or G per layer)")
-    elif groups is not None and mode != "mixed":
-        raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
-    elif mixing != "energy" or min_energy:
-        raise OptionError(f"--{'mixing' if mixing != 'energy' else 'min-energy'} applies to --mode shuffle")
-    if not kernel_refit and calibration is None:
-        raise OptionError("--no-kernel-refit applies to --calibration")
-    if target_speedup is not None and calibration is None:
-        raise OptionError("--target-speedup needs --calibration (the errors are measured on it)")
-    if target_speedup is not None and any(v not in (None, False) for v in values.values()):
-        raise OptionError("--target-speedup chooses the ranks itself: drop --rank/--energy/--exact/--max-error/--budget")
-    policy = _policy(values) if mode == "separable" and target_speedup is None else None
-    shapes = dict(parse_input_shape(s) for s in input_shapes)
-    node_filter = NodeFilter(include, exclude)
-    if Path(output).is_dir():
-        raise OptionError(f"-o {output}: is a folder; give a file name")
-    report_file = Path(report_path) if report_path else None
-    if report_file is not None and not report_file.parent.is_dir():
-        raise OptionError(f"--report {report_file}: folder '{report_file.parent}' does not exist")
-    verify = verify or inputs is not None
+    request = SeparateRequest(model=model, output=output, **options)
+    request.validate()
+    # Checked before any work: a rename would replace a symlink or device by a regular file, and the report must
+    # land neither on the input nor on the model it describes (compared by identity, not by spelling).
+    check_output_path(output, "-o", not_same_as=[] if request.overwrite else [(model, INPUT_CLASH)])
+    report_file = None
+    if request.report_path:
+        report_file = check_output_path(request.report_path, "--report", not_same_as=[
+            (model, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
+    verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
+                                            request.batch, request.exact)
 
-    m = load_model(model)
-    if inputs is not None:
-        # Checked now rather than after a rewrite (and refit) that may take minutes.
-        from .. import compare
-
-        compare.check_inputs(compare.read_npz(inputs, f"--inputs {inputs}"), compare.model_input_specs(m),
-                             f"--inputs {inputs}")
-    # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
-    # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
-    external = bool(external_data_files(m))
-    if external:
-        m = load_model(model, load_weights=True)
-    if target_speedup is not None:
-        from ..plan import plan_from_file
-
-        result = plan_from_file(m, calibration, target_speedup=target_speedup, provider=provider, mode=mode,
-                                form=form, groups=(groups,) if groups else None, node_filter=node_filter,
-                                input_shapes=shapes, batch=batch, refit_kernels=kernel_refit)
-    elif mode == "separable":
-        from ..passes.separable import separate as separate_pass
-
-        result = separate_pass(m, policy, form=form, node_filter=node_filter, force=force,
-                               min_channels=min_channels, input_shapes=shapes, batch=batch)
-    else:
-        from ..passes.shuffle import group_shuffle  # type: ignore[import-not-found]
-
-        result = group_shuffle(m, groups=groups, node_filter=node_filter, force=force, mixing=mixing,
-                               min_energy=min_energy, input_shapes=shapes, batch=batch)
-    if calibration is not None and target_speedup is None:
-        from ..calibrate import refit_from_file
-
-        result = refit_from_file(m, result, calibration, provider=provider, depthwise=kernel_refit)
-    del m
+    outcome = run_separate(request)
+    result = outcome.result
+    # The output's weights file, and the input's: none of these may be replaced by another file (the input's
+    # weights would be lost while its graph still points at them).
+    data_clash = [(f, "is the input model's external data file (choose another file)") for f in outcome.input_data_files]
+    if not request.overwrite:
+        check_output_path(output, "-o", not_same_as=data_clash)
+        for f, _ in data_clash:
+            if same_file(output + ".data", f):
+                raise OptionError(f"-o {output}: its external data file {output}.data would replace the input "
+                                  "model's (choose another file)")
+    if report_file is not None:
+        check_output_path(report_file, "--report", not_same_as=[
+            *data_clash, (output + ".data", "is the -o model's external data file (choose another file)")])
+    if request.fail_if_unchanged and not result.rewritten:
+        click.echo(render_result(result))
+        click.echo(f"no conv was rewritten (--fail-if-unchanged): nothing written to {output}", err=True)
+        raise click.exceptions.Exit(UNCHANGED_EXIT)
 
     agreements: list[Any] = []
     floors: dict[str, float] = {}
@@ -364,7 +306,7 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
             why = "" if wide else f" (16 eps of {precision[0]}, which the model computes in)"
             raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
                                f"{bad[0].rel_error:.2e} > {tol:g}{why}; nothing was written")
-    external = external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
+    external = outcome.external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
     report_tmp = None
     if report_file is not None:
         data = result.to_dict()
@@ -377,13 +319,17 @@ def separate(model: str, output: str, mode: str, groups: int | None, rank: int |
         # Written before the model and renamed after it: a failure of either leaves neither file behind.
         report_tmp = _write_json_tmp(report_file, data)
     try:
-        save_model(result.model, output, source=model, overwrite_source=overwrite, external_data=external)
+        save_model(result.model, output, source=model, overwrite_source=request.overwrite, external_data=external)
     except BaseException:
         if report_tmp is not None:
             report_tmp.unlink(missing_ok=True)
         raise
     if report_tmp is not None:
-        os.replace(report_tmp, report_file)  # type: ignore[arg-type]
+        try:
+            os.replace(report_tmp, report_file)  # type: ignore[arg-type]
+        except OSError as e:
+            report_tmp.unlink(missing_ok=True)
+            raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e
 
     click.echo(render_result(result))
     for a in agreements:

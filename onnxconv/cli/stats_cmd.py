@@ -7,16 +7,15 @@ import click
 from ..compare import check_inputs, model_input_specs, read_npz
 from ..model_io import load_model
 from ..report import FORMATS, SORT_KEYS, render
-from ..stats import analyze, observe_shapes, parse_input_shape
+from ..stats import analyze, observe_shapes
+from .options import shape_options
 
 __all__ = ["stats"]
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
-              help="Set the shape of a graph input (repeatable); needed for symbolic dims.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value for symbolic batch dims (default 1).")
+@shape_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--sort", type=click.Choice(SORT_KEYS), default="order", show_default=True,
               help="Row order: graph order, or largest first.")
@@ -28,7 +27,7 @@ __all__ = ["stats"]
 @click.option("--inputs", "inputs_path", metavar="FILE.npz", default=None,
               help="Run onnxruntime once on these inputs (one array per model input) and count with the "
                    "shapes seen, for convs whose input shape depends on an input's value.")
-def stats(model: str, input_shapes: tuple[str, ...], batch: int | None, fmt: str, sort: str, top: int | None,
+def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt: str, sort: str, top: int | None,
           groups: int, all_ops: bool, inputs_path: str | None) -> None:
     """Count params, MACs and FLOPs of every conv layer of MODEL.
 
@@ -46,8 +45,8 @@ def stats(model: str, input_shapes: tuple[str, ...], batch: int | None, fmt: str
               FLOPs 2*MACs - buffer positions hit (+ outputs with bias)
       params  weight + bias elements (not scales or zero points)
     """
-    shapes = dict(parse_input_shape(s) for s in input_shapes)
     m = load_model(model)
+    shapes = dict(input_shapes)
     observed = None
     if inputs_path is not None:
         label = f"--inputs {inputs_path}"

@@ -1,0 +1,87 @@
+"""Click options shared by the commands, one decorator per group, so that an option means the same thing
+(name, type, range, help) wherever it appears.
+
+* :func:`shape_options`: ``--input-shape NAME=DIMS`` (repeatable, parsed here once into ``{name: dims}``) and
+  ``--batch N`` (1 to 2^63-1, click's range): stats, separate and bench.
+* :func:`rank_options`: how separable ranks are chosen (``--rank``, ``--energy``, ``--exact``, ``--max-error``,
+  ``--budget``): separate.
+* :func:`calibration_options`: ``--calibration``, ``--kernel-refit/--no-kernel-refit``, ``--provider`` and
+  ``--target-speedup``: separate.
+
+Ranges are click's, so a value out of range is refused while parsing, naming the range. Combinations of options
+are checked by the library (:class:`onnxconv.requests.SeparateRequest`), not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..stats import INT64_MAX, parse_input_shape
+
+__all__ = ["shape_options", "rank_options", "calibration_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply ``decorators`` so that the options appear in ``--help`` in the order given."""
+
+    def apply(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def _parse_shapes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, list[int]]:
+    # An OptionError here becomes the CLI's one Error: line like any library error.
+    return dict(parse_input_shape(v) for v in values)
+
+
+def shape_options(f: F) -> F:
+    """``--input-shape`` (as ``input_shapes``: ``{name: [dims]}``) and ``--batch``."""
+    return _stack(
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", callback=_parse_shapes,
+                     help="Set a graph input's shape (repeatable); needed for symbolic dims."),
+        click.option("--batch", type=click.IntRange(1, INT64_MAX), default=None,
+                     help="Value for symbolic batch dims (default 1)."),
+    )(f)
+
+
+def rank_options(f: F) -> F:
+    """The separable rank policy: exactly one of these (checked by the request)."""
+    return _stack(
+        click.option("--rank", type=click.IntRange(min=1), default=None, help="Same rank R in every layer."),
+        click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Smallest rank keeping a fraction E (0 < E <= 1) of squared singular values."),
+        click.option("--exact", is_flag=True,
+                     help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force)."),
+        click.option("--max-error", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="Smallest rank whose relative weight error is at most F (0 <= F < 1)."),
+        click.option("--budget", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Whole model at most F (0 < F <= 1) times the original conv MACs."),
+    )(f)
+
+
+def calibration_options(f: F) -> F:
+    """Refitting on calibration data, and planning to a target speed-up on a provider."""
+    return _stack(
+        click.option("--calibration", type=click.Path(path_type=str), default=None, metavar="FILE.npz|DIR",
+                     help="Refit each rewritten layer by least squares to the original's outputs on these inputs "
+                          "(one array per model input, samples on the first axis)."),
+        click.option("--kernel-refit/--no-kernel-refit", default=True, show_default=True,
+                     help="With --calibration: refit separable layers' depthwise kernels together with the 1x1 "
+                          "stage (lower per-layer error; several times the refit time). --no-kernel-refit refits "
+                          "the 1x1 stage only."),
+        click.option("--provider", default="cpu", show_default=True,
+                     help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, "
+                          "cuda or tensorrt."),
+        click.option("--target-speedup", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+                     help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on "
+                          "--provider and errors on --calibration, to reach S times faster with the least error; "
+                          "verified end to end."),
+    )(f)

@@ -1,0 +1,201 @@
+"""What ``onnxconv separate`` is asked to do, checked in one place, and the library call that does it.
+
+:class:`SeparateRequest` holds every option of a rewrite as plain values (no click: a script builds one the
+same way) and :meth:`SeparateRequest.validate` refuses contradictory combinations with one
+:class:`~onnxconv.errors.OptionError` line each, before any model is read. :func:`run_separate` loads the model
+and dispatches to the one pass that applies:
+
+* ``--target-speedup``: the planner (:func:`onnxconv.plan.plan_from_file`) chooses per layer, refitting as it goes;
+* ``--mode separable``: :func:`onnxconv.passes.separable.separate` with a :class:`~onnxconv.passes.ranks.RankPolicy`;
+* ``--mode shuffle``: :func:`onnxconv.passes.shuffle.group_shuffle`;
+
+then, with ``--calibration`` outside the planner, the least-squares refit (:func:`onnxconv.calibrate.refit_from_file`)
+and, with ``--fix-input-shape``, static graph inputs. Verification, the report and the write stay with the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import OptionError
+from .passes.common import NodeFilter
+from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
+
+if TYPE_CHECKING:
+    from .passes.common import PassResult
+    from .passes.ranks import RankPolicy
+
+__all__ = ["SeparateRequest", "SeparateOutcome", "run_separate", "RANK_OPTIONS"]
+
+#: The options that choose separable ranks; exactly one of them (or --target-speedup) is required.
+RANK_OPTIONS = ("rank", "energy", "exact", "max_error", "budget")
+
+def _given(value: Any) -> bool:
+    """Whether an option was given: 0 and 0.0 are values (``--max-error 0``), only None and an unset flag are not
+    (``0.0 in (None, False)`` is true in Python, which once made ``--max-error 0`` count as absent)."""
+    return value is not None and value is not False
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class SeparateRequest:
+    """Every option of ``onnxconv separate`` (names as the CLI's, ``--`` and dashes dropped)."""
+
+    model: str
+    output: str
+    mode: str = "separable"
+    groups: int | None = None
+    mixing: str = "energy"
+    min_energy: float = 0.0
+    rank: int | None = None
+    energy: float | None = None
+    exact: bool = False
+    max_error: float | None = None
+    budget: float | None = None
+    form: str = DEFAULT_FORM
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    force: bool = False
+    min_channels: int = MIN_CHANNELS
+    input_shapes: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    batch: int | None = None
+    fix_input_shape: bool = False
+    fail_if_unchanged: bool = False
+    report_path: str | None = None
+    verify: bool = False
+    inputs: str | None = None
+    overwrite: bool = False
+    calibration: str | None = None
+    kernel_refit: bool = True
+    provider: str = "cpu"
+    target_speedup: float | None = None
+
+    @property
+    def rank_values(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RANK_OPTIONS}
+
+    @property
+    def verifies(self) -> bool:
+        """--inputs implies --verify."""
+        return self.verify or self.inputs is not None
+
+    def validate(self) -> None:
+        """Refuse option combinations that contradict each other, in a fixed order (the first problem wins).
+
+        Raises:
+            OptionError: one line naming the options involved.
+        """
+        values = self.rank_values
+        if self.mode == "shuffle":
+            given = [k for k, v in values.items() if _given(v)]
+            if given:
+                raise OptionError(f"{_flag(given[0])} applies to --mode separable, not shuffle")
+            if self.groups is None and self.target_speedup is None:
+                raise OptionError("--mode shuffle needs --groups G")
+        elif self.mode == "mixed" and self.target_speedup is None:
+            raise OptionError("--mode mixed needs --target-speedup (the planner chooses a rank or G per layer)")
+        elif self.groups is not None and self.mode != "mixed":
+            raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
+        elif self.mixing != "energy" or self.min_energy:
+            raise OptionError(f"--{'mixing' if self.mixing != 'energy' else 'min-energy'} applies to --mode shuffle")
+        if self.fix_input_shape and not self.input_shapes and self.batch is None:
+            raise OptionError("--fix-input-shape needs --input-shape NAME=DIMS or --batch N (the values to write)")
+        if not self.kernel_refit and self.calibration is None:
+            raise OptionError("--no-kernel-refit applies to --calibration")
+        if self.target_speedup is not None and self.calibration is None:
+            raise OptionError("--target-speedup needs --calibration (the errors are measured on it)")
+        if self.target_speedup is not None and any(_given(v) for v in values.values()):
+            raise OptionError("--target-speedup chooses the ranks itself: drop --rank/--energy/--exact/--max-error/--budget")
+        self.policy()
+        self.node_filter()
+
+    def node_filter(self) -> NodeFilter:
+        """--include/--exclude compiled (a bad regular expression is an OptionError)."""
+        return NodeFilter(self.include, self.exclude)
+
+    def policy(self) -> RankPolicy | None:
+        """The separable rank policy, or None where the planner or the shuffle pass chooses.
+
+        Raises:
+            OptionError: none or several of the rank options, or a value out of range.
+        """
+        if self.mode != "separable" or self.target_speedup is not None:
+            return None
+        from .passes.ranks import RankPolicy
+
+        chosen = [k for k in RANK_OPTIONS if _given(getattr(self, k))]
+        if len(chosen) > 1:
+            raise OptionError("choose one of --rank, --energy, --exact, --max-error, --budget (got "
+                              + ", ".join(_flag(c) for c in chosen) + ")")
+        if not chosen:
+            raise OptionError("say how ranks are chosen: --rank R, --energy E, --exact, --max-error F or --budget F")
+        kind = chosen[0]
+        return RankPolicy(kind.replace("_", "-"), None if kind == "exact" else float(getattr(self, kind)))
+
+
+@dataclass
+class SeparateOutcome:
+    """The rewrite, whether the output keeps its weights in an external data file (as the input did), and the
+    input's external data files (paths), which no output may replace."""
+
+    result: PassResult
+    external: bool
+    input_data_files: list[str] = field(default_factory=list)
+
+
+def run_separate(request: SeparateRequest) -> SeparateOutcome:
+    """Load ``request.model``, rewrite it as the request says and return the result (nothing is written).
+
+    Raises:
+        OnnxConvError: bad options (:meth:`SeparateRequest.validate`), a bad model, ``--inputs`` that do not fit
+            the model (checked before a rewrite that may take minutes), or a failed rewrite.
+    """
+    from .model_io import check_weights, external_data_files, fix_input_shapes, load_model
+
+    r = request
+    r.validate()
+    policy = r.policy()
+    node_filter = r.node_filter()
+    m = load_model(r.model)
+    if r.inputs is not None:
+        from . import compare
+
+        compare.check_inputs(compare.read_npz(r.inputs, f"--inputs {r.inputs}"), compare.model_input_specs(m),
+                             f"--inputs {r.inputs}")
+    # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
+    # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
+    data_files = [os.path.join(os.path.dirname(r.model), loc) for loc in external_data_files(m)]
+    external = bool(data_files)
+    if external:
+        m = load_model(r.model, load_weights=True)
+    check_weights(m, r.model)
+    shapes = dict(r.input_shapes)
+    if r.target_speedup is not None:
+        from .plan import plan_from_file
+
+        result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup, provider=r.provider, mode=r.mode,
+                                form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
+                                input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit)
+    elif r.mode == "separable":
+        from .passes.separable import separate as separate_pass
+
+        result = separate_pass(m, policy, form=r.form, node_filter=node_filter, force=r.force,
+                               min_channels=r.min_channels, input_shapes=shapes, batch=r.batch)
+    else:
+        from .passes.shuffle import group_shuffle
+
+        result = group_shuffle(m, groups=r.groups, node_filter=node_filter, force=r.force, mixing=r.mixing,
+                               min_energy=r.min_energy, input_shapes=shapes, batch=r.batch)
+    if r.calibration is not None and r.target_speedup is None:
+        from .calibrate import refit_from_file
+
+        result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
+    if r.fix_input_shape:
+        fix_input_shapes(result.model, shapes, r.batch)
+    return SeparateOutcome(result, external, data_files)

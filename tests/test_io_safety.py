@@ -1,0 +1,296 @@
+"""Data safety of ``onnxconv separate``'s outputs: what -o and --report may be, atomic writes, clean failures.
+
+Every failure here must be one ``Error:`` line with a non-zero exit, leave the input untouched and leave no
+temporary file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import onnxconv.model_io as model_io
+from onnxconv.cli import main
+from onnxconv.errors import OptionError
+
+from .test_cli_separate import two_conv_model
+
+
+def run(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, ["separate", *args], catch_exceptions=False)
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def no_temp_files(folder: Path) -> None:
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.fixture()
+def model_path(tmp_path: Path) -> Path:
+    p = tmp_path / "m.onnx"
+    onnx.save(two_conv_model(), p)
+    return p
+
+
+def test_report_on_the_input_is_refused_and_the_input_kept(model_path: Path, tmp_path: Path) -> None:
+    before = digest(model_path)
+    res = run(str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2", "--report", str(model_path))
+    assert res.exit_code == 1
+    assert "input model" in one_error_line(res.output)
+    assert digest(model_path) == before and not (tmp_path / "out.onnx").exists()
+
+
+def test_report_on_the_input_is_refused_by_identity_not_spelling(model_path: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    before = digest(model_path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    os.link(model_path, tmp_path / "hard.onnx")
+    for alias in ("../m.onnx", "../sub/../m.onnx", str(tmp_path / "hard.onnx")):
+        res = run(str(model_path), "-o", "out.onnx", "--rank", "2", "--report", alias)
+        assert res.exit_code == 1, alias
+        assert "input model" in one_error_line(res.output)
+    assert digest(model_path) == before
+
+
+def test_report_on_the_output_model_is_refused(model_path: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = run(str(model_path), "-o", "out.onnx", "--rank", "2", "--report", "./out.onnx")
+    assert res.exit_code == 1
+    assert "-o model" in one_error_line(res.output)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def make_target(tmp_path: Path, target: str) -> Path:
+    """A non-regular file inside tmp_path: a test of the CLI must never point a (possibly broken) write at a real
+    system file such as /dev/null, so devices are stood in for by links to them and by nodes made here."""
+    if target == "symlink":
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep me")
+        path = tmp_path / "link.json"
+        path.symlink_to(victim)
+    elif target == "link-to-dev-null":
+        path = tmp_path / "null.onnx"
+        path.symlink_to(os.devnull)
+    elif target == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    else:  # a folder
+        path = tmp_path / "folder.onnx"
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("option", ["-o", "--report"])
+@pytest.mark.parametrize("target", ["symlink", "link-to-dev-null", "fifo", "folder"])
+def test_output_that_is_not_a_regular_file_is_refused(model_path: Path, tmp_path: Path, option: str,
+                                                      target: str) -> None:
+    path = make_target(tmp_path, target)
+    args = ["-o", str(tmp_path / "out.onnx"), "--report", str(tmp_path / "r.json")]
+    args[args.index(option) + 1] = str(path)
+    res = run(str(model_path), *args, "--rank", "2")
+    assert res.exit_code == 1
+    line = one_error_line(res.output)
+    assert option in line and any(w in line for w in ("regular file", "symbolic link", "folder"))
+    if target == "symlink":
+        assert path.is_symlink() and (tmp_path / "victim.txt").read_text() == "keep me"
+    if target == "fifo":
+        assert not path.is_file() and path.exists()
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "r.json").exists()
+    no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("path", [os.devnull, "/dev/stdout", "/dev/stderr"])
+def test_devices_are_not_output_files(path: str) -> None:
+    # The check itself only looks (lstat): it is safe to run on the real device names.
+    with pytest.raises(OptionError, match="regular file|symbolic link"):
+        model_io.check_output_path(path, "-o")
+
+
+def save_external(model: onnx.ModelProto, path: Path) -> None:
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)
+
+
+def test_external_data_model_with_a_relative_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_external(two_conv_model(), tmp_path / "small_ext.onnx")
+    monkeypatch.chdir(tmp_path)
+    res = run("small_ext.onnx", "-o", "small_out.onnx", "--rank", "2", "--verify")
+    assert res.exit_code == 0, res.output
+    out = onnx.load(tmp_path / "small_out.onnx", load_external_data=False)
+    locations = {e.value for t in out.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"small_out.onnx.data"}
+    onnx.checker.check_model(str(tmp_path / "small_out.onnx"))
+    no_temp_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "small_ext.onnx", "small_ext.onnx.data", "small_out.onnx", "small_out.onnx.data"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_one_error_line(model_path: Path, tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        res = run(str(model_path), "-o", str(ro / "out.onnx"), "--rank", "2")
+        assert res.exit_code == 1
+        assert "cannot write" in one_error_line(res.output)
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_proc_output_is_one_error_line(model_path: Path) -> None:
+    res = run(str(model_path), "-o", "/proc/onnxconv-test.onnx", "--rank", "2")
+    assert res.exit_code == 1
+    one_error_line(res.output)
+
+
+@pytest.mark.parametrize("option", ["-o", "--report"])
+def test_too_long_file_name_is_one_error_line(model_path: Path, tmp_path: Path, option: str) -> None:
+    long = str(tmp_path / ("x" * 300 + ".onnx"))
+    args = {"-o": str(tmp_path / "out.onnx"), "--report": str(tmp_path / "r.json")}
+    args[option] = long
+    res = run(str(model_path), "-o", args["-o"], "--report", args["--report"], "--rank", "2")
+    assert res.exit_code == 1
+    assert "too long" in one_error_line(res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_full_disk_is_one_error_line_and_leaves_nothing(model_path: Path, tmp_path: Path, external: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if external:
+        save_external(two_conv_model(), model_path)
+        monkeypatch.setattr(onnx, "save_model", full)
+    else:
+        monkeypatch.setattr(model_io, "_write_bytes", full)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = run(str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2", "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 1
+    assert "no space left" in one_error_line(res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Signals: a subprocess signals itself at a chosen point (deterministic, unlike a timer), through an import hook
+# or a patched writer, then runs the CLI exactly as `python -m onnxconv` does.
+
+_PRELUDE = """
+import importlib.abc, os, runpy, signal, sys, time
+sys.path.insert(0, {root!r})
+sys.argv = ["onnxconv"] + {argv!r}
+"""
+
+_ON_IMPORT = """
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == {module!r}:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        return None
+sys.meta_path.insert(0, Hook())
+"""
+
+_ON_WRITE = """
+import onnx
+import onnxconv.model_io as model_io
+def slow_write(*args, **kwargs):
+    with open(args[0] if isinstance(args[0], str) else args[1], "ab") as f:
+        f.write(b"partial")
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(30)
+    raise AssertionError("the signal did not stop the write")
+if {external!r}:
+    onnx.save_model = slow_write
+else:
+    model_io._write_bytes = slow_write
+"""
+
+_RUN = """
+runpy.run_module("onnxconv", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("module", ["click", "onnx", "onnxconv.passes.separable"])
+def test_ctrl_c_during_start_up_imports_exits_130_without_traceback(model_path: Path, tmp_path: Path,
+                                                                   module: str) -> None:
+    argv = ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2"]
+    proc = run_python(_PRELUDE.format(root=ROOT, argv=argv) + _ON_IMPORT.format(module=module) + _RUN, tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "Aborted!" in proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("external", [False, True])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_while_writing_leaves_no_temp_files(model_path: Path, tmp_path: Path, sig: str,
+                                                   external: bool) -> None:
+    if external:
+        save_external(two_conv_model(), model_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2",
+            "--report", str(tmp_path / "r.json")]
+    code = _PRELUDE.format(root=ROOT, argv=argv) + _ON_WRITE.format(signal=sig, external=external) + _RUN
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == (143 if sig == "SIGTERM" else 130), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_outputs_never_replace_the_inputs_external_data(tmp_path: Path) -> None:
+    """The input's weights file is part of the input: neither -o, nor -o's own data file, nor --report may be it."""
+    src = tmp_path / "m.onnx"
+    save_external(two_conv_model(), src)
+    data = tmp_path / "m.onnx.data"
+    # The input's data file named o.onnx.data: -o o.onnx would write its weights over it.
+    (tmp_path / "m.onnx.data").rename(tmp_path / "o.onnx.data")
+    m = onnx.load(src, load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "o.onnx.data"
+    onnx.save(m, src)
+    data = tmp_path / "o.onnx.data"
+    before = digest(data)
+    for args, message in [
+        (["-o", str(tmp_path / "o.onnx")], "would replace the input model's"),
+        (["-o", str(data)], "input model's external data file"),
+        (["-o", str(tmp_path / "x.onnx"), "--report", str(data)], "input model's external data file"),
+        (["-o", str(tmp_path / "x.onnx"), "--report", str(tmp_path / "x.onnx.data")], "-o model's external data"),
+    ]:
+        res = run(str(src), *args, "--rank", "2")
+        assert res.exit_code == 1, (args, res.output)
+        assert message in one_error_line(res.output)
+        assert digest(data) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "o.onnx.data"]
