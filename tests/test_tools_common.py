@@ -1,0 +1,86 @@
+"""tools/: the helpers the benchmark scripts share (tools/_common.py) and the pieces of the scripts that now call
+the library instead of re-writing it (kernel selection, chain MACs, stacked shuffles, the MAC cross-check).
+
+Everything here is figures and structure, never time: no assertion depends on how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from onnxconv import compare
+from onnxconv.bench import Memory, ModelResult, SpeedUp, timing_stats
+from tools import _common
+
+from .modelkit import init, make_model, tensor
+
+
+def _result(speedup: SpeedUp | None) -> ModelResult:
+    return ModelResult(name="m", session_s=0.0, first_run_s=0.0, timing=timing_stats([1.0]),
+                       memory=Memory(rss_added_mb=None), speedup=speedup)
+
+
+# ---- tools/_common.py --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 40, 56), (1, 1, 8, 12)])  # under 16 pixels a side too
+def test_image_like_is_a_reproducible_batch_in_0_255(shape: tuple[int, int, int, int]) -> None:
+    a = _common.image_like(shape, seed=1)
+    assert a.shape == shape and a.dtype == np.float32
+    assert a.min() >= 0 and a.max() <= 255
+    assert np.array_equal(a, _common.image_like(shape, seed=1))
+    assert not np.array_equal(a, _common.image_like(shape, seed=2))
+    # photo-like: flat regions, so neighbouring pixels are far more alike than in noise of the same spread
+    step = np.abs(np.diff(a, axis=-1)).mean()
+    assert step < 0.5 * a.std()
+
+
+def _conv_model(x_shape: list[int | str]) -> onnx.ModelProto:
+    w = np.random.default_rng(0).standard_normal((4, x_shape[1], 3, 3)).astype(np.float32)  # type: ignore[arg-type]
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1] * 4)
+    return make_model([node], [tensor("x", x_shape)], [tensor("y", None)], [init("w", w)])
+
+
+def test_sample_feeds_are_the_library_noise_and_an_image_of_the_same_shape() -> None:
+    sess = compare.session(_conv_model(["N", 3, 20, 24]))
+    feeds = _common.sample_feeds(sess, {"x": [2, 3, 20, 24]}, seed=5)
+    assert [label for label, _ in feeds] == ["image", "noise"]
+    image, noise = feeds[0][1], feeds[1][1]
+    expected = compare.make_inputs(sess, {"x": [2, 3, 20, 24]}, seed=5)
+    assert np.array_equal(noise["x"], expected["x"])
+    assert np.array_equal(image["x"], _common.image_like((2, 3, 20, 24), seed=6))
+
+
+def test_sample_feeds_without_an_image_input_give_noise_only() -> None:
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [2, 5])], [tensor("y", [2, 5])])
+    feeds = _common.sample_feeds(compare.session(model))
+    assert [label for label, _ in feeds] == ["noise"]
+
+
+def test_latency_ratio_inverts_the_speedup_and_swaps_its_quartiles() -> None:
+    sp = SpeedUp(median=2.0, p10=1.0, p25=1.6, p75=2.5, p90=4.0, rounds=9)
+    assert _common.latency_ratio(_result(sp)) == pytest.approx((0.5, 0.4, 0.625))
+    assert _common.latency_ratio(_result(None)) == (1.0, 1.0, 1.0)  # the reference model
+
+
+def test_realised_saving() -> None:
+    assert _common.realised_saving(0.5, 0.5) == pytest.approx(1.0)
+    assert _common.realised_saving(0.8, 0.6) == pytest.approx(0.5)
+    assert _common.realised_saving(1.1, 0.5) == pytest.approx(-0.2)  # slower despite fewer MACs
+    assert math.isnan(_common.realised_saving(0.9, 1.0))  # nothing saved: no share to speak of
+
+
+def test_run_timed_returns_wall_and_cpu_and_raises_on_failure(tmp_path: Path) -> None:
+    flag = tmp_path / "ran"
+    wall, cpu = _common.run_timed([sys.executable, "-c", f"open({str(flag)!r}, 'w').write('x')"], cwd=tmp_path)
+    assert flag.read_text() == "x"
+    assert wall > 0 and cpu >= 0
+    with pytest.raises(subprocess.CalledProcessError):
+        _common.run_timed([sys.executable, "-c", "raise SystemExit(3)"])
