@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
 from onnxconv import compare
 from onnxconv.bench import Memory, ModelResult, SpeedUp, timing_stats
-from tools import _common
+from onnxconv.stats import analyze
+from tools import _common, archs, bench_separate
 
 from .modelkit import init, make_model, tensor
 
@@ -84,3 +86,38 @@ def test_run_timed_returns_wall_and_cpu_and_raises_on_failure(tmp_path: Path) ->
     assert wall > 0 and cpu >= 0
     with pytest.raises(subprocess.CalledProcessError):
         _common.run_timed([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+# ---- the scripts' model pieces -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "r", "unit_macs"), [
+    ("conv", 1, lambda m, hw: 9 * m * m * hw), ("dw", 1, lambda m, hw: 9 * m * hw),
+    ("pw", 1, lambda m, hw: m * m * hw), ("pwadd", 1, lambda m, hw: m * m * hw),
+    ("wide", 2, lambda m, hw: 2 * 2 * m * m * hw), ("wide", 4, lambda m, hw: 2 * 4 * m * m * hw),
+])
+def test_kernel_chains_count_the_macs_of_their_unit(kind: str, r: int, unit_macs: object) -> None:
+    """bench_separate kernels: the per-unit MACs it now takes from analyze() are the closed forms it used to
+    write out (a wide unit is the M -> rM -> M pair)."""
+    m, size = 8, 6
+    macs = [int(analyze(bench_separate._chain(kind, m, size, n, r), all_ops=True).totals["macs"]) for n in (2, 4)]
+    assert (macs[1] - macs[0]) // 2 == unit_macs(m, size * size)  # type: ignore[operator]
+    y = compare.run_model(compare.session(bench_separate._chain(kind, m, size, 2, r)),
+                          {"input": np.ones((1, m, size, size), np.float32)})
+    assert list(y) == ["output"] and next(iter(y.values())).shape == (1, m, size, size)
+
+
+def test_separable_unit_ratio_is_the_what_if_of_stats() -> None:
+    m = 16
+    (row,) = analyze(bench_separate._chain("conv", m, 10, 1)).layers
+    assert row.whatif is not None
+    assert row.whatif["separable"]["macs_ratio"] == pytest.approx((9 * m + m * m) / (9 * m * m))
+
+
+def test_conv_relu_is_one_biased_3x3_conv() -> None:
+    model = bench_separate._conv_relu(8, 12)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == archs.IR_VERSION
+    (row,) = analyze(model).layers
+    assert row.kernel_shape == [3, 3] and row.pads == [1, 1, 1, 1] and row.has_bias
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
