@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnxconv import compare
 from onnxconv.bench import Memory, ModelResult, SpeedUp, timing_stats
 from onnxconv.stats import analyze
-from tools import _common, archs, bench_separate
+from tools import _common, archs, bench_separate, bench_shuffle
 
 from .modelkit import init, make_model, tensor
 
@@ -121,3 +121,37 @@ def test_conv_relu_is_one_biased_3x3_conv() -> None:
     (row,) = analyze(model).layers
     assert row.kernel_shape == [3, 3] and row.pads == [1, 1, 1, 1] and row.has_bias
     assert [n.op_type for n in model.graph.node] == ["Conv", "Relu"]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_stacked_shuffle_before_and_after_relu_compute_the_same_function(k: int) -> None:
+    after = bench_shuffle._stack(8, 6, 3, 4, k, "after")
+    before = bench_shuffle._stack(8, 6, 3, 4, k, "before")
+    for model in (after, before):
+        onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in after.graph.node]
+    assert ops.count("Conv") == 3 and ops.count("Transpose") == 2 and ops.count("Relu") == 3
+    ops_before = [n.op_type for n in before.graph.node]
+    assert ops_before.index("Transpose") < ops_before.index("Relu")  # the shuffle comes first there
+    feeds = compare.make_inputs(compare.session(after), seed=0)
+    (agree,) = compare.compare_outputs(compare.run_model(compare.session(after), feeds),
+                                       compare.run_model(compare.session(before), feeds))
+    assert agree.rel_error < 1e-6
+
+
+def test_kernel_filter_reads_kernels_as_stats_does_behind_a_cast() -> None:
+    """A 3x3 weight stored in fp16 behind a Cast is a spatial conv (the old filter only looked for initializers
+    and Constant nodes, so that conv was in neither selection)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="pw", kernel_shape=[1, 1]),
+        helper.make_node("Cast", ["w2_half"], ["w2"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["a", "w2"], ["y"], name="spatial", kernel_shape=[3, 3], pads=[1] * 4),
+    ]
+    inits = [init("w1", rng.standard_normal((8, 4, 1, 1)).astype(np.float32)),
+             init("w2_half", rng.standard_normal((8, 8, 3, 3)).astype(np.float16))]
+    model = make_model(nodes, [tensor("x", [1, 4, 10, 10])], [tensor("y", None)], inits)
+    assert bench_shuffle.KernelFilter(model, "pointwise").names == {"pw"}
+    spatial = bench_shuffle.KernelFilter(model, "spatial")
+    assert spatial.names == {"spatial"}
+    assert spatial.reason("spatial") is None and "not a spatial conv" in (spatial.reason("pw") or "")

@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "IR_VERSION", "OPSET", "GraphBuilder", "channels",
+    "IR_VERSION", "OPSET", "GraphBuilder", "channels", "channel_shuffle",
     "resnet", "resnet18", "resnet50", "vgg16", "mobilenetv2", "shufflenetv2", "unet",
     "ARCHS", "build", "run_check",
 ]
@@ -340,7 +340,7 @@ def mobilenetv2(size: int = 224, batch: Batch = 1, width: float = 1.0, num_class
 
 
 # ---- ShuffleNetV2 ----------------------------------------------------------------------------------------------
-def _channel_shuffle(b: GraphBuilder, x: str, c: int, hw: int, name: str, groups: int = 2) -> str:
+def channel_shuffle(b: GraphBuilder, x: str, c: int, hw: int, name: str, groups: int = 2) -> str:
     """Reshape (N, g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (N, C, H, W), as torch exports it.
 
     Shapes use 0 ("copy the batch dim") so a symbolic batch keeps working.
@@ -366,7 +366,7 @@ def _shuffle_unit(b: GraphBuilder, x: str, cin: int, cout: int, stride: int, hw:
     y = b.conv(y, half, half, 3, f"{name}.branch2.3", stride=stride, group=half, act=None)
     y = b.conv(y, half, half, 1, f"{name}.branch2.5", pad=0)
     (cat,) = b.node("Concat", [x1, y], f"{name}.concat", axis=1)
-    return _channel_shuffle(b, cat, 2 * half, hw, f"{name}.shuffle")
+    return channel_shuffle(b, cat, 2 * half, hw, f"{name}.shuffle")
 
 
 def shufflenetv2(size: int = 224, batch: Batch = 1, width: float = 1.0, num_classes: int = 1000,
