@@ -19,9 +19,11 @@ from onnx import TensorProto, helper
 from onnxconv import compare
 from onnxconv.bench import Memory, ModelResult, SpeedUp, timing_stats
 from onnxconv.stats import analyze
-from tools import _common, archs, bench_separate, bench_shuffle
+from tools import _common, archs, bench_separate, bench_shuffle, crosscheck_real
 
 from .modelkit import init, make_model, tensor
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _result(speedup: SpeedUp | None) -> ModelResult:
@@ -155,3 +157,14 @@ def test_kernel_filter_reads_kernels_as_stats_does_behind_a_cast() -> None:
     spatial = bench_shuffle.KernelFilter(model, "spatial")
     assert spatial.names == {"spatial"}
     assert spatial.reason("spatial") is None and "not a spatial conv" in (spatial.reason("pw") or "")
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn.onnx", "tiny_resnet.onnx", "tiny_unet.onnx", "messy_export.onnx"])
+def test_crosscheck_agrees_on_the_sample_models(name: str) -> None:
+    checks = crosscheck_real.crosscheck(MODELS / name, {})
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_run_check_runs_an_architecture_with_a_symbolic_batch() -> None:
+    out = archs.run_check(archs.build("resnet18", size=32, width=0.125, num_classes=5, batch=None), batch=2)
+    assert out["finite"] and 0 < out["std"] <= out["max_abs"]

@@ -454,16 +454,12 @@ def build(name: str, size: int | None = None, batch: Batch = 1, width: float = 1
 
 
 def run_check(model: onnx.ModelProto, batch: int = 1, seed: int = 1) -> dict[str, float]:
-    """Run ``model`` in onnxruntime (CPU) on a standard-normal input; return output std / max |x| / finiteness."""
-    import onnxruntime as ort
+    """Run ``model`` in onnxruntime (CPU) on a standard-normal input (:func:`onnxconv.compare.make_inputs`, a
+    symbolic batch set to ``batch``); return the output's std, max |x| and whether it is finite."""
+    from onnxconv import compare  # here, so that the builders need only onnx + numpy
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
-    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    (y,) = sess.run(None, {inp.name: x})
+    sess = compare.session(model)
+    (y,) = compare.run_model(sess, compare.make_inputs(sess, batch=batch, seed=seed)).values()
     return {"std": float(y.std()), "max_abs": float(np.abs(y).max()), "finite": bool(np.isfinite(y).all())}
 
 
