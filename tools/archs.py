@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "IR_VERSION", "OPSET", "GraphBuilder", "channels", "channel_shuffle",
+    "IR_VERSION", "OPSET", "GraphBuilder", "wrap_graph", "channels", "channel_shuffle",
     "resnet", "resnet18", "resnet50", "vgg16", "mobilenetv2", "shufflenetv2", "unet",
     "ARCHS", "build", "run_check",
 ]
@@ -194,9 +194,14 @@ class GraphBuilder:
             [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, list(out_shape))],
             self.inits,
         )
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxconv-tools")
-        m.ir_version = IR_VERSION
-        return m
+        return wrap_graph(graph)
+
+
+def wrap_graph(graph: onnx.GraphProto, producer_name: str = "onnxconv-tools") -> onnx.ModelProto:
+    """A model around ``graph`` at :data:`OPSET` and :data:`IR_VERSION`, as every model tools/ builds is."""
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer_name)
+    m.ir_version = IR_VERSION
+    return m
 
 
 def _batch_dim(batch: Batch) -> int | str:
