@@ -65,8 +65,8 @@ import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make ``tools`` importable as a package from the repo root
-    sys.path.insert(0, str(ROOT))
+# First on the path, as before: this checkout's onnxconv (not an installed one), and ``tools`` as a package.
+sys.path.insert(0, str(ROOT))
 
 from onnxconv import compare  # noqa: E402
 from onnxconv.bench import BenchConfig, bench  # noqa: E402

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make ``tools`` importable as a package from the repo root
-    sys.path.insert(0, str(ROOT))
+# First on the path, as before: this checkout's onnxconv (not an installed one), and ``tools`` as a package.
+sys.path.insert(0, str(ROOT))
 
 from tools._common import run_timed  # noqa: E402
 
