@@ -174,3 +174,13 @@ def test_crosscheck_agrees_on_the_sample_models(name: str) -> None:
 def test_run_check_runs_an_architecture_with_a_symbolic_batch() -> None:
     out = archs.run_check(archs.build("resnet18", size=32, width=0.125, num_classes=5, batch=None), batch=2)
     assert out["finite"] and 0 < out["std"] <= out["max_abs"]
+
+
+def test_placement_part_runs_and_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_shuffle placement end to end on a tiny stack: its Markdown table, one row per kernel size."""
+    argv = ["placement", "--channels", "8", "--size", "4", "--layers", "2", "--groups", "2", "--iters", "2"]
+    assert bench_shuffle.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Command: `python tools/bench_shuffle.py {' '.join(argv)}`"
+    rows = [line for line in lines if line.startswith("| 1x1 |") or line.startswith("| 3x3 |")]
+    assert len(rows) == 2 and all(row.count("|") == 4 for row in rows)
