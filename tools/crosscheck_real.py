@@ -2,7 +2,9 @@
 
 For each model: every counted layer's input and output tensors become graph outputs, onnxruntime runs the model
 on a random input, and each layer's MACs are recounted from those observed shapes and the weight tensor itself,
-with formulas written out here again (not imported from onnxconv), then compared with what ``analyze`` said.
+with formulas written out here again (not imported from onnxconv: a check that shares the formulas would agree
+with a wrong one), then compared with what ``analyze`` said. Only the plumbing is the library's: the session
+and the random input (:mod:`onnxconv.compare`), the ``--input-shape`` syntax (``stats.parse_input_shape``).
 
     python tools/crosscheck_real.py                      # every model in realmodels/ (default input shapes)
     python tools/crosscheck_real.py M.onnx --input-shape x=1x3x320x320
@@ -21,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import helper
 
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from onnxconv import compare  # noqa: E402
 from onnxconv.model_io import load_model  # noqa: E402
-from onnxconv.stats import LayerStats, analyze  # noqa: E402
+from onnxconv.stats import LayerStats, analyze, parse_input_shape  # noqa: E402
 
 #: Concrete shapes for the symbolic inputs of the models tools/realmodels.py fetches.
 DEFAULT_SHAPES: dict[str, dict[str, list[int]]] = {
@@ -41,9 +43,6 @@ DEFAULT_SHAPES: dict[str, dict[str, list[int]]] = {
     "ppocr_rec.onnx": {"x": [1, 3, 48, 320]},
     "ppocr_cls.onnx": {"x": [1, 3, 48, 192]},
 }
-
-_NP = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64,
-       "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 @dataclass
@@ -125,9 +124,11 @@ def _recount(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]], weight
 
 
 def crosscheck(path: Path, input_shapes: Mapping[str, Sequence[int]], seed: int = 0) -> list[Check]:
-    """Compare analyze()'s per-layer MACs on ``path`` with a recount from onnxruntime's observed shapes."""
-    import onnxruntime as ort
+    """Compare analyze()'s per-layer MACs on ``path`` with a recount from onnxruntime's observed shapes.
 
+    Inputs are :func:`onnxconv.compare.make_inputs` (``seed``) with every symbolic dim not in ``input_shapes``
+    set to 1.
+    """
     meta = load_model(path)
     report = analyze(meta, name=str(path), input_shapes=input_shapes, all_ops=True)
     model = onnx.load(str(path))
@@ -135,16 +136,11 @@ def crosscheck(path: Path, input_shapes: Mapping[str, Sequence[int]], seed: int 
     rows: list[tuple[LayerStats, onnx.NodeProto]] = [(r, by_label[r.name]) for r in report.layers if not r.path]
     names = sorted({t for _, n in rows for t in list(n.input) + list(n.output) if t})
     exposed = _exposed(model, [n for n in names if n not in _weights(model)])
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(exposed.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = list(input_shapes.get(i.name) or [d if isinstance(d, int) else 1 for d in i.shape])
-        feeds[i.name] = rng.standard_normal(shape).astype(_NP.get(i.type, np.float32))
-    outs = sess.run(None, feeds)
-    shapes = {o.name: tuple(v.shape) for o, v in zip(sess.get_outputs(), outs)}
+    sess = compare.session(exposed)
+    feeds = compare.make_inputs(sess, {i.name: list(input_shapes.get(i.name) or
+                                                    [d if isinstance(d, int) else 1 for d in i.shape])
+                                       for i in sess.get_inputs()}, seed=seed)
+    shapes = {name: tuple(v.shape) for name, v in compare.run_model(sess, feeds).items()}
     shapes.update({k: tuple(v.shape) for k, v in feeds.items()})
     weights = _weights(model)
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -163,10 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every layer, not only disagreements")
     args = ap.parse_args(argv)
-    given = {}
-    for text in args.input_shape:
-        name, _, dims = text.partition("=")
-        given[name] = [int(v) for v in dims.split("x")]
+    given = dict(parse_input_shape(text) for text in args.input_shape)
     models = args.models or [ROOT / "realmodels" / n for n in DEFAULT_SHAPES if (ROOT / "realmodels" / n).exists()]
     if not models:
         print("no model found (run python tools/realmodels.py first)", file=sys.stderr)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make ``tools`` importable as a package from the repo root
     sys.path.insert(0, str(ROOT))
 
-from tools.archs import IR_VERSION, OPSET, GraphBuilder, resnet, unet  # noqa: E402
+from tools.archs import GraphBuilder, resnet, unet, wrap_graph  # noqa: E402
 
 __all__ = ["SAMPLES", "build_all", "write_all"]
 
@@ -137,9 +137,7 @@ def messy_export() -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         inits,
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="messy-exporter")
-    m.ir_version = IR_VERSION
-    return m
+    return wrap_graph(graph, producer_name="messy-exporter")
 
 
 def _refine_branch() -> onnx.GraphProto:
