@@ -42,7 +42,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import re
