@@ -1,0 +1,1378 @@
+"""Fuzz the whole ``onnxconv`` CLI: corrupt models, hostile names, misused options and output paths, signals.
+
+Every case is derived from ``(seed, index)`` alone (``random.Random(f"{seed}:{index}")``), so one line
+``--seed S --case I`` reproduces it. A case is a set of input files (a model made by mutating a small valid
+model: byte-level corruption and truncation, or protobuf-level changes of dims, attributes, dtypes, raw data,
+names, initializers, external-data locations, cycles), an argv for ``stats`` / ``separate`` / ``bench`` drawn
+from the real option set with valid and invalid values, and an output-path variant (missing folder, a file in
+place of the folder, read-only folder, 300-character name, report onto the input or onto -o, symlinks, a device
+node, /proc). It runs in a fresh temporary folder, in process through click's CliRunner
+(``catch_exceptions=False``: any exception other than SystemExit is a traceback) or as ``python -m onnxconv``.
+
+Each run is classified:
+
+- success: exit 0 (or 3 from bench with only ``FAIL:`` lines: a threshold failed, as documented);
+- clean error: non-zero exit and stderr exactly one ``Error: ...`` line, or click's usage form
+  ``Usage: ...\\nTry '... -h' for help.\\n\\nError: ...``; the message free of control characters;
+- traceback: an uncaught exception (in process) or ``Traceback`` on stderr;
+- unclean error: any other non-zero exit (several lines, control characters, an empty stderr, killed);
+- timeout;
+
+and, independently, flagged when an input file changed (sha256 of every file there before, symlinks and device
+nodes included, except the declared outputs), when it left files behind (a new file that is not the complete
+declared output or report, any ``*.tmp``), or when its stdout carries terminal control sequences or CSV cells
+that a spreadsheet runs as formulas.
+
+The signal mode starts ``separate`` on a model that takes about a second, sends SIGINT or SIGTERM at a random
+time, and expects exit status 130 / 143 (or death by that signal, or a clean error, or success when it came too
+late), no traceback, no temporary file left and the input unchanged.
+
+Examples::
+
+    python tools/fuzz.py --cases 2000 --seed 1                  # in process, all commands
+    python tools/fuzz.py --cases 200 --mode subprocess --only separate
+    python tools/fuzz.py --signals 50 --cases 0
+    python tools/fuzz.py --seed 1 --case 417 --keep /tmp/repro  # one case again, its files kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+#: Base models: small enough that a case costs a fraction of a second in process.
+BASE_MODELS = ("tiny_cnn.onnx", "tiny_conv1d.onnx", "messy_export.onnx", "tiny_resnet.onnx", "tiny_conv3d.onnx")
+
+#: Names that a terminal, a shell, a spreadsheet or a file system would treat as more than text.
+HOSTILE_NAMES = (
+    "a\nb", "x\r\nError: fake", "\x1b[2J\x1b[Hcleared", "\x1b]8;;http://evil.example/\x07link\x1b]8;;\x07",
+    "\x1b]0;title\x07", "=HYPERLINK(\"http://evil.example\",\"x\")", "+cmd|' /C calc'!A0", "@SUM(1+1)",
+    "-2+3", "../../etc/passwd", "/abs/name", "a\x00b", "\u202eevil", "\x07bell", "tab\tname", "",
+    "n" * 5000, "名前", "a,b;c\"d'e", "%s%n{0}", "\x9b31mC1csi",
+)
+
+#: Byte strings that are not valid UTF-8, the same length as :data:`_PLACEHOLDER` (patched in after
+#: serialising: protobuf refuses to hold them in a string field).
+_PLACEHOLDER = b"FUZZ_PLACEHOLDER_NAME"
+_BAD_UTF8 = (b"\xff\xfe" + b"x" * 19, b"ab\xc3(" + b"y" * 17, b"\xed\xa0\x80" + b"z" * 18)
+
+BIG = (10**12, 2**62, 2**63 - 1, -(2**62))
+
+SUMMARY_KEYS = ("cases", "successes", "clean errors", "tracebacks", "unclean errors", "timeouts",
+                "inputs changed", "leftovers", "unsafe output")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclass
+class Case:
+    """One run: files to create under the case folder, the argv, and what the run may write."""
+
+    seed: int
+    index: int
+    command: str
+    args: list[str]
+    files: dict[str, bytes] = field(default_factory=dict)  # relative path -> content (inputs unless in `others`)
+    others: set[str] = field(default_factory=set)  # files created that are not inputs (an existing -o)
+    links: dict[str, str] = field(default_factory=dict)  # relative link path -> target (relative or absolute)
+    devices: list[str] = field(default_factory=list)  # character devices like /dev/null, made in the case folder
+    dirs: list[str] = field(default_factory=list)
+    readonly: list[str] = field(default_factory=list)  # folders made read-only (effective only for non-root)
+    outputs: list[str] = field(default_factory=list)  # declared outputs (relative), allowed to appear/change
+    tags: list[str] = field(default_factory=list)  # what was done, for the report
+    subprocess_only: bool = False  # needs limits set in a child process (a file-size limit)
+    fsize_limit: int | None = None
+
+    def argv(self, root: Path) -> list[str]:
+        return [a.replace("{D}", str(root)) for a in self.args]
+
+    def repro(self) -> str:
+        return f"--seed {self.seed} --case {self.index}  [{', '.join(self.tags)}]  onnxconv {self.command} " + \
+            " ".join(_quote(a) for a in self.args)
+
+
+def _quote(a: str) -> str:
+    """Shell-like text of one argument: repr() when it holds odd characters, long runs as <c*N>."""
+    r = a if re.fullmatch(r"[\w./{}=:,+-]+", a) else repr(a)
+    return re.sub(r"(.)\1{19,}", lambda m: f"<{m.group(1)}*{len(m.group(0))}>", r)
+
+
+_BASE_CACHE: dict[str, onnx.ModelProto] = {}
+
+
+def _base(name: str) -> onnx.ModelProto:
+    if name not in _BASE_CACHE:
+        _BASE_CACHE[name] = onnx.load(str(MODELS / name))
+    m = onnx.ModelProto()
+    m.CopyFrom(_BASE_CACHE[name])
+    return m
+
+
+def _graph_inputs(m: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in m.graph.initializer}
+    return [i for i in m.graph.input if i.name not in inits]
+
+
+def _input_dims(vi: onnx.ValueInfoProto) -> list[int]:
+    return [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+
+
+def _convs(m: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+
+
+def _weight_inits(m: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in m.graph.initializer if len(t.dims) >= 3] or list(m.graph.initializer)
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _rename_everywhere(m: onnx.ModelProto, old: str, new: str) -> None:
+    g = m.graph
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x == old:
+                n.input[i] = new
+        for i, x in enumerate(n.output):
+            if x == old:
+                n.output[i] = new
+    for coll in (g.input, g.output, g.value_info, g.initializer):
+        for v in coll:
+            if v.name == old:
+                v.name = new
+
+
+# Protobuf-level mutations: each changes the model in place and returns a tag (or None when it did not apply).
+def _mut_dims(m: onnx.ModelProto, rng: random.Random) -> str:
+    t = rng.choice(_weight_inits(m))
+    i = rng.randrange(len(t.dims)) if t.dims else 0
+    v = rng.choice((0, -1, 1, 7, 10**12, 2**62))
+    if t.dims:
+        t.dims[i] = v
+    else:
+        t.dims.append(v)
+    return f"init-dim={v}"
+
+
+def _mut_input_dim(m: onnx.ModelProto, rng: random.Random) -> str:
+    vi = rng.choice(_graph_inputs(m) or list(m.graph.input))
+    dims = vi.type.tensor_type.shape.dim
+    if not dims:
+        return "input-dim-none"
+    d = rng.choice(dims)
+    choice = rng.choice(("zero", "neg", "huge", "param", "hostile-param", "clear"))
+    if choice == "zero":
+        d.dim_value = 0
+    elif choice == "neg":
+        d.dim_value = -3
+    elif choice == "huge":
+        d.dim_value = 10**12
+    elif choice == "param":
+        d.dim_param = "N"
+    elif choice == "hostile-param":
+        d.dim_param = rng.choice(HOSTILE_NAMES) or "x"
+    else:
+        d.Clear()
+    return f"input-dim-{choice}"
+
+
+def _mut_attr(m: onnx.ModelProto, rng: random.Random) -> str:
+    convs = _convs(m) or list(m.graph.node)
+    n = rng.choice(convs)
+    name = rng.choice(("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad", "output_padding"))
+    rank = 2
+    for a in n.attribute:
+        if a.name == "kernel_shape":
+            rank = len(a.ints) or 2
+    kind = rng.choice(("zero", "neg", "huge", "len", "type", "ok"))
+    if name == "group":
+        v: Any = {"zero": 0, "neg": -1, "huge": 2**62, "len": 3, "type": "two", "ok": 1}[kind]
+    elif name == "auto_pad":
+        v = {"zero": "", "neg": "BOGUS", "huge": "SAME_UPPER", "len": "VALID", "type": [1, 2], "ok": "NOTSET"}[kind]
+    else:
+        n_el = 2 * rank if name in ("pads",) else rank
+        base = {"zero": 0, "neg": -1, "huge": rng.choice(BIG), "len": 1, "type": 1, "ok": 1}[kind]
+        v = [base] * (n_el + (1 if kind == "len" else 0))
+        if kind == "type":
+            v = "3x3"
+    _set_attr(n, name, v)
+    return f"attr-{name}-{kind}"
+
+
+def _mut_dtype(m: onnx.ModelProto, rng: random.Random) -> str:
+    t = rng.choice(_weight_inits(m))
+    choice = rng.choice(("string", "undefined", "999", "fp16", "int64", "double", "bool"))
+    code = {"string": TensorProto.STRING, "undefined": TensorProto.UNDEFINED, "999": 999,
+            "fp16": TensorProto.FLOAT16, "int64": TensorProto.INT64, "double": TensorProto.DOUBLE,
+            "bool": TensorProto.BOOL}[choice]
+    t.data_type = code
+    if choice == "string" and rng.random() < 0.5:
+        t.ClearField("raw_data")
+        n = int(np.prod([max(d, 0) for d in t.dims])) if t.dims else 1
+        t.string_data.extend([b"w"] * min(n, 10000))
+    return f"dtype-{choice}"
+
+
+def _mut_raw(m: onnx.ModelProto, rng: random.Random) -> str:
+    t = rng.choice(_weight_inits(m))
+    choice = rng.choice(("truncate", "extend", "empty", "nan", "inf", "huge-values", "float_data"))
+    arr = numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
+    if choice == "truncate":
+        t.raw_data = t.raw_data[: len(t.raw_data) // 2 - 1]
+    elif choice == "extend":
+        t.raw_data = t.raw_data + b"\0" * 12
+    elif choice == "empty":
+        t.raw_data = b""
+    elif arr is not None:
+        a = arr.copy()
+        flat = a.reshape(-1)
+        if choice == "nan":
+            flat[rng.randrange(flat.size)] = np.nan
+        elif choice == "inf":
+            flat[: max(1, flat.size // 2)] = np.inf
+        elif choice == "huge-values":
+            flat[:] = 3e38
+        else:  # the same values as float_data instead of raw_data
+            t.ClearField("raw_data")
+            t.float_data.extend(flat.tolist()[: max(0, flat.size - 1)])
+            return "raw-float_data-short"
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+    return f"raw-{choice}"
+
+
+def _mut_names(m: onnx.ModelProto, rng: random.Random) -> str:
+    name = rng.choice(HOSTILE_NAMES)
+    what = rng.choice(("node", "tensor", "input", "graph", "dim", "doc", "metadata"))
+    g = m.graph
+    if what == "node":  # mostly a conv: its name is a row of every report
+        rng.choice(_convs(m) if rng.random() < 0.8 and _convs(m) else list(g.node)).name = name
+    elif what == "tensor":
+        convs = _convs(m)
+        if convs:
+            _rename_everywhere(m, convs[0].output[0], name)
+    elif what == "input":
+        ins = _graph_inputs(m)
+        if ins:
+            _rename_everywhere(m, ins[0].name, name)
+    elif what == "graph":
+        g.name = name
+    elif what == "dim":
+        for vi in _graph_inputs(m)[:1]:
+            for d in vi.type.tensor_type.shape.dim[:1]:
+                d.dim_param = name or "b"
+    elif what == "doc":
+        g.doc_string = name
+    else:
+        m.metadata_props.add(key=name, value=name)
+    return f"name-{what}"
+
+
+def _mut_collide(m: onnx.ModelProto, rng: random.Random) -> str:
+    g = m.graph
+    choice = rng.choice(("dup-init", "del-init", "del-node", "del-output", "two-producers", "init-is-input"))
+    if choice == "dup-init" and g.initializer:
+        t = rng.choice(list(g.initializer))
+        g.initializer.append(t)
+    elif choice == "del-init" and g.initializer:
+        del g.initializer[rng.randrange(len(g.initializer))]
+    elif choice == "del-node" and g.node:
+        del g.node[rng.randrange(len(g.node))]
+    elif choice == "del-output":
+        del g.output[:]
+    elif choice == "two-producers" and len(g.node) > 2:
+        g.node[1].output[0] = g.node[0].output[0]
+    elif choice == "init-is-input" and g.initializer:
+        ins = _graph_inputs(m)
+        if ins:
+            g.initializer[0].name = ins[0].name
+    return f"graph-{choice}"
+
+
+def _mut_cycle(m: onnx.ModelProto, rng: random.Random) -> str:
+    g = m.graph
+    nodes = list(g.node)
+    if not nodes:
+        return "cycle-none"
+    if rng.random() < 0.3:
+        n = rng.choice(nodes)
+        n.input[0] = n.output[0]
+        return "cycle-self"
+    convs = _convs(m) or nodes
+    first, last = convs[0], nodes[-1]
+    first.input[0] = last.output[0]
+    return "cycle"
+
+
+def _mut_opset(m: onnx.ModelProto, rng: random.Random) -> str:
+    choice = rng.choice(("none", "old", "future", "domain", "ir0", "ir99", "custom-op"))
+    if choice == "none":
+        del m.opset_import[:]
+    elif choice == "old":
+        m.opset_import[0].version = 1
+    elif choice == "future":
+        m.opset_import[0].version = 999
+    elif choice == "domain":
+        rng.choice(list(m.graph.node)).domain = "evil.domain"
+    elif choice == "ir0":
+        m.ir_version = 0
+    elif choice == "ir99":
+        m.ir_version = 99
+    else:
+        rng.choice(_convs(m) or list(m.graph.node)).op_type = rng.choice(("NoSuchOp", "Conv", "ConvInteger", ""))
+    return f"opset-{choice}"
+
+
+def _mut_optype(m: onnx.ModelProto, rng: random.Random) -> str:
+    convs = _convs(m)
+    if not convs:
+        return "optype-none"
+    n = rng.choice(convs)
+    n.op_type = rng.choice(("ConvTranspose", "Conv", "QLinearConv", "ConvInteger"))
+    if rng.random() < 0.5:
+        del n.input[1:]
+    return f"optype-{n.op_type}"
+
+
+PROTO_MUTATIONS: tuple[Callable[[onnx.ModelProto, random.Random], str], ...] = (
+    _mut_dims, _mut_input_dim, _mut_attr, _mut_dtype, _mut_raw, _mut_names, _mut_collide, _mut_cycle,
+    _mut_opset, _mut_optype,
+)
+
+
+def _external(m: onnx.ModelProto, rng: random.Random, files: dict[str, bytes], links: dict[str, str]) -> str:
+    """Move weights to external data; the location is fine, missing, or points out of the model's folder."""
+    inits = [t for t in m.graph.initializer if t.raw_data]
+    if not inits:
+        return "external-none"
+    choice = rng.choice(("ok", "ok", "missing", "parent", "absolute", "symlink-out", "offset", "length", "nul",
+                         "folder"))
+    blob = b""
+    chosen = rng.sample(inits, k=min(len(inits), rng.randint(1, 3)))
+    location = "weights.bin"
+    for t in chosen:
+        data = t.raw_data
+        offset = len(blob)
+        blob += data
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        length = len(data)
+        if choice == "offset":
+            offset = 10**9
+        elif choice == "length":
+            length = 2**62
+        if choice == "parent":
+            location = "../outside.bin"
+        elif choice == "absolute":
+            location = "/etc/hostname"
+        elif choice == "symlink-out":
+            location = "link.bin"
+        elif choice == "nul":
+            location = "weights.bin\0evil"
+        elif choice == "folder":
+            location = "."
+        for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            t.external_data.add(key=k, value=v)
+    if choice not in ("missing", "folder"):
+        files["in/weights.bin"] = blob
+    if choice == "parent":
+        files["outside.bin"] = blob  # exists, but outside the model's folder
+    if choice == "symlink-out":
+        files["outside.bin"] = blob
+        links["in/link.bin"] = "../outside.bin"
+    return f"external-{choice}"
+
+
+def _serialize_with_bad_utf8(m: onnx.ModelProto, rng: random.Random) -> tuple[bytes, str]:
+    """Serialise with one name replaced by bytes that are not UTF-8 (same length, so lengths stay valid)."""
+    convs = _convs(m) or list(m.graph.node)
+    if rng.random() < 0.5:
+        convs[0].name = _PLACEHOLDER.decode()
+    else:
+        _rename_everywhere(m, convs[0].output[0], _PLACEHOLDER.decode())
+    data = m.SerializeToString()
+    return data.replace(_PLACEHOLDER, rng.choice(_BAD_UTF8)), "name-bad-utf8"
+
+
+def _byte_corrupt(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    choice = rng.choice(("flip", "truncate", "insert", "zero-run", "empty", "random", "prefix", "json"))
+    b = bytearray(data)
+    if choice == "flip":
+        for _ in range(rng.randint(1, 20)):
+            i = rng.randrange(len(b))
+            b[i] = rng.randrange(256)
+    elif choice == "truncate":
+        b = b[: rng.randrange(len(b))]
+    elif choice == "insert":
+        i = rng.randrange(len(b))
+        b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    elif choice == "zero-run":
+        i = rng.randrange(len(b))
+        b[i: i + rng.randint(1, 4096)] = b"\0" * min(4096, len(b) - i)
+    elif choice == "empty":
+        b = bytearray()
+    elif choice == "random":
+        b = bytearray(rng.randbytes(rng.randint(1, 4096)))
+    elif choice == "prefix":
+        b = bytearray(b"\x08\x0a\x12") + b
+    else:
+        b = bytearray(b'{"not": "onnx"}')
+    return bytes(b), f"bytes-{choice}"
+
+
+def _model_case(rng: random.Random, case: Case) -> tuple[onnx.ModelProto | None, str]:
+    """Write the input model (and its side files) into ``case.files``; return the valid base it came from."""
+    name = rng.choice(BASE_MODELS)
+    m = _base(name)
+    case.tags.append(name.removesuffix(".onnx"))
+    r = rng.random()
+    ref = onnx.ModelProto()
+    ref.CopyFrom(m)
+    if r < 0.25:  # the valid model: the options are what is being fuzzed
+        data = m.SerializeToString()
+        case.tags.append("valid")
+    elif r < 0.45:
+        data, tag = _byte_corrupt(m.SerializeToString(), rng)
+        case.tags.append(tag)
+    elif r < 0.52:
+        data, tag = _serialize_with_bad_utf8(m, rng)
+        case.tags.append(tag)
+    elif r < 0.62:
+        case.tags.append(_external(m, rng, case.files, case.links))
+        data = m.SerializeToString()
+    elif r < 0.70:  # hostile names alone, on a model that otherwise works: what reaches the printed output
+        case.tags.append(_mut_names(m, rng))
+        data = m.SerializeToString()
+    else:
+        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+            try:
+                case.tags.append(rng.choice(PROTO_MUTATIONS)(m, rng))
+            except (IndexError, ValueError, TypeError) as e:  # a mutation that does not fit this model
+                case.tags.append(f"skip:{type(e).__name__}")
+        data = m.SerializeToString()
+    special = rng.random()
+    model_rel = "in/model.onnx"
+    if special < 0.03:
+        case.tags.append("model-missing")
+        return ref, "in/missing.onnx"
+    if special < 0.05:
+        case.dirs.append("in/adir.onnx")
+        case.tags.append("model-is-folder")
+        return ref, "in/adir.onnx"
+    if special < 0.08:
+        model_rel = "in/" + rng.choice(("a b.onnx", "-x.onnx", "名前.onnx", "m\nn.onnx", "x" * 200 + ".onnx",
+                                        "\x1b[31mred.onnx"))
+        case.tags.append("model-odd-name")
+    case.files[model_rel] = data
+    if special > 0.97:
+        case.links["in/linked.onnx"] = Path(model_rel).name
+        case.tags.append("model-symlink")
+        return ref, "in/linked.onnx"
+    return ref, model_rel
+
+
+def _pick(rng: random.Random, valid: Sequence[Any], invalid: Sequence[Any], p_invalid: float = 0.3) -> str:
+    return str(rng.choice(invalid if rng.random() < p_invalid else valid))
+
+
+def _shape_value(rng: random.Random, ref: onnx.ModelProto | None) -> str:
+    ins = _graph_inputs(ref) if ref is not None else []
+    if ins and rng.random() < 0.6:
+        vi = rng.choice(ins)
+        dims = _input_dims(vi)
+        choice = rng.choice(("ok", "ok", "zero", "neg", "huge", "rank", "junk", "empty"))
+        if choice == "zero":
+            dims[0] = 0
+        elif choice == "neg":
+            dims[-1] = -4
+        elif choice == "huge":
+            dims[rng.randrange(len(dims))] = rng.choice((10**12, 2**62, 10**6))
+        elif choice == "rank":
+            dims = dims + [2]
+        text = "x".join(str(d) for d in dims)
+        if choice == "junk":
+            text = rng.choice(("1xax3", "1x3x", "x", "1,3,64,64", "1x3x64x64x", "１x3"))
+        elif choice == "empty":
+            text = ""
+        return f"{vi.name}={text}"
+    return rng.choice(("bogus=1x3x64x64", "=1x3", "input", "input=", "=", "input=1x3x64x64=2",
+                       rng.choice(HOSTILE_NAMES) + "=1x2"))
+
+
+def _stats_args(rng: random.Random, ref: onnx.ModelProto | None) -> list[str]:
+    a: list[str] = []
+    if rng.random() < 0.3:
+        a += ["--input-shape", _shape_value(rng, ref)]
+    if rng.random() < 0.3:
+        a += ["--batch", _pick(rng, (1, 2, 8), (0, -1, 10**12, 2**62, "x", 2**64))]
+    if rng.random() < 0.5:
+        a += ["--format", _pick(rng, ("table", "json", "csv", "markdown"), ("xml", ""))]
+    if rng.random() < 0.3:
+        a += ["--sort", _pick(rng, ("order", "macs", "params", "flops"), ("bogus",))]
+    if rng.random() < 0.2:
+        a += ["--top", _pick(rng, (1, 3, 100), (0, -1, "x"))]
+    if rng.random() < 0.2:
+        a += ["--groups", _pick(rng, (1, 2, 3, 4), (0, -2, 10**12))]
+    if rng.random() < 0.2:
+        a.append("--all-ops")
+    return a
+
+
+def _npz(rng: random.Random, ref: onnx.ModelProto | None, samples: int) -> tuple[bytes, str]:
+    """An .npz of model inputs: right, wrong shape or dtype, wrong name, pickled objects, or not an npz."""
+    choice = rng.choice(("ok", "ok", "shape", "dtype", "name", "pickle", "corrupt", "empty", "nan"))
+    arrays: dict[str, Any] = {}
+    for vi in (_graph_inputs(ref) if ref is not None else []):
+        dims = _input_dims(vi)
+        if samples > 1:
+            dims = [samples] + dims[1:]
+        arrays[vi.name] = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    if choice == "corrupt":
+        return b"PK\x03\x04garbage", "npz-corrupt"
+    if choice == "empty":
+        arrays = {}
+    elif arrays:
+        k = next(iter(arrays))
+        if choice == "shape":
+            arrays[k] = arrays[k][..., :3]
+        elif choice == "dtype":
+            arrays[k] = arrays[k].astype(np.int64)
+        elif choice == "name":
+            arrays["bogus"] = arrays.pop(k)
+        elif choice == "pickle":
+            arrays[k] = np.array([{"a": 1}, None], dtype=object)
+        elif choice == "nan":
+            arrays[k][...] = np.nan
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue(), f"npz-{choice}"
+
+
+def _output_variant(rng: random.Random, case: Case, model_rel: str) -> tuple[str, str | None]:
+    """-o and --report targets (as argv text with {D} for the case folder) and their setup."""
+    choice = rng.choices(
+        ("plain", "existing", "missing-folder", "file-as-folder", "readonly", "long", "is-input", "symlink-input",
+         "dangling", "device", "proc", "is-folder", "relative", "odd-name", "report-is-input", "report-is-output",
+         "report-missing-folder", "report-device", "fsize"),
+        weights=(30, 4, 3, 3, 2, 3, 3, 3, 2, 3, 2, 2, 2, 3, 3, 3, 2, 2, 2))[0]
+    case.tags.append(f"out-{choice}")
+    case.dirs.append("out")
+    out, report = "out/result.onnx", None
+    if rng.random() < 0.3 or choice.startswith("report-"):
+        report = "out/report.json"
+    if choice == "existing":
+        case.files["out/result.onnx"] = b"old"
+        case.others.add("out/result.onnx")
+    elif choice == "missing-folder":
+        out = "out/no/such/result.onnx"
+    elif choice == "file-as-folder":
+        case.files["out/afile"] = b"x"
+        out = "out/afile/result.onnx"
+    elif choice == "readonly":
+        if os.geteuid() == 0:  # root writes into a chmod 555 folder; /sys refuses even root (EACCES)
+            out = "/sys/onnxconv-fuzz-result.onnx"
+        else:
+            case.dirs.append("out/ro")
+            case.readonly.append("out/ro")
+            out = "out/ro/result.onnx"
+    elif choice == "long":
+        out = "out/" + "L" * rng.choice((250, 255, 300)) + ".onnx"
+    elif choice == "is-input":
+        out = model_rel
+    elif choice == "symlink-input":
+        case.links["out/link.onnx"] = "../" + model_rel
+        out = "out/link.onnx"
+    elif choice == "dangling":
+        case.links["out/dangling.onnx"] = "nowhere/x.onnx"
+        out = "out/dangling.onnx"
+    elif choice == "device":
+        case.devices.append("out/null")
+        out = "out/null"
+    elif choice == "proc":
+        out = rng.choice(("/proc/fuzz_no_such/result.onnx", "/proc/version"))
+    elif choice == "is-folder":
+        out = "out"
+    elif choice == "relative":
+        out = "result.onnx"  # the run's working folder is the case folder
+    elif choice == "odd-name":
+        out = "out/" + rng.choice(("-r.onnx", "a\nb.onnx", "\x1b[31m.onnx", " .onnx", "x.onnx.tmp", ".hidden"))
+    elif choice == "report-is-input":
+        report = model_rel
+    elif choice == "report-is-output":
+        report = out
+    elif choice == "report-missing-folder":
+        report = "out/nope/report.json"
+    elif choice == "report-device":
+        case.devices.append("out/rnull")
+        report = "out/rnull"
+    elif choice == "fsize":
+        case.fsize_limit = rng.choice((1000, 20000))
+        case.subprocess_only = True
+    for p in (out, report):
+        if p is not None and not p.startswith("/") and p not in case.devices:
+            case.outputs.append(p)
+    return (out if out.startswith("/") or choice == "relative" else "{D}/" + out,
+            None if report is None else "{D}/" + report)
+
+
+def _separate_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, model_rel: str) -> list[str]:
+    out, report = _output_variant(rng, case, model_rel)
+    a = ["-o", out]
+    if report is not None:
+        a += ["--report", report]
+    mode = _pick(rng, ("separable", "separable", "shuffle"), ("mixed", "bogus"), 0.15)
+    if mode != "separable" or rng.random() < 0.2:
+        a += ["--mode", mode]
+    if mode == "shuffle" or rng.random() < 0.05:
+        a += ["--groups", _pick(rng, (2, 4), (0, 1, 3, -2, 10**6, 2**62))]
+        if rng.random() < 0.2:
+            a += ["--mixing", _pick(rng, ("energy", "shuffle"), ("x",))]
+        if rng.random() < 0.2:
+            a += ["--min-energy", _pick(rng, (0, 0.5, 1), (-1, 1.5, "nan"))]
+    if mode == "separable" or rng.random() < 0.05:
+        for _ in range(1 if rng.random() < 0.9 else 2):
+            opt = rng.choice(("--rank", "--energy", "--exact", "--max-error", "--budget"))
+            if opt == "--exact":
+                a.append(opt)
+            elif opt == "--rank":
+                a += [opt, _pick(rng, (1, 2, 4), (0, -1, 10**9, 2**62, "1.5"))]
+            elif opt == "--energy":
+                a += [opt, _pick(rng, (0.5, 0.9, 0.99, 1), (0, -0.1, 1.5, "nan", "inf", "-inf"))]
+            elif opt == "--max-error":
+                a += [opt, _pick(rng, (0.05, 0.3, 1), (0, -1, "nan", "inf", 2))]
+            else:
+                a += [opt, _pick(rng, (0.5, 0.8, 1), (0, -1, "nan", "inf", 1e-9, 10))]
+        if rng.random() < 0.2:
+            a += ["--form", _pick(rng, ("sum", "concat", "multiplier", "tiled"), ("bogus",))]
+    if rng.random() < 0.15:
+        a += [rng.choice(("--include", "--exclude")),
+              rng.choice(("conv", ".*", "[", "(", "(a+)+$", "\\", "^$", "(?P<x", rng.choice(HOSTILE_NAMES)))]
+    if rng.random() < 0.1:
+        a.append("--force")
+    if rng.random() < 0.1:
+        a += ["--min-channels", _pick(rng, (1, 4, 64), (0, -1, 2**62))]
+    if rng.random() < 0.15:
+        a += ["--input-shape", _shape_value(rng, ref)]
+    if rng.random() < 0.1:
+        a += ["--batch", _pick(rng, (1, 2), (0, -1, 10**12, 2**62))]
+    if rng.random() < 0.25:
+        a.append("--verify")
+    if rng.random() < 0.08:
+        data, tag = _npz(rng, ref, 1)
+        case.files["in/inputs.npz"] = data
+        case.tags.append(tag)
+        a += ["--inputs", "{D}/in/inputs.npz"]
+    if rng.random() < 0.1:
+        data, tag = _npz(rng, ref, rng.choice((1, 4)))
+        case.files["in/calib.npz"] = data
+        case.tags.append("calib-" + tag)
+        a += ["--calibration", rng.choice(("{D}/in/calib.npz", "{D}/in/calib.npz", "{D}/in", "{D}/in/none.npz"))]
+        if rng.random() < 0.3:
+            a.append("--no-kernel-refit")
+        if rng.random() < 0.2:
+            a += ["--provider", _pick(rng, ("cpu",), ("cuda", "bogus", "tensorrt"), 0.6)]
+        if rng.random() < 0.1:
+            a += ["--target-speedup", _pick(rng, (1.2,), (0, -1, "nan", "inf", 1e9), 0.7)]
+    elif rng.random() < 0.03:
+        a.append("--no-kernel-refit")
+    if rng.random() < 0.03:
+        a += ["--target-speedup", "2"]
+    if rng.random() < 0.05 and "out-is-input" not in case.tags and "out-symlink-input" not in case.tags:
+        a.append("--overwrite")
+    rng.shuffle(pairs := _pairs(a))
+    return [x for p in pairs for x in p]
+
+
+def _pairs(a: list[str]) -> list[list[str]]:
+    """Split an argv into option groups (an option and its value), so their order can be shuffled."""
+    out: list[list[str]] = []
+    for x in a:
+        if x.startswith("-") and (not out or not _is_neg_number(x)):
+            out.append([x])
+        else:
+            out[-1].append(x)
+    return out
+
+
+def _is_neg_number(x: str) -> bool:
+    try:
+        float(x)
+        return True
+    except ValueError:
+        return False
+
+
+def _bench_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, subprocess_mode: bool) -> list[str]:
+    a: list[str] = []
+    # Always bounded: without --iters the default is 5 s of timed rounds per provider.
+    a += ["--iters", _pick(rng, (1, 2), (0, -1, "x"), 0.15)]
+    a += ["--warmup", _pick(rng, (0, 1), (-1, "x"), 0.15)]
+    if rng.random() < 0.15:
+        a += ["--duration", _pick(rng, (0.01, 0.05), (0, -1, "nan", "inf"))]
+    if rng.random() < 0.2:
+        big = (10**12, 2**40) + ((100000,) if subprocess_mode else ())
+        a += ["--threads", _pick(rng, (1, 2), (0, -1) + big)]
+    if rng.random() < 0.15:
+        a += ["-p", _pick(rng, ("cpu",), ("cuda", "tensorrt", "bogus", "CPU", ""), 0.6)]
+    if rng.random() < 0.15:
+        a += ["--opt-level", _pick(rng, ("all", "basic", "extended", "disable"), ("x",))]
+    if rng.random() < 0.15:
+        a += ["--batch", _pick(rng, (1, 2), (0, -1, 10**6, 10**12, 2**62))]
+    if rng.random() < 0.2:
+        a += ["--input-shape", _shape_value(rng, ref)]
+    if rng.random() < 0.1:
+        data, tag = _npz(rng, ref, 1)
+        case.files["in/inputs.npz"] = data
+        case.tags.append(tag)
+        a += ["--inputs", "{D}/in/inputs.npz"]
+    if rng.random() < 0.1:
+        a += ["--seed", _pick(rng, (0, 1), (-1, 2**64, "x"))]
+    if rng.random() < 0.1:
+        a.append("--profile")
+    if rng.random() < 0.1:
+        a += ["--device-id", _pick(rng, (0,), (-1, 99, 2**62))]
+    if rng.random() < 0.1:
+        a += ["--spinning", _pick(rng, ("auto", "on", "off"), ("x",))]
+    if rng.random() < 0.03:
+        a.append("--isolate")
+    if rng.random() < 0.2:
+        a += ["--format", _pick(rng, ("table", "json", "csv", "markdown"), ("x",))]
+    if rng.random() < 0.1:
+        a += ["--progress", _pick(rng, ("auto", "on", "off"), ("x",))]
+    if rng.random() < 0.1:
+        a += ["--fail-if-slower", _pick(rng, (1.0, 100), (0, -1, "nan", "inf"))]
+    if rng.random() < 0.1:
+        a += ["--max-error", _pick(rng, (1e-3,), (0, -1, "nan", "inf"))]
+    pairs = _pairs(a)
+    rng.shuffle(pairs)
+    return [x for p in pairs for x in p]
+
+
+def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: bool = False) -> Case:
+    """Case ``index`` of the run with ``seed``: a pure function of its arguments."""
+    rng = random.Random(f"{seed}:{index}")
+    command = only or rng.choices(("stats", "separate", "bench"), weights=(40, 45, 15))[0]
+    case = Case(seed, index, command, [])
+    ref, model_rel = _model_case(rng, case)
+    model_arg = "{D}/" + model_rel
+    if rng.random() < 0.03:  # CLI misuse: unknown options, missing or extra arguments
+        misuse = rng.choice(([], ["--no-such-option"], [model_arg, model_arg, model_arg], ["--", "-x"],
+                             [model_arg, "--format"], [model_arg, "--help"], ["-h"]))
+        case.args = misuse
+        case.tags.append("misuse")
+        return case
+    if command == "stats":
+        case.args = [model_arg] + _stats_args(rng, ref)
+    elif command == "separate":
+        case.args = [model_arg] + _separate_args(rng, case, ref, model_rel)
+    else:
+        models = [model_arg]
+        if rng.random() < 0.4:
+            models.append(rng.choice((model_arg, "{D}/" + model_rel, "{D}/in/none.onnx")))
+        case.args = models + _bench_args(rng, case, ref, subprocess_mode)
+        if rng.random() < 0.05:
+            case.args.insert(0, "--")  # options after "--" become model paths
+    return case
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running
+
+
+@dataclass
+class Outcome:
+    """What one run did."""
+
+    case: Case
+    status: str  # success | clean error | traceback | unclean error | timeout
+    signature: str  # the failure class: exception and innermost onnxconv frame, or the first stderr words
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    changed: list[str]
+    leftovers: list[str]
+    unsafe: list[str]  # terminal control sequences / spreadsheet formulas in the output
+    seconds: float
+
+
+def _setup(case: Case, root: Path) -> None:
+    for d in case.dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for rel, data in case.files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    for rel, target in case.links.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, p)
+    for rel in case.devices:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a /dev/null twin inside the case folder: the real one is never handed to the CLI
+            os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except (PermissionError, OSError):
+            os.mkfifo(p)
+    for rel in case.readonly:
+        os.chmod(root / rel, 0o555)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` -> a fingerprint (sha256 of a file, a link's target, a device's numbers)."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = "link:" + os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                out[rel] = "file:" + h.hexdigest()
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = "dir"
+            else:
+                out[rel] = f"special:{st.st_mode:o}:{st.st_rdev}"
+    return out
+
+
+def _complete(path: Path) -> bool:
+    """A declared output is complete when it parses: an ONNX model, or the JSON report."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if path.suffix == ".json":
+        try:
+            json.loads(data)
+            return True
+        except ValueError:
+            return False
+    try:
+        m = onnx.ModelProto()
+        m.ParseFromString(data)
+        return len(m.graph.node) > 0
+    except Exception:  # noqa: BLE001 - any parse failure means incomplete
+        return False
+
+
+def _check_files(case: Case, root: Path, before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
+    inputs = set(case.files) - case.others
+    declared = set(case.outputs) - inputs  # -o or --report naming an input never makes changing it right
+    changed = [p for p, fp in before.items() if p not in declared and after.get(p) != fp]
+    leftovers = []
+    for p in sorted(set(after) - set(before)):
+        if after[p] == "dir":
+            leftovers.append(p + "/")
+            continue
+        companion = any(p == d + ".data" for d in declared)  # external weights beside the written model
+        if (p in declared or companion) and not p.endswith(".tmp") and after[p].startswith("file:"):
+            if companion or _complete(root / p):
+                continue
+            leftovers.append(p + " (incomplete)")  # e.g. the report renamed over the model it names
+            continue
+        leftovers.append(p)
+    for p in declared:  # a declared output that existed (an old -o) and was replaced by something incomplete
+        if p in before and after.get(p, before[p]) != before[p] and after[p].startswith("file:") \
+                and not _complete(root / p):
+            leftovers.append(p + " (incomplete)")
+    return changed, leftovers
+
+
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_USAGE = re.compile(r"Usage: [^\n]*\n(?:[^\n]*\n)*?Try '[^\n]*' for help\.\n\nError: [^\n]+")
+
+
+def classify_stderr(exit_code: int, stderr: str) -> tuple[str, str]:
+    """(status, signature) from a finished run's exit code and stderr."""
+    err = stderr.rstrip("\n")
+    if "Traceback (most recent call last)" in stderr:
+        return "traceback", _tb_signature_text(stderr)
+    if exit_code == 0:
+        return "success", ""
+    if exit_code == 3 and err and all(line.startswith("FAIL: ") for line in err.split("\n")):
+        return "success", ""  # a --fail-if-slower / --max-error threshold failed: documented, exit 3
+    one_line = err.startswith("Error: ") and "\n" not in err
+    usage = _USAGE.fullmatch(err) is not None
+    if (one_line or usage) and not _CTRL.search(err.replace("\n", "")):
+        return "clean error", ""
+    if one_line or usage:
+        return "unclean error", "control characters in the error message"
+    first = err.strip().split("\n")[0][:70] if err.strip() else f"(empty stderr, exit {exit_code})"
+    lines = err.count("\n") + 1 if err else 0
+    return "unclean error", f"{lines}-line stderr: {re.sub(r'[0-9]+', 'N', first)}"
+
+
+def _tb_signature_text(stderr: str) -> str:
+    frames = re.findall(r'File "([^"]*)", line (\d+), in (\S+)', stderr)
+    ours = [f for f in frames if "/onnxconv/" in f[0]]
+    where = ours[-1] if ours else (frames[-1] if frames else ("?", "?", "?"))
+    lines = [ln for ln in stderr.strip().split("\n") if ln and not ln.startswith(" ")]
+    last = lines[-1] if lines else "?"
+    exc = last.split(":")[0].split(".")[-1]  # onnx_graphsurgeon.util.exception.X and X are one class
+    return f"{exc} at {_short(where[0])}:{where[2]}"
+
+
+def _short(path: str) -> str:
+    i = path.rfind("/onnxconv/")
+    return path[i + 1:] if i >= 0 else Path(path).name
+
+
+def _tb_signature(e: BaseException) -> str:
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in frames if "/onnxconv/" in f.filename]
+    f = ours[-1] if ours else (frames[-1] if frames else None)
+    where = f"{_short(f.filename)}:{f.name}" if f else "?"
+    return f"{type(e).__name__} at {where}"
+
+
+def _unsafe(case: Case, stdout: str) -> list[str]:
+    found = []
+    if "\x1b" in stdout or "\x9b" in stdout or "\x07" in stdout:
+        found.append("terminal control sequence on stdout")
+    if "--format" in case.args and "csv" in case.args[case.args.index("--format") + 1:][:1]:
+        try:
+            rows = list(csv.reader(io.StringIO(stdout)))
+        except csv.Error:
+            rows = []
+        if any(cell[:1] in ("=", "+", "@") or (cell[:1] == "-" and not _is_neg_number(cell))
+               for row in rows for cell in row if cell):
+            found.append("CSV cell starting with a formula character")
+    return found
+
+
+class _CaseTimeout(BaseException):
+    """Raised by SIGALRM in process: a BaseException so that no ``except Exception`` swallows it."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _CaseTimeout()
+
+
+def run_inprocess(case: Case, root: Path, timeout: float) -> tuple[str, str, int | None, str, str]:
+    """(status, signature, exit code, stdout, stderr) of ``case`` through click's CliRunner."""
+    from click.testing import CliRunner
+
+    from onnxconv.cli import main
+
+    runner = CliRunner()
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    cwd = os.getcwd()
+    os.chdir(root)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        result = runner.invoke(main, [case.command] + case.argv(root), catch_exceptions=False)
+    except _CaseTimeout:
+        return "timeout", "timeout", None, "", ""
+    except BaseException as e:  # noqa: BLE001 - every escaping exception is a finding, KeyboardInterrupt too
+        return "traceback", _tb_signature(e), None, "", "".join(traceback.format_exception(e))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.chdir(cwd)
+    stdout, stderr = result.stdout, result.stderr
+    status, sig = classify_stderr(result.exit_code, stderr)
+    return status, sig, result.exit_code, stdout, stderr
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _limits(mem_bytes: int | None, fsize: int | None) -> Callable[[], None]:
+    def apply() -> None:
+        if mem_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
+        if fsize:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    return apply
+
+
+def run_subprocess(case: Case, root: Path, timeout: float, mem_bytes: int | None
+                   ) -> tuple[str, str, int | None, str, str]:
+    try:
+        p = subprocess.run([sys.executable, "-m", "onnxconv", case.command] + case.argv(root), cwd=root,
+                           env=_child_env(), capture_output=True, timeout=timeout,
+                           preexec_fn=_limits(mem_bytes, case.fsize_limit))
+    except subprocess.TimeoutExpired:
+        return "timeout", "timeout", None, "", ""
+    stdout = p.stdout.decode("utf-8", "replace")
+    stderr = p.stderr.decode("utf-8", "replace")
+    if p.returncode < 0:
+        return "unclean error", f"killed by signal {-p.returncode}", p.returncode, stdout, stderr
+    status, sig = classify_stderr(p.returncode, stderr)
+    return status, sig, p.returncode, stdout, stderr
+
+
+def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = None,
+             mem_bytes: int | None = None) -> Outcome:
+    """Run ``case`` in a fresh folder and check it; the folder is removed unless it failed and ``keep``."""
+    tmp = Path(tempfile.mkdtemp(prefix="onnxconv-fuzz-"))
+    root = tmp / "case"
+    root.mkdir()
+    try:
+        _setup(case, root)
+        before = snapshot(root)
+        t0 = time.perf_counter()
+        if mode == "subprocess" or case.subprocess_only:
+            status, sig, code, out, err = run_subprocess(case, root, timeout, mem_bytes)
+        else:
+            status, sig, code, out, err = run_inprocess(case, root, timeout)
+        seconds = time.perf_counter() - t0
+        if status == "unclean error" and code is not None and code >= 0:  # a signature without the temp folder
+            sig = classify_stderr(code, err.replace(str(root), "{D}"))[1]
+        for rel in case.readonly:
+            if (root / rel).exists():
+                os.chmod(root / rel, 0o755)
+        after = snapshot(root)
+        changed, leftovers = _check_files(case, root, before, after)
+        outcome = Outcome(case, status, sig, code, out, err, changed, leftovers, _unsafe(case, out), seconds)
+        if keep is not None and _failed(outcome):
+            dest = keep / f"seed{case.seed}-case{case.index}"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(root, dest / "after", symlinks=True)
+            dest.mkdir(parents=True, exist_ok=True)
+            for rel, data in case.files.items():  # the inputs as they were, for a rerun by hand
+                (dest / "inputs" / rel).parent.mkdir(parents=True, exist_ok=True)
+                (dest / "inputs" / rel).write_bytes(data)
+            (dest / "repro.txt").write_text(case.repro() + "\n\n" + err)
+        return outcome
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _failed(o: Outcome) -> bool:
+    return o.status in ("traceback", "unclean error", "timeout") or bool(o.changed or o.leftovers or o.unsafe)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the signal mode
+
+
+def _slow_model(path: Path) -> None:
+    """Six 3x3 convs at 96 channels on 48x48: ``separate --energy 0.9 --verify`` takes about a second."""
+    rng = np.random.default_rng(0)
+    c, hw = 96, 48
+    nodes, inits = [], []
+    x = "input"
+    for i in range(6):
+        w = rng.standard_normal((c, 3 if i == 0 else c, 3, 3)).astype(np.float32) * 0.05
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        x = f"r{i}"
+    g = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, hw, hw])],
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, c, hw, hw])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    onnx.save(m, str(path))
+
+
+@dataclass
+class SignalOutcome:
+    index: int
+    signum: int
+    delay: float
+    returncode: int | None
+    status: str
+    signature: str
+    changed: list[str]
+    leftovers: list[str]
+    stderr: str
+
+    def repro(self, seed: int) -> str:
+        what = (f"{signal.Signals(self.signum).name} after {self.delay:.2f} s" if self.signum else
+                f"two concurrent writers (the second with --rank 2, {self.delay / 4:.2f} s later)")
+        return (f"--seed {seed} --signal-case {self.index}  {what}: onnxconv separate slow.onnx "
+                "-o out/result.onnx --energy 0.9 --verify --report out/report.json")
+
+
+def run_signal_case(seed: int, index: int, duration: float, timeout: float = 120.0) -> SignalOutcome:
+    """Start ``separate`` on the slow model and interrupt it after a random delay within ``duration``.
+
+    One case in five instead starts two writers of the same -o and --report at once (signal number 0): both
+    must finish (or fail cleanly) and leave one complete model and report, and no temporary file.
+    """
+    rng = random.Random(f"signal:{seed}:{index}")
+    signum = rng.choice((signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM, 0))
+    delay = rng.uniform(0.05, duration)
+    tmp = Path(tempfile.mkdtemp(prefix="onnxconv-fuzz-sig-"))
+    try:
+        (tmp / "in").mkdir()
+        (tmp / "out").mkdir()
+        _slow_model(tmp / "in" / "slow.onnx")
+        before = snapshot(tmp)
+        argv = [sys.executable, "-m", "onnxconv", "separate", str(tmp / "in" / "slow.onnx"), "-o",
+                str(tmp / "out" / "result.onnx"), "--energy", "0.9", "--verify", "--report",
+                str(tmp / "out" / "report.json")]
+        procs = [subprocess.Popen(argv, cwd=tmp, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+        if signum == 0:
+            time.sleep(delay / 4)
+            argv2 = argv[:7] + ["--rank", "2"] + argv[9:]  # --energy 0.9 -> --rank 2: a different result
+            procs.append(subprocess.Popen(argv2, cwd=tmp, env=_child_env(), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE))
+        else:
+            time.sleep(delay)
+            if procs[0].poll() is None:
+                procs[0].send_signal(signum)
+        results: list[tuple[int | None, str]] = []
+        for p in procs:
+            try:
+                _, err_b = p.communicate(timeout=timeout)
+                results.append((p.returncode, err_b.decode("utf-8", "replace")))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err_b = p.communicate()
+                results.append((None, err_b.decode("utf-8", "replace")))
+        after = snapshot(tmp)
+        case = Case(seed, index, "separate", [], outputs=["out/result.onnx", "out/report.json"])
+        changed, leftovers = _check_files(case, tmp, before, after)
+        status, sig = "success", ""
+        for rc, err in results:
+            if rc is None:
+                status, sig = "timeout", "timeout"
+            elif "Traceback (most recent call last)" in err:
+                status, sig = "traceback", _tb_signature_text(err)
+            elif signum and rc in (128 + signum, -signum):
+                status, sig = "interrupted", ""
+            elif rc != 0:
+                st, sg = classify_stderr(rc, err)
+                status, sig = (st, sg) if st != "clean error" else ("clean error", "")
+            if status not in ("success", "interrupted", "clean error"):
+                break
+        if signum == 0 and status == "success" and not (tmp / "out" / "result.onnx").is_file():
+            status, sig = "unclean error", "concurrent writers: both succeeded, no output"
+        return SignalOutcome(index, int(signum), delay, results[0][0], status, sig, changed, leftovers,
+                             "\n".join(err for _, err in results))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def signal_duration() -> float:
+    """Seconds one uninterrupted run of the signal mode's command takes here (signals land within it)."""
+    tmp = Path(tempfile.mkdtemp(prefix="onnxconv-fuzz-sig-"))
+    try:
+        _slow_model(tmp / "slow.onnx")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "onnxconv", "separate", str(tmp / "slow.onnx"), "-o",
+                        str(tmp / "r.onnx"), "--energy", "0.9", "--verify"], env=_child_env(),
+                       capture_output=True, timeout=300, check=False)
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a run
+
+
+@dataclass
+class Summary:
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # class -> sig -> repro
+    per_class: Counter[str] = field(default_factory=Counter)
+
+    def add(self, o: Outcome) -> None:
+        c = self.counts
+        c["cases"] += 1
+        key = {"success": "successes", "clean error": "clean errors", "traceback": "tracebacks",
+               "unclean error": "unclean errors", "timeout": "timeouts"}[o.status]
+        c[key] += 1
+        if o.status in ("traceback", "unclean error", "timeout"):
+            self._example(key, o.signature, o.case.repro())
+        if o.changed:
+            c["inputs changed"] += 1
+            self._example("inputs changed", ",".join(o.changed)[:80], o.case.repro())
+        if o.leftovers:
+            c["leftovers"] += 1
+            self._example("leftovers", _leftover_kind(o.leftovers), o.case.repro())
+        if o.unsafe:
+            c["unsafe output"] += 1
+            self._example("unsafe output", ",".join(o.unsafe), o.case.repro())
+
+    def add_signal(self, o: SignalOutcome, seed: int) -> None:
+        c = self.counts
+        c["signal cases"] += 1
+        c[f"signal {o.status}"] += 1
+        if o.status in ("traceback", "unclean error", "timeout"):
+            self._example(f"signal {o.status}", o.signature, o.repro(seed))
+        if o.changed:
+            c["signal inputs changed"] += 1
+            self._example("signal inputs changed", ",".join(o.changed), o.repro(seed))
+        if o.leftovers:
+            c["signal leftovers"] += 1
+            self._example("signal leftovers", _leftover_kind(o.leftovers), o.repro(seed))
+
+    def _example(self, cls: str, sig: str, repro: str) -> None:
+        self.per_class[f"{cls}: {sig}"] += 1
+        self.examples[cls].setdefault(sig, repro)
+
+    def failures(self) -> int:
+        c = self.counts
+        return sum(c[k] for k in ("tracebacks", "inputs changed", "leftovers", "signal tracebacks",
+                                  "signal inputs changed", "signal leftovers"))
+
+    def render(self, per_class: int = 3) -> str:
+        lines = ["counts:"]
+        for k in SUMMARY_KEYS:
+            lines.append(f"  {k}: {self.counts[k]}")
+        for k in sorted(k for k in self.counts if k.startswith("signal")):
+            lines.append(f"  {k}: {self.counts[k]}")
+        for cls, sigs in self.examples.items():
+            lines.append(f"{cls}: {len(sigs)} distinct")
+            for sig, repro in list(sigs.items())[: per_class if per_class else None]:
+                lines.append(f"  [{self.per_class[f'{cls}: {sig}']}x] {sig}")
+                lines.append(f"      {repro}")
+        return "\n".join(lines)
+
+
+def _leftover_kind(paths: Iterable[str]) -> str:
+    kinds = sorted({"*.tmp" if p.endswith(".tmp") else ("incomplete" if "incomplete" in p else
+                    re.sub(r"[^/]+$", "FILE", p.split(" ")[0])) for p in paths})
+    return ",".join(kinds)
+
+
+def _worker(args: tuple[int, int, str | None, str, float, str | None, int | None]) -> Outcome:
+    seed, index, only, mode, timeout, keep, mem = args
+    case = make_case(seed, index, only, mode == "subprocess")
+    return run_case(case, mode, timeout, Path(keep) if keep else None, mem)
+
+
+def fuzz(cases: int, seed: int = 0, *, mode: str = "inprocess", only: str | None = None, jobs: int = 1,
+         timeout: float = 120.0, keep: Path | None = None, first: int = 0, mem_bytes: int | None = None,
+         progress: Callable[[Outcome], None] | None = None) -> Summary:
+    """Run cases ``first .. first+cases-1`` of ``seed`` and return their counts and reproducers."""
+    summary = Summary()
+    jobs_args = [(seed, i, only, mode, timeout, str(keep) if keep else None, mem_bytes)
+                 for i in range(first, first + cases)]
+    if jobs <= 1:
+        results: Iterable[Outcome] = map(_worker, jobs_args)
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(jobs)
+        results = pool.imap_unordered(_worker, jobs_args, chunksize=4)
+    for o in results:
+        summary.add(o)
+        if progress:
+            progress(o)
+    if jobs > 1:
+        pool.close()
+        pool.join()
+    return summary
+
+
+def signals(n: int, seed: int = 0, *, duration: float | None = None, first: int = 0,
+            summary: Summary | None = None) -> Summary:
+    """``n`` signal cases; ``duration`` (measured when not given) bounds the delay before the signal."""
+    summary = summary or Summary()
+    d = duration if duration is not None else signal_duration()
+    for i in range(first, first + n):
+        summary.add_signal(run_signal_case(seed, i, d), seed)
+    return summary
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=500, help="number of generated cases (default 500)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--case", type=int, default=None, help="run only this case index (prints its output)")
+    ap.add_argument("--first", type=int, default=0, help="index of the first case")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--mode", choices=("inprocess", "subprocess"), default="inprocess")
+    ap.add_argument("--only", choices=("stats", "separate", "bench"), default=None)
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
+    ap.add_argument("--keep", type=Path, default=None, help="copy failing cases' files into this folder")
+    ap.add_argument("--signals", type=int, default=0, help="also run this many signal cases (subprocess)")
+    ap.add_argument("--signal-case", type=int, default=None, help="run only this signal case")
+    ap.add_argument("--mem-gb", type=float, default=4.0,
+                    help="address-space limit of subprocess runs, and of this process in process (0: none)")
+    ap.add_argument("--show", type=int, default=3, help="reproducers shown per failure class (0: all)")
+    ns = ap.parse_args(argv)
+    mem = int(ns.mem_gb * 2**30) if ns.mem_gb > 0 else None
+    if ns.mode == "inprocess" and mem:
+        # Huge declared dims and --batch must fail as MemoryError, not take the machine's memory.
+        resource.setrlimit(resource.RLIMIT_AS, (mem, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    if ns.keep:
+        ns.keep.mkdir(parents=True, exist_ok=True)
+    if ns.signal_case is not None:
+        o = run_signal_case(ns.seed, ns.signal_case, signal_duration())
+        print(o.repro(ns.seed))
+        print(f"returncode {o.returncode}, {o.status} {o.signature}; changed {o.changed}; leftovers {o.leftovers}")
+        print(o.stderr)
+        return 0
+    if ns.case is not None:
+        case = make_case(ns.seed, ns.case, ns.only, ns.mode == "subprocess")
+        o = run_case(case, ns.mode, ns.timeout, ns.keep, mem)
+        print(case.repro())
+        print(f"status {o.status} {o.signature} (exit {o.exit_code}, {o.seconds:.2f} s); changed {o.changed}; "
+              f"leftovers {o.leftovers}; unsafe {o.unsafe}")
+        print("--- stdout\n" + o.stdout + "--- stderr\n" + o.stderr)
+        return 0
+    t0 = time.perf_counter()
+    done = [0]
+
+    def progress(o: Outcome) -> None:
+        done[0] += 1
+        if done[0] % 100 == 0:
+            print(f"... {done[0]} cases, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    summary = fuzz(ns.cases, ns.seed, mode=ns.mode, only=ns.only, jobs=ns.jobs, timeout=ns.timeout, keep=ns.keep,
+                   first=ns.first, mem_bytes=mem, progress=progress) if ns.cases else Summary()
+    if ns.signals:
+        signals(ns.signals, ns.seed, summary=summary)
+    print(f"seed {ns.seed}, mode {ns.mode}, {time.perf_counter() - t0:.0f} s")
+    print(summary.render(ns.show))
+    return 1 if summary.failures() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
