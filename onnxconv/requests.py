@@ -5,11 +5,11 @@ same way) and :meth:`SeparateRequest.validate` refuses contradictory combination
 :class:`~onnxconv.errors.OptionError` line each, before any model is read. :func:`run_separate` loads the model
 and dispatches to the one pass that applies:
 
-* ``--target-speedup``: the planner (:func:`onnxconv.plan.plan_from_file`) chooses per layer, refitting as it goes;
+* ``--target-speedup``: the planner (:func:`onnxconv.planning.plan_from_file`) chooses per layer, refitting as it goes;
 * ``--mode separable``: :func:`onnxconv.passes.separable.separate` with a :class:`~onnxconv.passes.ranks.RankPolicy`;
 * ``--mode shuffle``: :func:`onnxconv.passes.shuffle.group_shuffle`;
 
-then, with ``--calibration`` outside the planner, the least-squares refit (:func:`onnxconv.calibrate.refit_from_file`)
+then, with ``--calibration`` outside the planner, the least-squares refit (:func:`onnxconv.calibration.refit_from_file`)
 and, with ``--fix-input-shape``, static graph inputs. Verification, the report and the write stay with the caller.
 """
 
@@ -177,7 +177,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     check_weights(m, r.model)
     shapes = dict(r.input_shapes)
     if r.target_speedup is not None:
-        from .plan import plan_from_file
+        from .planning import plan_from_file
 
         result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup, provider=r.provider, mode=r.mode,
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
@@ -193,7 +193,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         result = group_shuffle(m, groups=r.groups, node_filter=node_filter, force=r.force, mixing=r.mixing,
                                min_energy=r.min_energy, input_shapes=shapes, batch=r.batch)
     if r.calibration is not None and r.target_speedup is None:
-        from .calibrate import refit_from_file
+        from .calibration import refit_from_file
 
         result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
     if r.fix_input_shape:
