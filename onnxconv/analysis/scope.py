@@ -38,7 +38,7 @@ class Scope:
 
     def __init__(self, graph: onnx.GraphProto, parent: Scope | None, consts: set[str], key_prefix: str = "") -> None:
         self.parent = parent
-        self.key_prefix = key_prefix or (parent.key_prefix if parent else "")
+        self.key_prefix: str = key_prefix or (parent.key_prefix if parent else "")
         self.shapes: dict[str, Any] = dict(parent.shapes) if parent else {}
         self.types: dict[str, onnx.TypeProto] = dict(parent.types) if parent else {}
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -55,7 +55,7 @@ class Scope:
                     if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                         self.shapes.setdefault(node.output[0], tuple(int(d) for d in a.t.dims))
         self.types.update(type_map(graph))
-        self.consts = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer} | set(sparse)
+        self.consts: set[str] = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer} | set(sparse)
         self.producers: dict[str, onnx.NodeProto] = dict(parent.producers) if parent else {}
         for node in graph.node:
             for o in node.output:
