@@ -8,7 +8,7 @@ producers and constant names and adds its own: value_info, initializers (and spa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import onnx
 
@@ -27,8 +27,8 @@ def int_shape(shape: Sequence[int | str | None] | None) -> list[int | None] | No
     return [d if isinstance(d, int) and d >= 0 else None for d in shape]
 
 
-def is_static(shape: Sequence[Any] | None) -> bool:
-    """Whether every dim of ``shape`` is a known non-negative int."""
+def is_static(shape: Sequence[Any] | None) -> TypeGuard[Sequence[int]]:
+    """Whether every dim of ``shape`` is a known non-negative int (a TypeGuard: the checker then sees ints)."""
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
