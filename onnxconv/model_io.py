@@ -416,7 +416,7 @@ def check_output_path(path: str | os.PathLike[str], option: str, *,
     return dest
 
 
-def same_file(a: Path, b: Path) -> bool:
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two names denote the same file: the same inode when both exist, else the same resolved path."""
     try:
         if os.path.samefile(a, b):
