@@ -31,8 +31,8 @@ from .errors import OnnxConvError, OptionError
 if TYPE_CHECKING:  # onnxruntime is imported where a session is made (slow to import); here only its name
     from onnxruntime import InferenceSession
 
-__all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
-           "feeds_for", "run_model", "compare_outputs", "session",
+__all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "write_npz", "model_input_specs",
+           "value_dims", "feeds_for", "run_model", "compare_outputs", "session",
            "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
 
 _ORT_TYPES = {
@@ -268,6 +268,19 @@ def read_npz(path: str | os.PathLike[str], label: str) -> dict[str, np.ndarray]:
         return dict(np.load(path, allow_pickle=False))
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise OptionError(f"{label}: cannot read as .npz ({e})") from None
+
+
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an .npz archive, whatever their names (model input names, which the model chooses).
+
+    ``numpy.savez(path, **arrays)`` takes the names as keyword arguments, so an input called ``file`` fails
+    (two values for savez's own ``file``) and one called ``allow_pickle`` is silently left out. This writes
+    what savez writes, one uncompressed ``NAME.npy`` member per array, without that collision.
+    """
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, a in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
 
 
 def load_inputs(path: str | os.PathLike[str], sess: InferenceSession) -> dict[str, np.ndarray]:

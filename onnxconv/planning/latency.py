@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..bench import BenchConfig, bench
 from ..calibration import CalibrationSet
+from ..compare import write_npz
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
 from .candidates import Candidate, elem_type
@@ -124,7 +125,7 @@ def bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, cal
     _, feeds = next(calib.chunks())
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "inputs.npz")
-        np.savez(path, **feeds)
+        write_npz(path, feeds)  # not np.savez(**feeds): an input may be named "file" or "allow_pickle"
         cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads, inputs=path)
         models = [original] if rewritten is None else [original, rewritten]
         report = bench(models, cfg, names=["original", "rewritten"][: len(models)])
