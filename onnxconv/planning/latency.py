@@ -114,7 +114,7 @@ def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, thre
             for v, res in zip(values[1:], results[1:]):
                 ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
                 cache.put(keys[v], keep_s / ratio)
-        out[c.name] = {v: cache.get(k) for v, k in keys.items()}  # type: ignore[misc]
+        out[c.name] = {v: cache.times[k] for v, k in keys.items()}  # every key is cached by now
     cache.save()
     return out
 
