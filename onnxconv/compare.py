@@ -21,15 +21,18 @@ import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
 
 from .errors import OnnxConvError, OptionError
 
-__all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "model_input_specs", "value_dims",
-           "feeds_for", "run_model", "compare_outputs", "session",
+if TYPE_CHECKING:  # onnxruntime is imported where a session is made (slow to import); here only its name
+    from onnxruntime import InferenceSession
+
+__all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "write_npz", "model_input_specs",
+           "value_dims", "feeds_for", "run_model", "compare_outputs", "session",
            "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
 
 _ORT_TYPES = {
@@ -80,10 +83,10 @@ def ort_message(e: BaseException, limit: int = 300) -> str:
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def session(model: onnx.ModelProto | str | os.PathLike[str],  # type: ignore[no-untyped-def]
+def session(model: onnx.ModelProto | str | os.PathLike[str],
             providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
             threads: int | None = None, opt_level: str = "all", *, profile_prefix: str | None = None,
-            spinning: bool | None = None):
+            spinning: bool | None = None) -> InferenceSession:
     """An onnxruntime InferenceSession; load failures become one-line :class:`OnnxConvError`.
 
     Args:
@@ -137,8 +140,8 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
 
 
-def make_inputs(sess, input_shapes: Mapping[str, Sequence[int]] | None = None, batch: int | None = None,  # type: ignore[no-untyped-def]
-                seed: int = 0, max_bytes: int | Literal["auto"] | None = "auto") -> dict[str, np.ndarray]:
+def make_inputs(sess: InferenceSession, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                batch: int | None = None, seed: int = 0, max_bytes: int | Literal["auto"] | None = "auto") -> dict[str, np.ndarray]:
     """Random inputs for every input of an onnxruntime session (standard normal floats, small ints).
 
     Every shape is worked out and the bytes of all inputs summed before anything is allocated; more than
@@ -224,7 +227,7 @@ def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return out
 
 
-def _session_specs(sess) -> list[InputSpec]:  # type: ignore[no-untyped-def]
+def _session_specs(sess: InferenceSession) -> list[InputSpec]:
     return [(i.name, [d if isinstance(d, int) and d > 0 else None for d in i.shape] if i.shape is not None else None,
              _ORT_TYPES.get(i.type)) for i in sess.get_inputs()]
 
@@ -267,13 +270,26 @@ def read_npz(path: str | os.PathLike[str], label: str) -> dict[str, np.ndarray]:
         raise OptionError(f"{label}: cannot read as .npz ({e})") from None
 
 
-def load_inputs(path: str | os.PathLike[str], sess) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an .npz archive, whatever their names (model input names, which the model chooses).
+
+    ``numpy.savez(path, **arrays)`` takes the names as keyword arguments, so an input called ``file`` fails
+    (two values for savez's own ``file``) and one called ``allow_pickle`` is silently left out. This writes
+    what savez writes, one uncompressed ``NAME.npy`` member per array, without that collision.
+    """
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, a in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+
+
+def load_inputs(path: str | os.PathLike[str], sess: InferenceSession) -> dict[str, np.ndarray]:
     """Inputs from an .npz file whose array names are the model's input names, checked against the session's
     inputs (rank, fixed dims, dtype)."""
     return check_inputs(read_npz(path, f"--inputs {path}"), _session_specs(sess), f"--inputs {path}")
 
 
-def feeds_for(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def feeds_for(sess: InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``feeds`` keyed by the input names of ``sess``: by name when they all match, else by position.
 
     A rewrite may rename graph inputs; matching by position then still feeds it the same arrays.
@@ -291,7 +307,7 @@ def feeds_for(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  
     return dict(zip(names, feeds.values()))
 
 
-def run_model(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def run_model(sess: InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a session; output name -> array."""
     names = [o.name for o in sess.get_outputs()]
     try:

@@ -20,7 +20,7 @@ from typing import Any
 from . import counting as C
 from .errors import ShapeError
 
-__all__ = ["CONV_OPS", "WEIGHT_INDEX", "BIAS_INDEX", "Shape", "ConvSpec", "conv_spec"]
+__all__ = ["CONV_OPS", "WEIGHT_INDEX", "BIAS_INDEX", "Shape", "known", "ConvSpec", "conv_spec"]
 
 CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
 WEIGHT_INDEX = {"Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3}
@@ -31,6 +31,13 @@ INT64_MAX = 2**63 - 1
 
 #: A tensor shape; ``None`` marks a dim that is unknown (symbolic or not inferred).
 Shape = tuple["int | None", ...]
+
+
+def known(shape: Sequence[int | None]) -> tuple[int, ...] | None:
+    """``shape`` as plain ints when every dim is known, else None: one test that also tells a type checker the
+    dims are ints from here on (``None in shape`` checks the same but narrows nothing)."""
+    out = tuple(d for d in shape if d is not None)
+    return out if len(out) == len(shape) else None
 
 
 @dataclass(frozen=True)
@@ -117,9 +124,10 @@ class ConvSpec:
 
     @property
     def outputs(self) -> int | None:
-        if any(v is None for v in self.output_shape) or self.batch is None:
+        shape = known(self.output_shape)
+        if shape is None or self.batch is None:
             return None
-        return C.prod(self.output_shape)  # type: ignore[arg-type]
+        return C.prod(shape)
 
     @property
     def macs(self) -> int | None:
@@ -127,23 +135,26 @@ class ConvSpec:
         if n is None:
             return None
         if self.transposed:
-            spatial = self.input_shape[2:]
-            if any(v is None for v in spatial):
+            spatial = known(self.input_shape[2:])
+            if spatial is None:
                 return None
-            return C.conv_transpose_macs(n, self.c_in, spatial, self.weight_shape[1], self.kernel_shape)  # type: ignore[arg-type]
-        spatial = self.output_shape[2:]
-        if any(v is None for v in spatial):
+            return C.conv_transpose_macs(n, self.c_in, spatial, self.weight_shape[1], self.kernel_shape)
+        spatial = known(self.output_shape[2:])
+        if spatial is None:
             return None
-        return C.conv_macs(n, self.c_out, spatial, self.weight_shape[1], self.kernel_shape)  # type: ignore[arg-type]
+        return C.conv_macs(n, self.c_out, spatial, self.weight_shape[1], self.kernel_shape)
 
     @property
     def flops(self) -> int | None:
-        macs, outputs = self.macs, self.outputs
-        if macs is None or outputs is None:
+        macs, outputs, n = self.macs, self.outputs, self.batch
+        if macs is None or outputs is None or n is None:
             return None
         if self.transposed:
-            covered = C.conv_transpose_covered(self.input_shape[2:], self.kernel_shape, self.strides, self.dilations)  # type: ignore[arg-type]
-            return C.conv_transpose_flops(macs, self.batch * self.c_out * covered, outputs, self.has_bias)  # type: ignore[operator]
+            spatial = known(self.input_shape[2:])
+            if spatial is None:  # macs is None then too: not reached
+                return None
+            covered = C.conv_transpose_covered(spatial, self.kernel_shape, self.strides, self.dilations)
+            return C.conv_transpose_flops(macs, n * self.c_out * covered, outputs, self.has_bias)
         return C.conv_flops(macs, outputs, self.has_bias)
 
 
@@ -184,8 +195,9 @@ def _check_sizes(spatial_in: Sequence[int | None], kernel: Sequence[int], dilati
         _check_int64("padded input size" if not transposed else "input size plus pads", padded)
     _check_int64("output shape", list(output_shape))
     for what, shape in (("input", input_shape), ("output", output_shape)):
-        if all(v is not None for v in shape) and C.prod(shape) > INT64_MAX:  # type: ignore[arg-type]
-            raise ShapeError(f"{what} shape {list(shape)} has {C.prod(shape)} elements, beyond int64")  # type: ignore[arg-type]
+        dims = known(shape)
+        if dims is not None and C.prod(dims) > INT64_MAX:
+            raise ShapeError(f"{what} shape {list(shape)} has {C.prod(dims)} elements, beyond int64")
 
 
 def conv_spec(
@@ -219,7 +231,7 @@ def conv_spec(
     strides = _ints(attrs.get("strides"), k, 1, "strides", minimum=1)
     dilations = _ints(attrs.get("dilations"), k, 1, "dilations", minimum=1)
     try:
-        group = int(attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+        group = int(attrs.get("group", 1) or 1)
     except (TypeError, ValueError):
         raise ShapeError(f"attribute group={attrs.get('group')!r} is not an integer") from None
     if group < 1:
@@ -283,11 +295,12 @@ def _conv_geometry(
     """(pads, output spatial dims) of a Conv; pads None when SAME_* meets an unknown input size."""
     k = len(kernel)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if any(d is None for d in spatial_in):
+        dims = known(spatial_in)
+        if dims is None:
             pads = None
         else:
-            pairs = [C.same_pads(d, kernel[i], strides[i], dilations[i], upper=auto_pad == "SAME_UPPER")  # type: ignore[arg-type]
-                     for i, d in enumerate(spatial_in)]
+            pairs = [C.same_pads(d, kernel[i], strides[i], dilations[i], upper=auto_pad == "SAME_UPPER")
+                     for i, d in enumerate(dims)]
             pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
         return pads, [None if d is None else -(-d // s) for d, s in zip(spatial_in, strides)]
     pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads", minimum=0)
@@ -319,12 +332,13 @@ def _transpose_geometry(
         out: list[int | None] = (
             list(explicit) if explicit is not None else [None if d is None else d * s for d, s in zip(spatial_in, strides)]
         )
-        if any(d is None for d in spatial_in):
+        dims, wanted = known(spatial_in), known(out)
+        if dims is None or wanted is None:  # both known or both not: out is explicit or D * s
             return None, out
         pairs = [
-            C.conv_transpose_pads_for_output(d, kernel[i], strides[i], dilations[i], output_padding[i], out[i],  # type: ignore[arg-type]
+            C.conv_transpose_pads_for_output(d, kernel[i], strides[i], dilations[i], output_padding[i], wanted[i],
                                              upper=auto_pad == "SAME_UPPER")
-            for i, d in enumerate(spatial_in)
+            for i, d in enumerate(dims)
         ]
         return tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs), out
     pads = (0,) * (2 * k) if auto_pad == "VALID" else _ints(attrs.get("pads"), 2 * k, 0, "pads", minimum=0)

@@ -15,6 +15,9 @@ from onnx import helper
 
 __all__ = [
     "attrs_of",
+    "as_int",
+    "as_ints",
+    "as_floats",
     "subgraphs_of",
     "outer_names",
     "node_inputs_with_implicit",
@@ -34,6 +37,38 @@ def attrs_of(node: onnx.NodeProto) -> dict[str, object]:
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
         out[a.name] = v
+    return out
+
+
+def as_int(value: object) -> int:
+    """``int(value)`` for an attribute value from :func:`attrs_of`.
+
+    Attribute values are typed ``object`` (an int, float, str, list, tensor or graph); this converts exactly
+    what ``int()`` converts and raises the TypeError ``int()`` raises for anything else, so callers that catch
+    it are unchanged, and a type checker sees an int.
+    """
+    if isinstance(value, (int, float, str, bytes)):
+        return int(value)
+    raise TypeError(f"int() argument must be a string, a bytes-like object or a real number, "
+                    f"not '{type(value).__name__}'")
+
+
+def as_ints(value: object) -> list[int]:
+    """``[int(v) for v in value]`` for a repeated attribute value from :func:`attrs_of` (see :func:`as_int`)."""
+    if not isinstance(value, Iterable):
+        raise TypeError(f"'{type(value).__name__}' object is not iterable")
+    return [as_int(v) for v in value]
+
+
+def as_floats(value: object) -> list[float]:
+    """``[float(v) for v in value]`` for a repeated attribute value from :func:`attrs_of` (see :func:`as_int`)."""
+    if not isinstance(value, Iterable):
+        raise TypeError(f"'{type(value).__name__}' object is not iterable")
+    out: list[float] = []
+    for v in value:
+        if not isinstance(v, (int, float, str, bytes)):
+            raise TypeError(f"float() argument must be a string or a real number, not '{type(v).__name__}'")
+        out.append(float(v))
     return out
 
 

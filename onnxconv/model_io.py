@@ -152,7 +152,7 @@ def _check_graph(p: Path, model: onnx.ModelProto) -> None:
 
 
 #: Which typed field holds a tensor's values when raw_data is empty, and how many field entries per element.
-_TYPED_FIELD = {
+_TYPED_FIELD: dict[int, tuple[str, int]] = {
     onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 2),
     onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 2),
     onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
@@ -302,7 +302,8 @@ def _parse_file(path: Path, model: onnx.ModelProto) -> None:
             return
         with mapped, memoryview(mapped) as view:
             try:
-                model.ParseFromString(view)
+                # types-protobuf declares bytes; the C++ protobuf also takes any buffer (TypeError below if not).
+                model.ParseFromString(view)  # type: ignore[arg-type]
                 return
             except TypeError:
                 pass  # a protobuf build that wants bytes, not a buffer
@@ -415,7 +416,7 @@ def check_output_path(path: str | os.PathLike[str], option: str, *,
     return dest
 
 
-def same_file(a: Path, b: Path) -> bool:
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two names denote the same file: the same inode when both exist, else the same resolved path."""
     try:
         if os.path.samefile(a, b):

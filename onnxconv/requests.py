@@ -179,17 +179,20 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     if r.target_speedup is not None:
         from .planning import plan_from_file
 
+        assert r.calibration is not None  # validate(): --target-speedup needs --calibration
         result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup, provider=r.provider, mode=r.mode,
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
                                 input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit)
     elif r.mode == "separable":
         from .passes.separable import separate as separate_pass
 
+        assert policy is not None  # policy(): separable mode without --target-speedup has one (or raised)
         result = separate_pass(m, policy, form=r.form, node_filter=node_filter, force=r.force,
                                min_channels=r.min_channels, input_shapes=shapes, batch=r.batch)
     else:
         from .passes.shuffle import group_shuffle
 
+        assert r.groups is not None  # validate(): --mode shuffle without --target-speedup needs --groups
         result = group_shuffle(m, groups=r.groups, node_filter=node_filter, force=r.force, mixing=r.mixing,
                                min_energy=r.min_energy, input_shapes=shapes, batch=r.batch)
     if r.calibration is not None and r.target_speedup is None:

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from .counting import prod
 from .errors import OptionError, ShapeError
-from .graph import attrs_of, outer_names, shapes_of_graph, toposort
+from .graph import as_floats, as_int, as_ints, attrs_of, outer_names, shapes_of_graph, toposort
 from .graph import shape_of_value_info as shape_tuple
 from .model_io import KEEP_VALUES_BELOW
 
@@ -230,8 +230,8 @@ def _f_shape(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> n
     if not _static(s):
         return None
     at = attrs_of(node)
-    start, end = int(at.get("start", 0)), at.get("end")  # type: ignore[call-overload]
-    return np.array(s[start:None if end is None else int(end)], dtype=np.int64)  # type: ignore[call-overload]
+    start, end = as_int(at.get("start", 0)), at.get("end")
+    return np.array(s[start:None if end is None else as_int(end)], dtype=np.int64)
 
 
 def _f_constant(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
@@ -252,7 +252,7 @@ def _f_constant(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -
 def _axes(node: onnx.NodeProto, vals: Sequence[Any], index: int) -> list[int] | None:
     at = attrs_of(node)
     if "axes" in at:
-        return [int(a) for a in at["axes"]]  # type: ignore[attr-defined]
+        return as_ints(at["axes"])
     if len(vals) > index and vals[index] is not None:
         return [int(a) for a in np.asarray(vals[index]).reshape(-1)]
     return None
@@ -284,8 +284,8 @@ def _f_slice(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> n
     at = attrs_of(node)
     x = vals[0]
     if "starts" in at:  # opset < 10: attributes
-        starts, ends = list(at["starts"]), list(at["ends"])  # type: ignore[call-overload]
-        axes = list(at.get("axes", range(len(starts))))  # type: ignore[call-overload]
+        starts, ends = as_ints(at["starts"]), as_ints(at["ends"])
+        axes = as_ints(at.get("axes", range(len(starts))))
         steps = [1] * len(starts)
     else:
         if not _need(vals, 3):
@@ -303,19 +303,19 @@ def _f_slice(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> n
 def _f_gather(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
     if not _need(vals, 2):
         return None
-    return np.take(vals[0], vals[1].astype(np.int64), axis=int(attrs_of(node).get("axis", 0)))  # type: ignore[call-overload]
+    return np.take(vals[0], vals[1].astype(np.int64), axis=as_int(attrs_of(node).get("axis", 0)))
 
 
 def _f_concat(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
     if not vals or any(v is None for v in vals):
         return None
-    return np.concatenate([np.atleast_1d(v) for v in vals], axis=int(attrs_of(node).get("axis", 0)))  # type: ignore[call-overload]
+    return np.concatenate([np.atleast_1d(v) for v in vals], axis=as_int(attrs_of(node).get("axis", 0)))
 
 
 def _f_cast(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
     if not _need(vals, 1):
         return None
-    return vals[0].astype(helper.tensor_dtype_to_np_dtype(int(attrs_of(node)["to"])))  # type: ignore[call-overload]
+    return vals[0].astype(helper.tensor_dtype_to_np_dtype(as_int(attrs_of(node)["to"])))
 
 
 def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -653,7 +653,7 @@ def _lower_node(node: onnx.NodeProto, ranks: Mapping[str, int], opset: int) -> l
     widx = 3 if std == "QLinearConv" else 1
     kernel = at.get("kernel_shape")
     rank = ranks.get(node.input[widx]) if len(node.input) > widx else None
-    rank = rank or (len(kernel) + 2 if kernel else 4)  # type: ignore[arg-type]
+    rank = rank or (len(as_ints(kernel)) + 2 if kernel else 4)
     to_nchw = [0, rank - 1, *range(1, rank - 1)]
     to_nhwc = [0, *range(2, rank), 1]
     x, y = new.input[0], new.output[0]
@@ -680,13 +680,13 @@ def _reorder(node: onnx.NodeProto, which: str, opset: int) -> list[onnx.NodeProt
         sliced = _tmp(y, "sliced") if last else y
         if opset >= 10:
             consts = []
-            for what, value in (("starts", 0), ("ends", int(channels)), ("axes", 1)):  # type: ignore[call-overload]
+            for what, value in (("starts", 0), ("ends", as_int(channels)), ("axes", 1)):
                 consts.append(helper.make_node("Constant", [], [_tmp(y, what)],
                                                value=numpy_helper.from_array(np.array([value], np.int64))))
             out.extend(consts)
             out.append(helper.make_node("Slice", [cur, _tmp(y, "starts"), _tmp(y, "ends"), _tmp(y, "axes")], [sliced]))
         else:
-            out.append(helper.make_node("Slice", [cur], [sliced], starts=[0], ends=[int(channels)], axes=[1]))  # type: ignore[call-overload]
+            out.append(helper.make_node("Slice", [cur], [sliced], starts=[0], ends=[as_int(channels)], axes=[1]))
         cur = sliced
     if last:
         out.append(helper.make_node("Transpose", [cur], [y], perm=[0, 2, 3, 1]))
@@ -702,5 +702,5 @@ def _upsample(node: onnx.NodeProto, opset: int) -> list[onnx.NodeProto] | None:
         return None
     name = _tmp(node.output[0], "scales")
     const = helper.make_node("Constant", [], [name],
-                             value=numpy_helper.from_array(np.array([float(v) for v in scales], np.float32)))  # type: ignore[attr-defined]
+                             value=numpy_helper.from_array(np.array(as_floats(scales), np.float32)))
     return [const, helper.make_node("Resize", [node.input[0], "", name], [node.output[0]], mode="nearest")]

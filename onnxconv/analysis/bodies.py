@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import attrs_of
+from ..graph import as_int, as_ints, attrs_of
 from .scope import Scope
 
 __all__ = ["body_inputs", "body_bindings", "function_body", "function_opsets"]
@@ -23,8 +23,8 @@ def body_inputs(node: onnx.NodeProto, body: onnx.GraphProto, scope: Scope) -> di
         return out
     if node.op_type == "Scan":
         at = attrs_of(node)
-        n_state = len(body.input) - int(at.get("num_scan_inputs", 0))  # type: ignore[call-overload]
-        axes = [int(a) for a in at.get("scan_input_axes") or []]  # type: ignore[attr-defined]
+        n_state = len(body.input) - as_int(at.get("num_scan_inputs", 0))
+        axes = as_ints(at.get("scan_input_axes") or [])
         out = {}
         for i, (formal, actual) in enumerate(zip(body.input, node.input)):
             t = scope.types.get(actual)

@@ -16,7 +16,8 @@ from typing import Any
 import onnx
 
 from .. import counting as C
-from ..graph import attrs_of
+from ..conv import known
+from ..graph import as_ints, attrs_of
 from .scope import int_shape, is_static
 
 __all__ = ["Field", "merge_fields", "fit_field", "field_steps", "input_field", "clean_values", "spatial_field"]
@@ -58,7 +59,7 @@ def merge_fields(fields: Sequence[Field | None]) -> Field | None:
     rf = tuple(max(_axis(f.rf, i) for f in present) for i in range(n))
     jump = tuple(max(_axis(f.jump, i) for f in spatial) for i in range(n))
     extents = [f.extent for f in present if f.extent]
-    extent = tuple(max(_axis(e, i) for e in extents) for i in range(n)) if extents else None  # type: ignore[arg-type]
+    extent = tuple(max(_axis(e, i) for e in extents) for i in range(n)) if extents else None
     return Field(rf, jump, all(f.collapsed for f in present), extent)
 
 
@@ -104,25 +105,26 @@ def spatial_field(node: onnx.NodeProto, shapes: Mapping[str, Any], f: Field) -> 
     op = node.op_type
     if op in _POOL_OPS:
         at = attrs_of(node)
-        ks = [int(v) for v in at.get("kernel_shape") or []]  # type: ignore[attr-defined]
+        ks = as_ints(at.get("kernel_shape") or [])
         if ks:
             k = len(ks)
-            return field_steps(f, ks, [int(v) for v in at.get("strides") or [1] * k],  # type: ignore[attr-defined]
-                          [int(v) for v in at.get("dilations") or [1] * k])  # type: ignore[attr-defined]
+            return field_steps(f, ks, as_ints(at.get("strides") or [1] * k), as_ints(at.get("dilations") or [1] * k))
     elif op in _GLOBAL_POOL_OPS or op in _REDUCE_OPS:
         x = int_shape(shapes.get(node.input[0])) if node.input else None
         y = int_shape(shapes.get(node.output[0])) if node.output else None
-        if x is None or len(x) <= 2 or None in x[2:]:
+        spatial = known(x[2:]) if x is not None and len(x) > 2 else None
+        if x is None or spatial is None:
             return f
         if op in _REDUCE_OPS and (y is None or len(y) != len(x) or any(v != 1 for v in y[2:])):
             return f  # a reduction that keeps spatial extent (e.g. over channels) leaves the field alone
-        spatial = [int(v) for v in x[2:]]  # type: ignore[arg-type]
         return field_steps(f, spatial, spatial, [1] * len(spatial), collapsed=True)
     elif op in _RESIZE_OPS:
         x = int_shape(shapes.get(node.input[0])) if node.input else None
         y = int_shape(shapes.get(node.output[0])) if node.output else None
-        if x and y and len(x) == len(y) > 2 and all(x[2:]) and all(y[2:]):
-            g = fit_field(f, len(x) - 2)
-            jump = tuple(g.jump[i] * x[2 + i] / y[2 + i] for i in range(len(x) - 2))  # type: ignore[operator]
+        xs = known(x[2:]) if x and y and len(x) == len(y) > 2 else None
+        ys = known(y[2:]) if xs is not None and y else None
+        if xs is not None and ys is not None and all(xs) and all(ys):
+            g = fit_field(f, len(xs))
+            jump = tuple(g.jump[i] * xs[i] / ys[i] for i in range(len(xs)))
             return Field(g.rf, jump, f.collapsed, g.extent)
     return f

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from .. import counting as C
-from ..conv import BIAS_INDEX, WEIGHT_INDEX, ConvSpec, conv_spec
+from ..conv import BIAS_INDEX, WEIGHT_INDEX, ConvSpec, conv_spec, known
 from ..errors import ShapeError
-from ..graph import attrs_of, node_label
+from ..graph import as_int, attrs_of, node_label
 from ..shapes import lowered_from
 from .layer import LayerStats
 from .nchwc import nchwc_channels
@@ -120,29 +120,30 @@ def matmul_row(node: onnx.NodeProto, path: str, scope: Scope) -> LayerStats:
     a = int_shape(scope.shapes.get(node.input[ia])) if len(node.input) > ia else None
     b = int_shape(scope.shapes.get(node.input[ib])) if len(node.input) > ib else None
     row.input_shape, row.output_shape = a, int_shape(scope.shapes.get(node.output[0]))
-    row.weight_shape = b if b is not None and None not in b else None
+    ka, kb = (known(a) if a is not None else None), (known(b) if b is not None else None)
+    row.weight_shape = list(kb) if kb is not None else None
     bias_name = node.input[2] if op == "Gemm" and len(node.input) > 2 else ""
     row.has_bias = bool(bias_name)
     row.params = const_elems(node.input[ia], scope) + const_elems(node.input[ib], scope)
     row.params += const_elems(bias_name, scope)
-    if a is None or b is None or None in a or None in b or not a or not b:
+    if ka is None or kb is None or not ka or not kb:
         row.note = "operand shapes unknown: MACs not counted"
         return row
     if op == "Gemm":
         at = attrs_of(node)
-        m, k = (a[1], a[0]) if at.get("transA", 0) else (a[0], a[1])
-        n = b[0] if at.get("transB", 0) else b[1]
+        m, k = (ka[1], ka[0]) if at.get("transA", 0) else (ka[0], ka[1])
+        n = kb[0] if at.get("transB", 0) else kb[1]
         batch = 1
     else:
-        a2 = [1] + a if len(a) == 1 else a
-        b2 = b + [1] if len(b) == 1 else b
+        a2 = [1, *ka] if len(ka) == 1 else list(ka)
+        b2 = [*kb, 1] if len(kb) == 1 else list(kb)
         m, k, n = a2[-2], a2[-1], b2[-1]
         rank = max(len(a2), len(b2))
         pa = [1] * (rank - len(a2)) + a2[:-2]
         pb = [1] * (rank - len(b2)) + b2[:-2]
         batch = C.prod([max(x, y) for x, y in zip(pa, pb)])
-    row.macs = C.gemm_macs(batch, m, k, n)  # type: ignore[arg-type]
-    row.flops = C.conv_flops(row.macs, batch * m * n, row.has_bias)  # type: ignore[operator]
+    row.macs = C.gemm_macs(batch, m, k, n)
+    row.flops = C.conv_flops(row.macs, batch * m * n, row.has_bias)
     return row
 
 
@@ -158,16 +159,17 @@ def recurrent_row(node: onnx.NodeProto, path: str, scope: Scope) -> LayerStats:
     row.has_bias = len(node.input) > 3 and bool(node.input[3])
     extra = [node.input[i] for i in (1, 2, 3, 7) if len(node.input) > i and (i != 7 or op == "LSTM")]
     row.params = sum(const_elems(n, scope) for n in extra)
-    row.weight_shape = w if w is not None and None not in w else None
-    if x is None or w is None or None in x or None in w or len(x) != 3 or len(w) != 3:
+    kx, kw = (known(x) if x is not None else None), (known(w) if w is not None else None)
+    row.weight_shape = list(kw) if kw is not None else None
+    if kx is None or kw is None or len(kx) != 3 or len(kw) != 3:
         row.note = "input or weight shape unknown: MACs not counted"
         return row
-    seq, batch = (x[1], x[0]) if at.get("layout", 0) else (x[0], x[1])
+    seq, batch = (kx[1], kx[0]) if at.get("layout", 0) else (kx[0], kx[1])
     gates = RECURRENT_OPS[op]
-    hidden = int(at.get("hidden_size") or w[1] // gates)  # type: ignore[call-overload]
-    dirs = w[0]
-    row.macs = C.recurrent_macs(seq, batch, dirs, gates, hidden, x[2])  # type: ignore[arg-type]
-    row.flops = C.recurrent_flops(row.macs, seq * batch * dirs * gates * hidden, row.has_bias)  # type: ignore[operator]
+    hidden = as_int(at.get("hidden_size") or kw[1] // gates)
+    dirs = kw[0]
+    row.macs = C.recurrent_macs(seq, batch, dirs, gates, hidden, kx[2])
+    row.flops = C.recurrent_flops(row.macs, seq * batch * dirs * gates * hidden, row.has_bias)
     row.note = "matrix products only (gate nonlinearities not counted)"
     return row
 
@@ -207,9 +209,9 @@ def describe_unknown_weight(row: LayerStats, attrs: Mapping[str, Any]) -> None:
 def _whatif(spec: ConvSpec, macs: int, groups: int) -> dict[str, Any]:
     """Params and MACs of the same conv as depthwise separable and as grouped with ``groups`` groups."""
     n = spec.batch or 1
-    sep_params, sep_macs = C.separable_cost(
-        n, spec.c_in, spec.c_out, spec.output_shape[2:], spec.kernel_shape, spec.has_bias  # type: ignore[arg-type]
-    )
+    spatial = known(spec.output_shape[2:])
+    assert spatial is not None, "macs are known, so is the output's spatial size"
+    sep_params, sep_macs = C.separable_cost(n, spec.c_in, spec.c_out, spatial, spec.kernel_shape, spec.has_bias)
     out: dict[str, Any] = {
         "separable": {"params": sep_params, "macs": sep_macs, "macs_ratio": sep_macs / macs if macs else None,
                       "params_ratio": sep_params / spec.params}

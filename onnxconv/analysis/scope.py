@@ -8,7 +8,7 @@ producers and constant names and adds its own: value_info, initializers (and spa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import onnx
 
@@ -27,8 +27,8 @@ def int_shape(shape: Sequence[int | str | None] | None) -> list[int | None] | No
     return [d if isinstance(d, int) and d >= 0 else None for d in shape]
 
 
-def is_static(shape: Sequence[Any] | None) -> bool:
-    """Whether every dim of ``shape`` is a known non-negative int."""
+def is_static(shape: Sequence[Any] | None) -> TypeGuard[Sequence[int]]:
+    """Whether every dim of ``shape`` is a known non-negative int (a TypeGuard: the checker then sees ints)."""
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
@@ -38,7 +38,7 @@ class Scope:
 
     def __init__(self, graph: onnx.GraphProto, parent: Scope | None, consts: set[str], key_prefix: str = "") -> None:
         self.parent = parent
-        self.key_prefix = key_prefix or (parent.key_prefix if parent else "")
+        self.key_prefix: str = key_prefix or (parent.key_prefix if parent else "")
         self.shapes: dict[str, Any] = dict(parent.shapes) if parent else {}
         self.types: dict[str, onnx.TypeProto] = dict(parent.types) if parent else {}
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -55,7 +55,7 @@ class Scope:
                     if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
                         self.shapes.setdefault(node.output[0], tuple(int(d) for d in a.t.dims))
         self.types.update(type_map(graph))
-        self.consts = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer} | set(sparse)
+        self.consts: set[str] = (set(parent.consts) if parent else set()) | consts | {t.name for t in graph.initializer} | set(sparse)
         self.producers: dict[str, onnx.NodeProto] = dict(parent.producers) if parent else {}
         for node in graph.node:
             for o in node.output:

@@ -50,7 +50,7 @@ def trace_weight(name: str, scope: Scope) -> tuple[tuple[int, ...] | None, str, 
     shape = scope.shapes.get(name)
     if not is_static(shape) and key is not None:
         shape = scope.shapes.get(cur)
-    return (tuple(shape) if is_static(shape) else None), source, key  # type: ignore[arg-type]
+    return (tuple(shape) if is_static(shape) else None), source, key
 
 
 def const_elems(name: str, scope: Scope) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from ..compare import feeds_for
+from ..conv import known
 from ..errors import OnnxConvError
 from ..stats import LayerStats
 from .config import BenchConfig, NodeTime, Profile, Provider
@@ -192,13 +193,16 @@ def _join_unnamed(out: Sequence[NodeTime], raw: Sequence[Mapping[str, Any]], row
     output's element count (layout-free: NHWC and NCHW hold as many) still picks the layer when exactly one
     unclaimed unnamed layer has it; ties stay unjoined rather than guessed.
     """
-    left = [r for r in rows if id(r) not in claimed and not r.path and r.name in unnamed
-            and r.output_shape and all(d is not None for d in r.output_shape)]
+    left: list[tuple[LayerStats, int]] = []  # (layer, its output's element count) when the count is known
+    for r in rows:
+        shape = known(r.output_shape) if r.output_shape else None
+        if id(r) not in claimed and not r.path and r.name in unnamed and shape is not None:
+            left.append((r, math.prod(shape)))
     for nt, n in zip(out, raw):
         elems = n.get("output_elements")
         if nt.layer is not None or nt.op_type not in _MAC_KERNELS or elems is None:
             continue
-        fits = [r for r in left if id(r) not in claimed and math.prod(r.output_shape) == elems]  # type: ignore[arg-type]
+        fits = [r for r, size in left if id(r) not in claimed and size == elems]
         if len(fits) == 1:
             _claim(nt, fits[0], claimed)
 

@@ -64,7 +64,7 @@ def peak_rss_bytes() -> int | None:
 def device_memory_bytes(device_id: int = 0) -> tuple[int | None, str]:
     """GPU memory in use: (bytes, "process") from NVML for this pid, else (bytes, "device-wide"), else (None, "")."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(device_id)
@@ -303,13 +303,13 @@ class WorkerRunner:
         return self._io
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-        return self._call("bind", dict(feeds))  # type: ignore[no-any-return]
+        return self._call("bind", dict(feeds))
 
     def run_once(self) -> float:
-        return self._call("run")  # type: ignore[no-any-return]
+        return self._call("run")
 
     def memory(self, isolated: bool = True) -> Memory:
-        return self._call("memory")  # type: ignore[no-any-return]
+        return self._call("memory")
 
     def close(self) -> None:
         if self._proc.is_alive():

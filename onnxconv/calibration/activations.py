@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -12,6 +13,9 @@ from .. import compare
 from ..errors import OnnxConvError
 from ..graph import node_inputs_with_implicit, toposort
 from .data import CalibrationSet, model_inputs
+
+if TYPE_CHECKING:  # compare.session imports onnxruntime when it makes one; here only the name is needed
+    from onnxruntime import InferenceSession
 
 __all__ = ["truncate_model", "activations"]
 
@@ -44,7 +48,7 @@ def truncate_model(model: onnx.ModelProto, outputs: Mapping[str, int]) -> onnx.M
     return m
 
 
-def _run(sess, feeds: Mapping[str, np.ndarray],  # type: ignore[no-untyped-def]
+def _run(sess: InferenceSession, feeds: Mapping[str, np.ndarray],
          names: Sequence[str]) -> dict[str, np.ndarray]:
     try:
         return dict(zip(names, sess.run(list(names), dict(feeds))))

@@ -9,6 +9,7 @@ verification runs on inputs like the calibration data that the refit never saw.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def _read_arrays(p: Path, label: str) -> dict[str, np.ndarray]:
         raise OptionError(f"{label}: cannot read as .npz ({str(e).splitlines()[0]})") from None
 
 
-def load_calibration(path: str | Path, model: onnx.ModelProto, *, chunk: int = 4) -> CalibrationSet:
+def load_calibration(path: str | os.PathLike[str], model: onnx.ModelProto, *, chunk: int = 4) -> CalibrationSet:
     """Read calibration inputs and check them against the model's inputs.
 
     ``path`` is an ``.npz`` file whose array names are the input names, or a folder of ``NAME.npy`` files. Each

@@ -29,13 +29,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..graph import attrs_of, node_label
+from ..graph import as_int, attrs_of, node_label
 from ..passes.common import LayerChange
 from ..passes.separable import Factors, factor_weight, separable_weights
 from .normal import RIDGES
@@ -129,7 +129,7 @@ def find_depthwise(original: onnx.ModelProto, model: onnx.ModelProto, change: La
             return "the original bias is computed at run time"
         b = bias.astype(np.float64)
     attrs = attrs_of(old)
-    group = int(attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+    group = as_int(attrs.get("group", 1) or 1)
     producers = {o: n for n in model.graph.node for o in n.output if o}
     nodes: list[onnx.NodeProto] = []
     for pw in pointwise:
@@ -268,6 +268,15 @@ def _d_step(xx: np.ndarray, xt: np.ndarray, d: np.ndarray, a: np.ndarray, ridge:
     return sol.reshape(mg, r, k)
 
 
+_T = TypeVar("_T")
+
+
+def _every(steps: list[_T | None]) -> list[_T] | None:
+    """The results of one step for every group, or None when it failed (singular equations) for any group."""
+    done = [s for s in steps if s is not None]
+    return done if len(done) == len(steps) else None
+
+
 def _normalise(d: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unit-norm kernels, their scale moved into the pointwise weights (the product is unchanged)."""
     mg, r, _ = d.shape
@@ -292,13 +301,13 @@ def alternate(fit: Moments, check: Moments, d0: Sequence[np.ndarray], a0: Sequen
     before = _error(check, ds, as_)
     first: tuple[float, list[np.ndarray], float] | None = None
     for lam in ridges:  # the first step: the pointwise refit of the weight-only kernels
-        trial = [_p_step(fit.xx[gi], fit.xt[gi], ds[gi], as_[gi], lam) for gi in range(fit.group)]
-        if any(t is None for t in trial):
+        trial = _every([_p_step(fit.xx[gi], fit.xt[gi], ds[gi], as_[gi], lam) for gi in range(fit.group)])
+        if trial is None:
             continue
-        err = _error(check, ds, trial)  # type: ignore[arg-type]
+        err = _error(check, ds, trial)
         score = err if err is not None else 0.0
         if first is None or score < first[0]:
-            first = (score, trial, lam)  # type: ignore[assignment]
+            first = (score, trial, lam)
         if err is None:
             break  # nothing held out to choose with: the first ridge stands
     if first is None:
@@ -309,15 +318,15 @@ def alternate(fit: Moments, check: Moments, d0: Sequence[np.ndarray], a0: Sequen
         best = (first[0], ds, first[1], 1)
     as_ = first[1]
     for it in range(iters):
-        new_d = [_d_step(fit.xx[gi], fit.xt[gi], ds[gi], as_[gi], ridge) for gi in range(fit.group)]
-        if any(d is None for d in new_d):
+        new_d = _every([_d_step(fit.xx[gi], fit.xt[gi], ds[gi], as_[gi], ridge) for gi in range(fit.group)])
+        if new_d is None:
             break
-        pairs = [_normalise(d, a) for d, a in zip(new_d, as_)]  # type: ignore[arg-type]
+        pairs = [_normalise(d, a) for d, a in zip(new_d, as_)]
         ds = [p[0] for p in pairs]
-        new_a = [_p_step(fit.xx[gi], fit.xt[gi], ds[gi], pairs[gi][1], ridge) for gi in range(fit.group)]
-        if any(a is None for a in new_a):
+        new_a = _every([_p_step(fit.xx[gi], fit.xt[gi], ds[gi], pairs[gi][1], ridge) for gi in range(fit.group)])
+        if new_a is None:
             break
-        as_ = new_a  # type: ignore[assignment]
+        as_ = new_a
         err = _error(check, ds, as_)
         if err is None or err < best[0]:
             # Without held-out positions the fitted error, which never rises, decides: the last iterate.

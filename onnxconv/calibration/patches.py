@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..conv import conv_spec
+from ..conv import conv_spec, known
 from ..errors import ShapeError
 from ..graph import node_label
 from .stage import ConvTerm
@@ -55,15 +55,19 @@ def sample_patches(z: np.ndarray, term: ConvTerm, out_spatial: Sequence[int], po
     pads = spec.pads or (0,) * (2 * k)
     if all(d == 1 for d in spec.kernel_shape) and not any(pads):
         idx = tuple(c * s for c, s in zip(coords, spec.strides))
-        return np.moveaxis(z[(slice(None), *idx)], 0, 1)[:, :, None]
+        key: tuple[slice | np.ndarray, ...] = (slice(None), *idx)  # every channel at those positions
+        return np.moveaxis(z[key], 0, 1)[:, :, None]
     if any(pads):
         z = np.pad(z, [(0, 0)] + [(pads[i], pads[k + i]) for i in range(k)])
     taps = np.indices(spec.kernel_shape).reshape(k, -1)  # (k, K) in C order
     idx = tuple(coords[a][:, None] * spec.strides[a] + taps[a][None, :] * spec.dilations[a] for a in range(k))
-    return np.moveaxis(z[(slice(None), *idx)], 0, 1)  # (C, S, K) -> (S, C, K)
+    key = (slice(None), *idx)
+    return np.moveaxis(z[key], 0, 1)  # (C, S, K) -> (S, C, K)
 
 
 def out_spatial(term: ConvTerm, shape: Sequence[int]) -> tuple[int, ...]:
     """The output spatial dims of ``term``'s conv on one sample of shape ``shape`` (``C x D...``)."""
     spec = conv_spec("Conv", term.attrs, term.weight_shape, False, (1, *shape))
-    return tuple(int(d) for d in spec.output_shape[2:])  # type: ignore[arg-type]
+    dims = known(spec.output_shape[2:])
+    assert dims is not None, "the sample's shape is fully known, so is the conv's output"
+    return dims

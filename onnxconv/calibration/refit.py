@@ -81,7 +81,7 @@ def _collect_targets(original: onnx.ModelProto, plans: Sequence[LayerFit], setti
     for start, outs in settings.activations(original, outputs):
         for p in plans:
             y = outs[p.target] if p.order is None else outs[p.target][:, p.order]
-            if p.t_fit is None:
+            if p.t_fit is None or p.t_check is None:  # the first batch: both are made together
                 p.out_spatial = tuple(int(d) for d in y.shape[2:])
                 total = math.prod(p.out_spatial)
                 fit0, chk0 = settings.draw(p.index, 0, total)
@@ -92,7 +92,13 @@ def _collect_targets(original: onnx.ModelProto, plans: Sequence[LayerFit], setti
             for i in range(y.shape[0]):
                 fit, chk = settings.draw(p.index, start + i, flat.shape[2])
                 p.t_fit[start + i] = flat[i][:, fit].T
-                p.t_check[start + i] = flat[i][:, chk].T  # type: ignore[index]
+                p.t_check[start + i] = flat[i][:, chk].T
+
+
+def _targets(plan: LayerFit) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's original outputs at its fitted and its held-out positions (``samples x positions x C_out``)."""
+    assert plan.t_fit is not None and plan.t_check is not None, "_collect_targets runs before any use"
+    return plan.t_fit, plan.t_check
 
 
 def _accumulate(plan: LayerFit, outs: Mapping[str, np.ndarray], start: int, count: int, acc: NormalEquations,
@@ -103,7 +109,8 @@ def _accumulate(plan: LayerFit, outs: Mapping[str, np.ndarray], start: int, coun
     for i in range(count):
         sample = start + i
         fit, chk = settings.draw(plan.index, sample, math.prod(plan.out_spatial))
-        pairs = (("fit", fit, plan.t_fit[sample]), ("check", chk, plan.t_check[sample]))  # type: ignore[index]
+        t_fit, t_check = _targets(plan)
+        pairs = (("fit", fit, t_fit[sample]), ("check", chk, t_check[sample]))
         for which, pos, t in pairs:
             if len(pos) == 0:
                 continue
@@ -251,21 +258,24 @@ def _alternate(model: onnx.ModelProto, plans: Sequence[LayerFit], writer: Writer
     """
     geometry: dict[int, ConvTerm] = {}
     moments: dict[int, tuple[dwfit.Moments, dwfit.Moments]] = {}
+    layers: list[tuple[LayerFit, dwfit.Depthwise]] = []
     for p in plans:
         dw = p.depthwise
         assert dw is not None  # the caller passes the layers whose kernels are refitted
+        layers.append((p, dw))
         geometry[p.index] = ConvTerm(dw.nodes[0], dw.input, "", dw.dw_shape, dict(dw.attrs, group=dw.channels))
         shape = (dw.group, dw.channels // dw.group, math.prod(dw.kernel), p.stage.c_out // dw.group)
         moments[p.index] = (dwfit.Moments(*shape), dwfit.Moments(*shape))
-    names = {p.depthwise.input: p.stage.elem_type for p in plans}  # type: ignore[union-attr]
+    names = {dw.input: p.stage.elem_type for p, dw in layers}
     for first, outs in settings.activations(model, names):
-        for p in plans:
-            z = outs[p.depthwise.input]  # type: ignore[union-attr]
+        for p, dw in layers:
+            z = outs[dw.input]
+            t_fit, t_check = _targets(p)
             for i in range(z.shape[0]):
                 sample = first + i
                 fit, chk = settings.draw(p.index, sample, math.prod(p.out_spatial))
-                for mom, pos, t in ((moments[p.index][0], fit, p.t_fit[sample]),  # type: ignore[index]
-                                    (moments[p.index][1], chk, p.t_check[sample])):  # type: ignore[index]
+                for mom, pos, t in ((moments[p.index][0], fit, t_fit[sample]),
+                                    (moments[p.index][1], chk, t_check[sample])):
                     if len(pos):
                         mom.add(sample_patches(z[i], geometry[p.index], p.out_spatial, pos), t)
     for p in plans:
@@ -284,7 +294,7 @@ def _alternate(model: onnx.ModelProto, plans: Sequence[LayerFit], writer: Writer
 def _write_separable(writer: Writer, dw: dwfit.Depthwise, dws: Sequence[np.ndarray], pws: Sequence[np.ndarray],
                      bias: np.ndarray) -> None:
     """Write a separable layer's depthwise and pointwise weights; the whole bias goes on the first 1x1 conv."""
-    dtype = writer.array(dw.nodes[0].input[1]).dtype  # type: ignore[union-attr]
+    dtype = writer.stored(dw.nodes[0].input[1]).dtype
     for node, w in zip(dw.nodes, dws):
         writer.put(node, 1, w.astype(dtype), f"{node_label(node)}_refit_W")
     for k, (node, w) in enumerate(zip(dw.pointwise, pws)):
@@ -299,12 +309,13 @@ def _solve_and_write(stage: LinearStage, acc: NormalEquations, writer: Writer, r
                      ) -> dict[str, Any]:
     """Solve one stage's equations with the best of ``ridges`` and write the weights, unless that does not lower
     the held-out error (then the weight-only weights stay); returns the layer's report."""
-    arrays = {t.weight: writer.array(t.weight) for t in stage.terms}
-    arrays.update({t.node.input[2]: writer.array(t.node.input[2]) for t in stage.terms
+    stored = {t.weight: writer.array(t.weight) for t in stage.terms}
+    stored.update({t.node.input[2]: writer.array(t.node.input[2]) for t in stage.terms
                    if len(t.node.input) > 2 and t.node.input[2]})
-    if any(v is None for v in arrays.values()):
+    arrays = {name: a for name, a in stored.items() if a is not None}
+    if len(arrays) < len(stored):
         return {"refit": "a weight or bias of the stage is not an initializer"}
-    a0 = stage_coefs(stage, arrays, stage_bias(stage, arrays))  # type: ignore[arg-type]
+    a0 = stage_coefs(stage, arrays, stage_bias(stage, arrays))
     before = acc.check_error(a0)
     best = best_ridge(acc, a0, ridges)
     report: dict[str, Any] = {"out_err": before, "samples": acc.samples}

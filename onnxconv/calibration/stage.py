@@ -40,7 +40,7 @@ class ConvTerm:
 
     @property
     def group(self) -> int:
-        return int(self.attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+        return int(self.attrs.get("group", 1) or 1)
 
     @property
     def c_in_group(self) -> int:
@@ -160,6 +160,10 @@ class Writer:
         i = self.index.get(name)
         return None if i is None else numpy_helper.to_array(self.model.graph.initializer[i])
 
+    def stored(self, name: str) -> np.ndarray:
+        """The initializer ``name``, which the caller knows is one (a weight it is about to replace)."""
+        return numpy_helper.to_array(self.model.graph.initializer[self.index[name]])
+
     def put(self, node: onnx.NodeProto, slot: int, value: np.ndarray, base: str) -> None:
         """Make input ``slot`` of ``node`` an initializer holding ``value`` (in place when nobody else reads it)."""
         current = node.input[slot] if len(node.input) > slot else ""
@@ -213,7 +217,7 @@ class Writer:
             size = t.c_in_group * t.taps
             w = np.concatenate([c[row:row + size].T for c in coefs], axis=0)  # (N, C_t/g * K_t)
             row += size
-            dtype = self.array(t.weight).dtype  # type: ignore[union-attr]
+            dtype = self.stored(t.weight).dtype
             base = node_label(t.node)
             self.put(t.node, 1, w.reshape(t.weight_shape).astype(dtype), f"{base}_refit_W")
             if k == 0:

@@ -111,7 +111,8 @@ class _LazyGroup(click.Group):
 def _escaped(e: click.ClickException) -> click.ClickException:
     """``e`` with its message escaped by :func:`~onnxconv.text.printable`, so that the ``Error: ...`` click prints
     stays one line and a crafted file name cannot forge a second one or drive the terminal."""
-    e.message = printable(e.message)
+    # click annotates ClickException.message Final, yet it is a plain attribute that click reads when printing.
+    e.message = printable(e.message)  # type: ignore[misc]
     return e
 
 

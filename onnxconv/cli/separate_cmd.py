@@ -302,8 +302,8 @@ def separate(model: str, output: str, **options: Any) -> None:
         tol = exact_tolerance(precision)
         bad = exact_failures(agreements, floors, precision is not None, tol) if exact else []
         if bad:
-            wide = precision is None or tol == EXACT_TOLERANCE
-            why = "" if wide else f" (16 eps of {precision[0]}, which the model computes in)"
+            why = ("" if precision is None or tol == EXACT_TOLERANCE
+                   else f" (16 eps of {precision[0]}, which the model computes in)")
             raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
                                f"{bad[0].rel_error:.2e} > {tol:g}{why}; nothing was written")
     external = outcome.external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
@@ -324,9 +324,9 @@ def separate(model: str, output: str, **options: Any) -> None:
         if report_tmp is not None:
             report_tmp.unlink(missing_ok=True)
         raise
-    if report_tmp is not None:
+    if report_tmp is not None and report_file is not None:  # both or neither
         try:
-            os.replace(report_tmp, report_file)  # type: ignore[arg-type]
+            os.replace(report_tmp, report_file)
         except OSError as e:
             report_tmp.unlink(missing_ok=True)
             raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e

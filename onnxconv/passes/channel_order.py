@@ -533,8 +533,9 @@ class ChannelFlow:
                 for i, x in enumerate(consumer.inputs):
                     if x is t:
                         consumer.inputs[i] = inner
-            for table in (self.order, self.rank, self.origin):
-                table[inner.name] = table[t.name]  # type: ignore[index]
+            self.order[inner.name] = self.order[t.name]
+            self.rank[inner.name] = self.rank[t.name]
+            self.origin[inner.name] = self.origin[t.name]
             if t.name in self.shapes:
                 self.shapes[inner.name] = self.shapes[t.name]
             _, kind = self._reorder(inner, _inverse(s), f"output_{t.name}", out=t)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec
+from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec, known
 from ..errors import OptionError, RewriteError, ShapeError
 from ..graph import node_label, shapes_of_graph, subgraphs_of
 from ..model_io import shape_model
@@ -277,9 +277,10 @@ def node_conv_spec(node: gs.Node, qualified: str, shapes: Mapping[str, tuple[int
     if len(node.inputs) <= widx or not node.inputs[widx].name:
         return None
     w_t = node.inputs[widx]
-    wshape = weight.shape if weight is not None else (
+    stored = weight.shape if weight is not None else (
         w_t.shape if isinstance(w_t, gs.Constant) else shapes.get(w_t.name))
-    if wshape is None or any(d is None for d in wshape):
+    wshape = known(stored) if stored is not None else None
+    if wshape is None:
         return None
     has_bias = bidx is not None and len(node.inputs) > bidx and bool(node.inputs[bidx].name)
     try:

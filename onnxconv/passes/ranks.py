@@ -75,7 +75,7 @@ class RankPolicy:
             raise OptionError(f"--budget {v}: must be in (0, 1], a fraction of the original conv MACs")
 
     def describe(self) -> str:
-        return "exact" if self.kind == "exact" else f"{self.kind} {self.value:g}"  # type: ignore[str-format]
+        return "exact" if self.kind == "exact" else f"{self.kind} {self.value:g}"
 
 
 def exact_tolerance(dtype: np.dtype, max_rank: int) -> float:

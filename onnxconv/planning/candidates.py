@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..graph import attrs_of, node_label
+from ..graph import as_int, attrs_of, node_label
 from ..passes.common import LayerChange, NodeFilter
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
@@ -100,7 +100,7 @@ def find_candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequen
             ranks: list[int] = []
             if c.rewritten and node is not None:
                 w = arrays[node.input[1]]
-                g = int(attrs_of(node).get("group", 1) or 1)  # type: ignore[call-overload]
+                g = as_int(attrs_of(node).get("group", 1) or 1)
                 k, ng = math.prod(w.shape[2:]), w.shape[0] // g
                 conv_pos, unit_pos = ng * k, k + ng  # per input channel and output position
                 ranks = [r for r in RANK_CHOICES if r <= min(ng, k) and r * unit_pos < conv_pos]

@@ -100,7 +100,7 @@ class RefitEstimate:
 
     def __init__(self, c: Candidate, factors: Factors | None) -> None:
         self.c, self.f = c, factors
-        self.g = int(c.attrs.get("group", 1) or 1)  # type: ignore[call-overload]
+        self.g = int(c.attrs.get("group", 1) or 1)
         m, k = c.weight.shape[1] * self.g, math.prod(c.weight.shape[2:])
         self.mg = m // self.g
         ranks = [r for r in c.values("rank") if self.mg * r <= MAX_REFIT_FEATURES]

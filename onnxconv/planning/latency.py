@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..bench import BenchConfig, bench
 from ..calibration import CalibrationSet
+from ..compare import write_npz
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
 from .candidates import Candidate, elem_type
@@ -113,7 +114,7 @@ def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, thre
             for v, res in zip(values[1:], results[1:]):
                 ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
                 cache.put(keys[v], keep_s / ratio)
-        out[c.name] = {v: cache.get(k) for v, k in keys.items()}  # type: ignore[misc]
+        out[c.name] = {v: cache.times[k] for v, k in keys.items()}  # every key is cached by now
     cache.save()
     return out
 
@@ -124,7 +125,7 @@ def bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, cal
     _, feeds = next(calib.chunks())
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "inputs.npz")
-        np.savez(path, **feeds)
+        write_npz(path, feeds)  # not np.savez(**feeds): an input may be named "file" or "allow_pickle"
         cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads, inputs=path)
         models = [original] if rewritten is None else [original, rewritten]
         report = bench(models, cfg, names=["original", "rewritten"][: len(models)])
