@@ -3,7 +3,7 @@
 A conv's figures come from its :class:`~onnxconv.conv.ConvSpec` (the arithmetic of :mod:`onnxconv.counting`):
 params, MACs, exact FLOPs, and for standard convs what-if figures (depthwise separable, and grouped with G
 groups). A figure that cannot be known stays None and the row's note says why. onnxruntime's own convs (lowered
-to standard ops by :func:`onnxconv.shapes.lower_runtime_ops`) keep their op name; an NCHWc conv is counted with
+to standard ops by :func:`onnxconv.runtime_ops.lower_runtime_ops`) keep their op name; an NCHWc conv is counted with
 its logical channels (:mod:`.nchwc`).
 """
 
@@ -19,7 +19,7 @@ from .. import counting as C
 from ..conv import BIAS_INDEX, WEIGHT_INDEX, ConvSpec, conv_spec, known
 from ..errors import ShapeError
 from ..graph import as_int, attrs_of, node_label
-from ..shapes import lowered_from
+from ..runtime_ops import lowered_from
 from .layer import LayerStats
 from .nchwc import nchwc_channels
 from .scope import Scope, int_shape
