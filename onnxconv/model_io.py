@@ -3,12 +3,7 @@
 * :func:`load_model` never reads external data unless asked (``stats`` needs shapes only, so a model whose
   weights live in a 10 GB side file loads in the time its graph takes), checks that external-data files exist,
   and turns every way a file can be broken into one :class:`ModelLoadError` line.
-* :func:`shape_model` returns a copy for shape inference without the weights' bytes: ``infer_shapes``
-  serialises its argument, and copying 100 MB of weights to learn their shapes is pure waste (the *values*
-  only matter for small shape tensors, which are kept). Large main-graph initializers become typed graph
-  inputs; large ``Constant`` nodes and large initializers of subgraphs and functions (whose signatures must not
-  change) become a ``ConstantOfShape`` of the same type and shape, marked so that :func:`stripped_source`
-  still tells where the weight came from.
+* The weight-free copy that shape inference works on is made by :mod:`onnxconv.weightless`.
 * :func:`save_model` writes atomically (temporary files in the target folder, then rename), never over the
   input unless asked, and keeps external data external.
 """
@@ -32,13 +27,9 @@ from .counting import prod
 from .errors import ModelLoadError, OnnxConvError, OptionError
 
 __all__ = [
-    "load_model", "external_data_files", "shape_model", "stripped_source", "save_model", "check_output_path",
-    "check_weights", "fix_input_shapes", "same_file",
-    "KEEP_VALUES_BELOW",
+    "load_model", "external_data_files", "save_model", "check_output_path",
+    "check_weights", "fix_input_shapes", "same_file", "elem_size",
 ]
-
-#: Initializers with at most this many elements keep their values for shape inference (shape tensors, axes).
-KEEP_VALUES_BELOW = 1024
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:
@@ -181,7 +172,7 @@ def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
         if t.HasField("raw_data"):
             if t.data_type == onnx.TensorProto.STRING:
                 raise ModelLoadError(f"{path}: tensor '{t.name}' stores strings as raw_data; not a valid ONNX model")
-            got, want, unit = len(t.raw_data), n * _elem_size(t.data_type), "bytes"
+            got, want, unit = len(t.raw_data), n * elem_size(t.data_type), "bytes"
         else:
             field, per = _TYPED_FIELD.get(t.data_type, ("int32_data", 1))
             got, want, unit = len(getattr(t, field)), n * per, f"{field} values"
@@ -239,49 +230,8 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence
                 dim.dim_value = values[dim.dim_param]
 
 
-#: doc_string marking a tensor that shape_model replaced by a ConstantOfShape: "<marker><original kind>".
-_STRIPPED = "onnxconv:stripped:"
-
-
-def stripped_source(node: onnx.NodeProto) -> str | None:
-    """'initializer' or 'Constant' when ``node`` stands in for a weight :func:`shape_model` stripped, else None."""
-    if node.op_type == "ConstantOfShape" and node.doc_string.startswith(_STRIPPED):
-        return node.doc_string[len(_STRIPPED):]
-    return None
-
-
-def _large(t: onnx.TensorProto) -> bool:
-    return t.data_location == onnx.TensorProto.EXTERNAL or prod(t.dims) > KEEP_VALUES_BELOW
-
-
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    """The dense ``value`` (or the values of ``sparse_value``) tensor of a Constant node, else None."""
-    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
-        return None
-    for a in node.attribute:
-        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
-            return a.t
-        if a.name == "sparse_value" and a.type == onnx.AttributeProto.SPARSE_TENSOR:
-            dense = onnx.TensorProto(data_type=a.sparse_tensor.values.data_type, dims=a.sparse_tensor.dims)
-            return dense
-    return None
-
-
-def _zeros_like(name: str, t: onnx.TensorProto, kind: str) -> list[onnx.NodeProto] | None:
-    """Two nodes (shape Constant -> ConstantOfShape) producing a tensor of ``t``'s type and shape, or None for a
-    type ConstantOfShape cannot make (strings). Names derive from ``name`` so they cannot meet other tensors."""
-    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-        return None
-    shape_name = f"{name}::onnxconv_shape"
-    dims = onnx.helper.make_tensor(shape_name, onnx.TensorProto.INT64, [len(t.dims)], [int(d) for d in t.dims])
-    value = onnx.helper.make_tensor("value", t.data_type, [1], vals=b"\0" * _elem_size(t.data_type), raw=True)
-    return [
-        onnx.helper.make_node("Constant", [], [shape_name], value=dims),
-        onnx.helper.make_node("ConstantOfShape", [shape_name], [name], value=value, doc_string=_STRIPPED + kind),
-    ]
-
-
-def _elem_size(data_type: int) -> int:
+def elem_size(data_type: int) -> int:
+    """Bytes per element of an ONNX tensor type (at least 1: packed 4-bit and 2-bit types count as 1)."""
     try:
         return max(1, onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize)
     except (KeyError, TypeError, ValueError):
@@ -308,76 +258,6 @@ def _parse_file(path: Path, model: onnx.ModelProto) -> None:
             except TypeError:
                 pass  # a protobuf build that wants bytes, not a buffer
         model.ParseFromString(f.read())
-
-
-def _strip_graph(graph: onnx.GraphProto, top: bool, stub_ok: bool) -> onnx.GraphProto:
-    """Copy of ``graph`` without large tensor bytes (see the module docstring).
-
-    ``top``: the main graph, whose large initializers may become graph inputs. ``stub_ok``: ConstantOfShape
-    exists at this opset (9+); without it nested weights stay as they are (correct, only slower).
-    """
-    out = onnx.GraphProto()
-    out.name = graph.name
-    out.input.extend(graph.input)
-    out.output.extend(graph.output)
-    out.value_info.extend(graph.value_info)
-    input_names = {i.name for i in graph.input}
-    stubs: list[onnx.NodeProto] = []
-    for t in graph.initializer:
-        if not _large(t):
-            out.initializer.append(t)
-        elif top:
-            if t.name not in input_names:
-                out.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            nodes = _zeros_like(t.name, t, "initializer") if stub_ok else None
-            if nodes is None:
-                out.initializer.append(t)
-            else:
-                stubs.extend(nodes)
-    out.sparse_initializer.extend(graph.sparse_initializer)
-    out.node.extend(stubs)
-    for node in graph.node:
-        const = _constant_tensor(node)
-        if const is not None and node.output and _large(const) and stub_ok:
-            nodes = _zeros_like(node.output[0], const, "Constant")
-            if nodes is not None:
-                out.node.extend(nodes)
-                continue
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            new = onnx.NodeProto()
-            new.CopyFrom(node)
-            for a in new.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    a.g.CopyFrom(_strip_graph(a.g, False, stub_ok))
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        g.CopyFrom(_strip_graph(g, False, stub_ok))
-            out.node.append(new)
-        else:
-            out.node.append(node)
-    return out
-
-
-def _default_opset(opsets: Sequence[onnx.OperatorSetIdProto]) -> int:
-    return max((o.version for o in opsets if o.domain in ("", "ai.onnx")), default=0)
-
-
-def shape_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A weight-free copy of ``model`` for shape inference (same graph; large tensors as inputs or stubs)."""
-    m = onnx.ModelProto()
-    m.ir_version = model.ir_version
-    m.opset_import.extend(model.opset_import)
-    m.graph.CopyFrom(_strip_graph(model.graph, True, _default_opset(model.opset_import) >= 9))
-    for f in model.functions:
-        fn = onnx.FunctionProto()
-        fn.CopyFrom(f)
-        stub_ok = _default_opset(list(f.opset_import) or list(model.opset_import)) >= 9
-        body = _strip_graph(onnx.helper.make_graph(list(f.node), f.name, [], []), False, stub_ok)
-        del fn.node[:]
-        fn.node.extend(body.node)
-        m.functions.append(fn)
-    return m
 
 
 #: Why an output may not be the input file.

@@ -1,7 +1,7 @@
 """Shapes for counting: user-given input dims, ONNX shape inference, and what inference alone misses.
 
 ``stats`` needs the shape of every conv input. ONNX shape inference gives most of them; three gaps are closed
-here, always on the weight-free copy from :func:`onnxconv.model_io.shape_model`, never on the user's model:
+here, always on the weight-free copy from :func:`onnxconv.weightless.shape_model`, never on the user's model:
 
 * **Input dims**: ``--input-shape NAME=1x3x224x224`` and ``--batch`` fix symbolic or unknown input dims
   (:func:`apply_input_shapes`); a dim still unknown and needed is reported with an example built from the
@@ -31,7 +31,7 @@ from .counting import prod
 from .errors import OptionError, ShapeError
 from .graph import as_int, as_ints, attrs_of, outer_names, shapes_of_graph, toposort
 from .graph import shape_of_value_info as shape_tuple
-from .model_io import KEEP_VALUES_BELOW
+from .weightless import KEEP_VALUES_BELOW
 
 __all__ = [
     "apply_input_shapes",

@@ -34,7 +34,7 @@ from .analysis.walker import Walker
 from .conv import CONV_OPS, INT64_MAX
 from .errors import OptionError, ShapeError
 from .graph import node_label, subgraphs_of
-from .model_io import shape_model
+from .weightless import shape_model
 from .runtime_ops import lower_runtime_ops
 from .shapes import apply_input_shapes, infer, inputs_feeding, missing_dims_message
 from .tables import format_count  # re-exported: it lives with the table writer all commands use

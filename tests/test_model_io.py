@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxconv.errors import ModelLoadError, OnnxConvError
-from onnxconv.model_io import load_model, save_model, shape_model, stripped_source
+from onnxconv.model_io import load_model, save_model
+from onnxconv.weightless import shape_model, stripped_source
 from onnxconv.stats import analyze
 from tests.modelkit import init, make_model, single_conv, tensor
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import counting as C
-from ..model_io import stripped_source
+from ..weightless import stripped_source
 from .layer import LayerStats
 from .scope import DEFAULT_DOMAINS, Scope, is_static
 

@@ -21,6 +21,9 @@ wherever possible, with one op otherwise:
 * Concat on the channel axis concatenates its inputs' orders. Anything else that does not commute (graph outputs,
   Reshape, a residual Add whose operands differ in order, subgraphs) gets the order it needs by one shuffle or
   Gather; graph outputs keep their names.
+
+This module is one concept, the flow of orders through the graph, and reads best whole (~580 lines): the
+rules above are applied by one walk whose parts (what commutes, folding, pinning, realising) share its state.
 """
 
 from __future__ import annotations

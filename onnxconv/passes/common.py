@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec, known
 from ..errors import OptionError, RewriteError, ShapeError
 from ..graph import node_label, shapes_of_graph, subgraphs_of
-from ..model_io import shape_model
+from ..weightless import shape_model
 
 __all__ = [
     "LayerChange",
@@ -457,7 +457,7 @@ def _read_by_subgraph(graph: onnx.GraphProto, name: str) -> bool:
 def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
     """onnx.checker plus strict shape inference; one-line :class:`RewriteError` on failure.
 
-    Both run on a weight-free copy (:func:`~onnxconv.model_io.shape_model`): serialising 100 MB of weights to
+    Both run on a weight-free copy (:func:`~onnxconv.weightless.shape_model`): serialising 100 MB of weights to
     check a graph is pure waste, and a pass's new weights are built by numpy_helper. A problem the
     ``original`` already has (e.g. an output type without a shape, which some exporters write) is not the
     rewrite's fault and does not stop it.
