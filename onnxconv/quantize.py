@@ -6,7 +6,10 @@ latencies and errors measured on its result are those of the model a user would 
 * **Format QDQ**: every quantized tensor ``x`` becomes ``DequantizeLinear(QuantizeLinear(x))``; onnxruntime's
   graph optimiser later fuses a ``DQ -> op -> Q`` group into an integer kernel (QLinearConv, QLinearAdd,
   QLinearConcat, QLinearMul, ...) where it has one, and leaves the float op between a DQ and a Q where not.
-* **Activations**: ``activation_type`` (uint8 by default, the fast path of x86 CPUs with VNNI), asymmetric:
+* **Activations**: ``activation_type`` (uint8 by default, the fast path of x86 CPUs with VNNI; with int8
+  activations onnxruntime fuses QDQ groups into integer kernels on ARM only, ``QDQIsInt8Allowed()``, so on
+  x86 an int8-activation model runs as DequantizeLinear -> float op -> QuantizeLinear, slower than the float
+  model: BENCHMARKS.md, "int8 (issue 12)"), asymmetric:
   ``scale = (max(rmax, 0) - min(rmin, 0)) / (qmax - qmin)``, ``zero_point = round(qmin - min(rmin, 0) / scale)``,
   with ``[rmin, rmax]`` the range the calibration method gives over the calibration feeds (``minmax``: the
   plain min and max of every tensor over all feeds).

@@ -16,7 +16,10 @@ For each model (trained ones from realmodels/, and generated architectures from 
    vs the int8 original = the ratio of the two models' median speed-ups against the fp32 original (one run,
    same rounds). Output agreement: relative error of every model's output against the fp32 original on a
    held-out image-like input (``bench`` feeds it from an .npz).
-4. ``--profile``: per-node times of chosen models (:func:`onnxconv.bench.profile_model`) summed per kernel
+4. ``--layers`` (instead of the models): one 3x3 conv + Relu per shape of :data:`LAYERS` against its rank-1
+   and rank-2 rewrites, fp32 and u8s8 in one interleaved run per shape: the latency ratio per layer shape,
+   which says where the int8 rewrite loses.
+5. ``--profile``: per-node times of chosen models (:func:`onnxconv.bench.profile_model`) summed per kernel
    class, where QLinearConv/Conv are split into dense kxk, pointwise, depthwise and grouped by reading the
    graph onnxruntime actually runs (saved with ``SessionOptions.optimized_model_filepath``), with the count
    of every op type in it: what onnxruntime fused, and what is left.
@@ -26,6 +29,7 @@ Usage::
     python tools/bench_int8.py [--models ddddocr_det ppocr_det ppocr_rec resnet18] [--budget 0.5] \\
         [--forms sum concat multiplier tiled] [--groups 2] [--types u8s8 s8s8] [--calib 4] [--iters 12] \\
         [--profile] [--remedies]
+    python tools/bench_int8.py --layers [--iters 12]
 
 Keep runs short: this box has 2 cores shared with other jobs; interleaving cancels their drift, not their noise.
 """
@@ -300,12 +304,55 @@ def run_model(name: str, args: argparse.Namespace) -> None:
         wanted = ["fp32 original", "fp32 sum"] + [f"{t} {k}" for t in args.types[:1]
                                                   for k in ("original", *args.forms, f"rank {args.also_rank}",
                                                             f"shuffle g{args.groups}")]
+        wanted += [f"{t} original" for t in args.types[1:]]  # what the other activation type fuses to
         _profile(models, wanted, held_out, args)
+
+
+#: One 3x3 conv + Relu per shape (channels, resolution): ddddocr_det's stages at 416x416 and two wider ones.
+LAYERS = ((32, 104), (64, 52), (128, 26), (256, 13), (512, 13))
+
+
+def run_layers(args: argparse.Namespace) -> None:
+    """Per layer shape, one interleaved run of the conv and its rewrites, fp32 and u8s8: where int8 loses."""
+    from bench_separate import _conv_relu
+
+    from onnxconv.stats import analyze
+
+    variants = (("rank 1", 1, "sum"), ("rank 2 sum", 2, "sum"), ("rank 2 concat", 2, "concat"))
+    print(f"\none Conv 3x3 + Relu per shape; {args.iters} interleaved rounds, 1 thread; latency ratio = "
+          "t(rewrite) / t(original) of the same precision (ratio of the medians of per-round speed-ups against "
+          f"the fp32 conv); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print("| layer | fp32 ms | u8s8 ms | " + " | ".join(f"{v[0]}: MAC ratio, fp32 / u8s8 latency ratio"
+                                                      for v in variants) + " |")
+    print("|---|---|---|" + "---|" * len(variants))
+    for channels, size in LAYERS:
+        base = _conv_relu(channels, size)
+        src = Source(None, "x", (1, channels, size, size), 1 / 255)
+        calib = _images(src, 2, seed=100)
+        fp32 = {"original": base}
+        for label, r, form in variants:
+            fp32[label] = separate(base, RankPolicy("rank", r), form=form).model
+        models = {f"fp32 {k}": v for k, v in fp32.items()}
+        models.update({f"u8s8 {k}": quantize_static_qdq(v, calib) for k, v in fp32.items()})
+        report = bench(list(models.values()), BenchConfig(threads=1, iters=args.iters, warmup=2),
+                       names=list(models))
+        res = {m.name: m for m in report.runs[0].models}
+        speed = {k: (m.speedup.median if m.speedup else 1.0) for k, m in res.items()}
+        base_macs = analyze(base).totals["macs"]
+        cells = []
+        for label, _, _ in variants:
+            mr = analyze(fp32[label]).totals["macs"] / base_macs
+            cells.append(f"{mr:.3f}, {speed['fp32 original'] / speed[f'fp32 {label}']:.2f} / "
+                         f"{speed['u8s8 original'] / speed[f'u8s8 {label}']:.2f}")
+        print(f"| {channels}->{channels} @ {size}x{size} | {res['fp32 original'].timing.p50_s * 1e3:.2f} | "
+              f"{res['u8s8 original'].timing.p50_s * 1e3:.2f} | " + " | ".join(cells) + " |")
+        sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", action="store_true", help="single-layer part instead of the models (LAYERS)")
     p.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     p.add_argument("--budget", type=float, default=0.5, help="separable rank policy: conv MAC budget")
     p.add_argument("--rank", type=int, default=1, help="rank where the budget is unreachable")
@@ -321,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--remedies", action="store_true", help="per-tensor, float Adds, Conv-only quantization too")
     args = p.parse_args(argv)
     print(f"command: `{_cmd(sys.argv[1:] if argv is None else argv)}`", flush=True)
+    if args.layers:
+        run_layers(args)
+        return 0
     for name in args.models:
         run_model(name, args)
     return 0
