@@ -12,7 +12,8 @@ For each model (trained ones from realmodels/, and generated architectures from 
    on top (``--remedies``): per-tensor weights, the sum form's Adds left in float (``nodes_to_exclude``), convs
    quantized alone (``op_types_to_quantize=["Conv"]``).
 3. Time all of them, fp32 and int8, in ONE interleaved run (:func:`onnxconv.bench.bench`, 1 intra-op thread,
-   the fp32 original first): fp32 speed-up = median over rounds of t(fp32 original) / t(model); int8 speed-up
+   the fp32 original first; inputs: dark text on smooth light backgrounds for the OCR models, smooth random
+   rectangles for the generated ones): fp32 speed-up = median over rounds of t(fp32 original) / t(model); int8 speed-up
    vs the int8 original = the ratio of the two models' median speed-ups against the fp32 original (one run,
    same rounds). Output agreement: relative error of every model's output against the fp32 original on a
    held-out image-like input (``bench`` feeds it from an .npz).
@@ -91,10 +92,39 @@ def _cmd(argv: Sequence[str]) -> str:
     return "python tools/bench_int8.py " + " ".join(argv)
 
 
-def _images(src: Source, n: int, seed: int) -> list[dict[str, np.ndarray]]:
+#: A font for the text drawn on the images of the OCR models (Pillow's built-in bitmap font if it is missing).
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def _text_image(shape: Sequence[int], seed: int) -> np.ndarray:
+    """Dark random text on a smooth light background, 0..255, ``1 x 3 x H x W``: the OCR models' detectors
+    answer ~0 everywhere on an image without text, where no relative error means anything."""
+    from PIL import Image, ImageDraw, ImageFont
+
     from bench_separate import _image_like  # smooth rectangles and gradients, 0..255
 
-    return [{src.input: (_image_like(src.shape, seed + k) * src.scale + src.shift).astype(np.float32)}
+    rng = np.random.default_rng(seed)
+    _, c, h, w = shape
+    base = 150 + 0.4 * _image_like((1, c, h, w), seed)[0]
+    im = Image.fromarray(base.transpose(1, 2, 0).astype(np.uint8)[..., :3] if c >= 3 else base[0].astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    alphabet = list("ABCDEFGHKMNPRSTWXYZabcdefghkmnprstwxyz2345678")
+    for _ in range(max(1, h // 40)):
+        size = int(rng.integers(max(10, h // 14), max(12, min(h * 2 // 3, 40))))
+        font = ImageFont.truetype(FONT, size) if os.path.exists(FONT) else ImageFont.load_default()
+        text = "".join(rng.choice(alphabet, int(rng.integers(4, 12))))
+        xy = (int(rng.integers(0, max(1, w // 3))), int(rng.integers(0, max(1, h - size))))
+        draw.text(xy, text, font=font, fill=tuple(int(v) for v in rng.integers(0, 90, 3)) if c >= 3 else 40)
+    a = np.asarray(im, dtype=np.float32)
+    return (a.transpose(2, 0, 1) if a.ndim == 3 else a[None])[None]
+
+
+def _images(src: Source, n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """``n`` inputs for ``src``: text images for the OCR models, smooth rectangles for the others."""
+    from bench_separate import _image_like  # smooth rectangles and gradients, 0..255
+
+    make = _text_image if src.path else _image_like
+    return [{src.input: (make(src.shape, seed + k) * src.scale + src.shift).astype(np.float32)}
             for k in range(n)]
 
 
