@@ -61,7 +61,7 @@ PER_CHANNEL_OPSET = 13
 #: Highest IR version the installed onnxruntime loads (onnx 1.23 writes 14 by default).
 MAX_IR_VERSION = 13
 
-_ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+_ONNX_FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
                      onnx.TensorProto.DOUBLE: np.float64}
 
 
@@ -70,7 +70,7 @@ class QuantizeError(RewriteError):
 
 
 def _quant_type(name: str, what: str) -> Any:
-    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import QuantType  # type: ignore[import-untyped]
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     key = str(name).strip().lower()
@@ -80,7 +80,7 @@ def _quant_type(name: str, what: str) -> Any:
 
 
 def _calibrate_method(name: str) -> Any:
-    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization import CalibrationMethod  # type: ignore[import-untyped]
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -261,8 +261,8 @@ def quantize_static_qdq(
         ShapeError: feeds whose shapes disagree for a dynamic input, or do not fit the model.
         QuantizeError: onnxruntime's quantizer (or the opset conversion) failed; its reason in one line.
     """
-    from onnxruntime.quantization import QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import QuantFormat, quantize_static  # type: ignore[import-untyped]
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # type: ignore[import-untyped]
 
     act = _quant_type(activation_type, "activation type")
     wt = _quant_type(weight_type, "weight type")

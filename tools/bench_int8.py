@@ -10,7 +10,7 @@ For each model (trained ones from realmodels/, and generated architectures from 
    on ``--calib`` image-like samples) in each ``--types`` setting (``u8s8``: uint8 activations, int8 weights,
    the quantizer's default and x86's VNNI fast path; ``s8s8``: int8 both), per-channel weights. Remedies tried
    on top (``--remedies``): per-tensor weights, the sum form's Adds left in float (``nodes_to_exclude``), convs
-   quantized alone (``op_types_to_quantize=["Conv"]``).
+   quantized alone (``op_types_to_quantize=["Conv"]``), the rewrites' depthwise convs left in float.
 3. Time all of them, fp32 and int8, in ONE interleaved run (:func:`onnxconv.bench.bench`, 1 intra-op thread,
    the fp32 original first; inputs: dark text on smooth light backgrounds for the OCR models, smooth random
    rectangles for the generated ones): fp32 speed-up = median over rounds of t(fp32 original) / t(model); int8 speed-up
@@ -164,6 +164,13 @@ def _added_adds(original: onnx.ModelProto, rewrite: onnx.ModelProto) -> list[str
     return [n.name for n in rewrite.graph.node if n.op_type == "Add" and n.name not in before]
 
 
+def _added_depthwise(original: onnx.ModelProto, rewrite: onnx.ModelProto) -> list[str]:
+    """Names of the grouped/depthwise Conv nodes a separable rewrite added (its depthwise stage)."""
+    before = {n.name for n in original.graph.node}
+    return [n.name for n in rewrite.graph.node if n.op_type == "Conv" and n.name not in before
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
 def _variants(name: str, src: Source, args: argparse.Namespace
               ) -> tuple[dict[str, onnx.ModelProto], dict[str, str], str]:
     """Every model of one interleaved run, by label (fp32 original first, its rewrites, then their int8 forms),
@@ -200,6 +207,10 @@ def _variants(name: str, src: Source, args: argparse.Namespace
         for k in ("original", "sum"):
             if k in fp32:
                 quantize(f"u8s8 Conv only {k}", fp32[k], op_types_to_quantize=["Conv"], **u8)
+        for k in ("sum", f"rank {args.also_rank}"):  # the int8 depthwise kernel is the slow one: keep it float
+            if k in fp32:
+                quantize(f"u8s8 {k}, depthwise float", fp32[k], "u8s8 original",
+                         nodes_to_exclude=_added_depthwise(model, fp32[k]), **u8)
     print(f"  quantized: {', '.join(timings)}", flush=True)
     return out, bases, policy
 
