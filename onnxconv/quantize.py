@@ -48,6 +48,7 @@ import onnx
 
 from .compare import ort_message
 from .errors import OptionError, RewriteError, ShapeError
+from .text import printable
 
 __all__ = ["QuantizeError", "quantize_static_qdq", "QUANT_TYPES", "CALIBRATION_METHODS", "PER_CHANNEL_OPSET",
            "MAX_IR_VERSION"]
@@ -75,7 +76,7 @@ def _quant_type(name: str, what: str) -> Any:
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     key = str(name).strip().lower()
     if key not in types:
-        raise OptionError(f"{what} '{name}': choose from {', '.join(QUANT_TYPES)}")
+        raise OptionError(f"{what} '{printable(str(name))}': choose from {', '.join(QUANT_TYPES)}")
     return types[key]
 
 
@@ -86,7 +87,7 @@ def _calibrate_method(name: str) -> Any:
                "percentile": CalibrationMethod.Percentile}
     key = str(name).strip().lower()
     if key not in methods:
-        raise OptionError(f"calibration method '{name}': choose from {', '.join(CALIBRATION_METHODS)}")
+        raise OptionError(f"calibration method '{printable(str(name))}': choose from {', '.join(CALIBRATION_METHODS)}")
     return methods[key]
 
 
@@ -111,12 +112,12 @@ def _static_shapes(inputs: Sequence[onnx.ValueInfoProto], feeds: Sequence[Mappin
     Every feed must have that shape, and the shape must fit the model's fixed dims.
     """
     given = dict(input_shapes or {})
-    unknown = sorted(set(given) - {vi.name for vi in inputs})
+    unknown = sorted((k for k in given if k not in {vi.name for vi in inputs}), key=str)
     if unknown:
-        raise OptionError(f"input shape given for '{unknown[0]}', which is not an input of the model")
+        raise OptionError(f"input shape given for '{printable(unknown[0])}', which is not an input of the model")
     shapes: dict[str, list[int]] = {}
     for vi in inputs:
-        dims = _dims(vi)
+        dims, name = _dims(vi), printable(vi.name)
         seen = {tuple(np.shape(f[vi.name])) for f in feeds}
         if vi.name in given:
             shape = [int(d) for d in given[vi.name]]
@@ -124,17 +125,17 @@ def _static_shapes(inputs: Sequence[onnx.ValueInfoProto], feeds: Sequence[Mappin
             shape = list(next(iter(seen)))
         else:
             a, b = sorted(seen)[:2]
-            raise ShapeError(f"input '{vi.name}' has dynamic dims {_shape_text(dims)} and the calibration feeds "
+            raise ShapeError(f"input '{name}' has dynamic dims {_shape_text(dims)} and the calibration feeds "
                              f"differ in shape ({_shape_text(a)} vs {_shape_text(b)}): give input_shapes, the one "
                              "static shape to quantize for")
         if any(d < 1 for d in shape):
-            raise ShapeError(f"input '{vi.name}': shape {_shape_text(shape)} must have positive dims")
+            raise ShapeError(f"input '{name}': shape {_shape_text(shape)} must have positive dims")
         if dims and (len(dims) != len(shape) or any(isinstance(d, int) and d > 0 and d != s
                                                   for d, s in zip(dims, shape))):
-            raise ShapeError(f"input '{vi.name}' is {_shape_text(dims)} in the model, not {_shape_text(shape)}")
+            raise ShapeError(f"input '{name}' is {_shape_text(dims)} in the model, not {_shape_text(shape)}")
         bad = sorted(s for s in seen if list(s) != shape)
         if bad:
-            raise ShapeError(f"calibration feed for input '{vi.name}' is {_shape_text(bad[0])}, not the "
+            raise ShapeError(f"calibration feed for input '{name}' is {_shape_text(bad[0])}, not the "
                              f"{_shape_text(shape)} the model is quantized for")
         shapes[vi.name] = shape
     return shapes
@@ -149,20 +150,22 @@ def _checked_feeds(inputs: Sequence[onnx.ValueInfoProto],
         if not isinstance(feed, Mapping):
             raise OptionError(f"calibration feed {k} is a {type(feed).__name__}, not a mapping input name -> array")
         missing = [n for n in names if n not in feed]
-        extra = sorted(set(feed) - set(names))
+        extra = sorted((key for key in feed if key not in names), key=str)
         if missing or extra:
-            what = f"lacks input '{missing[0]}'" if missing else f"has '{extra[0]}', which is not a model input"
-            raise OptionError(f"calibration feed {k} {what} (model inputs: {', '.join(names)})")
+            what = (f"lacks input '{printable(missing[0])}'" if missing
+                    else f"has '{printable(str(extra[0]))}', which is not a model input")
+            raise OptionError(f"calibration feed {k} {what} (model inputs: {printable(', '.join(names))})")
         row = {}
         for vi in inputs:
             dtype = _ONNX_FLOAT_TYPES.get(vi.type.tensor_type.elem_type)
             if dtype is None:
-                raise OptionError(f"input '{vi.name}' is not a float tensor: only float models are quantized")
+                raise OptionError(f"input '{printable(vi.name)}' is not a float tensor: only float models are "
+                                  "quantized")
             arr = np.asarray(feed[vi.name])
             if arr.dtype.kind not in "fiu":
-                raise OptionError(f"calibration feed {k}, input '{vi.name}': {arr.dtype} is not numeric")
+                raise OptionError(f"calibration feed {k}, input '{printable(vi.name)}': {arr.dtype} is not numeric")
             if not np.all(np.isfinite(arr)):
-                raise OptionError(f"calibration feed {k}, input '{vi.name}' holds NaN or infinity")
+                raise OptionError(f"calibration feed {k}, input '{printable(vi.name)}' holds NaN or infinity")
             row[vi.name] = arr.astype(dtype, copy=False)
         out.append(row)
     if not out:
@@ -195,33 +198,27 @@ def _fixed(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], per_chan
     return m
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol (``get_next`` -> dict or None) over a list of feeds."""
+def _reader(feeds: Sequence[dict[str, np.ndarray]]) -> Any:
+    """onnxruntime's CalibrationDataReader over a list of feeds (``get_next`` -> the next one, then None)."""
+    from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
 
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-        self._next = 0
+    class _FeedReader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._next = 0
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self._feeds):
-            return None
-        self._next += 1
-        return self._feeds[self._next - 1]
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self._next >= len(feeds):
+                return None
+            self._next += 1
+            return feeds[self._next - 1]
 
-    def __len__(self) -> int:
-        return len(self._feeds)
+        def __len__(self) -> int:
+            return len(feeds)
 
-    def __iter__(self) -> _Reader:
-        return self
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._next = start_index
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        feed = self.get_next()
-        if feed is None:
-            raise StopIteration
-        return feed
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._next = start_index
+    return _FeedReader()
 
 
 def quantize_static_qdq(
@@ -285,7 +282,7 @@ def quantize_static_qdq(
             # The quantizer logs a warning for every op it leaves alone on the root logger: not ours to print.
             quant_logger.setLevel(max(level, logging.ERROR))
             quantize_static(
-                src, out, _Reader(rows), quant_format=QuantFormat.QDQ,
+                src, out, _reader(rows), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
                 per_channel=per_channel, activation_type=act, weight_type=wt,
                 nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None, calibrate_method=method,

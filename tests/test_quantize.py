@@ -228,3 +228,14 @@ def test_non_float_input_refused() -> None:
     with pytest.raises(OptionError) as e:
         quantize_static_qdq(model, [{"X": np.zeros(SHAPE, dtype=np.int64)}])
     assert "not a float tensor" in one_line(e)
+
+
+def test_hostile_input_name_stays_one_line() -> None:
+    """Names come from the model file: a newline or terminal escape in one must not break the one-line message."""
+    name = "X\n\x1b[2Jfake"
+    node = helper.make_node("Relu", [name], ["Y"])
+    model = make_model([node], [tensor(name, SHAPE)], [tensor("Y", SHAPE)])
+    with pytest.raises(OptionError) as e:
+        quantize_static_qdq(model, [{"X": smooth(0)}])
+    text = one_line(e)
+    assert "\x1b" not in text and "\\n" in text
