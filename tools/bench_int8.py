@@ -42,8 +42,8 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,7 +221,7 @@ def _variants(name: str, src: Source, args: argparse.Namespace
 
 def _optimized(model: onnx.ModelProto, threads: int) -> onnx.ModelProto:
     """The graph onnxruntime runs after its optimisations (QDQ fusion, layout passes), as it saves it."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     from onnxconv.compare import ORT_LOG_SEVERITY
 
@@ -257,10 +257,10 @@ def _profile(models: Mapping[str, onnx.ModelProto], labels: Sequence[str], feeds
     """Per-kernel-class time (ms per run) and the fused graph's op counts of each labelled model."""
     cfg = BenchConfig(threads=args.threads, warmup=2, profile_runs=args.profile_runs)
     prov = resolve_provider("cpu")
-    sums: dict[str, Counter[str]] = {}
+    sums: dict[str, defaultdict[str, float]] = {}
     counts: dict[str, Counter[str]] = {}
     macs: dict[str, Counter[str]] = {label: Counter() for label in labels}
-    macs_ms: dict[str, Counter[str]] = {label: Counter() for label in labels}
+    macs_ms: dict[str, defaultdict[str, float]] = {label: defaultdict(float) for label in labels}
     for label in labels:
         if label not in models:
             continue
@@ -268,7 +268,7 @@ def _profile(models: Mapping[str, onnx.ModelProto], labels: Sequence[str], feeds
         kinds = _conv_kinds(opt)
         counts[label] = Counter(n.op_type for n in opt.graph.node)
         prof = profile_model(models[label], label, prov, cfg, feeds)
-        acc: Counter[str] = Counter()
+        acc: defaultdict[str, float] = defaultdict(float)
         for nt in prof.nodes:
             kind = kinds.get(nt.node)
             key = f"{nt.op_type} {kind}" if kind else nt.op_type
@@ -321,7 +321,7 @@ def run_model(name: str, args: argparse.Namespace) -> None:
     held_out = _images(src, 1, seed=0)[0]
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         npz = os.path.join(tmp, "held_out.npz")
-        np.savez(npz, **held_out)
+        np.savez(npz, **held_out)  # type: ignore[arg-type]
         cfg = BenchConfig(threads=args.threads, iters=args.iters, warmup=2, inputs=npz)
         labels = list(models)
         report = bench([models[k] for k in labels], cfg, names=labels)
