@@ -279,7 +279,8 @@ def quantize_static_qdq(
                 quant_pre_process(src, pre, skip_symbolic_shape=True, save_as_external_data=True,
                                   external_data_location="prepared.onnx.data")
                 src = pre
-            # The quantizer logs a warning for every op it leaves alone on the root logger: not ours to print.
+            # The quantizer logs its advice and warnings on the root logger (logging.warning): not ours to print;
+            # the level is restored below.
             quant_logger.setLevel(max(level, logging.ERROR))
             quantize_static(
                 src, out, _reader(rows), quant_format=QuantFormat.QDQ,
