@@ -117,7 +117,7 @@ def test_separable_unit_ratio_is_the_what_if_of_stats() -> None:
 
 
 def test_conv_relu_is_one_biased_3x3_conv() -> None:
-    model = bench_separate._conv_relu(8, 12)
+    model = bench_separate.conv_relu(8, 12)
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == archs.IR_VERSION
     (row,) = analyze(model).layers

@@ -101,11 +101,11 @@ def _text_image(shape: Sequence[int], seed: int) -> np.ndarray:
     answer ~0 everywhere on an image without text, where no relative error means anything."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from bench_separate import _image_like  # smooth rectangles and gradients, 0..255
+    from _common import image_like  # smooth rectangles and gradients, 0..255
 
     rng = np.random.default_rng(seed)
     _, c, h, w = shape
-    base = 150 + 0.4 * _image_like((1, c, h, w), seed)[0]
+    base = 150 + 0.4 * image_like((1, c, h, w), seed)[0]
     im = Image.fromarray(base.transpose(1, 2, 0).astype(np.uint8)[..., :3] if c >= 3 else base[0].astype(np.uint8))
     draw = ImageDraw.Draw(im)
     alphabet = list("ABCDEFGHKMNPRSTWXYZabcdefghkmnprstwxyz2345678")
@@ -121,9 +121,9 @@ def _text_image(shape: Sequence[int], seed: int) -> np.ndarray:
 
 def _images(src: Source, n: int, seed: int) -> list[dict[str, np.ndarray]]:
     """``n`` inputs for ``src``: text images for the OCR models, smooth rectangles for the others."""
-    from bench_separate import _image_like  # smooth rectangles and gradients, 0..255
+    from _common import image_like  # smooth rectangles and gradients, 0..255
 
-    make = _text_image if src.path else _image_like
+    make = _text_image if src.path else image_like
     return [{src.input: (make(src.shape, seed + k) * src.scale + src.shift).astype(np.float32)}
             for k in range(n)]
 
@@ -355,7 +355,7 @@ LAYERS = ((32, 104), (64, 52), (128, 26), (256, 13), (512, 13))
 
 def run_layers(args: argparse.Namespace) -> None:
     """Per layer shape, one interleaved run of the conv and its rewrites, fp32 and u8s8: where int8 loses."""
-    from bench_separate import _conv_relu
+    from bench_separate import conv_relu
 
     from onnxconv.stats import analyze
 
@@ -367,7 +367,7 @@ def run_layers(args: argparse.Namespace) -> None:
                                                       for v in variants) + " |")
     print("|---|---|---|" + "---|" * len(variants))
     for channels, size in LAYERS:
-        base = _conv_relu(channels, size)
+        base = conv_relu(channels, size)
         src = Source(None, "x", (1, channels, size, size), 1 / 255)
         calib = _images(src, 2, seed=100)
         fp32 = {"original": base}

@@ -169,7 +169,7 @@ VGG_LAYERS = ((64, 224), (128, 112), (256, 56), (512, 28), (512, 14))
 RESNET_LAYERS = ((64, 56), (128, 28), (256, 14), (512, 7))  # ResNet-18's 3x3 convs (other than the strided ones)
 
 
-def _conv_relu(channels: int, size: int, seed: int = 0) -> onnx.ModelProto:
+def conv_relu(channels: int, size: int, seed: int = 0) -> onnx.ModelProto:
     """Conv 3x3 (pads 1, bias) + Relu, the unit of VGG (tools/archs.py's builder: He-normal weights)."""
     b = archs.GraphBuilder(seed)
     y = b.conv("input", channels, channels, 3, "conv")
@@ -186,7 +186,7 @@ def layers(args: argparse.Namespace) -> None:
                                                         for f in args.forms) + " |")
     print("|---|---|---|" + "---|" * len(args.forms))
     for channels, size in VGG_LAYERS:
-        base = _conv_relu(channels, size)
+        base = conv_relu(channels, size)
         models = [base] + [separate(base, RankPolicy("rank", args.rank), form=f).model for f in args.forms]
         mr = _all_macs(models[1]) / _all_macs(base)
         report = bench(models, BenchConfig(threads=1, iters=args.iters, warmup=2), names=["original", *args.forms])
