@@ -71,7 +71,7 @@ class QuantizeError(RewriteError):
 
 
 def _quant_type(name: str, what: str) -> Any:
-    from onnxruntime.quantization import QuantType  # type: ignore[import-untyped]
+    from onnxruntime.quantization import QuantType
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     key = str(name).strip().lower()
@@ -81,7 +81,7 @@ def _quant_type(name: str, what: str) -> Any:
 
 
 def _calibrate_method(name: str) -> Any:
-    from onnxruntime.quantization import CalibrationMethod  # type: ignore[import-untyped]
+    from onnxruntime.quantization import CalibrationMethod
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -200,9 +200,9 @@ def _fixed(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], per_chan
 
 def _reader(feeds: Sequence[dict[str, np.ndarray]]) -> Any:
     """onnxruntime's CalibrationDataReader over a list of feeds (``get_next`` -> the next one, then None)."""
-    from onnxruntime.quantization import CalibrationDataReader  # type: ignore[import-untyped]
+    from onnxruntime.quantization import CalibrationDataReader
 
-    class _FeedReader(CalibrationDataReader):  # type: ignore[misc]
+    class _FeedReader(CalibrationDataReader):
         def __init__(self) -> None:
             self._next = 0
 
@@ -258,8 +258,8 @@ def quantize_static_qdq(
         ShapeError: feeds whose shapes disagree for a dynamic input, or do not fit the model.
         QuantizeError: onnxruntime's quantizer (or the opset conversion) failed; its reason in one line.
     """
-    from onnxruntime.quantization import QuantFormat, quantize_static  # type: ignore[import-untyped]
-    from onnxruntime.quantization.shape_inference import quant_pre_process  # type: ignore[import-untyped]
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     act = _quant_type(activation_type, "activation type")
     wt = _quant_type(weight_type, "weight type")
