@@ -72,7 +72,7 @@ from .choose import BUCKETS, KEEP, LayerOptions, Option, choose, saved
 from .estimate import option_errors
 from .latency import LatencyCache, bench_pair, measure_latencies
 
-__all__ = ["PlanPoint", "PlanReport", "plan_rewrite", "plan_from_file", "frontier_rows"]
+__all__ = ["PlanPoint", "PlanReport", "plan_rewrite", "plan_from_file", "frontier_rows", "concat_runs"]
 
 
 @dataclass
@@ -164,7 +164,7 @@ class _Measurer:
                                  "out: the error is optimistic)")
         self.feeds = feeds
         ref = compare.session(model, list(chain), threads)
-        self.ref_out = _concat([compare.run_model(ref, f) for f in feeds])
+        self.ref_out = concat_runs([compare.run_model(ref, f) for f in feeds])
 
     def seen(self) -> set[tuple[int, ...]]:
         return {tuple(p.picks) for p in self.points}
@@ -184,7 +184,7 @@ class _Measurer:
             result = refit(self.model, result, self.calibration, providers=self.chain, threads=self.threads,
                            reference=reference, depthwise=self.refit_kernels, seed=self.seed)
         sess = compare.session(result.model, list(self.chain), self.threads)
-        out = _concat([compare.run_model(sess, f) for f in self.feeds])
+        out = concat_runs([compare.run_model(sess, f) for f in self.feeds])
         agreements = compare.compare_outputs(self.ref_out, out)
         error = max((a.rel_error for a in agreements), default=0.0)
         self.built[picks] = (result, reference)
@@ -202,7 +202,7 @@ def _samples(feeds: Mapping[str, np.ndarray]) -> int:
     return int(next(iter(feeds.values())).shape[0]) if feeds else 0
 
 
-def _concat(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def concat_runs(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Outputs of several runs joined on the sample axis (a scalar output is stacked)."""
     return {k: np.concatenate([np.atleast_1d(r[k]) for r in runs]) for k in runs[0]} if runs else {}
 
