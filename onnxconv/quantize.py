@@ -1,0 +1,300 @@
+"""Static int8 quantization in onnxruntime's QDQ format: the seam ``--precision int8`` measures through.
+
+:func:`quantize_static_qdq` quantizes a float model the way onnxruntime's ``quantize_static`` does it, so that
+latencies and errors measured on its result are those of the model a user would ship:
+
+* **Format QDQ**: every quantized tensor ``x`` becomes ``DequantizeLinear(QuantizeLinear(x))``; onnxruntime's
+  graph optimiser later fuses a ``DQ -> op -> Q`` group into an integer kernel (QLinearConv, QLinearAdd,
+  QLinearConcat, QLinearMul, ...) where it has one, and leaves the float op between a DQ and a Q where not.
+* **Activations**: ``activation_type`` (uint8 by default, the fast path of x86 CPUs with VNNI), asymmetric:
+  ``scale = (max(rmax, 0) - min(rmin, 0)) / (qmax - qmin)``, ``zero_point = round(qmin - min(rmin, 0) / scale)``,
+  with ``[rmin, rmax]`` the range the calibration method gives over the calibration feeds (``minmax``: the
+  plain min and max of every tensor over all feeds).
+* **Weights**: ``weight_type`` (int8 by default), symmetric (``zero_point = 0``, ``scale = max|w| / 127``),
+  per output channel (axis 0 of a Conv weight) with ``per_channel=True``, else one scale per tensor. Bias
+  becomes int32 with ``scale = input_scale * weight_scale``.
+* **Which ops**: every op type the quantizer knows (Conv, Add, Mul, Concat, MaxPool, Resize, ...), or only
+  ``op_types_to_quantize``; nodes named in ``nodes_to_exclude`` stay float (their neighbours' QDQ pairs then
+  end at them).
+
+The quantizer works on files, so the model goes through a private temporary folder and comes back as a
+ModelProto; nothing the caller owns is written. Preparation (``preprocess=True``, onnxruntime's
+``quant_pre_process`` without its sympy-based symbolic pass): onnx shape inference and onnxruntime's basic
+graph optimisations (constant folding, BatchNorm folded into the conv before it), so that weights are
+quantized after folding, as the quantizer's documentation asks.
+
+Shapes: the result has static input shapes, those of the calibration feeds (or ``input_shapes``): the
+calibrated ranges hold for them, and the preparation step needs them. A model with symbolic dims is fixed to
+them; feeds of different shapes for one symbolic input are refused, since no one static model fits them all.
+
+Opset: per-axis ``DequantizeLinear`` (per-channel weights) exists from opset 13; an older model is converted
+to opset 13 first (onnx's version converter). The IR version of the result is at most 13, which the installed
+onnxruntime loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .compare import ort_message
+from .errors import OptionError, RewriteError, ShapeError
+
+__all__ = ["QuantizeError", "quantize_static_qdq", "QUANT_TYPES", "CALIBRATION_METHODS", "PER_CHANNEL_OPSET",
+           "MAX_IR_VERSION"]
+
+#: Quantized element types by the name callers give.
+QUANT_TYPES = ("uint8", "int8")
+#: Calibration methods of onnxruntime's quantizer by the name callers give.
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: First opset whose DequantizeLinear takes an ``axis`` (per-channel weights).
+PER_CHANNEL_OPSET = 13
+#: Highest IR version the installed onnxruntime loads (onnx 1.23 writes 14 by default).
+MAX_IR_VERSION = 13
+
+_ONNX_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
+                     onnx.TensorProto.DOUBLE: np.float64}
+
+
+class QuantizeError(RewriteError):
+    """onnxruntime's quantizer could not quantize the model (its reason in one line); nothing is returned."""
+
+
+def _quant_type(name: str, what: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    key = str(name).strip().lower()
+    if key not in types:
+        raise OptionError(f"{what} '{name}': choose from {', '.join(QUANT_TYPES)}")
+    return types[key]
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    key = str(name).strip().lower()
+    if key not in methods:
+        raise OptionError(f"calibration method '{name}': choose from {', '.join(CALIBRATION_METHODS)}")
+    return methods[key]
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in vi.type.tensor_type.shape.dim]
+
+
+def _shape_text(shape: Sequence[int | str]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _static_shapes(inputs: Sequence[onnx.ValueInfoProto], feeds: Sequence[Mapping[str, np.ndarray]],
+                   input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:
+    """One static shape per graph input: ``input_shapes``, else the calibration feeds' (which must agree).
+
+    Every feed must have that shape, and the shape must fit the model's fixed dims.
+    """
+    given = dict(input_shapes or {})
+    unknown = sorted(set(given) - {vi.name for vi in inputs})
+    if unknown:
+        raise OptionError(f"input shape given for '{unknown[0]}', which is not an input of the model")
+    shapes: dict[str, list[int]] = {}
+    for vi in inputs:
+        dims = _dims(vi)
+        seen = {tuple(np.shape(f[vi.name])) for f in feeds}
+        if vi.name in given:
+            shape = [int(d) for d in given[vi.name]]
+        elif len(seen) == 1:
+            shape = list(next(iter(seen)))
+        else:
+            a, b = sorted(seen)[:2]
+            raise ShapeError(f"input '{vi.name}' has dynamic dims {_shape_text(dims)} and the calibration feeds "
+                             f"differ in shape ({_shape_text(a)} vs {_shape_text(b)}): give input_shapes, the one "
+                             "static shape to quantize for")
+        if any(d < 1 for d in shape):
+            raise ShapeError(f"input '{vi.name}': shape {_shape_text(shape)} must have positive dims")
+        if dims and (len(dims) != len(shape) or any(isinstance(d, int) and d > 0 and d != s
+                                                  for d, s in zip(dims, shape))):
+            raise ShapeError(f"input '{vi.name}' is {_shape_text(dims)} in the model, not {_shape_text(shape)}")
+        bad = sorted(s for s in seen if list(s) != shape)
+        if bad:
+            raise ShapeError(f"calibration feed for input '{vi.name}' is {_shape_text(bad[0])}, not the "
+                             f"{_shape_text(shape)} the model is quantized for")
+        shapes[vi.name] = shape
+    return shapes
+
+
+def _checked_feeds(inputs: Sequence[onnx.ValueInfoProto],
+                   feeds: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The feeds as a list of dicts with exactly the model's float inputs, cast to each input's element type."""
+    out = []
+    names = [vi.name for vi in inputs]
+    for k, feed in enumerate(feeds):
+        if not isinstance(feed, Mapping):
+            raise OptionError(f"calibration feed {k} is a {type(feed).__name__}, not a mapping input name -> array")
+        missing = [n for n in names if n not in feed]
+        extra = sorted(set(feed) - set(names))
+        if missing or extra:
+            what = f"lacks input '{missing[0]}'" if missing else f"has '{extra[0]}', which is not a model input"
+            raise OptionError(f"calibration feed {k} {what} (model inputs: {', '.join(names)})")
+        row = {}
+        for vi in inputs:
+            dtype = _ONNX_FLOAT_TYPES.get(vi.type.tensor_type.elem_type)
+            if dtype is None:
+                raise OptionError(f"input '{vi.name}' is not a float tensor: only float models are quantized")
+            arr = np.asarray(feed[vi.name])
+            if arr.dtype.kind not in "fiu":
+                raise OptionError(f"calibration feed {k}, input '{vi.name}': {arr.dtype} is not numeric")
+            if not np.all(np.isfinite(arr)):
+                raise OptionError(f"calibration feed {k}, input '{vi.name}' holds NaN or infinity")
+            row[vi.name] = arr.astype(dtype, copy=False)
+        out.append(row)
+    if not out:
+        raise OptionError("no calibration feeds: give at least one sample to calibrate activation ranges on")
+    return out
+
+
+def _fixed(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], per_channel: bool) -> onnx.ModelProto:
+    """A copy with static input shapes, stale intermediate shapes dropped, opset >= 13 for per-channel weights."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        if vi.name in shapes:
+            shape = vi.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in shapes[vi.name]:
+                shape.dim.add().dim_value = int(d)
+    del m.graph.value_info[:]  # symbolic shapes of the old inputs; shape inference redoes them statically
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise QuantizeError("the model imports no ai.onnx opset: nothing the quantizer knows")
+    if per_channel and opset < PER_CHANNEL_OPSET:
+        from onnx import version_converter
+
+        try:
+            m = version_converter.convert_version(m, PER_CHANNEL_OPSET)
+        except Exception as e:  # noqa: BLE001 - the converter raises untyped errors from C++
+            raise QuantizeError(f"per-channel weights need opset {PER_CHANNEL_OPSET}, and converting the model "
+                                f"from opset {opset} failed: {ort_message(e)}") from e
+    return m
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol (``get_next`` -> dict or None) over a list of feeds."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._feeds):
+            return None
+        self._next += 1
+        return self._feeds[self._next - 1]
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        feed = self.get_next()
+        if feed is None:
+            raise StopIteration
+        return feed
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next = start_index
+
+
+def quantize_static_qdq(
+    model: onnx.ModelProto,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    *,
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
+    per_channel: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    op_types_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    calibrate_method: str = "minmax",
+    preprocess: bool = True,
+) -> onnx.ModelProto:
+    """Quantize ``model`` to QDQ int8 with onnxruntime's static quantizer, calibrated on ``feeds``.
+
+    Args:
+        model: a float model with its weights loaded (``load_model(path, load_weights=True)``); not modified.
+        feeds: calibration samples, each a mapping graph input name -> array (batch included).
+        activation_type: ``uint8`` (default; asymmetric, VNNI fast path on x86) or ``int8``.
+        weight_type: ``int8`` (default; symmetric) or ``uint8``.
+        per_channel: one weight scale per output channel (default; a depthwise kernel's channels differ in
+            range by orders of magnitude, one scale for all loses the small ones) rather than per tensor.
+        input_shapes: the static shape of each graph input; default: the feeds' shape.
+        op_types_to_quantize: quantize only these op types (default: all the quantizer supports).
+        nodes_to_exclude: names of nodes left in float.
+        calibrate_method: ``minmax`` (default), ``entropy`` or ``percentile``.
+        preprocess: run onnxruntime's preparation (shape inference, BatchNorm folding) before quantizing.
+
+    Returns:
+        The quantized model (QuantizeLinear/DequantizeLinear pairs around the quantized ops), static input
+        shapes, IR version at most :data:`MAX_IR_VERSION`.
+
+    Raises:
+        OptionError: an unknown type or method, feeds that are missing, misnamed, non-finite or non-float inputs.
+        ShapeError: feeds whose shapes disagree for a dynamic input, or do not fit the model.
+        QuantizeError: onnxruntime's quantizer (or the opset conversion) failed; its reason in one line.
+    """
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    act = _quant_type(activation_type, "activation type")
+    wt = _quant_type(weight_type, "weight type")
+    method = _calibrate_method(calibrate_method)
+    inputs = _graph_inputs(model)
+    rows = _checked_feeds(inputs, feeds)
+    shapes = _static_shapes(inputs, rows, input_shapes)
+    fixed = _fixed(model, shapes, per_channel)
+    quant_logger = logging.getLogger()
+    level = quant_logger.level
+    with tempfile.TemporaryDirectory(prefix="onnxconv-quantize-") as tmp:
+        src, pre, out = (os.path.join(tmp, f) for f in ("float.onnx", "prepared.onnx", "int8.onnx"))
+        try:
+            # External data keeps models over 2 GB savable; the quantizer reads it from beside the file.
+            onnx.save_model(fixed, src, save_as_external_data=True, location="float.onnx.data")
+            if preprocess:
+                quant_pre_process(src, pre, skip_symbolic_shape=True, save_as_external_data=True,
+                                  external_data_location="prepared.onnx.data")
+                src = pre
+            # The quantizer logs a warning for every op it leaves alone on the root logger: not ours to print.
+            quant_logger.setLevel(max(level, logging.ERROR))
+            quantize_static(
+                src, out, _Reader(rows), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
+                per_channel=per_channel, activation_type=act, weight_type=wt,
+                nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None, calibrate_method=method,
+                use_external_data_format=True,
+            )
+            result = onnx.load_model(out)  # reads the external data before the folder goes
+        except (OptionError, ShapeError, QuantizeError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the quantizer and onnxruntime raise untyped errors
+            raise QuantizeError(f"onnxruntime's quantizer failed: {ort_message(e)}") from e
+        finally:
+            quant_logger.setLevel(level)
+    if result.ir_version > MAX_IR_VERSION:
+        result.ir_version = MAX_IR_VERSION
+    return result
