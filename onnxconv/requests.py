@@ -78,6 +78,9 @@ class SeparateRequest:
     target_speedup: float | None = None
     max_output_error: float | None = None
     plot_path: str | None = None
+    precision: str = "fp32"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
 
     @property
     def rank_values(self) -> dict[str, Any]:
@@ -127,6 +130,11 @@ class SeparateRequest:
         if self.plans and any(_given(v) for v in values.values()):
             raise OptionError(f"{self.planner_flag} chooses the ranks itself: drop "
                               "--rank/--energy/--exact/--max-error/--budget")
+        if self.precision != "fp32" and not self.plans:
+            raise OptionError(f"--precision {self.precision} applies to the planner (--target-speedup or "
+                              "--max-output-error)")
+        if self.precision != "int8" and (self.activation_type, self.weight_type) != ("uint8", "int8"):
+            raise OptionError("--activation-type/--weight-type apply to --precision int8")
         if self.plot_path is not None and not self.plans:
             raise OptionError("--plot draws the planner's frontier: it needs --target-speedup or --max-output-error")
         self.policy()
@@ -201,7 +209,9 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         from .plan import plan_from_file
 
         result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup,
-                                max_output_error=r.max_output_error, provider=r.provider, mode=r.mode,
+                                max_output_error=r.max_output_error, precision=r.precision,
+                                activation_type=r.activation_type, weight_type=r.weight_type,
+                                provider=r.provider, mode=r.mode,
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
                                 input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit)
     elif r.mode == "separable":
@@ -220,9 +230,14 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
     held_out = None
     if r.verifies and r.inputs is None and r.calibration is not None:
-        from .calibration import held_out_feeds
+        from .calibration import held_out_feeds, load_calibration
 
-        held_out = held_out_feeds(r.calibration, m)  # the samples the refit (seed 0) never saw
+        calib = load_calibration(r.calibration, m)
+        held_out = held_out_feeds(calib, m)  # the samples the refit (seed 0) never saw
+        if r.precision == "int8":  # the quantized model has a static batch: one sample (or fixed batch) per run
+            step = calib.batch or 1
+            held_out = [{k: v[i:i + step] for k, v in f.items()}
+                        for f in held_out for i in range(0, int(next(iter(f.values())).shape[0]), step)]
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
     return SeparateOutcome(result, external, data_files, held_out)

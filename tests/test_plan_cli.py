@@ -137,3 +137,26 @@ def test_cli_verify_falls_back_to_random_inputs_when_nothing_is_held_out(tmp_pat
     assert res.exit_code == 0, res.output
     assert "note: --calibration holds out no samples (fewer than 5): --verify used random inputs" in res.output
     assert json.loads((tmp_path / "r.json").read_text())["verify"]["inputs"].startswith("random")
+
+
+def test_cli_int8_writes_the_quantized_rewrite_and_verifies_it_on_held_out_samples(files) -> None:
+    t = files
+    res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--max-output-error", "0.5", "--precision", "int8",
+                   "--calibration", str(t / "cal.npz"), "--verify", "--report", str(t / "r.json"))
+    assert res.exit_code == 0, res.output
+    written = onnx.load(t / "o.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in written.graph.node}
+    data = json.loads((t / "r.json").read_text())
+    assert data["options"]["plan"]["precision"] == "int8-qdq-uint8-int8"
+    assert data["verify"]["inputs"].startswith("2 held-out calibration samples")
+    # --verify's figure is the planner's: the same samples, the same fp32 reference.
+    assert data["verify"]["outputs"][0]["rel_error"] == pytest.approx(data["options"]["plan"]["error"], rel=1e-4)
+
+
+def test_cli_int8_options_need_the_planner(files) -> None:
+    t = files
+    res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--rank", "1", "--precision", "int8")
+    assert res.exit_code == 1 and "Error: --precision int8 applies to the planner" in res.output
+    res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--rank", "1", "--activation-type", "int8")
+    assert res.exit_code == 1 and "Error: --activation-type/--weight-type apply to --precision int8" in res.output
+    assert not (t / "o.onnx").exists()

@@ -146,3 +146,66 @@ def test_end_to_end_error_is_measured_on_the_held_out_samples(tmp_path, monkeypa
     b = compare.run_model(compare.session(result.model), feeds[0])["h4"]
     assert report.error == pytest.approx(float(np.linalg.norm(a - b) / np.linalg.norm(a)), rel=1e-4)
     assert result.options["calibration"]["held_out"] == 2  # the refit never saw them
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8: latencies and errors on the quantized models
+
+
+def test_int8_plan_ships_the_quantized_rewrite_with_errors_against_fp32(tmp_path, monkeypatch) -> None:
+    """Every measured plan is quantized (QDQ) after its refit and timed against the quantized original; its error
+    is taken against the fp32 original on the held-out samples; the returned model is the quantized rewrite."""
+    from onnxconv import compare
+
+    model, cal, _ = setup(tmp_path)
+    timed: list[tuple[bool, bool]] = []
+
+    def bench(original, rewritten, calib, *args):  # noqa: ANN001, ANN002, ANN202
+        quantized = lambda m: any(n.op_type == "QuantizeLinear" for n in m.graph.node)  # noqa: E731
+        timed.append((quantized(original), rewritten is None or quantized(rewritten)))
+        assert calib.chunk == 1  # the quantized models have a static batch of one sample
+        return 1.0, None if rewritten is None else CURVE[len(rewritten_layers(rewritten))]
+
+    monkeypatch.setattr(planner, "bench_pair", bench)
+    layer_models: list[onnx.ModelProto] = []
+
+    def latencies(cands, form, provider, threads, cache, iters, quantize=None):  # noqa: ANN001, ANN202
+        assert quantize is not None and quantize.tag == "int8-qdq-uint8-int8"
+        layer_models.append(quantize.layer(planning.latency.option_models(cands[0], form)[planning.KEEP], cands[0]))
+        return {c.name: {planning.KEEP: 0.5, **{o: 0.48 for o in c.options}} for c in cands}
+
+    monkeypatch.setattr(planner, "measure_latencies", latencies)
+    result, report = planning.plan_rewrite(model, cal, form="sum", target_speedup=1.4, precision="int8")
+    assert all(t == (True, True) for t in timed)
+    assert any(n.op_type == "QuantizeLinear" for n in layer_models[0].graph.node)
+    ops = {n.op_type for n in result.model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and report.precision == "int8-qdq-uint8-int8"
+    assert report.measured == pytest.approx(1.4) and len(result.rewritten) == 3
+    feeds = calibration.held_out_feeds(cal, model)[0]
+    a = compare.run_model(compare.session(model), feeds)["h4"]
+    sess = compare.session(result.model)
+    b = np.concatenate([compare.run_model(sess, {"X": feeds["X"][i:i + 1]})["h4"] for i in range(2)])
+    assert report.error == pytest.approx(float(np.linalg.norm(a - b) / np.linalg.norm(a)), rel=1e-4)
+    assert report.error > 1e-4  # int8 rounding is in it: the error is not the fp32 rewrite's
+
+
+def test_int8_target_no_plan_reaches_is_one_line(tmp_path, monkeypatch) -> None:
+    model, cal, _ = setup(tmp_path)
+    monkeypatch.setattr(planner, "bench_pair", lambda o, r, *a: (1.0, None if r is None else 0.95))
+    monkeypatch.setattr(planner, "measure_latencies", lambda cands, *a, **k: {
+        c.name: {planning.KEEP: 0.5, **{o: 0.48 for o in c.options}} for c in cands})
+    with pytest.raises(OptionError, match=r"^--precision int8: the fastest plan measures 0\.95x of the quantized "
+                                          r"original \(--target-speedup 1\.4 asked\)$"):
+        planning.plan_rewrite(model, cal, form="sum", target_speedup=1.4, precision="int8", do_refit=False)
+
+
+def test_int8_layer_latencies_are_timed_quantized_and_cached_apart(tmp_path) -> None:
+    model, cal, _ = setup(tmp_path)
+    cands, _ = planning.find_candidates(model, "separable", "sum", (), None, None, None)
+    cands = cands[:1]
+    cands[0].input_shape = (1, C, SIZE, SIZE)
+    quant = planning.Quantizer([{"X": np.zeros((1, C, SIZE, SIZE), np.float32)}])
+    cache = planning.LatencyCache()
+    times = planning.measure_latencies(cands, "sum", "cpu", 1, cache, 2, quantize=quant)
+    assert all(t > 0 for t in times["c1"].values()) and len(cache.times) == 1 + len(cands[0].options)
+    assert all("int8-qdq-uint8-int8" in k for k in cache.times)

@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
 from .choose import BUCKETS, KEEP, LayerOptions, Option, choose, saved
 from .estimate import option_errors
-from .latency import LatencyCache, bench_pair, measure_latencies
+from .latency import LatencyCache, Quantizer, bench_pair, measure_latencies
 
 __all__ = ["PlanPoint", "PlanReport", "plan_rewrite", "plan_from_file", "frontier_rows", "concat_runs"]
 
@@ -123,6 +123,8 @@ class PlanReport:
     #: Index into ``rounds`` of the chosen plan; conv MACs of the original.
     chosen_round: int | None = None
     macs_before: int = 0
+    #: fp32, or the int8 quantization every latency and error was taken on (speed-ups over the quantized original).
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready figures (without the reference model); ``rounds`` is the frontier."""
@@ -144,7 +146,8 @@ class _Measurer:
                  skipped: Mapping[str, Any], form: str, input_shapes: Mapping[str, Sequence[int]] | None,
                  batch: int | None, calibration: CalibrationSet, provider: str, chain: Sequence[str],
                  threads: int | None, iters: int, do_refit: bool, refit_kernels: bool, seed: int,
-                 model_s: float) -> None:
+                 model_s: float, base: onnx.ModelProto | None = None, bench_cal: CalibrationSet | None = None,
+                 quantizer: Quantizer | None = None) -> None:
         from .. import compare
 
         self.model, self.layers, self.cands, self.skipped = model, layers, cands, skipped
@@ -152,6 +155,9 @@ class _Measurer:
         self.calibration, self.provider, self.chain, self.threads = calibration, provider, chain, threads
         self.iters, self.do_refit, self.refit_kernels, self.seed = iters, do_refit, refit_kernels, seed
         self.model_s = model_s
+        # int8: plans are timed against the quantized original (``base``) on ``bench_cal``'s first chunk (the
+        # quantized models' static batch), and every plan is quantized after its refit.
+        self.base, self.bench_cal, self.quantizer = base or model, bench_cal or calibration, quantizer
         self.points: list[PlanPoint] = []
         self.built: dict[tuple[int, ...], tuple[PassResult, onnx.ModelProto | None]] = {}
         feeds = held_out_feeds(calibration, model, seed=seed)
@@ -162,6 +168,10 @@ class _Measurer:
             feeds = [f for _, f in calibration.chunks()]
             self.error_inputs = (f"the {calibration.size} calibration samples themselves (too few to hold any "
                                  "out: the error is optimistic)")
+        if quantizer is not None:
+            step = self.bench_cal.chunk  # the quantized models take exactly this many samples per run
+            feeds = [{k: v[i:i + step] for k, v in f.items()} for f in feeds for i in range(0, _samples(f), step)]
+            feeds = [f for f in feeds if _samples(f) == step]
         self.feeds = feeds
         ref = compare.session(model, list(chain), threads)
         self.ref_out = concat_runs([compare.run_model(ref, f) for f in feeds])
@@ -178,11 +188,14 @@ class _Measurer:
         predicted = self.model_s / max(self.model_s - layer_saved, 1e-9 * self.model_s)
         result, reference = build_plan(self.model, self.layers, self.cands, self.skipped, self.form,
                                        self.input_shapes, self.batch)
-        _, got = bench_pair(self.model, result.model, self.calibration, self.provider, self.threads, self.iters)
-        measured = got or 0.0
         if self.do_refit and result.rewritten:
             result = refit(self.model, result, self.calibration, providers=self.chain, threads=self.threads,
                            reference=reference, depthwise=self.refit_kernels, seed=self.seed)
+        if self.quantizer is not None:  # what ships: the refitted rewrite, quantized; errors vs the fp32 original
+            result = replace(result, model=self.quantizer.model(result.model),
+                             options={**result.options, "precision": self.quantizer.tag})
+        _, got = bench_pair(self.base, result.model, self.bench_cal, self.provider, self.threads, self.iters)
+        measured = got or 0.0
         sess = compare.session(result.model, list(self.chain), self.threads)
         out = concat_runs([compare.run_model(sess, f) for f in self.feeds])
         agreements = compare.compare_outputs(self.ref_out, out)
@@ -305,7 +318,7 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
 
 
 def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, max_error: float | None,
-          fastest_measured: bool) -> PlanPoint:
+          fastest_measured: bool, int8: bool = False) -> PlanPoint:
     """The plan to return (see the module docstring), or the one line that says why none can be."""
     within = [p for p in points if max_error is None or p.error <= max_error]
     if target is None:
@@ -320,6 +333,9 @@ def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, m
     reach = [p for p in points if p.measured >= goal]
     if not reach:
         top = max(points, key=lambda p: p.measured)
+        if fastest_measured and int8:
+            raise OptionError(f"--precision int8: the fastest plan measures {top.measured:.2f}x of the quantized "
+                              f"original (--target-speedup {target:g} asked)")
         if fastest_measured:
             raise OptionError(f"--target-speedup {target:g}: the largest measured speed-up is {top.measured:.2f}x "
                               f"(every candidate layer at its fastest option)")
@@ -359,6 +375,9 @@ def plan_rewrite(
     refit_kernels: bool = True,
     seed: int = 0,
     refit_aware: bool = True,
+    precision: str = "fp32",
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
 ) -> tuple[PassResult, PlanReport]:
     """Choose per layer keep / rank / G to reach ``target_speedup`` on ``provider`` with the least error, or the
     fastest plan within ``max_output_error``, or both.
@@ -386,6 +405,10 @@ def plan_rewrite(
         refit_aware: rank options by their estimated error after the per-layer refit
             (:func:`~onnxconv.planning.estimate.option_errors`),
             else by the weight-only error.
+        precision: fp32, or int8: every latency (layers alone and whole models) is taken on models quantized by
+            :func:`onnxconv.quantize.quantize_static_qdq` (QDQ, ``activation_type``/``weight_type``), calibrated on
+            the samples the refit fits on; speed-ups are over the quantized original, errors against the fp32
+            original; the returned model is the quantized rewrite.
 
     Returns:
         The pass result (per-layer ``details["plan"]``: chosen option, layer time before -> after, error) and the
@@ -404,6 +427,8 @@ def plan_rewrite(
         raise OptionError(f"--max-output-error {max_output_error}: must be a number >= 0")
     if mode not in ("separable", "shuffle", "mixed"):
         raise OptionError(f"mode '{mode}': choose separable, shuffle or mixed")
+    if precision not in ("fp32", "int8"):
+        raise OptionError(f"--precision {precision}: choose fp32 or int8")
     form = form or DEFAULT_FORM
     groups = tuple(groups or GROUP_CHOICES)
     chain = resolve_provider(provider).chain
@@ -413,18 +438,27 @@ def plan_rewrite(
     if not cands:
         raise OptionError(f"{flag}: no layer of the model can be rewritten in {mode} mode")
     option_errors(model, cands, calibration, positions, seed, chain, threads, refit_aware=refit_aware)
-    times = measure_latencies(cands, form, provider, threads, cache, layer_iters)
+    quantizer, base, bench_cal = None, model, calibration
+    if precision == "int8":
+        fit, _ = calibration.split(seed)
+        step = calibration.batch or 1  # the quantized models get static shapes: one sample (or batch) per run
+        quantizer = Quantizer([{k: v[i:i + step] for k, v in fit.arrays.items()} for i in range(0, fit.size, step)],
+                              activation_type, weight_type)
+        base = quantizer.model(model)
+        bench_cal = CalibrationSet(calibration.arrays, calibration.source, step, calibration.batch)
+    times = measure_latencies(cands, form, provider, threads, cache, layer_iters, quantize=quantizer)
     layers = [
         LayerOptions(c.name, [Option("keep", 0, times[c.name][KEEP], 0.0)]
                      + [Option(kind, v, times[c.name][kind, v], c.errors[kind, v]) for kind, v in c.options])
         for c in cands
     ]
-    model_s, _ = bench_pair(model, None, calibration, provider, threads, model_iters)
+    model_s, _ = bench_pair(base, None, bench_cal, provider, threads, model_iters)
     report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers,
                         max_output_error=max_output_error, macs_before=sum(c.macs for c in cands))
     m = _Measurer(model, layers, cands, skipped, form, input_shapes, batch, calibration, provider, chain, threads,
-                  model_iters, do_refit, refit_kernels, seed, model_s)
+                  model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer)
     report.error_inputs = m.error_inputs
+    report.precision = "fp32" if quantizer is None else quantizer.tag
     if target_speedup is not None:
         _search_target(m, target_speedup, tolerance, rounds)  # an error budget applies in _pick
     else:
@@ -434,7 +468,7 @@ def plan_rewrite(
     _fastest(layers)
     fastest = tuple(lay.chosen for lay in layers)
     fastest_measured = any(tuple(p.picks) == fastest for p in m.points)
-    best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured)
+    best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured, quantizer is not None)
     _set(layers, best.picks)
     result, report.reference = m.built[tuple(best.picks)]
     report.measured, report.predicted, report.error = best.measured, best.predicted, best.error
@@ -444,7 +478,8 @@ def plan_rewrite(
     ratios = [p.timing_ratio for p in m.points if p.timing_ratio > 0]
     off = (f"; the whole model saved {min(ratios):.2f}-{max(ratios):.2f}x what the layer timings promised"
            if ratios else "")
-    note = (f"plan: {asked} on {provider}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
+    on = provider if quantizer is None else f"{provider}, {quantizer.tag} (speed-ups over the quantized original)"
+    note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
             f"{best.predicted:.2f}x from layer timings, measured {best.measured:.2f}x end to end (median of "
             f"{model_iters} interleaved rounds), error {best.error:.3g} on {m.error_inputs}")
     result.options = {**result.options, "plan": report.to_dict(),
