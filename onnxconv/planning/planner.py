@@ -454,7 +454,7 @@ def plan_rewrite(
     ]
     model_s, _ = bench_pair(base, None, bench_cal, provider, threads, model_iters)
     report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers,
-                        max_output_error=max_output_error, macs_before=sum(c.macs for c in cands))
+                        max_output_error=max_output_error, macs_before=sum(c.macs or 0 for c in cands))
     m = _Measurer(model, layers, cands, skipped, form, input_shapes, batch, calibration, provider, chain, threads,
                   model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer)
     report.error_inputs = m.error_inputs
@@ -479,12 +479,20 @@ def plan_rewrite(
     off = (f"; the whole model saved {min(ratios):.2f}-{max(ratios):.2f}x what the layer timings promised"
            if ratios else "")
     on = provider if quantizer is None else f"{provider}, {quantizer.tag} (speed-ups over the quantized original)"
+    short = (" (short of the target: the rounds ran out before the fastest plan was measured)"
+             if target_speedup is not None and best.measured < target_speedup * (1 - tolerance) else "")
     note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
-            f"{best.predicted:.2f}x from layer timings, measured {best.measured:.2f}x end to end (median of "
-            f"{model_iters} interleaved rounds), error {best.error:.3g} on {m.error_inputs}")
+            f"{speed_text(best.predicted)} from layer timings, measured {best.measured:.2f}x end to end (median "
+            f"of {model_iters} interleaved rounds){short}, error {best.error:.3g} on {m.error_inputs}")
     result.options = {**result.options, "plan": report.to_dict(),
                       "notes": [*result.options.get("notes", []), note]}
     return result, report
+
+
+def speed_text(x: float) -> str:
+    """A speed-up as ``1.23x``; ``unbounded`` where the layers timed alone save more than the whole model takes
+    (:func:`~onnxconv.planning.choose.choose` then predicts ``T / (1e-9 T)``)."""
+    return f"{x:.2f}x" if x < 1e6 else "unbounded"
 
 
 def frontier_rows(plan: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -494,7 +502,7 @@ def frontier_rows(plan: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     before = int(plan.get("macs_before") or 0)
     rows = [["original", "", "0", "1.00x", "1.00x", "0", format_count(before), ""]]
     for r in plan.get("rounds", []):
-        rows.append([str(int(r["round"]) + 1), str(r["how"]), str(r["rewritten"]), f"{float(r['predicted']):.2f}x",
+        rows.append([str(int(r["round"]) + 1), str(r["how"]), str(r["rewritten"]), speed_text(float(r["predicted"])),
                      f"{float(r['measured']):.2f}x", f"{float(r['error']):.3g}", format_count(int(r["macs"])),
                      "*" if r["round"] == plan.get("chosen_round") else ""])
     return headers, rows
