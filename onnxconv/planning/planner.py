@@ -294,16 +294,22 @@ def _search_target(m: _Measurer, target: float, tolerance: float, rounds: int) -
 
 
 def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
-    """The fastest plan within ``max_error``: the fastest plan first, then bisection on the layer-timed saving
-    (more saving, more error) between a plan within the budget and one over it."""
+    """The fastest plan within ``max_error``: the fastest plan first, then the smallest (the one least-error
+    option that saves time; when even it is over the budget, no plan is within it), then bisection on the
+    layer-timed saving (more saving, more error) between a plan within the budget and one over it."""
     layers, model_s = m.layers, m.model_s
     _fastest(layers)
     most = saved(layers)
     p = m.measure("fastest", 1.0)
-    if p.error <= max_error:
+    if p.error <= max_error or rounds < 2:
         return
-    within, over = 0.0, most
-    for _ in range(max(1, rounds) - 1):
+    # The smallest plan: the least-error option of any layer that saves time at all.
+    if _choose_saving(layers, model_s, 1e-6 * most) and tuple(lay.chosen for lay in layers) not in m.seen():
+        p = m.measure("budget", 1.0)
+        if p.error > max_error:
+            return
+    within, over = saved(layers), most
+    for _ in range(max(1, rounds) - 2):
         need = 0.5 * (within + over)
         if not _choose_saving(layers, model_s, need) or tuple(lay.chosen for lay in layers) in m.seen():
             break
@@ -454,7 +460,7 @@ def plan_rewrite(
     ]
     model_s, _ = bench_pair(base, None, bench_cal, provider, threads, model_iters)
     report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers,
-                        max_output_error=max_output_error, macs_before=sum(c.macs or 0 for c in cands))
+                        max_output_error=max_output_error)
     m = _Measurer(model, layers, cands, skipped, form, input_shapes, batch, calibration, provider, chain, threads,
                   model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer)
     report.error_inputs = m.error_inputs
@@ -471,6 +477,7 @@ def plan_rewrite(
     best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured, quantizer is not None)
     _set(layers, best.picks)
     result, report.reference = m.built[tuple(best.picks)]
+    report.macs_before = int(result.totals()["macs_before"])  # all convs, as each point's MACs count them
     report.measured, report.predicted, report.error = best.measured, best.predicted, best.error
     report.chosen_round = best.round
     asked = " and ".join(s for s in (f"target {target_speedup:g}x" if target_speedup else "",
