@@ -142,12 +142,19 @@ def test_cli_verify_falls_back_to_random_inputs_when_nothing_is_held_out(tmp_pat
 def test_cli_int8_writes_the_quantized_rewrite_and_verifies_it_on_held_out_samples(files) -> None:
     t = files
     res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--max-output-error", "0.5", "--precision", "int8",
-                   "--calibration", str(t / "cal.npz"), "--verify", "--report", str(t / "r.json"))
+                   "--calibration", str(t / "cal.npz"), "--verify", "--report", str(t / "r.json"),
+                   "--plot", str(t / "int8.png"))
     assert res.exit_code == 0, res.output
     written = onnx.load(t / "o.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in written.graph.node}
     data = json.loads((t / "r.json").read_text())
     assert data["options"]["plan"]["precision"] == "int8-qdq-uint8-int8"
+    # Beside the quantized original: its own error against fp32, in the report and the table.
+    assert 0 < data["options"]["plan"]["quantized_original_error"] < 0.5
+    assert any(line.startswith("quantized original") for line in res.output.splitlines())
+    import matplotlib.image
+
+    assert matplotlib.image.imread(t / "int8.png").ndim == 3
     assert data["verify"]["inputs"].startswith("2 held-out calibration samples")
     # --verify's figure is the planner's: the same samples, the same fp32 reference.
     assert data["verify"]["outputs"][0]["rel_error"] == pytest.approx(data["options"]["plan"]["error"], rel=1e-4)

@@ -133,6 +133,8 @@ class PlanReport:
     macs_before: int = 0
     #: fp32, or the int8 quantization every latency and error was taken on (speed-ups over the quantized original).
     precision: str = "fp32"
+    #: int8: the quantized original's error against the fp32 original (the floor every plan's error sits on).
+    quantized_original_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready figures (without the reference model); ``rounds`` is the frontier."""
@@ -183,6 +185,16 @@ class _Measurer:
         self.feeds = feeds
         ref = compare.session(model, list(chain), threads)
         self.ref_out = concat_runs([compare.run_model(ref, f) for f in feeds])
+        #: int8: the quantized original's own error against the fp32 original (what quantization alone costs).
+        self.base_error = self.error_of(self.base) if quantizer is not None else 0.0
+
+    def error_of(self, model: onnx.ModelProto) -> float:
+        """The worst output's relative error of ``model`` against the fp32 original on the error inputs."""
+        from .. import compare
+
+        sess = compare.session(model, list(self.chain), self.threads)
+        out = concat_runs([compare.run_model(sess, f) for f in self.feeds])
+        return max((a.rel_error for a in compare.compare_outputs(self.ref_out, out)), default=0.0)
 
     def seen(self) -> set[tuple[int, ...]]:
         return {tuple(p.picks) for p in self.points}
@@ -204,10 +216,7 @@ class _Measurer:
                              options={**result.options, "precision": self.quantizer.tag})
         _, got = bench_pair(self.base, result.model, self.bench_cal, self.provider, self.threads, self.iters)
         measured = got or 0.0
-        sess = compare.session(result.model, list(self.chain), self.threads)
-        out = concat_runs([compare.run_model(sess, f) for f in self.feeds])
-        agreements = compare.compare_outputs(self.ref_out, out)
-        error = max((a.rel_error for a in agreements), default=0.0)
+        error = self.error_of(result.model)
         self.built[picks] = (result, reference)
         measured_saving = self.model_s * (1.0 - 1.0 / max(measured, 1e-9))
         point = PlanPoint(
@@ -473,6 +482,7 @@ def plan_rewrite(
                   model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer)
     report.error_inputs = m.error_inputs
     report.precision = "fp32" if quantizer is None else quantizer.tag
+    report.quantized_original_error = None if quantizer is None else m.base_error
     if target_speedup is not None:
         _search_target(m, target_speedup, tolerance, rounds)  # an error budget applies in _pick
     else:
@@ -493,7 +503,8 @@ def plan_rewrite(
     ratios = [p.timing_ratio for p in m.points if p.timing_ratio > 0]
     off = (f"; the whole model saved {min(ratios):.2f}-{max(ratios):.2f}x what the layer timings promised"
            if ratios else "")
-    on = provider if quantizer is None else f"{provider}, {quantizer.tag} (speed-ups over the quantized original)"
+    on = provider if quantizer is None else (f"{provider}, {quantizer.tag} (speed-ups over the quantized original, "
+                                             f"whose own error is {m.base_error:.3g})")
     short = (" (short of the target: the rounds ran out before the fastest plan was measured)"
              if target_speedup is not None and best.measured < target_speedup * (1 - tolerance) else "")
     note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
@@ -516,6 +527,9 @@ def frontier_rows(plan: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     headers = ["plan", "how", "layers", "predicted", "measured", "held-out error", "MACs", "chosen"]
     before = int(plan.get("macs_before") or 0)
     rows = [["original", "", "0", "1.00x", "1.00x", "0", format_count(before), ""]]
+    if plan.get("quantized_original_error") is not None:  # int8: speed-ups are over this one
+        rows.append(["quantized original", "", "0", "1.00x", "1.00x", f"{float(plan['quantized_original_error']):.3g}",
+                     format_count(before), ""])
     for r in plan.get("rounds", []):
         rows.append([str(int(r["round"]) + 1), str(r["how"]), str(r["rewritten"]), speed_text(float(r["predicted"])),
                      f"{float(r['measured']):.2f}x", f"{float(r['error']):.3g}", format_count(int(r["macs"])),

@@ -58,6 +58,10 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
     for r, x, y in zip(rounds, xs, ys):
         ax.annotate(f"{int(r['round']) + 1}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.scatter([1.0], [0.0], marker="s", s=60, color="grey", edgecolors="black", zorder=3, label="original")
+    quantized = plan.get("quantized_original_error")
+    if quantized is not None:  # int8: the speed-ups are over the quantized original, which has its own error
+        ax.scatter([1.0], [float(quantized)], marker="D", s=50, color="white", edgecolors="black", zorder=3,
+                   label=f"quantized original (error {float(quantized):.3g})")
     chosen = plan.get("chosen_round")
     pick = next((r for r in rounds if r["round"] == chosen), None)
     if pick is not None:
@@ -70,9 +74,11 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
     budget = plan.get("max_output_error")
     if budget is not None:
         ax.axhline(float(budget), color="tab:orange", linestyle=":", linewidth=1.2, label=f"error budget {float(budget):g}")
-    ax.set_xlabel("measured speed-up over the original (x)")
-    ax.set_ylabel("held-out relative output error (worst output)")
-    ax.set_title(title or f"plans measured on {plan.get('provider', '?')}", fontsize=10)
+    over = "the original" if quantized is None else "the quantized original"
+    ax.set_xlabel(f"measured speed-up over {over} (x)")
+    ax.set_ylabel("held-out relative output error vs fp32 (worst output)")
+    precision = plan.get("precision") or "fp32"
+    ax.set_title(title or f"plans measured on {plan.get('provider', '?')}, {precision}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
