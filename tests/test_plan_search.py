@@ -209,3 +209,12 @@ def test_int8_layer_latencies_are_timed_quantized_and_cached_apart(tmp_path) -> 
     times = planning.measure_latencies(cands, "sum", "cpu", 1, cache, 2, quantize=quant)
     assert all(t > 0 for t in times["c1"].values()) and len(cache.times) == 1 + len(cands[0].options)
     assert all("int8-qdq-uint8-int8" in k for k in cache.times)
+
+
+def test_rounds_running_out_short_of_the_target_measure_the_fastest_plan(tmp_path, monkeypatch) -> None:
+    """One round, and the layer timings' first plan misses: the fastest plan is measured before anything is
+    returned, and it reaches the target (a plan that misses is not returned while it is unmeasured)."""
+    result, report = plan(tmp_path, monkeypatch, curve={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: 1.05},
+                          target_speedup=1.05, rounds=1)
+    assert [r["how"] for r in report.rounds] == ["target", "fastest"]
+    assert report.measured == pytest.approx(1.05) and len(result.rewritten) == 4
