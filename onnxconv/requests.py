@@ -228,16 +228,18 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         from .calibrate import refit_from_file
 
         result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
-    held_out = None
-    if r.verifies and r.inputs is None and r.calibration is not None:
-        from .calibration import held_out_feeds, load_calibration
-
-        calib = load_calibration(r.calibration, m)
-        held_out = held_out_feeds(calib, m)  # the samples the refit (seed 0) never saw
-        if r.precision == "int8":  # the quantized model has a static batch: one sample (or fixed batch) per run
-            step = calib.batch or 1
-            held_out = [{k: v[i:i + step] for k, v in f.items()}
-                        for f in held_out for i in range(0, int(next(iter(f.values())).shape[0]), step)]
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
+    held_out = None
+    if r.verifies and r.inputs is None and r.calibration is not None:
+        from .calibration import held_out_feeds, model_inputs
+        from .compare import value_dims
+
+        held_out = held_out_feeds(r.calibration, m)  # the samples the refit (seed 0) never saw
+        # A rewrite with a static batch (--precision int8, --fix-input-shape) takes that many samples per run.
+        dims = value_dims(model_inputs(result.model)[0]) if model_inputs(result.model) else None
+        step = dims[0] if dims and dims[0] else None
+        if step:
+            held_out = [{k: v[i:i + step] for k, v in f.items()}
+                        for f in held_out for i in range(0, int(next(iter(f.values())).shape[0]), step)]
     return SeparateOutcome(result, external, data_files, held_out)

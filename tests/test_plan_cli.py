@@ -167,3 +167,12 @@ def test_cli_int8_options_need_the_planner(files) -> None:
     res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--rank", "1", "--activation-type", "int8")
     assert res.exit_code == 1 and "Error: --activation-type/--weight-type apply to --precision int8" in res.output
     assert not (t / "o.onnx").exists()
+
+
+def test_cli_verify_on_held_out_samples_fits_a_fixed_batch(files) -> None:
+    """--fix-input-shape writes batch 1: the two held-out samples are run one at a time."""
+    t = files
+    res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--rank", "1", "--calibration", str(t / "cal.npz"),
+                   "--verify", "--batch", "1", "--fix-input-shape")
+    assert res.exit_code == 0, res.output
+    assert "verify on 2 held-out calibration samples" in res.output
