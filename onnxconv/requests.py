@@ -5,7 +5,8 @@ same way) and :meth:`SeparateRequest.validate` refuses contradictory combination
 :class:`~onnxconv.errors.OptionError` line each, before any model is read. :func:`run_separate` loads the model
 and dispatches to the one pass that applies:
 
-* ``--target-speedup``: the planner (:func:`onnxconv.planning.plan_from_file`) chooses per layer, refitting as it goes;
+* ``--target-speedup`` and/or ``--max-output-error``: the planner (:func:`onnxconv.planning.plan_from_file`) chooses
+  per layer, refitting each plan it measures;
 * ``--mode separable``: :func:`onnxconv.passes.separable.separate` with a :class:`~onnxconv.passes.ranks.RankPolicy`;
 * ``--mode shuffle``: :func:`onnxconv.passes.shuffle.group_shuffle`;
 
@@ -75,10 +76,25 @@ class SeparateRequest:
     kernel_refit: bool = True
     provider: str = "cpu"
     target_speedup: float | None = None
+    max_output_error: float | None = None
+    plot_path: str | None = None
+    precision: str = "fp32"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
 
     @property
     def rank_values(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in RANK_OPTIONS}
+
+    @property
+    def plans(self) -> bool:
+        """Whether the planner chooses per layer (--target-speedup and/or --max-output-error)."""
+        return self.target_speedup is not None or self.max_output_error is not None
+
+    @property
+    def planner_flag(self) -> str:
+        """The planner option given, for messages (--target-speedup when both are)."""
+        return "--target-speedup" if self.target_speedup is not None else "--max-output-error"
 
     @property
     def verifies(self) -> bool:
@@ -96,10 +112,11 @@ class SeparateRequest:
             given = [k for k, v in values.items() if _given(v)]
             if given:
                 raise OptionError(f"{_flag(given[0])} applies to --mode separable, not shuffle")
-            if self.groups is None and self.target_speedup is None:
+            if self.groups is None and not self.plans:
                 raise OptionError("--mode shuffle needs --groups G")
-        elif self.mode == "mixed" and self.target_speedup is None:
-            raise OptionError("--mode mixed needs --target-speedup (the planner chooses a rank or G per layer)")
+        elif self.mode == "mixed" and not self.plans:
+            raise OptionError("--mode mixed needs --target-speedup or --max-output-error (the planner chooses a rank "
+                              "or G per layer)")
         elif self.groups is not None and self.mode != "mixed":
             raise OptionError("--groups applies to --mode shuffle (separable mode uses --rank/--energy/...)")
         elif self.mixing != "energy" or self.min_energy:
@@ -108,10 +125,18 @@ class SeparateRequest:
             raise OptionError("--fix-input-shape needs --input-shape NAME=DIMS or --batch N (the values to write)")
         if not self.kernel_refit and self.calibration is None:
             raise OptionError("--no-kernel-refit applies to --calibration")
-        if self.target_speedup is not None and self.calibration is None:
-            raise OptionError("--target-speedup needs --calibration (the errors are measured on it)")
-        if self.target_speedup is not None and any(_given(v) for v in values.values()):
-            raise OptionError("--target-speedup chooses the ranks itself: drop --rank/--energy/--exact/--max-error/--budget")
+        if self.plans and self.calibration is None:
+            raise OptionError(f"{self.planner_flag} needs --calibration (the errors are measured on it)")
+        if self.plans and any(_given(v) for v in values.values()):
+            raise OptionError(f"{self.planner_flag} chooses the ranks itself: drop "
+                              "--rank/--energy/--exact/--max-error/--budget")
+        if self.precision != "fp32" and not self.plans:
+            raise OptionError(f"--precision {self.precision} applies to the planner (--target-speedup or "
+                              "--max-output-error)")
+        if self.precision != "int8" and (self.activation_type, self.weight_type) != ("uint8", "int8"):
+            raise OptionError("--activation-type/--weight-type apply to --precision int8")
+        if self.plot_path is not None and not self.plans:
+            raise OptionError("--plot draws the planner's frontier: it needs --target-speedup or --max-output-error")
         self.policy()
         self.node_filter()
 
@@ -125,7 +150,7 @@ class SeparateRequest:
         Raises:
             OptionError: none or several of the rank options, or a value out of range.
         """
-        if self.mode != "separable" or self.target_speedup is not None:
+        if self.mode != "separable" or self.plans:
             return None
         from .passes.ranks import RankPolicy
 
@@ -147,6 +172,10 @@ class SeparateOutcome:
     result: PassResult
     external: bool
     input_data_files: list[str] = field(default_factory=list)
+    #: With --verify and --calibration (no --inputs): the held-out calibration samples as feeds, what --verify
+    #: runs on (:func:`onnxconv.calibration.held_out_feeds`); an empty list when the set is too small to hold any
+    #: out (then --verify falls back to random inputs and says so); None without --calibration.
+    held_out: list[dict[str, Any]] | None = None
 
 
 def run_separate(request: SeparateRequest) -> SeparateOutcome:
@@ -176,11 +205,14 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         m = load_model(r.model, load_weights=True)
     check_weights(m, r.model)
     shapes = dict(r.input_shapes)
-    if r.target_speedup is not None:
+    if r.plans:
         from .planning import plan_from_file
 
-        assert r.calibration is not None  # validate(): --target-speedup needs --calibration
-        result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup, provider=r.provider, mode=r.mode,
+        assert r.calibration is not None  # validate(): planning needs --calibration
+        result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup,
+                                max_output_error=r.max_output_error, precision=r.precision,
+                                activation_type=r.activation_type, weight_type=r.weight_type,
+                                provider=r.provider, mode=r.mode,
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
                                 input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit)
     elif r.mode == "separable":
@@ -195,10 +227,22 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         assert r.groups is not None  # validate(): --mode shuffle without --target-speedup needs --groups
         result = group_shuffle(m, groups=r.groups, node_filter=node_filter, force=r.force, mixing=r.mixing,
                                min_energy=r.min_energy, input_shapes=shapes, batch=r.batch)
-    if r.calibration is not None and r.target_speedup is None:
+    if r.calibration is not None and not r.plans:
         from .calibration import refit_from_file
 
         result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
-    return SeparateOutcome(result, external, data_files)
+    held_out = None
+    if r.verifies and r.inputs is None and r.calibration is not None:
+        from .calibration import held_out_feeds, model_inputs
+        from .compare import value_dims
+
+        held_out = held_out_feeds(r.calibration, m)  # the samples the refit (seed 0) never saw
+        # A rewrite with a static batch (--precision int8, --fix-input-shape) takes that many samples per run.
+        dims = value_dims(model_inputs(result.model)[0]) if model_inputs(result.model) else None
+        step = dims[0] if dims and dims[0] else None
+        if step:
+            held_out = [{k: v[i:i + step] for k, v in f.items()}
+                        for f in held_out for i in range(0, int(next(iter(f.values())).shape[0]), step)]
+    return SeparateOutcome(result, external, data_files, held_out)

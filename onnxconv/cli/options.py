@@ -5,8 +5,8 @@
   ``--batch N`` (1 to 2^63-1, click's range): stats, separate and bench.
 * :func:`rank_options`: how separable ranks are chosen (``--rank``, ``--energy``, ``--exact``, ``--max-error``,
   ``--budget``): separate.
-* :func:`calibration_options`: ``--calibration``, ``--kernel-refit/--no-kernel-refit``, ``--provider`` and
-  ``--target-speedup``: separate.
+* :func:`calibration_options`: ``--calibration``, ``--kernel-refit/--no-kernel-refit``, ``--provider``,
+  ``--target-speedup``, ``--max-output-error``, ``--plot``, ``--precision`` and the int8 types: separate.
 
 Ranges are click's, so a value out of range is refused while parsing, naming the range. Combinations of options
 are checked by the library (:class:`onnxconv.requests.SeparateRequest`), not here.
@@ -84,4 +84,19 @@ def calibration_options(f: F) -> F:
                      help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on "
                           "--provider and errors on --calibration, to reach S times faster with the least error; "
                           "verified end to end."),
+        click.option("--max-output-error", type=click.FloatRange(0), default=None, metavar="E",
+                     help="Plan the fastest rewrite whose end-to-end relative output error (worst output) on the "
+                          "held-out calibration samples, after the refit, is at most E (with --target-speedup: "
+                          "both must hold)."),
+        click.option("--plot", "plot_path", type=click.Path(path_type=str), default=None, metavar="FILE.png",
+                     help="With the planner: draw every measured plan (speed-up vs held-out error, the chosen one "
+                          "marked) to FILE.png (needs the 'plot' extra: matplotlib)."),
+        click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+                     help="With the planner: the precision the model ships in. int8 times every option and plan "
+                          "quantized (onnxruntime's static QDQ, calibrated on --calibration), measures errors "
+                          "against the fp32 original and writes the quantized rewrite."),
+        click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+                     help="--precision int8: the quantized activations' type."),
+        click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+                     help="--precision int8: the quantized weights' type."),
     )(f)

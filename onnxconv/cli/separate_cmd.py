@@ -123,8 +123,10 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, Sequence[int]],
-            batch: int | None, exact: bool) -> tuple[list[Any], dict[str, float]]:
-    """Run the input file and the rewritten model in onnxruntime on the same inputs.
+            batch: int | None, exact: bool, held_out: Sequence[Mapping[str, np.ndarray]] = (),
+            ) -> tuple[list[Any], dict[str, float]]:
+    """Run the input file and the rewritten model in onnxruntime on the same inputs: ``held_out`` (feeds, one per
+    run, outputs joined over them: the held-out calibration samples) when given, else ``inputs`` or random ones.
 
     Returns one Agreement per output and, when ``exact`` and some output misses :data:`EXACT_TOLERANCE`, the
     original's own noise floor per output: the relative error between the
@@ -132,15 +134,17 @@ def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Map
     (a near-zero probability map on random inputs) cannot agree better than that, whatever the rewrite.
     """
     from .. import compare
+    from ..planning import concat_runs
 
     ref = compare.session(source)
     new = compare.session(model)
-    feeds = compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)
-    ref_out = compare.run_model(ref, feeds)
-    agreements = compare.compare_outputs(ref_out, compare.run_model(new, feeds))
+    runs = list(held_out) or [compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)]
+    ref_out = concat_runs([compare.run_model(ref, f) for f in runs])
+    agreements = compare.compare_outputs(ref_out, concat_runs([compare.run_model(new, f) for f in runs]))
     floors: dict[str, float] = {}
     if exact and any(a.rel_error > EXACT_TOLERANCE for a in agreements):
-        plain = compare.run_model(compare.session(source, opt_level="disable"), feeds)
+        plain_sess = compare.session(source, opt_level="disable")
+        plain = concat_runs([compare.run_model(plain_sess, f) for f in runs])
         floors = {a.output: a.rel_error for a in compare.compare_outputs(ref_out, plain)}
     return agreements, floors
 
@@ -272,6 +276,14 @@ def separate(model: str, output: str, **options: Any) -> None:
     if request.report_path:
         report_file = check_output_path(request.report_path, "--report", not_same_as=[
             (model, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
+    plot_file = None
+    if request.plot_path:
+        from ..planning.plot import require_matplotlib
+
+        plot_file = check_output_path(request.plot_path, "--plot", not_same_as=[
+            (model, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
+            *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
+        require_matplotlib()  # before a plan that takes minutes
     verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
                                             request.batch, request.exact)
 
@@ -296,8 +308,13 @@ def separate(model: str, output: str, **options: Any) -> None:
 
     agreements: list[Any] = []
     floors: dict[str, float] = {}
+    held_out = outcome.held_out or []
+    verify_inputs = inputs or "random (standard normal, seed 0)"
+    if held_out:
+        count = sum(int(next(iter(f.values())).shape[0]) for f in held_out)
+        verify_inputs = f"{count} held-out calibration samples of {request.calibration}"
     if verify:
-        agreements, floors = _verify(model, result.model, inputs, shapes, batch, exact)
+        agreements, floors = _verify(model, result.model, inputs, shapes, batch, exact, held_out)
         precision = exact_precision(result.model)
         tol = exact_tolerance(precision)
         bad = exact_failures(agreements, floors, precision is not None, tol) if exact else []
@@ -312,7 +329,7 @@ def separate(model: str, output: str, **options: Any) -> None:
         data = result.to_dict()
         data["model"], data["output"] = model, output
         if verify:
-            data["verify"] = {"inputs": inputs or "random (standard normal, seed 0)",
+            data["verify"] = {"inputs": verify_inputs,
                               "outputs": [a.to_dict() for a in agreements]}
             if floors:
                 data["verify"]["original_noise_floor"] = floors
@@ -331,7 +348,26 @@ def separate(model: str, output: str, **options: Any) -> None:
             report_tmp.unlink(missing_ok=True)
             raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e
 
+    if plot_file is not None:
+        from ..planning.plot import plot_frontier
+
+        try:
+            plot_frontier(result.options["plan"], plot_file)
+        except OnnxConvError as e:
+            raise OnnxConvError(f"{e}; the model was written") from e
+
     click.echo(render_result(result))
+    if "plan" in result.options:
+        from ..planning import frontier_rows
+
+        headers, rows = frontier_rows(result.options["plan"])
+        click.echo("")
+        click.echo("plans measured (the frontier; * = chosen):")
+        click.echo("\n".join(grid(headers, rows, right={2, 3, 4, 5, 6})))
+    if verify and held_out:
+        click.echo(f"verify on {printable(verify_inputs)}")
+    if verify and outcome.held_out == []:
+        click.echo("note: --calibration holds out no samples (fewer than 5): --verify used random inputs")
     for a in agreements:
         click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
                    f"cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))

@@ -27,7 +27,7 @@ from ..passes.separable import separate
 from .candidates import Candidate, elem_type
 from .choose import KEEP
 
-__all__ = ["LatencyCache", "latency_key", "layer_model", "option_models", "measure_latencies", "bench_pair"]
+__all__ = ["LatencyCache", "Quantizer", "latency_key", "layer_model", "option_models", "measure_latencies", "bench_pair"]
 
 
 class LatencyCache:
@@ -95,14 +95,21 @@ def latency_key(c: Candidate, provider: str, threads: int | None, form: str, opt
 
 
 def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, threads: int | None,
-             cache: LatencyCache, iters: int) -> dict[str, dict[tuple[str, int], float]]:
+                      cache: LatencyCache, iters: int, quantize: Quantizer | None = None,
+                      ) -> dict[str, dict[tuple[str, int], float]]:
     """Candidate -> option (:data:`KEEP` first) -> seconds, through the cache: keep's fastest run, and each option
-    that time divided by its median speed-up over keep in interleaved rounds."""
+    that time divided by its median speed-up over keep in interleaved rounds.
+
+    ``quantize`` (a :class:`Quantizer`) times every option as it ships in int8: the layer alone quantized like
+    the whole model (QDQ, the same types), on random inputs of its shape; the cache keys carry its tag."""
     out: dict[str, dict[tuple[str, int], float]] = {}
+    where = provider if quantize is None else f"{provider}/{quantize.tag}"
     for c in cands:
-        keys = {o: latency_key(c, provider, threads, form, o) for o in [KEEP, *c.options]}
+        keys = {o: latency_key(c, where, threads, form, o) for o in [KEEP, *c.options]}
         if any(cache.get(k) is None for k in keys.values()):
             models = option_models(c, form)
+            if quantize is not None:
+                models = {o: quantize.layer(m, c) for o, m in models.items()}
             values = list(keys)  # keep first: the reference of the speed-ups
             cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads)
             report = bench([models[v] for v in values], cfg, names=[f"{c.name}:{k}{v}" for k, v in values])
@@ -117,6 +124,34 @@ def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, thre
         out[c.name] = {v: cache.times[k] for v, k in keys.items()}  # every key is cached by now
     cache.save()
     return out
+
+
+class Quantizer:
+    """How ``--precision int8`` quantizes: :func:`onnxconv.quantize.quantize_static_qdq` with these types, calibrated
+    on ``feeds`` for whole models and on random normal inputs of the layer's shape for a layer alone."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], activation_type: str = "uint8",
+                 weight_type: str = "int8") -> None:
+        self.feeds = list(feeds)
+        self.activation_type, self.weight_type = activation_type, weight_type
+
+    @property
+    def tag(self) -> str:
+        return f"int8-qdq-{self.activation_type}-{self.weight_type}"
+
+    def model(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        from ..quantize import quantize_static_qdq
+
+        return quantize_static_qdq(model, self.feeds, activation_type=self.activation_type,
+                                   weight_type=self.weight_type)
+
+    def layer(self, model: onnx.ModelProto, c: Candidate) -> onnx.ModelProto:
+        from ..quantize import quantize_static_qdq
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(tuple(int(d) for d in c.input_shape)).astype(c.weight.dtype)
+        return quantize_static_qdq(model, [{"X": x}], activation_type=self.activation_type,
+                                   weight_type=self.weight_type)
 
 
 def bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, calib: CalibrationSet,

@@ -23,14 +23,37 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    saves, pick one option per layer minimising ``sum e_o^2`` subject to ``sum d_o >= T (1 - 1/S)`` (a
    multiple-choice knapsack, solved exactly by dynamic programming over :data:`BUCKETS` time buckets, rounding
    savings down). Options slower than keeping the layer are dropped. Predicted speed-up: ``T / (T - sum d_o)``.
-5. **Verify.** The rewritten model is timed against the original with the bench code (interleaved rounds, the
-   calibration inputs). Layers timed alone do not add up exactly (fusions, layout conversions, caches), so when
-   the measured speed-up misses the target (by more than ``tolerance``) or overshoots it (by more than three),
-   the layer savings are scaled by ``measured saving / predicted saving`` and the plan is made again, at most
-   ``rounds`` times; the least-error plan that reached the target is kept (else the fastest). A target the
-   layer timings call unreachable is checked by measuring the plan with every layer at its fastest option.
-   Then the chosen layers are refitted (:func:`onnxconv.calibration.refit`) and the result records predicted vs
-   measured speed-up. A plan is built by one separable pass per chosen rank, then one shuffle pass per chosen G
+5. **Search on measurements.** Layers timed alone do not add up exactly (fusions, layout conversions, caches:
+   on a YOLOv8n they under-predicted the savings twofold), so every plan is *measured*: the rewritten model is
+   timed against the original with the bench code (interleaved rounds, the calibration inputs), refitted
+   (:func:`onnxconv.calibration.refit`) and run on the held-out calibration samples
+   (:func:`onnxconv.calibration.held_out_feeds`), giving one point (measured speed-up, end-to-end error, MACs)
+   of the frontier (:class:`PlanPoint`). The end-to-end error is the worst output's ``||a - b|| / ||a||`` over
+   all held-out samples, against the original run by onnxruntime.
+
+   *Target S* (``target_speedup``): a plan *reaches* S when it measures at least ``S (1 - tolerance)``; one
+   within ``S (1 +- tolerance)`` ends the search. Otherwise the layer savings are rescaled by what the last
+   plan measured (``scale = measured saving / layer-timed saving``) and the plan is made again, bracketed by the
+   layer-timed savings of the plans measured too slow and too fast (a rescaled step outside the bracket, or one
+   that repeats a measured plan, bisects it). A target the layer timings call unreachable is checked by measuring
+   the plan with every layer at its fastest option, and the search continues from there on the measured scale.
+   Of the measured plans that reach S the least end-to-end error wins; the fastest is returned only when nothing
+   slower reaches S (when the rounds run out short of S, the fastest plan is measured before giving up), and when
+   even it misses, the target is refused with its figure.
+
+   *Error budget E* (``max_output_error``): the fastest measured plan whose end-to-end error is at most E: the
+   fastest plan first, then bisection on the layer-timed saving. With S too, a plan must satisfy both, or one
+   line says which cannot hold and what the closest plans measure.
+
+   *int8* (``precision="int8"``): the model ships quantized, and there the picture flips (onnxruntime CPU, QDQ
+   uint8/int8, one thread, 64 channels at 52x52: a dense 3x3 conv runs 2.6x faster in int8 than in fp32, a
+   depthwise 3x3 0.59x and a G=4 grouped conv 0.64x as fast, so a rank-2 rewrite that saves 2.75x in fp32 saves
+   nothing in int8). Every latency is therefore taken on quantized models
+   (:class:`~onnxconv.planning.latency.Quantizer`: each layer alone, and each plan after its refit, calibrated on
+   the samples the refit fits on), speed-ups are over the quantized original, errors against the fp32 original,
+   and the quantized rewrite is what is returned.
+
+   A plan is built by one separable pass per chosen rank, then one shuffle pass per chosen G
    on its result (each restricted to its layers by name); when grouped layers exist, the model the rewrite
    computes exactly up to channel orders is kept as the refit's ``reference`` (:class:`PlanReport`).
 """
@@ -40,43 +63,82 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 import onnx
 
 from ..bench import resolve_provider
-from ..calibration import CalibrationSet, load_calibration, refit
+from ..calibration import CalibrationSet, held_out_feeds, load_calibration, refit
 from ..errors import OptionError
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM
+from ..tables import format_count
 from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
-from .choose import KEEP, LayerOptions, Option, choose, saved
+from .choose import BUCKETS, KEEP, LayerOptions, Option, choose, saved
 from .estimate import option_errors
-from .latency import LatencyCache, bench_pair, measure_latencies
+from .latency import LatencyCache, Quantizer, bench_pair, measure_latencies
 
-__all__ = ["PlanReport", "plan_rewrite", "plan_from_file"]
+__all__ = ["PlanPoint", "PlanReport", "plan_rewrite", "plan_from_file", "frontier_rows", "concat_runs"]
+
+
+@dataclass
+class PlanPoint:
+    """One plan the search measured: a point of the frontier.
+
+    ``predicted`` is the speed-up the layer timings alone promise (``T / (T - sum d_o)``, unscaled),
+    ``measured`` the end-to-end median speed-up, ``error`` the worst output's relative error on the held-out
+    samples (after the refit when the plan refits), ``cost`` the estimated ``sum e_o^2`` the choice minimised,
+    ``timing_ratio`` the measured saving over the layer-timed saving (1: layer timings add up; 2: the model
+    saved twice what they promised), ``how`` why the plan was made (target, rescaled, bisect, fastest, budget).
+    """
+
+    round: int
+    how: str
+    scale: float
+    predicted: float
+    measured: float
+    error: float
+    cost: float
+    macs: int
+    rewritten: int
+    timing_ratio: float
+    picks: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
 class PlanReport:
     """What the planner decided and how the prediction compared with the measurement."""
 
-    target: float
+    target: float | None
     provider: str
     model_s: float
     predicted: float
     measured: float | None
-    rounds: list[dict[str, float]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
     layers: list[LayerOptions] = field(default_factory=list)
     #: What the rewrite computes exactly up to channel orders when the plan mixes ranks and groups: pass it to
     #: :func:`onnxconv.calibration.refit` as ``reference`` (None otherwise).
     reference: onnx.ModelProto | None = field(default=None, repr=False)
+    max_output_error: float | None = None
+    #: End-to-end error of the chosen plan (worst output, held-out samples) and which inputs gave it.
+    error: float | None = None
+    error_inputs: str = ""
+    #: Index into ``rounds`` of the chosen plan; conv MACs of the original.
+    chosen_round: int | None = None
+    macs_before: int = 0
+    #: fp32, or the int8 quantization every latency and error was taken on (speed-ups over the quantized original).
+    precision: str = "fp32"
+    #: int8: the quantized original's error against the fp32 original (the floor every plan's error sits on).
+    quantized_original_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready figures (without the reference model)."""
+        """The report as JSON-ready figures (without the reference model); ``rounds`` is the frontier."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("layers", "reference")}
         out["rounds"] = [dict(r) for r in self.rounds]
         out["layers"] = [{"name": lay.name, "chosen": lay.options[lay.chosen].label,
@@ -84,11 +146,241 @@ class PlanReport:
         return out
 
 
+class _Measurer:
+    """Builds, times, refits and evaluates plans, once per distinct choice (the search may come back to one).
+
+    The original's outputs on the error inputs are computed once; each plan costs one build, one interleaved
+    timing against the original, one refit and one run of the rewrite on the error inputs.
+    """
+
+    def __init__(self, model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequence[Any],
+                 skipped: Mapping[str, Any], form: str, input_shapes: Mapping[str, Sequence[int]] | None,
+                 batch: int | None, calibration: CalibrationSet, provider: str, chain: Sequence[str],
+                 threads: int | None, iters: int, do_refit: bool, refit_kernels: bool, seed: int,
+                 model_s: float, base: onnx.ModelProto | None = None, bench_cal: CalibrationSet | None = None,
+                 quantizer: Quantizer | None = None) -> None:
+        from .. import compare
+
+        self.model, self.layers, self.cands, self.skipped = model, layers, cands, skipped
+        self.form, self.input_shapes, self.batch = form, input_shapes, batch
+        self.calibration, self.provider, self.chain, self.threads = calibration, provider, chain, threads
+        self.iters, self.do_refit, self.refit_kernels, self.seed = iters, do_refit, refit_kernels, seed
+        self.model_s = model_s
+        # int8: plans are timed against the quantized original (``base``) on ``bench_cal``'s first chunk (the
+        # quantized models' static batch), and every plan is quantized after its refit.
+        self.base, self.bench_cal, self.quantizer = base or model, bench_cal or calibration, quantizer
+        self.points: list[PlanPoint] = []
+        self.built: dict[tuple[int, ...], tuple[PassResult, onnx.ModelProto | None]] = {}
+        feeds = held_out_feeds(calibration, model, seed=seed)
+        if feeds:
+            self.error_inputs = f"{sum(_samples(f) for f in feeds)} held-out calibration samples"
+        else:
+            # Too few samples to hold any out: the fitted samples are still closer to real inputs than random ones.
+            feeds = [f for _, f in calibration.chunks()]
+            self.error_inputs = (f"the {calibration.size} calibration samples themselves (too few to hold any "
+                                 "out: the error is optimistic)")
+        if quantizer is not None:
+            step = self.bench_cal.chunk  # the quantized models take exactly this many samples per run
+            feeds = [{k: v[i:i + step] for k, v in f.items()} for f in feeds for i in range(0, _samples(f), step)]
+            feeds = [f for f in feeds if _samples(f) == step]
+        self.feeds = feeds
+        ref = compare.session(model, list(chain), threads)
+        self.ref_out = concat_runs([compare.run_model(ref, f) for f in feeds])
+        #: int8: the quantized original's own error against the fp32 original (what quantization alone costs).
+        self.base_error = self.error_of(self.base) if quantizer is not None else 0.0
+
+    def error_of(self, model: onnx.ModelProto) -> float:
+        """The worst output's relative error of ``model`` against the fp32 original on the error inputs."""
+        from .. import compare
+
+        sess = compare.session(model, list(self.chain), self.threads)
+        out = concat_runs([compare.run_model(sess, f) for f in self.feeds])
+        return max((a.rel_error for a in compare.compare_outputs(self.ref_out, out)), default=0.0)
+
+    def seen(self) -> set[tuple[int, ...]]:
+        return {tuple(p.picks) for p in self.points}
+
+    def measure(self, how: str, scale: float) -> PlanPoint:
+        """Measure the plan ``self.layers`` now choose; returns (and records) its point."""
+        from .. import compare
+
+        picks = tuple(lay.chosen for lay in self.layers)
+        layer_saved = saved(self.layers)
+        predicted = self.model_s / max(self.model_s - layer_saved, 1e-9 * self.model_s)
+        result, reference = build_plan(self.model, self.layers, self.cands, self.skipped, self.form,
+                                       self.input_shapes, self.batch)
+        if self.do_refit and result.rewritten:
+            result = refit(self.model, result, self.calibration, providers=self.chain, threads=self.threads,
+                           reference=reference, depthwise=self.refit_kernels, seed=self.seed)
+        if self.quantizer is not None:  # what ships: the refitted rewrite, quantized; errors vs the fp32 original
+            result = replace(result, model=self.quantizer.model(result.model),
+                             options={**result.options, "precision": self.quantizer.tag})
+        _, got = bench_pair(self.base, result.model, self.bench_cal, self.provider, self.threads, self.iters)
+        measured = got or 0.0
+        error = self.error_of(result.model)
+        self.built[picks] = (result, reference)
+        measured_saving = self.model_s * (1.0 - 1.0 / max(measured, 1e-9))
+        point = PlanPoint(
+            round=len(self.points), how=how, scale=scale, predicted=predicted, measured=measured, error=error,
+            cost=sum(lay.options[lay.chosen].error ** 2 for lay in self.layers),
+            macs=int(result.totals()["macs_after"]), rewritten=len(result.rewritten),
+            timing_ratio=measured_saving / layer_saved if layer_saved > 0 else 0.0, picks=list(picks))
+        self.points.append(point)
+        return point
+
+
+def _samples(feeds: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feeds.values())).shape[0]) if feeds else 0
+
+
+def concat_runs(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Outputs of several runs joined on the sample axis (a scalar output is stacked)."""
+    return {k: np.concatenate([np.atleast_1d(r[k]) for r in runs]) for k in runs[0]} if runs else {}
+
+
+def _set(layers: Sequence[LayerOptions], picks: Sequence[int]) -> None:
+    for lay, pick in zip(layers, picks):
+        lay.chosen = pick
+
+
+def _fastest(layers: Sequence[LayerOptions]) -> None:
+    for lay in layers:
+        lay.chosen = int(np.argmin([o.latency_s for o in lay.options]))
+
+
+def _choose_saving(layers: Sequence[LayerOptions], model_s: float, need: float) -> bool:
+    """Choose the least-error options that save at least ``need`` seconds as timed layer by layer (False when no
+    choice does). :func:`choose` takes the need as a target and a scale: ``model_s (1 - 1/2) / scale = need``.
+
+    The knapsack rounds each saving down to ``need / BUCKETS``, losing up to one bucket per layer: asking for that
+    much less keeps a bisection step that lands exactly on a plan's saving from being called unreachable."""
+    need -= need * len(layers) / BUCKETS
+    if need <= 0:
+        for lay in layers:
+            lay.chosen = 0
+        return True
+    try:
+        choose(layers, model_s, 2.0, scale=0.5 * model_s / need)
+    except OptionError:
+        return False
+    return True
+
+
+def _search_target(m: _Measurer, target: float, tolerance: float, rounds: int) -> None:
+    """Measure plans until one lands within ``target (1 +- tolerance)`` (see the module docstring)."""
+    layers, model_s = m.layers, m.model_s
+    goal, ceiling = target * (1 - tolerance), target * (1 + tolerance)
+    need_model = model_s * (1.0 - 1.0 / target)  # seconds the whole model must save
+    _fastest(layers)
+    most = saved(layers)  # the largest layer-timed saving any plan has
+    slow, fast = 0.0, math.inf  # bracket of layer-timed savings: measured too slow at <= slow, too fast at >= fast
+    scale, how = 1.0, "target"
+    fastest_seen = False
+    for _ in range(max(1, rounds)):
+        need = need_model / scale
+        if how != "fastest" and not (slow < need < fast):
+            need, how = 0.5 * (slow + min(fast, most)), "bisect"
+        if need > most or not _choose_saving(layers, model_s, need):
+            if fastest_seen:
+                break  # out of reach on the measured scale: the fastest plan was measured already
+            _fastest(layers)  # the layer timings say no: measure the fastest plan before believing them
+            how = "fastest"
+        if tuple(lay.chosen for lay in layers) in m.seen():
+            # The step lands on a plan measured already: bisect the bracket once, else the search is done.
+            if how == "bisect" or not _choose_saving(layers, model_s, 0.5 * (slow + min(fast, most))) \
+                    or tuple(lay.chosen for lay in layers) in m.seen():
+                break
+            how = "bisect"
+        p = m.measure(how, scale)
+        fastest_seen = fastest_seen or how == "fastest" or saved(layers) >= most
+        layer_saved = saved(layers)
+        if goal <= p.measured <= ceiling:
+            break
+        if p.measured < goal:
+            slow = max(slow, layer_saved)
+            if fastest_seen and layer_saved >= most:
+                break  # the fastest plan misses: nothing reaches the target
+        else:
+            fast = min(fast, layer_saved)
+        if layer_saved <= 0:
+            break
+        # Rescale the layer savings by what the whole model saved with this plan (an overshoot costs error for
+        # nothing, a shortfall misses the target) and plan again on the measured curve.
+        measured_saving = model_s * (1.0 - 1.0 / max(p.measured, 1e-9))
+        scale = max(measured_saving, 0.05 * scale * layer_saved) / layer_saved
+        how = "rescaled"
+
+
+def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
+    """The fastest plan within ``max_error``: the fastest plan first, then the smallest (the one least-error
+    option that saves time; when even it is over the budget, no plan is within it), then bisection on the
+    layer-timed saving (more saving, more error) between a plan within the budget and one over it."""
+    layers, model_s = m.layers, m.model_s
+    _fastest(layers)
+    most = saved(layers)
+    p = m.measure("fastest", 1.0)
+    if p.error <= max_error or rounds < 2:
+        return
+    # The smallest plan: the least-error option of any layer that saves time at all.
+    if _choose_saving(layers, model_s, 1e-6 * most) and tuple(lay.chosen for lay in layers) not in m.seen():
+        p = m.measure("budget", 1.0)
+        if p.error > max_error:
+            return
+    within, over = saved(layers), most
+    for _ in range(max(1, rounds) - 2):
+        need = 0.5 * (within + over)
+        if not _choose_saving(layers, model_s, need) or tuple(lay.chosen for lay in layers) in m.seen():
+            break
+        layer_saved = saved(layers)
+        p = m.measure("budget", 1.0)
+        if p.error <= max_error:
+            within = layer_saved
+        else:
+            over = need
+        if over - within < 0.02 * most:
+            break
+
+
+def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, max_error: float | None,
+          fastest_measured: bool, int8: bool = False) -> PlanPoint:
+    """The plan to return (see the module docstring), or the one line that says why none can be."""
+    within = [p for p in points if max_error is None or p.error <= max_error]
+    if target is None:
+        assert max_error is not None
+        if within:
+            return max(within, key=lambda p: p.measured)
+        least = min(points, key=lambda p: p.error)
+        raise OptionError(f"--max-output-error {max_error:g}: no measured plan is within it (the least held-out "
+                          f"error measured is {least.error:.3g}, at {least.measured:.2f}x with {least.rewritten} "
+                          "layer(s) rewritten)")
+    goal = target * (1 - tolerance)
+    reach = [p for p in points if p.measured >= goal]
+    if not reach:
+        top = max(points, key=lambda p: p.measured)
+        if fastest_measured and int8:
+            raise OptionError(f"--precision int8: the fastest plan measures {top.measured:.2f}x of the quantized "
+                              f"original (--target-speedup {target:g} asked)")
+        if fastest_measured:
+            raise OptionError(f"--target-speedup {target:g}: the largest measured speed-up is {top.measured:.2f}x "
+                              f"(every candidate layer at its fastest option)")
+        return top  # not reached (the caller measures the fastest plan before giving up): the fastest measured
+    both = [p for p in reach if p in within]
+    if both:
+        return min(both, key=lambda p: p.error)
+    least = min(reach, key=lambda p: p.error)
+    best = (f"the fastest measured within it is {max(within, key=lambda p: p.measured).measured:.2f}x" if within
+            else "no measured plan is within it")
+    raise OptionError(f"--target-speedup {target:g} and --max-output-error {max_error:g} cannot both hold: the "
+                      f"plans that reach {target:g}x measure held-out error {least.error:.3g} at least (at "
+                      f"{least.measured:.2f}x); {best}")
+
+
 def plan_rewrite(
     model: onnx.ModelProto,
     calibration: CalibrationSet,
     *,
-    target_speedup: float,
+    target_speedup: float | None = None,
+    max_output_error: float | None = None,
     provider: str = "cpu",
     mode: str = "separable",
     form: str | None = None,
@@ -100,106 +392,154 @@ def plan_rewrite(
     positions: int = 2048,
     layer_iters: int = 20,
     model_iters: int = 20,
-    rounds: int = 3,
+    rounds: int = 5,
     tolerance: float = 0.03,
     cache: LatencyCache | None = None,
     do_refit: bool = True,
     refit_kernels: bool = True,
     seed: int = 0,
     refit_aware: bool = True,
+    precision: str = "fp32",
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
 ) -> tuple[PassResult, PlanReport]:
-    """Choose per layer keep / rank / G to reach ``target_speedup`` on ``provider`` with the least error.
+    """Choose per layer keep / rank / G to reach ``target_speedup`` on ``provider`` with the least error, or the
+    fastest plan within ``max_output_error``, or both.
 
     Args:
         model: the original model (weights loaded); not modified.
         calibration: inputs from :func:`~onnxconv.calibration.load_calibration`; they give the errors, the layer
-            input shapes and the inputs the whole model is timed on (the first chunk).
-        target_speedup: S > 1, the wanted latency ratio original / rewritten.
+            input shapes and the inputs the whole model is timed on (the first chunk); the held-out share
+            (:func:`~onnxconv.calibration.held_out_feeds` with ``seed``) gives each plan's end-to-end error.
+        target_speedup: S > 1, the wanted latency ratio original / rewritten (None: only the error budget).
+        max_output_error: E >= 0, the largest end-to-end relative output error (worst output) allowed on the
+            held-out samples (None: only the target).
         provider: cpu / cuda / tensorrt (:func:`onnxconv.bench.resolve_provider`).
         mode: separable (options: ranks), shuffle (options: ``groups``, default :data:`GROUP_CHOICES`) or mixed
             (both, per layer: keep, a rank or a G in the same model).
         form: the separable graph form (default: the pass's).
         positions: output positions per layer for the errors.
         layer_iters, model_iters: timed runs per option and per whole-model comparison.
-        rounds: plan-measure rounds at most (see the module docstring); tolerance: accepted shortfall (a plan
-            more than 3 tolerances above the target is re-planned too: the overshoot costs error).
+        rounds: measured plans at most (see the module docstring); tolerance: how far from S a measured
+            speed-up may land, either side.
         cache: latency cache (a fresh in-memory one by default).
-        do_refit: refit the chosen layers on the calibration set.
+        do_refit: refit every measured plan on the calibration set (its error is then the refitted model's).
         refit_kernels: with ``do_refit``, refit separable layers' depthwise kernels too
             (:func:`~onnxconv.calibration.refit`'s ``depthwise``).
         refit_aware: rank options by their estimated error after the per-layer refit
             (:func:`~onnxconv.planning.estimate.option_errors`),
             else by the weight-only error.
+        precision: fp32, or int8: every latency (layers alone and whole models) is taken on models quantized by
+            :func:`onnxconv.quantize.quantize_static_qdq` (QDQ, ``activation_type``/``weight_type``), calibrated on
+            the samples the refit fits on; speed-ups are over the quantized original, errors against the fp32
+            original; the returned model is the quantized rewrite.
 
     Returns:
         The pass result (per-layer ``details["plan"]``: chosen option, layer time before -> after, error) and the
-        :class:`PlanReport`; ``result.options["plan"]`` holds the report's figures and ``notes`` a summary line.
+        :class:`PlanReport`; ``result.options["plan"]`` holds the report's figures (``rounds``: every measured
+        plan, the frontier) and ``notes`` a summary line.
 
     Raises:
-        OptionError: S <= 1, a bad mode or provider, or a target no option set can reach.
+        OptionError: S <= 1, E < 0, neither given, a bad mode or provider, a target no plan reaches, an error
+            budget no measured plan meets, or both together not met (one line each, with the closest figures).
     """
-    if not (target_speedup > 1 and math.isfinite(target_speedup)):
+    if target_speedup is None and max_output_error is None:
+        raise OptionError("say what the plan must reach: --target-speedup S and/or --max-output-error E")
+    if target_speedup is not None and not (target_speedup > 1 and math.isfinite(target_speedup)):
         raise OptionError(f"--target-speedup {target_speedup}: must be a number above 1")
+    if max_output_error is not None and not (max_output_error >= 0 and math.isfinite(max_output_error)):
+        raise OptionError(f"--max-output-error {max_output_error}: must be a number >= 0")
     if mode not in ("separable", "shuffle", "mixed"):
         raise OptionError(f"mode '{mode}': choose separable, shuffle or mixed")
+    if precision not in ("fp32", "int8"):
+        raise OptionError(f"--precision {precision}: choose fp32 or int8")
     form = form or DEFAULT_FORM
     groups = tuple(groups or GROUP_CHOICES)
     chain = resolve_provider(provider).chain
     cache = cache or LatencyCache()
+    flag = "--target-speedup" if target_speedup is not None else "--max-output-error"
     cands, skipped = find_candidates(model, mode, form, groups, node_filter, input_shapes, batch)
     if not cands:
-        raise OptionError(f"--target-speedup: no layer of the model can be rewritten in {mode} mode")
+        raise OptionError(f"{flag}: no layer of the model can be rewritten in {mode} mode")
     option_errors(model, cands, calibration, positions, seed, chain, threads, refit_aware=refit_aware)
-    times = measure_latencies(cands, form, provider, threads, cache, layer_iters)
+    quantizer, base, bench_cal = None, model, calibration
+    if precision == "int8":
+        fit, _ = calibration.split(seed)
+        step = calibration.batch or 1  # the quantized models get static shapes: one sample (or batch) per run
+        quantizer = Quantizer([{k: v[i:i + step] for k, v in fit.arrays.items()} for i in range(0, fit.size, step)],
+                              activation_type, weight_type)
+        base = quantizer.model(model)
+        bench_cal = CalibrationSet(calibration.arrays, calibration.source, step, calibration.batch)
+    times = measure_latencies(cands, form, provider, threads, cache, layer_iters, quantize=quantizer)
     layers = [
         LayerOptions(c.name, [Option("keep", 0, times[c.name][KEEP], 0.0)]
                      + [Option(kind, v, times[c.name][kind, v], c.errors[kind, v]) for kind, v in c.options])
         for c in cands
     ]
-    model_s, _ = bench_pair(model, None, calibration, provider, threads, model_iters)
-    report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers)
-    scale, fastest = 1.0, False
-    best: tuple[float, PassResult, float, list[int], float, onnx.ModelProto | None] | None = None
-    goal = target_speedup * (1 - tolerance)
-    for _ in range(max(1, rounds)):
-        try:
-            predicted = choose(layers, model_s, target_speedup, scale=scale)
-        except OptionError:
-            if fastest or (best is not None and best[0] >= goal):
-                break  # out of reach with the measured scale, and a plan that reached the goal is kept
-            # Layer timings alone say no; measure the fastest plan before believing them.
-            for lay in layers:
-                lay.chosen = int(np.argmin([o.latency_s for o in lay.options]))
-            fastest = True
-            predicted = model_s / max(model_s - scale * saved(layers), 1e-9 * model_s)
-        result, reference = build_plan(model, layers, cands, skipped, form, input_shapes, batch)
-        _, measured = bench_pair(model, result.model, calibration, provider, threads, model_iters)
-        got = measured or 0.0
-        cost = sum(lay.options[lay.chosen].error ** 2 for lay in layers)
-        report.rounds.append({"scale": scale, "predicted": predicted, "measured": got, "cost": cost})
-        # Best: a plan that reaches the goal with the least error; failing that, the fastest measured.
-        if best is None or (got >= goal and (best[0] < goal or cost < best[4])) or (best[0] < goal and got > best[0]):
-            best = (got, result, predicted, [lay.chosen for lay in layers], cost, reference)
-        if fastest or saved(layers) <= 0 or goal <= got <= target_speedup * (1 + 3 * tolerance):
-            break
-        # The whole model saved (1 - 1/got) of its time where the layers alone promised more (or less): rescale
-        # the layer savings by what was measured and plan again (an overshoot costs error for nothing).
-        scale = max(model_s * (1.0 - 1.0 / max(got, 1e-9)), 0.05 * scale * saved(layers)) / saved(layers)
-    assert best is not None
-    if fastest and best[0] < goal:
-        raise OptionError(f"--target-speedup {target_speedup:g}: the largest measured speed-up is {best[0]:.2f}x "
-                          f"(every candidate layer at its fastest option)")
-    report.measured, result, report.predicted, picks, _, report.reference = best
-    for lay, pick in zip(layers, picks):
-        lay.chosen = pick
-    if do_refit:
-        result = refit(model, result, calibration, providers=chain, threads=threads, reference=report.reference,
-                       depthwise=refit_kernels)
-    note = (f"plan: target {target_speedup:g}x on {provider}; predicted {report.predicted:.2f}x from layer "
-            f"timings, measured {report.measured:.2f}x end to end (median of {model_iters} interleaved rounds)")
+    model_s, _ = bench_pair(base, None, bench_cal, provider, threads, model_iters)
+    report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers,
+                        max_output_error=max_output_error)
+    m = _Measurer(model, layers, cands, skipped, form, input_shapes, batch, calibration, provider, chain, threads,
+                  model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer)
+    report.error_inputs = m.error_inputs
+    report.precision = "fp32" if quantizer is None else quantizer.tag
+    report.quantized_original_error = None if quantizer is None else m.base_error
+    if target_speedup is not None:
+        _search_target(m, target_speedup, tolerance, rounds)  # an error budget applies in _pick
+    else:
+        assert max_output_error is not None
+        _search_error(m, max_output_error, rounds)
+    _fastest(layers)
+    fastest = tuple(lay.chosen for lay in layers)
+    fastest_measured = any(tuple(p.picks) == fastest for p in m.points)
+    if (target_speedup is not None and not fastest_measured
+            and all(p.measured < target_speedup * (1 - tolerance) for p in m.points)):
+        # The rounds ran out short of the target: a plan that misses is never returned while the fastest plan,
+        # which may reach it, is unmeasured (one more round settles it).
+        m.measure("fastest", 1.0)
+        fastest_measured = True
+    report.rounds = [p.to_dict() for p in m.points]
+    best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured, quantizer is not None)
+    _set(layers, best.picks)
+    result, report.reference = m.built[tuple(best.picks)]
+    report.macs_before = int(result.totals()["macs_before"])  # all convs, as each point's MACs count them
+    report.measured, report.predicted, report.error = best.measured, best.predicted, best.error
+    report.chosen_round = best.round
+    asked = " and ".join(s for s in (f"target {target_speedup:g}x" if target_speedup else "",
+                                     f"error <= {max_output_error:g}" if max_output_error is not None else "") if s)
+    ratios = [p.timing_ratio for p in m.points if p.timing_ratio > 0]
+    off = (f"; the whole model saved {min(ratios):.2f}-{max(ratios):.2f}x what the layer timings promised"
+           if ratios else "")
+    on = provider if quantizer is None else (f"{provider}, {quantizer.tag} (speed-ups over the quantized original, "
+                                             f"whose own error is {m.base_error:.3g})")
+    note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
+            f"{speed_text(best.predicted)} from layer timings, measured {best.measured:.2f}x end to end (median "
+            f"of {model_iters} interleaved rounds), error {best.error:.3g} on {m.error_inputs}")
     result.options = {**result.options, "plan": report.to_dict(),
                       "notes": [*result.options.get("notes", []), note]}
     return result, report
+
+
+def speed_text(x: float) -> str:
+    """A speed-up as ``1.23x``; ``unbounded`` where the layers timed alone save more than the whole model takes
+    (:func:`~onnxconv.planning.choose.choose` then predicts ``T / (1e-9 T)``)."""
+    return f"{x:.2f}x" if x < 1e6 else "unbounded"
+
+
+def frontier_rows(plan: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the frontier table from a report's ``plan`` figures (:meth:`PlanReport.to_dict`):
+    one row per measured plan, the original first, the chosen plan marked."""
+    headers = ["plan", "how", "layers", "predicted", "measured", "held-out error", "MACs", "chosen"]
+    before = int(plan.get("macs_before") or 0)
+    rows = [["original", "", "0", "1.00x", "1.00x", "0", format_count(before), ""]]
+    if plan.get("quantized_original_error") is not None:  # int8: speed-ups are over this one
+        rows.append(["quantized original", "", "0", "1.00x", "1.00x", f"{float(plan['quantized_original_error']):.3g}",
+                     format_count(before), ""])
+    for r in plan.get("rounds", []):
+        rows.append([str(int(r["round"]) + 1), str(r["how"]), str(r["rewritten"]), speed_text(float(r["predicted"])),
+                     f"{float(r['measured']):.2f}x", f"{float(r['error']):.3g}", format_count(int(r["macs"])),
+                     "*" if r["round"] == plan.get("chosen_round") else ""])
+    return headers, rows
 
 
 def plan_from_file(model: onnx.ModelProto, calibration: str | os.PathLike[str], **kwargs: Any) -> PassResult:

@@ -1,0 +1,98 @@
+"""The planner's frontier as a picture: every measured plan at (measured speed-up, held-out error), the chosen
+plan marked, the original at (1, 0), the target and the error budget as lines.
+
+A person choosing a plan reads the trade-off off the picture: points to the right are faster, points lower lose
+less; the frontier is their lower-right edge. matplotlib is an optional extra (``pip install 'onnxconv[plot]'``):
+it is imported only here, with the Agg backend's canvas (no display, and the process-wide backend is left
+alone), and the PNG is written to a temporary file beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import OnnxConvError
+
+__all__ = ["require_matplotlib", "plot_frontier"]
+
+#: The one line a missing matplotlib gives.
+MISSING = "--plot needs matplotlib, the 'plot' extra: pip install 'onnxconv[plot]'"
+
+
+def require_matplotlib() -> None:
+    """Raise the one-line error when matplotlib is not installed (checked before a plan that takes minutes)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise OnnxConvError(MISSING) from None
+
+
+def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: str = "") -> None:
+    """Draw the measured plans of a report's ``plan`` figures (:meth:`~onnxconv.planning.PlanReport.to_dict`)
+    to the PNG ``path``, atomically (nothing is left at ``path`` unless the whole image was written).
+
+    Raises:
+        OnnxConvError: matplotlib missing, or the file cannot be written (one line each).
+    """
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rounds = list(plan.get("rounds", []))
+    before = float(plan.get("macs_before") or 0) or 1.0
+    fig = Figure(figsize=(7.0, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [float(r["measured"]) for r in rounds]
+    ys = [float(r["error"]) for r in rounds]
+    macs = [100.0 * float(r["macs"]) / before for r in rounds]
+    dots = ax.scatter(xs, ys, c=macs, cmap="viridis", s=46, edgecolors="black", linewidths=0.5, zorder=3,
+                      label="measured plans")
+    if rounds:
+        bar = fig.colorbar(dots, ax=ax)
+        bar.set_label("conv MACs, % of the original")
+    for r, x, y in zip(rounds, xs, ys):
+        ax.annotate(f"{int(r['round']) + 1}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.scatter([1.0], [0.0], marker="s", s=60, color="grey", edgecolors="black", zorder=3, label="original")
+    quantized = plan.get("quantized_original_error")
+    if quantized is not None:  # int8: the speed-ups are over the quantized original, which has its own error
+        ax.scatter([1.0], [float(quantized)], marker="D", s=50, color="white", edgecolors="black", zorder=3,
+                   label=f"quantized original (error {float(quantized):.3g})")
+    chosen = plan.get("chosen_round")
+    pick = next((r for r in rounds if r["round"] == chosen), None)
+    if pick is not None:
+        ax.scatter([float(pick["measured"])], [float(pick["error"])], marker="*", s=320, facecolors="none",
+                   edgecolors="red", linewidths=1.6, zorder=4,
+                   label=f"chosen: {float(pick['measured']):.2f}x, error {float(pick['error']):.3g}")
+    target = plan.get("target")
+    if target:
+        ax.axvline(float(target), color="tab:blue", linestyle="--", linewidth=1, label=f"target {float(target):g}x")
+    budget = plan.get("max_output_error")
+    if budget is not None:
+        ax.axhline(float(budget), color="tab:orange", linestyle=":", linewidth=1.2, label=f"error budget {float(budget):g}")
+    over = "the original" if quantized is None else "the quantized original"
+    ax.set_xlabel(f"measured speed-up over {over} (x)")
+    ax.set_ylabel("held-out relative output error vs fp32 (worst output)")
+    precision = plan.get("precision") or "fp32"
+    ax.set_title(title or f"plans measured on {plan.get('provider', '?')}, {precision}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    dest = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
+    except OSError as e:
+        raise OnnxConvError(f"--plot {dest}: cannot write ({e.strerror}); nothing was written") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, dest)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OnnxConvError(f"--plot {dest}: cannot write ({e.strerror}); nothing was written") from e
+        raise
