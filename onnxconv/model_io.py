@@ -103,9 +103,12 @@ def _check_location(p: Path, loc: str) -> None:
     """Refuse an external-data location that leaves the model's folder (``../x``, ``/etc/x``, a symlink out):
     a model file is untrusted input, and reading (or writing beside) arbitrary files on its say-so is not ours
     to do. onnx's own loader refuses these too, but with a traceback-worthy ValidationError and only later."""
+    if "\0" in loc:
+        # No file system has such a name, and os.path.realpath raises ValueError on it: check it first.
+        raise ModelLoadError(f"{p}: external data location {loc!r} holds a NUL byte, so it names no file")
     base = os.path.realpath(p.parent)
     target = os.path.realpath(os.path.join(base, loc))
-    if os.path.isabs(loc) or "\0" in loc or os.path.commonpath([base, target]) != base:
+    if os.path.isabs(loc) or os.path.commonpath([base, target]) != base:
         raise ModelLoadError(f"{p}: external data location {loc!r} points outside the model's folder; "
                              "refusing to read it")
 
