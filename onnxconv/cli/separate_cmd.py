@@ -271,7 +271,8 @@ def _json_default(v: Any) -> Any:
               help=f"Exit with status {UNCHANGED_EXIT} and write nothing when no conv was rewritten (errors exit 1).")
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
               help="Also write the per-layer report (and verification) as JSON.")
-@click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs.")
+@click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs "
+              "(with --calibration: on its held-out samples).")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Inputs for --verify from an .npz file (implies --verify).")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
