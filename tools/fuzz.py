@@ -1400,10 +1400,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if ns.keep:
         ns.keep.mkdir(parents=True, exist_ok=True)
     if ns.signal_case is not None:
-        o = run_signal_case(ns.seed, ns.signal_case, signal_duration())
-        print(o.repro(ns.seed))
-        print(f"returncode {o.returncode}, {o.status} {o.signature}; changed {o.changed}; leftovers {o.leftovers}")
-        print(o.stderr)
+        so = run_signal_case(ns.seed, ns.signal_case, signal_duration())
+        print(so.repro(ns.seed))
+        print(f"returncode {so.returncode}, {so.status} {so.signature}; changed {so.changed}; "
+              f"leftovers {so.leftovers}")
+        print(so.stderr)
         return 0
     if ns.case is not None:
         case = make_case(ns.seed, ns.case, ns.only, ns.mode == "subprocess")

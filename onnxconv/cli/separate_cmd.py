@@ -144,7 +144,7 @@ def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Map
 
     ref = compare.session(source)
     new = compare.session(model)
-    runs: list[Mapping[str, np.ndarray]] = []
+    runs: list[dict[str, np.ndarray]] = []
     label = inputs or RANDOM_INPUTS
     if inputs:
         runs = [compare.load_inputs(inputs, ref)]
