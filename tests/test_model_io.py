@@ -244,12 +244,23 @@ def _string_weight() -> onnx.ModelProto:
     return m
 
 
+def _weight_type(data_type: int):  # type: ignore[no-untyped-def]
+    def build() -> onnx.ModelProto:
+        m = _two_conv()
+        m.graph.initializer[2].data_type = data_type  # raw_data kept: only the element type is wrong
+        return m
+    return build
+
+
 BAD_MODELS = {
     "cycle": (_cycle, "cycle", True),
     "self-loop": (_self_loop, "cycle", True),
     "short raw_data": (_short_raw, "holds 9208 bytes, expected 9216", False),
     "short float_data": (_short_floats, "holds 2301 float_data values, expected 2304", False),
     "string weight": (_string_weight, "string-typed weight 'W2'", False),
+    # onnx-graphsurgeon raised "Unsupported type: 0" from every rewrite (fuzz --seed 3 --case 1356).
+    "undefined dtype": (_weight_type(TensorProto.UNDEFINED), "tensor 'W2' has no data type (UNDEFINED)", False),
+    "unknown dtype": (_weight_type(999), "tensor 'W2' has data type 999, which ONNX does not define", False),
 }
 
 
