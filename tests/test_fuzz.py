@@ -157,3 +157,17 @@ def test_leftovers_and_changed_inputs_are_seen(tmp_path: Path) -> None:
     changed, leftovers = fuzz._check_files(case, tmp_path, before, fuzz.snapshot(tmp_path))
     assert changed == ["in/model.onnx"]
     assert sorted(leftovers) == ["out/.result.onnx.abc.tmp", "out/result.onnx (incomplete)"]
+
+
+def test_a_declared_output_named_tmp_is_not_a_leftover(tmp_path: Path) -> None:
+    """-o x.onnx.tmp is the user's choice of name: complete, it is the output (seed 3 case 1104 was flagged);
+    a writer's own temporary file beside it still is a leftover."""
+    import onnx
+
+    case = fuzz.Case(0, 0, "separate", [], outputs=["out/x.onnx.tmp"])
+    (tmp_path / "out").mkdir()
+    before = fuzz.snapshot(tmp_path)
+    onnx.save(onnx.load(str(fuzz.MODELS / "tiny_cnn.onnx")), str(tmp_path / "out" / "x.onnx.tmp"))
+    (tmp_path / "out" / ".x.onnx.tmp.abc.tmp").write_bytes(b"")
+    changed, leftovers = fuzz._check_files(case, tmp_path, before, fuzz.snapshot(tmp_path))
+    assert changed == [] and leftovers == ["out/.x.onnx.tmp.abc.tmp"]
