@@ -171,3 +171,13 @@ def test_a_declared_output_named_tmp_is_not_a_leftover(tmp_path: Path) -> None:
     (tmp_path / "out" / ".x.onnx.tmp.abc.tmp").write_bytes(b"")
     changed, leftovers = fuzz._check_files(case, tmp_path, before, fuzz.snapshot(tmp_path))
     assert changed == [] and leftovers == ["out/.x.onnx.tmp.abc.tmp"]
+
+
+def test_cases_run_as_processes_have_no_nul_in_argv() -> None:
+    """Popen refuses an argument with a NUL byte (the tool itself died on one in --mode subprocess --seed 2): a
+    case run as a process gets its arguments cut at the first NUL, as a real caller's would be; in process the
+    NUL still reaches the CLI."""
+    with_nul = [i for i in range(400) if any("\0" in a for a in fuzz.make_case(SEED, i).args)]
+    assert with_nul, "the generator no longer puts NUL bytes into arguments"
+    for i in with_nul:
+        assert not any("\0" in a for a in fuzz.make_case(SEED, i, subprocess_mode=True).args)

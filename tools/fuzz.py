@@ -808,6 +808,10 @@ def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: b
         case.args = models + _bench_args(rng, case, ref, subprocess_mode)
         if rng.random() < 0.05:
             case.args.insert(0, "--")  # options after "--" become model paths
+    if subprocess_mode or case.subprocess_only:
+        # A process's argv is C strings: no shell or pipeline can pass a NUL byte (Popen refuses to), so a case
+        # run as a process gets its arguments as far as a real caller could give them, up to the first NUL.
+        case.args = [a.split("\0", 1)[0] for a in case.args]
     return case
 
 
