@@ -94,9 +94,12 @@ def _check_location(p: Path, loc: str) -> None:
     """Refuse an external-data location that leaves the model's folder (``../x``, ``/etc/x``, a symlink out):
     a model file is untrusted input, and reading (or writing beside) arbitrary files on its say-so is not ours
     to do. onnx's own loader refuses these too, but with a traceback-worthy ValidationError and only later."""
+    if "\0" in loc:
+        # No file system has such a name, and os.path.realpath raises ValueError on it: check it first.
+        raise ModelLoadError(f"{p}: external data location {loc!r} holds a NUL byte, so it names no file")
     base = os.path.realpath(p.parent)
     target = os.path.realpath(os.path.join(base, loc))
-    if os.path.isabs(loc) or "\0" in loc or os.path.commonpath([base, target]) != base:
+    if os.path.isabs(loc) or os.path.commonpath([base, target]) != base:
         raise ModelLoadError(f"{p}: external data location {loc!r} points outside the model's folder; "
                              "refusing to read it")
 
@@ -153,10 +156,13 @@ _TYPED_FIELD: dict[int, tuple[str, int]] = {
 _PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
            if hasattr(onnx.TensorProto, n)}
 _CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
+#: The element types ONNX defines (UNDEFINED, 0, is not one a tensor may have).
+_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 
 
 def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Refuse tensors whose data does not match their dims, and conv weights of a non-numeric type.
+    """Refuse tensors of an undefined element type, tensors whose data does not match their dims, and conv
+    weights of a non-numeric type.
 
     ``raw_data`` must hold ``prod(dims) * itemsize`` bytes, a typed field ``prod(dims)`` values (two per complex
     element); anything else makes numpy fail deep inside a rewrite (``cannot reshape array of size ...``).
@@ -166,6 +172,11 @@ def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
         ModelLoadError: naming the tensor, its dims and what its data holds.
     """
     for t in _model_tensors(model):
+        if t.data_type not in _DATA_TYPES and t.ByteSize():
+            # onnx-graphsurgeon (every rewrite) and numpy cannot even size such a tensor; onnxruntime refuses it.
+            what = ("no data type (UNDEFINED)" if not t.data_type
+                    else f"data type {t.data_type}, which ONNX does not define")
+            raise ModelLoadError(f"{path}: tensor '{t.name}' has {what}; not a valid ONNX model")
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED or not t.data_type:
             continue
         n = prod(t.dims)

@@ -105,3 +105,40 @@ def test_calibration_in_shuffle_mode(tmp_path, files) -> None:
                    "--calibration", str(cal))
     assert res.exit_code == 0, res.output
     assert res.output.count("refit_err=") == 2
+
+
+def test_verify_with_calibration_runs_on_the_held_out_samples(tmp_path, files) -> None:
+    """--calibration --verify (no --inputs) verifies on the samples the refit held out, not on random inputs:
+    the report's verify error is the worst over exactly those feeds, and verify.inputs says so."""
+    import json
+
+    from onnxconv.calibration import held_out_feeds
+
+    model, cal = files
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    res = separate(str(model), "-o", str(out), "--rank", "2", "--calibration", str(cal), "--verify",
+                   "--report", str(report))
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())["verify"]
+    feeds = held_out_feeds(str(cal), onnx.load(model))
+    assert feeds and data["inputs"].startswith("held-out calibration samples")
+    assert f"verify on {data['inputs']}" in res.output
+    ref, new = compare.session(str(model)), compare.session(str(out))
+    expect = max(a.rel_error for f in feeds
+                 for a in compare.compare_outputs(compare.run_model(ref, f), compare.run_model(new, f)))
+    assert data["outputs"][0]["rel_error"] == pytest.approx(expect, rel=1e-6)
+
+
+def test_verify_with_too_small_calibration_falls_back_to_random_inputs_with_a_note(tmp_path, files) -> None:
+    model, _ = files
+    small = tmp_path / "small.npz"
+    np.savez(small, X=smooth_inputs(np.random.default_rng(3), 4, 8, 12))  # under 5 samples: none held out
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    res = separate(str(model), "-o", str(out), "--rank", "2", "--calibration", str(small), "--verify",
+                   "--report", str(report))
+    assert res.exit_code == 0, res.output
+    import json
+
+    label = json.loads(report.read_text())["verify"]["inputs"]
+    assert label.startswith("random") and "too small to hold samples out" in label
+    assert f"note: verify on {label}" in res.output

@@ -294,3 +294,28 @@ def test_outputs_never_replace_the_inputs_external_data(tmp_path: Path) -> None:
         assert message in one_error_line(res.output)
         assert digest(data) == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "o.onnx.data"]
+
+
+@pytest.mark.parametrize(("signalled", "code", "line"), [("SIGTERM", 143, "Terminated."), ("SIGINT", 130, "Aborted!")])
+def test_signal_wrapped_by_a_c_extensions_import_exits_cleanly(model_path: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, signalled: str,
+                                                               code: int, line: str) -> None:
+    """A signal that lands while onnxruntime's pybind11 module initialises comes back as ImportError("initialization
+    failed") caused by the handler's exception (seen by the fuzz tool's signal cases): still exit 130/143, one line,
+    no traceback, nothing written."""
+    from onnxconv import compare
+    from onnxconv.cli import Terminated
+
+    def interrupted_import(*args: object, **kwargs: object) -> None:
+        try:
+            raise Terminated() if signalled == "SIGTERM" else KeyboardInterrupt()
+        except BaseException as e:  # what pybind11's module init does with an error
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(compare, "session", interrupted_import)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = CliRunner().invoke(main, ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2",
+                                    "--verify", "--report", str(tmp_path / "r.json")], catch_exceptions=False)
+    assert res.exit_code == code, res.output
+    assert [x for x in res.output.splitlines() if x.strip()] == [line]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

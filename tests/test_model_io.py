@@ -245,12 +245,23 @@ def _string_weight() -> onnx.ModelProto:
     return m
 
 
+def _weight_type(data_type: int):  # type: ignore[no-untyped-def]
+    def build() -> onnx.ModelProto:
+        m = _two_conv()
+        m.graph.initializer[2].data_type = data_type  # raw_data kept: only the element type is wrong
+        return m
+    return build
+
+
 BAD_MODELS = {
     "cycle": (_cycle, "cycle", True),
     "self-loop": (_self_loop, "cycle", True),
     "short raw_data": (_short_raw, "holds 9208 bytes, expected 9216", False),
     "short float_data": (_short_floats, "holds 2301 float_data values, expected 2304", False),
     "string weight": (_string_weight, "string-typed weight 'W2'", False),
+    # onnx-graphsurgeon raised "Unsupported type: 0" from every rewrite (fuzz --seed 3 --case 1356).
+    "undefined dtype": (_weight_type(TensorProto.UNDEFINED), "tensor 'W2' has no data type (UNDEFINED)", False),
+    "unknown dtype": (_weight_type(999), "tensor 'W2' has data type 999, which ONNX does not define", False),
 }
 
 
@@ -289,7 +300,7 @@ def test_name_that_is_not_utf8_is_one_error_line(tmp_path: Path) -> None:
         assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink", "nul"])
 def test_external_data_outside_the_model_folder_is_refused_unread(tmp_path: Path, where: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "secret.data"
@@ -300,7 +311,9 @@ def test_external_data_outside_the_model_folder_is_refused_unread(tmp_path: Path
     onnx.save_model(m, sub / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
                     location="m.data", size_threshold=0)
     m = onnx.load(sub / "m.onnx", load_external_data=False)
-    location = {"parent": "../secret.data", "absolute": str(secret), "symlink": "link.data"}[where]
+    # A NUL byte cannot be in a path at all: os.path.realpath raises ValueError on it.
+    location = {"parent": "../secret.data", "absolute": str(secret), "symlink": "link.data",
+                "nul": "m\0.data"}[where]
     if where == "symlink":
         (sub / "link.data").symlink_to(secret)
     for t in m.graph.initializer:
@@ -314,5 +327,12 @@ def test_external_data_outside_the_model_folder_is_refused_unread(tmp_path: Path
 
     monkeypatch.setattr(onnx, "load_external_data_for_model", no_read)
     for weights in (False, True):
-        with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        with pytest.raises(ModelLoadError, match="outside the model's folder|NUL byte"):
             load_model(sub / "m.onnx", load_weights=weights)
+    from click.testing import CliRunner
+
+    from onnxconv.cli import main
+
+    res = CliRunner().invoke(main, ["stats", str(sub / "m.onnx")], catch_exceptions=False)
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    assert "\0" not in res.output

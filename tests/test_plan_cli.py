@@ -58,8 +58,8 @@ def test_cli_error_budget_writes_the_plan_table_report_and_plot(files) -> None:
     assert {"measured", "error", "macs", "predicted", "timing_ratio"} <= set(plan["rounds"][0])
     assert {c["name"] for c in data["layers"] if c["rewritten"]} == set(EXACT)
     # --verify ran on the held-out samples (2 of 10), and agrees with onnxruntime on them.
-    assert data["verify"]["inputs"].startswith("2 held-out calibration samples")
-    assert "verify on 2 held-out calibration samples" in res.output
+    assert data["verify"]["inputs"].startswith("held-out calibration samples (2 of ")
+    assert "verify on held-out calibration samples (2 of " in res.output
     model = onnx.load(t / "m.onnx")
     feeds = calibration.held_out_feeds(str(t / "cal.npz"), model)
     a = compare.run_model(compare.session(model), feeds[0])["h4"]
@@ -119,7 +119,7 @@ def test_cli_verify_with_calibration_uses_the_held_out_samples(files) -> None:
                    "--verify", "--report", str(t / "r.json"))
     assert res.exit_code == 0, res.output
     data = json.loads((t / "r.json").read_text())
-    assert data["verify"]["inputs"] == f"2 held-out calibration samples of {t / 'cal.npz'}"
+    assert data["verify"]["inputs"] == f"held-out calibration samples (2 of {t / 'cal.npz'})"
     model = onnx.load(t / "m.onnx")
     x = np.load(t / "cal.npz")["X"][np.sort(np.random.default_rng(0).permutation(10)[:2])]
     a = compare.run_model(compare.session(model), {"X": x})["h4"]
@@ -135,7 +135,8 @@ def test_cli_verify_falls_back_to_random_inputs_when_nothing_is_held_out(tmp_pat
     res = separate(str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--rank", "1", "--calibration",
                    str(tmp_path / "cal.npz"), "--verify", "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 0, res.output
-    assert "note: --calibration holds out no samples (fewer than 5): --verify used random inputs" in res.output
+    assert "note: verify on random (standard normal, seed 0): --calibration" in res.output
+    assert "too small to hold samples out" in res.output
     assert json.loads((tmp_path / "r.json").read_text())["verify"]["inputs"].startswith("random")
 
 
@@ -155,7 +156,7 @@ def test_cli_int8_writes_the_quantized_rewrite_and_verifies_it_on_held_out_sampl
     import matplotlib.image
 
     assert matplotlib.image.imread(t / "int8.png").ndim == 3
-    assert data["verify"]["inputs"].startswith("2 held-out calibration samples")
+    assert data["verify"]["inputs"].startswith("held-out calibration samples (2 of ")
     # --verify's figure is the planner's: the same samples, the same fp32 reference.
     assert data["verify"]["outputs"][0]["rel_error"] == pytest.approx(data["options"]["plan"]["error"], rel=1e-4)
 
@@ -175,4 +176,4 @@ def test_cli_verify_on_held_out_samples_fits_a_fixed_batch(files) -> None:
     res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--rank", "1", "--calibration", str(t / "cal.npz"),
                    "--verify", "--batch", "1", "--fix-input-shape")
     assert res.exit_code == 0, res.output
-    assert "verify on 2 held-out calibration samples" in res.output
+    assert "verify on held-out calibration samples (2 of " in res.output

@@ -808,6 +808,10 @@ def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: b
         case.args = models + _bench_args(rng, case, ref, subprocess_mode)
         if rng.random() < 0.05:
             case.args.insert(0, "--")  # options after "--" become model paths
+    if subprocess_mode or case.subprocess_only:
+        # A process's argv is C strings: no shell or pipeline can pass a NUL byte (Popen refuses to), so a case
+        # run as a process gets its arguments as far as a real caller could give them, up to the first NUL.
+        case.args = [a.split("\0", 1)[0] for a in case.args]
     return case
 
 
@@ -909,7 +913,9 @@ def _check_files(case: Case, root: Path, before: dict[str, str], after: dict[str
             leftovers.append(p + "/")
             continue
         companion = any(p == d + ".data" for d in declared)  # external weights beside the written model
-        if (p in declared or companion) and not p.endswith(".tmp") and after[p].startswith("file:"):
+        # A declared output is judged by its content, whatever its name (-o x.onnx.tmp is a name a user may
+        # choose); the writers' own temporary files are never declared, so they stay leftovers.
+        if (p in declared or companion) and after[p].startswith("file:"):
             if companion or _complete(root / p):
                 continue
             leftovers.append(p + " (incomplete)")  # e.g. the report renamed over the model it names
@@ -1134,15 +1140,20 @@ class SignalOutcome:
                 "-o out/result.onnx --energy 0.9 --verify --report out/report.json")
 
 
+def signal_plan(seed: int, index: int, duration: float) -> tuple[int, float]:
+    """(signal number, 0 for two concurrent writers; delay in seconds) of signal case ``index``."""
+    rng = random.Random(f"signal:{seed}:{index}")
+    signum = rng.choice((signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM, 0))
+    return signum, rng.uniform(0.05, duration)
+
+
 def run_signal_case(seed: int, index: int, duration: float, timeout: float = 120.0) -> SignalOutcome:
     """Start ``separate`` on the slow model and interrupt it after a random delay within ``duration``.
 
     One case in five instead starts two writers of the same -o and --report at once (signal number 0): both
     must finish (or fail cleanly) and leave one complete model and report, and no temporary file.
     """
-    rng = random.Random(f"signal:{seed}:{index}")
-    signum = rng.choice((signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM, 0))
-    delay = rng.uniform(0.05, duration)
+    signum, delay = signal_plan(seed, index, duration)
     tmp = Path(tempfile.mkdtemp(prefix="onnxconv-fuzz-sig-"))
     try:
         (tmp / "in").mkdir()
@@ -1285,13 +1296,60 @@ def _worker(args: tuple[int, int, str | None, str, float, str | None, int | None
     return run_case(case, mode, timeout, Path(keep) if keep else None, mem)
 
 
+#: Tag prefixes whose every variant counts as a family of its own in :func:`families` (each output-path
+#: variant, model-path variant, external-data location, name placement and weight dtype found its own bugs);
+#: other tags count by their prefix (``attr-pads-huge`` is family ``attr``).
+_FINE_FAMILIES = ("out", "model", "external", "name", "dtype")
+
+
+def families(case: Case) -> set[str]:
+    """The generator families ``case`` draws from: its command, its base model, and one per tag as
+    :data:`_FINE_FAMILIES` groups them (``skip:...``, a mutation that did not fit, draws nothing)."""
+    out = {"command:" + case.command}
+    for tag in case.tags:
+        prefix = tag.split("-", 1)[0]
+        if not tag.startswith("skip:"):
+            out.add(tag if prefix in _FINE_FAMILIES else prefix)
+    return out
+
+
+def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2) -> list[int]:
+    """Indices among the first ``pool`` cases of ``seed`` that together draw every family (:func:`families`)
+    those ``pool`` cases draw, each at least ``times`` times where the pool has that many: greedy set cover
+    (the case adding the most still-needed draws, the lowest index on a tie), so a bounded run still reaches
+    every generator, twice, in about 60 cases for a pool of 600. Cases that need a child process (a file-size
+    limit: seconds each, most of a bounded run's time) count half, and a family that only they draw is
+    needed once."""
+    cases = {i: make_case(seed, i, only) for i in range(pool)}
+    drawn = {i: families(c) for i, c in cases.items()}
+    need: Counter[str] = Counter()
+    cheap: set[str] = set()
+    for i, fams in drawn.items():
+        need.update(fams)
+        if not cases[i].subprocess_only:
+            cheap |= fams
+    need = Counter({f: min(n, times if f in cheap else 1) for f, n in need.items()})
+    chosen: list[int] = []
+
+    def gain(i: int) -> tuple[float, int]:
+        g = sum(1 for f in drawn[i] if need[f] > 0)
+        return (g / 2 if cases[i].subprocess_only else g, -i)
+
+    while +need:
+        best = max(drawn, key=gain)
+        chosen.append(best)
+        need.subtract(drawn.pop(best))
+    return sorted(chosen)
+
+
 def fuzz(cases: int, seed: int = 0, *, mode: str = "inprocess", only: str | None = None, jobs: int = 1,
          timeout: float = 120.0, keep: Path | None = None, first: int = 0, mem_bytes: int | None = None,
-         progress: Callable[[Outcome], None] | None = None) -> Summary:
-    """Run cases ``first .. first+cases-1`` of ``seed`` and return their counts and reproducers."""
+         progress: Callable[[Outcome], None] | None = None, indices: Sequence[int] | None = None) -> Summary:
+    """Run cases ``first .. first+cases-1`` of ``seed`` (or exactly ``indices``, e.g. from
+    :func:`covering_cases`) and return their counts and reproducers."""
     summary = Summary()
     jobs_args = [(seed, i, only, mode, timeout, str(keep) if keep else None, mem_bytes)
-                 for i in range(first, first + cases)]
+                 for i in (indices if indices is not None else range(first, first + cases))]
     if jobs <= 1:
         results: Iterable[Outcome] = map(_worker, jobs_args)
     else:
@@ -1310,11 +1368,12 @@ def fuzz(cases: int, seed: int = 0, *, mode: str = "inprocess", only: str | None
 
 
 def signals(n: int, seed: int = 0, *, duration: float | None = None, first: int = 0,
-            summary: Summary | None = None) -> Summary:
-    """``n`` signal cases; ``duration`` (measured when not given) bounds the delay before the signal."""
+            summary: Summary | None = None, indices: Sequence[int] | None = None) -> Summary:
+    """``n`` signal cases from ``first`` (or exactly ``indices``); ``duration`` (measured when not given) bounds
+    the delay before the signal."""
     summary = summary or Summary()
     d = duration if duration is not None else signal_duration()
-    for i in range(first, first + n):
+    for i in (indices if indices is not None else range(first, first + n)):
         summary.add_signal(run_signal_case(seed, i, d), seed)
     return summary
 
@@ -1331,6 +1390,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", choices=("stats", "separate", "bench"), default=None)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     ap.add_argument("--keep", type=Path, default=None, help="copy failing cases' files into this folder")
+    ap.add_argument("--cover", type=int, default=None, metavar="POOL",
+                    help="run only the cases among the first POOL that cover every generator family "
+                         "(what tests/test_fuzz.py runs)")
     ap.add_argument("--signals", type=int, default=0, help="also run this many signal cases (subprocess)")
     ap.add_argument("--signal-case", type=int, default=None, help="run only this signal case")
     ap.add_argument("--mem-gb", type=float, default=4.0,
@@ -1344,10 +1406,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if ns.keep:
         ns.keep.mkdir(parents=True, exist_ok=True)
     if ns.signal_case is not None:
-        o = run_signal_case(ns.seed, ns.signal_case, signal_duration())
-        print(o.repro(ns.seed))
-        print(f"returncode {o.returncode}, {o.status} {o.signature}; changed {o.changed}; leftovers {o.leftovers}")
-        print(o.stderr)
+        so = run_signal_case(ns.seed, ns.signal_case, signal_duration())
+        print(so.repro(ns.seed))
+        print(f"returncode {so.returncode}, {so.status} {so.signature}; changed {so.changed}; "
+              f"leftovers {so.leftovers}")
+        print(so.stderr)
         return 0
     if ns.case is not None:
         case = make_case(ns.seed, ns.case, ns.only, ns.mode == "subprocess")
@@ -1365,8 +1428,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if done[0] % 100 == 0:
             print(f"... {done[0]} cases, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
+    indices = covering_cases(ns.seed, ns.cover, ns.only) if ns.cover else None
     summary = fuzz(ns.cases, ns.seed, mode=ns.mode, only=ns.only, jobs=ns.jobs, timeout=ns.timeout, keep=ns.keep,
-                   first=ns.first, mem_bytes=mem, progress=progress) if ns.cases else Summary()
+                   first=ns.first, mem_bytes=mem, progress=progress,
+                   indices=indices) if ns.cases or indices else Summary()
     if ns.signals:
         signals(ns.signals, ns.seed, summary=summary)
     print(f"seed {ns.seed}, mode {ns.mode}, {time.perf_counter() - t0:.0f} s")

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -86,13 +86,15 @@ class _LazyGroup(click.Group):
         except click.ClickException as e:
             # click's own messages quote what the user typed (a path, a command name): escaped the same way.
             raise _escaped(e) from None
-        except KeyboardInterrupt:
-            # click would say "Aborted!" too, but exit 1: a pipeline could not tell Ctrl-C from an error.
-            click.echo("\nAborted!", err=True)
-            raise click.exceptions.Exit(INTERRUPT_EXIT) from None
-        except Terminated:
-            click.echo("Terminated.", err=True)
-            raise click.exceptions.Exit(TERMINATE_EXIT) from None
+        except (KeyboardInterrupt, Terminated) as e:
+            _exit_signalled(e)
+        except Exception as e:
+            # A signal that lands while a C extension initialises comes back wrapped: pybind11 (onnxruntime) turns
+            # any error in a module's init into ImportError("initialization failed") caused by the signal's.
+            signalled = _signal_cause(e)
+            if signalled is None:
+                raise
+            _exit_signalled(signalled)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """click's main with SIGTERM turned into :class:`Terminated` for the duration of the command."""
@@ -106,6 +108,28 @@ class _LazyGroup(click.Group):
             sys.exit(TERMINATE_EXIT)
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _signal_cause(e: BaseException) -> KeyboardInterrupt | Terminated | None:
+    """The KeyboardInterrupt or :class:`Terminated` in ``e``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (KeyboardInterrupt, Terminated)):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _exit_signalled(e: KeyboardInterrupt | Terminated) -> NoReturn:
+    """One line and exit status 130 (Ctrl-C) or 143 (SIGTERM), no traceback."""
+    if isinstance(e, KeyboardInterrupt):
+        # click would say "Aborted!" too, but exit 1: a pipeline could not tell Ctrl-C from an error.
+        click.echo("\nAborted!", err=True)
+        raise click.exceptions.Exit(INTERRUPT_EXIT) from None
+    click.echo("Terminated.", err=True)
+    raise click.exceptions.Exit(TERMINATE_EXIT) from None
 
 
 def _escaped(e: click.ClickException) -> click.ClickException:

@@ -59,7 +59,8 @@ def rank_options(f: F) -> F:
         click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None,
                      help="Smallest rank keeping a fraction E (0 < E <= 1) of squared singular values."),
         click.option("--exact", is_flag=True,
-                     help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force)."),
+                     help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force); a "
+                          "layer whose factors are not exact in its dtype stays as it was."),
         click.option("--max-error", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="Smallest rank whose relative weight error is at most F (0 <= F < 1)."),
         click.option("--budget", type=click.FloatRange(0, 1, min_open=True), default=None,

@@ -122,16 +122,21 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+#: verify.inputs in the report when --verify runs on random inputs.
+RANDOM_INPUTS = "random (standard normal, seed 0)"
+
+
 def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, Sequence[int]],
             batch: int | None, exact: bool, held_out: Sequence[Mapping[str, np.ndarray]] = (),
             ) -> tuple[list[Any], dict[str, float]]:
-    """Run the input file and the rewritten model in onnxruntime on the same inputs: ``held_out`` (feeds, one per
-    run, outputs joined over them: the held-out calibration samples) when given, else ``inputs`` or random ones.
+    """Run the input file and the rewritten model in onnxruntime on the same inputs.
 
+    The inputs are ``held_out`` (feeds, one per run, outputs joined over them: the held-out calibration samples
+    of :func:`onnxconv.calibration.held_out_feeds`) when given, else ``inputs`` (an .npz) or random normal ones.
     Returns one Agreement per output and, when ``exact`` and some output misses :data:`EXACT_TOLERANCE`, the
-    original's own noise floor per output: the relative error between the
-    original run with all onnxruntime optimisations and with none. An output that is mostly rounding noise
-    (a near-zero probability map on random inputs) cannot agree better than that, whatever the rewrite.
+    original's own noise floor per output: the relative error between the original run with all onnxruntime
+    optimisations and with none. An output that is mostly rounding noise (a near-zero probability map on random
+    inputs) cannot agree better than that, whatever the rewrite.
     """
     from .. import compare
     from ..planning import concat_runs
@@ -245,7 +250,8 @@ def _json_default(v: Any) -> Any:
               help=f"Exit with status {UNCHANGED_EXIT} and write nothing when no conv was rewritten (errors exit 1).")
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
               help="Also write the per-layer report (and verification) as JSON.")
-@click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs.")
+@click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs "
+              "(with --calibration: on its held-out samples).")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Inputs for --verify from an .npz file (implies --verify).")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
@@ -308,11 +314,15 @@ def separate(model: str, output: str, **options: Any) -> None:
 
     agreements: list[Any] = []
     floors: dict[str, float] = {}
-    held_out = outcome.held_out or []
-    verify_inputs = inputs or "random (standard normal, seed 0)"
+    # --inputs wins; else the held-out calibration samples (the ones the refit never fitted on: a refitted model
+    # is fitted to data like them, and random normal inputs can miss by 30x what it does on its data).
+    held_out = [] if inputs else (outcome.held_out or [])
+    verify_inputs = inputs or RANDOM_INPUTS
     if held_out:
         count = sum(int(next(iter(f.values())).shape[0]) for f in held_out)
-        verify_inputs = f"{count} held-out calibration samples of {request.calibration}"
+        verify_inputs = f"held-out calibration samples ({count} of {request.calibration})"
+    elif request.calibration is not None and not inputs:
+        verify_inputs = f"{RANDOM_INPUTS}: --calibration {request.calibration} is too small to hold samples out"
     if verify:
         agreements, floors = _verify(model, result.model, inputs, shapes, batch, exact, held_out)
         precision = exact_precision(result.model)
@@ -364,10 +374,9 @@ def separate(model: str, output: str, **options: Any) -> None:
         click.echo("")
         click.echo("plans measured (the frontier; * = chosen):")
         click.echo("\n".join(grid(headers, rows, right={2, 3, 4, 5, 6})))
-    if verify and held_out:
-        click.echo(f"verify on {printable(verify_inputs)}")
-    if verify and outcome.held_out == []:
-        click.echo("note: --calibration holds out no samples (fewer than 5): --verify used random inputs")
+    if verify and request.calibration is not None and not inputs:
+        # Say which: held-out samples, or (a note) random inputs because the set holds none out.
+        click.echo(("verify on " if held_out else "note: verify on ") + printable(verify_inputs))
     for a in agreements:
         click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
                    f"cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))

@@ -34,8 +34,9 @@ def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt
     Rows cover Conv, ConvTranspose, ConvInteger and QLinearConv (1-D to 3-D), including
     those inside If/Loop/Scan bodies and model-local functions, with receptive field and
     effective stride (RF/jump, w.r.t. the model input), and what-if figures for standard
-    convs: depthwise separable, and grouped with --groups G. Weights are never read, only
-    their shapes. --format json is a stable interface (docs/stats-json.md).
+    convs: depthwise separable, and grouped with --groups G. Weights are not read, only
+    their shapes (except onnxruntime's NCHWc convs', whose zero padding tells their true
+    channel counts). Models saved by onnxruntime after optimisation count too. --format json is a stable interface (docs/stats-json.md).
 
     \b
     Conventions:
