@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from .counting import prod
 from .errors import ModelLoadError, OnnxConvError, OptionError
+from .graph import cyclic_nodes, subgraphs_of
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
@@ -110,7 +111,6 @@ def _check_graph(p: Path, model: onnx.ModelProto) -> None:
     protobuf hands back ``bytes`` instead of ``str`` for a string field that is not valid UTF-8, which fails
     far from here (formatting a table); a cycle makes every later pass see an order that does not exist.
     """
-    from .graph import cyclic_nodes, subgraphs_of
 
     def names(graph: onnx.GraphProto) -> Iterator[object]:
         yield graph.name
@@ -200,12 +200,8 @@ def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
                 if w in strings:
                     raise ModelLoadError(f"{path}: node '{node.name or node.output[0]}' ({node.op_type}) has a "
                                          f"string-typed weight '{w}'; not a valid ONNX model")
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    check_convs(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        check_convs(g)
+            for _, g in subgraphs_of(node):
+                check_convs(g)
 
     check_convs(model.graph)
 

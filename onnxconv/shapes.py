@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from .counting import prod
 from .errors import OptionError, ShapeError
-from .graph import as_int, as_ints, attrs_of, outer_names, shapes_of_graph, toposort
+from .graph import as_int, as_ints, attrs_of, outer_names, shapes_of_graph, subgraphs_of, toposort
 from .graph import shape_of_value_info as shape_tuple
 from .weightless import KEEP_VALUES_BELOW
 
@@ -141,12 +141,8 @@ def _sort_in_place(graph: onnx.GraphProto) -> None:
         del graph.node[:]
         graph.node.extend(copies)
     for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                _sort_in_place(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    _sort_in_place(g)
+        for _, g in subgraphs_of(node):
+            _sort_in_place(g)
 
 
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:
