@@ -117,9 +117,10 @@ class NormalEquations:
         try:
             # Groups share one shape: one stacked call. eigh reads one triangle; X^T X is symmetric to rounding.
             s, v = np.linalg.eigh(xx)
+            usable = bool(np.all(np.isfinite(s)) and np.all(np.isfinite(v)))
         except np.linalg.LinAlgError:
-            s = v = None
-        if s is None or v is None or not (np.all(np.isfinite(s)) and np.all(np.isfinite(v))):
+            usable = False
+        if not usable:
             for ridge in ridges:
                 yield ridge, self.solve(a0, ridge)
             return
