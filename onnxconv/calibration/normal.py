@@ -4,7 +4,9 @@ A linear stage (or any option the planner estimates) fits ``[X, 1] A ~ T`` per g
 are accumulated (float64), for the fitted and the held-out positions apart, never the samples. The ridge solution
 towards a prior ``A0`` (the weight-only weights) is ``(X^T X + lam I) A = X^T T + lam A0`` with
 ``lam = ridge * mean(diag(X^T X))``; the held-out error of a solution is ``||X A - T|| / ||T||`` from the held-out
-equations: ``(sum A . (X^T X) A - 2 A . X^T T + sum T^2) / sum T^2``, under a square root.
+equations: ``(sum A . (X^T X) A - 2 A . X^T T + sum T^2) / sum T^2``, under a square root. The ridge grid shares
+one eigendecomposition of each ``X^T X`` where that is cheaper than a solve per ridge
+(:meth:`NormalEquations.solutions`).
 """
 
 from __future__ import annotations
