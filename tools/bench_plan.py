@@ -175,19 +175,38 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
                    f"{fmt(r.get('metric_vs_quantized'))} | {r['rewritten']} | "
                    f"{r['macs_after'] / max(r['macs_before'], 1):.2f} | {len(r['rounds'])} | {r['plan_s']:.0f} s |")
     out += ["", "Rounds (every plan the searches measured; timing ratio = measured saving / layer-timed saving):", "",
-            "| model | precision | asked | round | how | predicted | measured | planner's err | conv MACs | timing ratio "
-            "| chosen |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| model | precision | asked | round | plot point | how | predicted | measured | planner's err | conv MACs | timing ratio "
+            "| chosen |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    number = {}
+    for key in dict.fromkeys((r["model"], r["precision"]) for r in rows):
+        done = [r for r in rows if (r["model"], r["precision"]) == key and "refused" not in r]
+        number.update({(key, tuple(p["picks"]), round(p["measured"], 2)): n + 1 for n, p in frontier_points(done)})
     for r in rows:
         if "refused" in r:
             continue
         asked = " ".join(s for s in (f"S={r['target']:g}" if r["target"] else "",
                                      f"E={r['max_error']:g}" if r["max_error"] is not None else "") if s)
         for p in r["rounds"]:
-            out.append(f"| {r['model']} | {r['precision']} | {asked} | {p['round'] + 1} | {p['how']} | "
+            point = number[(r["model"], r["precision"]), tuple(p["picks"]), round(p["measured"], 2)]
+            out.append(f"| {r['model']} | {r['precision']} | {asked} | {p['round'] + 1} | {point} | {p['how']} | "
                        f"{planning.planner.speed_text(p['predicted'])} | {p['measured']:.2f}x | {p['error']:.3g} | "
                        f"{p['macs'] / max(r['macs_before'], 1):.2f} | {p['timing_ratio']:.2f} | "
                        f"{'*' if p['round'] == r['chosen_round'] else ''} |")
     return "\n".join(out)
+
+
+def frontier_points(rows: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(point number from 0, round) for the measured plans of ``rows`` in run order, a plan two runs measured
+    alike (same picks, same speed-up to 0.01) counted once: the numbers the plot and the rounds table share."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: dict[tuple[tuple[int, ...], float], int] = {}
+    for r in rows:
+        for p in r.get("rounds", []):
+            key = (tuple(p["picks"]), round(p["measured"], 2))
+            if key not in seen:
+                seen[key] = len(seen)
+                out.append((seen[key], p))
+    return out
 
 
 def plots(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
@@ -196,14 +215,7 @@ def plots(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
     written = []
     for key in dict.fromkeys((r["model"], r["precision"]) for r in rows if "refused" not in r):
         done = [r for r in rows if (r["model"], r["precision"]) == key and "refused" not in r]
-        merged: list[dict[str, Any]] = []
-        seen: set[tuple[tuple[int, ...], float]] = set()
-        for r in done:
-            for p in r["rounds"]:
-                if (tuple(p["picks"]), round(p["measured"], 2)) in seen:
-                    continue
-                seen.add((tuple(p["picks"]), round(p["measured"], 2)))
-                merged.append({**p, "round": len(merged)})
+        merged = [{**p, "round": n} for n, p in frontier_points(done)]
         plan = {"rounds": merged, "macs_before": done[0]["macs_before"], "provider": "cpu", "precision": key[1],
                 "quantized_original_error": done[0]["plan"].get("quantized_original_error")}
         path = folder / f"frontier_{key[0]}_{key[1]}.png"
