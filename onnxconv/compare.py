@@ -124,16 +124,27 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],
 
 
 def memory_limit_bytes() -> int | None:
-    """Largest input set :func:`make_inputs` draws: half the physical memory (os.sysconf), None where unknown.
+    """Largest input set :func:`make_inputs` draws: half the physical memory (os.sysconf) or of the process's
+    address-space limit (RLIMIT_AS) where that is lower; None where neither is known.
 
     Half, because the arrays are only the start: onnxruntime copies them into OrtValues (bench's IO binding) and
     allocates every intermediate and output beside them. A typo such as ``--batch 1000000000`` would otherwise
     ask numpy for terabytes and end in a MemoryError traceback or the OOM killer.
     """
+    limits: list[int] = []
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown here
-        return None
+        pass
+    try:  # an address-space limit (ulimit -v, a container's) binds before the physical memory does
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(limits) // 2 if limits else None
 
 
 def _gib(n: int) -> str:
@@ -186,18 +197,23 @@ def make_inputs(sess: InferenceSession, input_shapes: Mapping[str, Sequence[int]
             raise OptionError(
                 f"input '{inp.name}' of shape {shown} ({np.dtype(dtype).name}) needs {nbytes:,} bytes "
                 f"({_gib(nbytes)}); the inputs would take {_gib(total)}, more than the limit of {_gib(limit)} "
-                f"(half this machine's memory): lower --batch or --input-shape"
+                f"(half the memory this process may use): lower --batch or --input-shape"
             )
         plan.append((inp.name, shape, dtype))
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for name, shape, dtype in plan:
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype is np.bool_:
-            feeds[name] = rng.integers(0, 2, shape).astype(np.bool_)
-        else:
-            feeds[name] = rng.integers(0, 8, shape).astype(dtype)
+        try:
+            if np.issubdtype(dtype, np.floating):
+                feeds[name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype is np.bool_:
+                feeds[name] = rng.integers(0, 2, shape).astype(np.bool_)
+            else:
+                feeds[name] = rng.integers(0, 8, shape).astype(dtype)
+        except MemoryError:  # under the limit, yet more than this process may have now (other allocations)
+            shown = "x".join(map(str, shape))
+            raise OptionError(f"input '{name}' of shape {shown}: out of memory drawing random inputs "
+                              f"({_gib(total)} in all): lower --batch or --input-shape") from None
     return feeds
 
 

@@ -66,6 +66,31 @@ def test_make_inputs_refuses_inputs_beyond_memory_before_allocating() -> None:
         compare.make_inputs(huge)
 
 
+def test_memory_limit_follows_an_address_space_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `ulimit -v` (or a container's limit) the inputs must fit in half of that, not of the physical RAM: a
+    fuzz case with --batch 1000000 under a 4 GB limit passed the RAM check and ended in a MemoryError traceback."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (4 * 2**30, resource.RLIM_INFINITY))
+    assert compare.memory_limit_bytes() == 2 * 2**30
+    sess = compare.session(two_input_model())
+    with pytest.raises(OptionError, match=r"input 'X' of shape 1000000000x4 .*half the memory this process may use"):
+        compare.make_inputs(sess, batch=10**9)  # 16 GB: below half of 24 GB RAM, above half of the 4 GB limit
+
+
+def test_make_inputs_turns_a_memory_error_into_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    sess = compare.session(two_input_model())
+
+    class NoMemory:
+        def standard_normal(self, *args: object) -> None:
+            raise MemoryError
+
+    monkeypatch.setattr(compare.np.random, "default_rng", lambda seed: NoMemory())
+    with pytest.raises(OptionError, match=r"^input 'X' of shape 4x4: out of memory drawing random inputs") as e:
+        compare.make_inputs(sess, batch=4)
+    assert "\n" not in str(e.value)
+
+
 def test_make_inputs_rejects_an_unknown_input_shape_name() -> None:
     sess = compare.session(two_input_model())
     with pytest.raises(OptionError, match=r"^--input-shape: the model has no input 'bogus' \(inputs: X, S, K\)$"):
