@@ -202,9 +202,19 @@ def test_unknown_input_shape_name_is_rejected_like_stats(models) -> None:
 @pytest.mark.parametrize("command, option, value", [
     ("bench", "--batch", "0"), ("stats", "--batch", "0"), ("stats", "--batch", "-2"),
     ("bench", "--threads", "0"), ("bench", "--threads", "100000"),
+    ("bench", "--device-id", str(2**62)),  # onnxruntime's binding raised TypeError on a C int overflow (fuzz seed 6)
 ])
 def test_out_of_range_counts_are_usage_errors(models, command: str, option: str, value: str) -> None:
     a, _, _ = models
     extra = QUICK if command == "bench" else []
     r = CliRunner().invoke(main, [command, a, *extra, option, value])
     assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.stderr and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("command", ["stats", "bench", "separate"])
+def test_an_argument_with_a_nul_byte_is_a_usage_error(models, command: str) -> None:
+    """Only an in-process caller can pass one (argv cannot hold NUL); a path option's os.stat raised ValueError."""
+    a, _, _ = models
+    r = CliRunner().invoke(main, [command, "--", a, "x\x00y"])
+    assert r.exit_code == 2 and "contains a NUL byte" in r.stderr and "Traceback" not in r.output, r.output
+    assert "\x00" not in r.output

@@ -73,6 +73,11 @@ class _LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A process's argv cannot hold a NUL byte; a caller in the same process can pass one, and os.stat (for a
+        # path option) would then raise ValueError from inside click.
+        for i, arg in enumerate(args):
+            if "\x00" in arg:
+                raise _escaped(click.UsageError(f"argument {i + 1} ({arg!r}) contains a NUL byte", ctx))
         try:
             return super().parse_args(ctx, args)
         except click.ClickException as e:

@@ -80,7 +80,8 @@ class _ProgressBar:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--profile", is_flag=True,
               help="Per-node times from onnxruntime's profiler joined with the MACs of `onnxconv stats`.")
-@click.option("--device-id", type=int, default=0, show_default=True, help="GPU for cuda/tensorrt.")
+@click.option("--device-id", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+              help="GPU for cuda/tensorrt (onnxruntime takes a C int).")
 @click.option("--spinning", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
               help="Spin-waiting of idle intra-op threads (auto: off when several models take turns).")
 @click.option("--isolate", is_flag=True,
