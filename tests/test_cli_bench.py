@@ -157,7 +157,7 @@ def test_progress_bar_waits_a_second_then_draws(capsys) -> None:
 
 def reshape_fails_at_run_time() -> onnx.ModelProto:
     """Loads, then fails in every run: a Reshape of 8 values to 3x5."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from .modelkit import init, make_model, tensor
 

@@ -68,10 +68,9 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -26,7 +26,7 @@ outputs are redundant across channels. The joint fit sees the channels together.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar

@@ -202,8 +202,6 @@ class _Measurer:
 
     def measure(self, how: str, scale: float) -> PlanPoint:
         """Measure the plan ``self.layers`` now choose; returns (and records) its point."""
-        from .. import compare
-
         picks = tuple(lay.chosen for lay in self.layers)
         layer_saved = saved(self.layers)
         predicted = self.model_s / max(self.model_s - layer_saved, 1e-9 * self.model_s)
