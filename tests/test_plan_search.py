@@ -218,3 +218,80 @@ def test_rounds_running_out_short_of_the_target_measure_the_fastest_plan(tmp_pat
                           target_speedup=1.05, rounds=1)
     assert [r["how"] for r in report.rounds] == ["target", "fastest"]
     assert report.measured == pytest.approx(1.05) and len(result.rewritten) == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The error budget's edges: a plan no faster than the original, a refusal's frontier, symbolic spatial dims
+
+
+def test_error_budget_whose_best_plan_is_no_faster_than_the_original_is_one_line(tmp_path, monkeypatch) -> None:
+    """Within 1e-3 only the two exact layers fit, and rewriting them measures 1.01x: that is no plan worth
+    shipping (within the 3% tolerance of the original), so the planner says so with the nearest plan over the
+    budget, and the refusal still carries every measured plan."""
+    curve = {0: 1.0, 1: 1.0, 2: 1.01, 3: 1.4, 4: 1.6}
+    with pytest.raises(planning.PlanRefused, match=r"^--max-output-error 0\.001: no measured plan within it is "
+                                                   r"faster than the original \(the fastest within it measures "
+                                                   r"1\.01x, error .*; the least error over it is .*, at 1\.40x\)$"
+                       ) as info:
+        plan(tmp_path, monkeypatch, curve=curve, max_output_error=1e-3)
+    rounds = info.value.report.rounds
+    assert rounds and any(r["error"] <= 1e-3 and r["measured"] == pytest.approx(1.01) for r in rounds)
+    assert len(info.value.report.round_models) == len(rounds)
+
+
+def test_error_budget_search_interpolates_towards_a_small_budget(tmp_path, monkeypatch) -> None:
+    """Regula falsi from the original (error 0) and the fastest plan: the two exact layers (1.2x) are found
+    within three measured plans (fastest, one layer, two layers), where bisection spends its third round on a
+    three-layer plan over the budget."""
+    result, report = plan(tmp_path, monkeypatch, max_output_error=1e-3, rounds=3)
+    assert {c.name for c in result.rewritten} == set(EXACT) and report.measured == pytest.approx(1.2)
+    assert [r["how"] for r in report.rounds] == ["fastest", "budget", "budget"]
+
+
+def test_a_refused_target_keeps_its_measured_plans(tmp_path, monkeypatch) -> None:
+    with pytest.raises(planning.PlanRefused) as info:
+        plan(tmp_path, monkeypatch, target_speedup=2.0)
+    assert [r["how"] for r in info.value.report.rounds][:1] == ["fastest"]
+    assert all(r["measured"] < 2.0 * 0.97 for r in info.value.report.rounds)
+
+
+def test_int8_budget_below_the_quantized_originals_own_error_is_one_line(tmp_path, monkeypatch) -> None:
+    model, cal, _ = setup(tmp_path)
+    monkeypatch.setattr(planner, "bench_pair", lambda o, r, *a: (1.0, None if r is None else 1.2))
+    monkeypatch.setattr(planner, "measure_latencies", lambda cands, *a, **k: {
+        c.name: {planning.KEEP: 0.5, **{o: 0.48 for o in c.options}} for c in cands})
+    with pytest.raises(OptionError, match=r"^--max-output-error 1e-09: the quantized original alone measures "
+                                          r"[0-9.e-]+ on 2 held-out calibration samples"):
+        planning.plan_rewrite(model, cal, form="sum", max_output_error=1e-9, precision="int8", do_refit=False)
+
+
+def test_macs_are_counted_at_the_calibration_shape_when_the_model_leaves_them_symbolic(tmp_path, monkeypatch
+                                                                                       ) -> None:
+    """The model's spatial dims are symbolic (as in PP-OCR's exports): the pass cannot count MACs, so the frontier's
+    MACs are both models counted at the calibration samples' shape, batch 1."""
+    from onnxconv.stats import analyze
+
+    model, cal, cache = setup(tmp_path)
+    for d, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
+        d.dim_param = name
+    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
+    _, report = planning.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, target_speedup=1.6)
+    assert report.macs_before == 4 * C * C * 9 * SIZE * SIZE
+    rewritten = analyze(report.round_models[-1], input_shapes={"X": [1, C, SIZE, SIZE]}).totals["macs"]
+    assert report.rounds[-1]["macs"] == rewritten < report.macs_before
+
+
+def test_option_errors_are_estimated_on_the_fitted_samples_only(tmp_path, monkeypatch) -> None:
+    """The held-out samples judge each plan's end-to-end error: the estimate the choice ranks options by must not
+    have seen them."""
+    sizes: list[int] = []
+    real = planner.option_errors
+
+    def spy(model, cands, cal, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        sizes.append(cal.size)
+        return real(model, cands, cal, *args, **kwargs)
+
+    monkeypatch.setattr(planner, "option_errors", spy)
+    model, cal, _ = setup(tmp_path)
+    plan(tmp_path, monkeypatch, target_speedup=1.4)
+    assert sizes == [cal.split(0)[0].size] == [8]

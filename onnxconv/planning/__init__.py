@@ -13,11 +13,11 @@ from .candidates import GROUP_CHOICES, RANK_CHOICES, Candidate, find_candidates
 from .choose import BUCKETS, KEEP, LayerOptions, Option, choose
 from .estimate import MAX_REFIT_FEATURES, option_errors
 from .latency import LatencyCache, Quantizer, bench_pair, latency_key, measure_latencies
-from .planner import PlanPoint, PlanReport, concat_runs, frontier_rows, plan_from_file, plan_rewrite
+from .planner import PlanPoint, PlanRefused, PlanReport, concat_runs, frontier_rows, plan_from_file, plan_rewrite
 
 __all__ = [
     "RANK_CHOICES", "GROUP_CHOICES", "BUCKETS", "KEEP", "MAX_REFIT_FEATURES",
-    "Option", "LayerOptions", "PlanPoint", "PlanReport", "frontier_rows", "LatencyCache", "Quantizer", "Candidate",
+    "Option", "LayerOptions", "PlanPoint", "PlanRefused", "PlanReport", "frontier_rows", "LatencyCache", "Quantizer", "Candidate",
     "find_candidates", "option_errors", "measure_latencies", "latency_key", "bench_pair", "choose", "build_plan",
     "plan_rewrite", "plan_from_file", "concat_runs",
 ]
