@@ -116,6 +116,11 @@ def run_model(task: Task, runs: Sequence[tuple[str, float | None, float | None]]
         except OptionError as e:
             cache.save()
             row.update(refused=str(e), plan_s=time.time() - t0)
+            if isinstance(e, planning.PlanRefused):  # the search measured plans: keep them, judged like the rest
+                plan = e.report.to_dict()
+                row.update(rounds=judge_rounds(plan["rounds"], e.report.round_models, task, test_x, ref_out, orig,
+                                               truth), macs_before=e.report.macs_before, model_s=e.report.model_s,
+                           chosen_round=None, plan=plan)
             print(f"{task.name} {precision} S={target} E={budget}: refused: {e}  [{row['plan_s']:.0f}s]", flush=True)
         else:
             row["plan_s"] = time.time() - t0
@@ -127,8 +132,9 @@ def run_model(task: Task, runs: Sequence[tuple[str, float | None, float | None]]
                 measured=report.measured, predicted=report.predicted, plan_error=report.error,
                 plan_error_inputs=report.error_inputs, test_error=rel_error(ref_out, outputs(result.model, task, test_x)),
                 metric_vs_original=task.score(pred, orig, truth), rewritten=int(tot["rewritten"]),
-                macs_before=int(tot["macs_before"]), macs_after=int(tot["macs_after"]),
-                rounds=plan["rounds"], chosen_round=report.chosen_round, model_s=report.model_s,
+                macs_before=report.macs_before, macs_after=int(plan["rounds"][report.chosen_round or 0]["macs"]),
+                rounds=judge_rounds(plan["rounds"], report.round_models, task, test_x, ref_out, orig, truth),
+                chosen_round=report.chosen_round, model_s=report.model_s,
                 choices={lay.name: lay.options[lay.chosen].label for lay in report.layers if lay.chosen},
                 plan=plan)
             if quantized is not None and precision == "int8":
@@ -144,6 +150,16 @@ def run_model(task: Task, runs: Sequence[tuple[str, float | None, float | None]]
         cache.save()
         if json_path is not None:
             write_json(json_path, rows)
+
+
+def judge_rounds(rounds: Sequence[dict[str, Any]], models: Sequence[Any], task: Task, test_x: np.ndarray,
+                 ref_out: dict[str, np.ndarray], orig: Any, truth: Any) -> list[dict[str, Any]]:
+    """Every measured plan (not only the chosen one) on the test samples: its test error and task metric."""
+    out = []
+    for r, m in zip(rounds, models):
+        out.append({**r, "test_error": rel_error(ref_out, outputs(m, task, test_x)),
+                    "metric": task.score(predictions(m, task, test_x), orig, truth)})
+    return out
 
 
 def write_json(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -175,21 +191,20 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
                    f"{fmt(r.get('metric_vs_quantized'))} | {r['rewritten']} | "
                    f"{r['macs_after'] / max(r['macs_before'], 1):.2f} | {len(r['rounds'])} | {r['plan_s']:.0f} s |")
     out += ["", "Rounds (every plan the searches measured; timing ratio = measured saving / layer-timed saving):", "",
-            "| model | precision | asked | round | plot point | how | predicted | measured | planner's err | conv MACs | timing ratio "
-            "| chosen |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| model | precision | asked | round | plot point | how | predicted | measured | planner's err | test err | "
+            "metric | conv MACs | timing ratio | chosen |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     number = {}
     for key in dict.fromkeys((r["model"], r["precision"]) for r in rows):
-        done = [r for r in rows if (r["model"], r["precision"]) == key and "refused" not in r]
+        done = [r for r in rows if (r["model"], r["precision"]) == key and r.get("rounds")]
         number.update({(key, tuple(p["picks"]), round(p["measured"], 2)): n + 1 for n, p in frontier_points(done)})
     for r in rows:
-        if "refused" in r:
-            continue
         asked = " ".join(s for s in (f"S={r['target']:g}" if r["target"] else "",
                                      f"E={r['max_error']:g}" if r["max_error"] is not None else "") if s)
-        for p in r["rounds"]:
+        for p in r.get("rounds", []):
             point = number[(r["model"], r["precision"]), tuple(p["picks"]), round(p["measured"], 2)]
             out.append(f"| {r['model']} | {r['precision']} | {asked} | {p['round'] + 1} | {point} | {p['how']} | "
                        f"{planning.planner.speed_text(p['predicted'])} | {p['measured']:.2f}x | {p['error']:.3g} | "
+                       f"{fmt(p.get('test_error'))} | {fmt(p.get('metric'), '.3f')} | "
                        f"{p['macs'] / max(r['macs_before'], 1):.2f} | {p['timing_ratio']:.2f} | "
                        f"{'*' if p['round'] == r['chosen_round'] else ''} |")
     return "\n".join(out)
@@ -213,8 +228,8 @@ def plots(rows: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
     """One PNG per model and precision: the measured plans of all its runs (renumbered in run order)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for key in dict.fromkeys((r["model"], r["precision"]) for r in rows if "refused" not in r):
-        done = [r for r in rows if (r["model"], r["precision"]) == key and "refused" not in r]
+    for key in dict.fromkeys((r["model"], r["precision"]) for r in rows if r.get("rounds")):
+        done = [r for r in rows if (r["model"], r["precision"]) == key and r.get("rounds")]
         merged = [{**p, "round": n} for n, p in frontier_points(done)]
         plan = {"rounds": merged, "macs_before": done[0]["macs_before"], "provider": "cpu", "precision": key[1],
                 "quantized_original_error": done[0]["plan"].get("quantized_original_error")}
