@@ -79,9 +79,12 @@ def test_cli_target_and_budget_that_cannot_both_hold_is_one_error_line(files) ->
     res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--max-output-error", "0.001", "--target-speedup",
                    "1.4", "--calibration", str(t / "cal.npz"))
     assert res.exit_code == 1
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: --target-speedup 1.4 and --max-output-error 0.001 "
-                                                   "cannot both hold")
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("Error: --target-speedup 1.4 and --max-output-error 0.001 "
+                                                     "cannot both hold")
+    # What the search measured before refusing: the frontier table, on stdout (no file is written).
+    assert "plans measured (the frontier; none meets what was asked):" in res.stdout
+    assert "quantized" not in res.stdout and "original" in res.stdout and "fastest" in res.stdout
     assert not (t / "o.onnx").exists()
 
 

@@ -198,6 +198,16 @@ def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float
             if a.rel_error > tolerance and a.rel_error > 2 * floors.get(a.output, 0.0)]
 
 
+def _echo_frontier(plan: Mapping[str, Any], title: str) -> None:
+    """The planner's measured plans as a table (:func:`~onnxconv.planning.frontier_rows`) under ``title``."""
+    from ..planning import frontier_rows
+
+    headers, rows = frontier_rows(plan)
+    click.echo("")
+    click.echo(title)
+    click.echo("\n".join(grid(headers, rows, right={2, 3, 4, 5, 6})))
+
+
 def _write_json_tmp(path: Path, data: Mapping[str, Any]) -> Path:
     """``data`` as JSON in a temporary file beside ``path`` (the caller renames it into place)."""
     try:
@@ -293,7 +303,13 @@ def separate(model: str, output: str, **options: Any) -> None:
     verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
                                             request.batch, request.exact)
 
-    outcome = run_separate(request)
+    try:
+        outcome = run_separate(request)
+    except OptionError as e:
+        refused = getattr(e, "report", None)  # planning.PlanRefused: what the search measured before refusing
+        if refused is not None and refused.rounds:
+            _echo_frontier(refused.to_dict(), "plans measured (the frontier; none meets what was asked):")
+        raise
     result = outcome.result
     # The output's weights file, and the input's: none of these may be replaced by another file (the input's
     # weights would be lost while its graph still points at them).
@@ -368,12 +384,7 @@ def separate(model: str, output: str, **options: Any) -> None:
 
     click.echo(render_result(result))
     if "plan" in result.options:
-        from ..planning import frontier_rows
-
-        headers, rows = frontier_rows(result.options["plan"])
-        click.echo("")
-        click.echo("plans measured (the frontier; * = chosen):")
-        click.echo("\n".join(grid(headers, rows, right={2, 3, 4, 5, 6})))
+        _echo_frontier(result.options["plan"], "plans measured (the frontier; * = chosen):")
     if verify and request.calibration is not None and not inputs:
         # Say which: held-out samples, or (a note) random inputs because the set holds none out.
         click.echo(("verify on " if held_out else "note: verify on ") + printable(verify_inputs))
