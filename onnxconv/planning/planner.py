@@ -350,7 +350,9 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
     bisection would spend its rounds halving towards a small budget: on ddddocr_det, E = 0.01 took five rounds
     and still ended on a one-layer plan measuring 0.99x). The knapsack's plan for a saving ``need`` is the least
     error one saving at least ``need``: over the budget, no plan saving ``need`` is within it as estimated, so
-    the bracket's upper end moves to ``need``; within it, the lower end moves to the plan's own saving."""
+    the bracket's upper end moves to ``need``; within it, the lower end moves to the plan's own saving. When the
+    same end moves twice in a row the next step bisects (the Illinois remedy for regula falsi's one-sided
+    convergence)."""
     layers, model_s = m.layers, m.model_s
     _fastest(layers)
     most = saved(layers)
@@ -358,10 +360,15 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
     if p.error <= max_error:
         return
     lo, lo_err, hi, hi_err = 0.0, m.base_error, most, p.error
+    moved: list[str] = []  # which end each measured plan moved
     for _ in range(max(1, rounds) - 1):
         if hi - lo < 0.02 * most:
             break
         frac = (max_error - lo_err) / (hi_err - lo_err) if hi_err > lo_err else 0.5
+        if moved[-2:] in (["lo", "lo"], ["hi", "hi"]):
+            # The same end moved twice: the line keeps landing on one side (on ddddocr_det at E = 0.01 three
+            # plans in a row measured 0.0118, each one option short of the budget), so bisect instead.
+            frac = 0.5
         need = lo + min(max(frac, 0.1), 0.9) * (hi - lo)
         if not _choose_saving(layers, model_s, need) or tuple(lay.chosen for lay in layers) in m.seen():
             need = 0.5 * (lo + hi)  # the interpolated step lands on a measured plan: bisect once instead
@@ -371,8 +378,10 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
         p = m.measure("budget", 1.0)
         if p.error <= max_error:
             lo, lo_err = layer_saved, p.error
+            moved.append("lo")
         else:
             hi, hi_err = need, p.error
+            moved.append("hi")
 
 
 def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, max_error: float | None,
