@@ -182,6 +182,29 @@ def test_the_kernel_refits_shortcuts_are_the_dense_formulas(group, mg, r, k) -> 
     assert got == pytest.approx(np.sqrt(err2 / mom.tt), rel=1e-10)
 
 
+def test_the_kernel_steps_conjugate_gradients_reach_the_lu_solution() -> None:
+    """The kernel step's solver: the LU solution to its tolerance on a well-posed system (from any start, within
+    its step limit), the LU solve's answer where it cannot converge in that limit, and None (as LU) when the
+    system is singular."""
+    rng = np.random.default_rng(5)
+    blocks, q = 12, 3
+    n = blocks * q
+    x = rng.standard_normal((4 * n, n)) * np.repeat(rng.uniform(0.1, 10, blocks), q)  # channels of unequal scale
+    h = x.T @ x + 1e-3 * np.eye(n)
+    rhs = rng.standard_normal(n)
+    exact = np.linalg.solve(h, rhs)
+    got = depthwise._solve_spd(h, rhs, rng.standard_normal(n), blocks)
+    assert got is not None
+    assert np.linalg.norm(rhs - h @ got) <= depthwise.CG_TOLERANCE * np.linalg.norm(rhs) * 1.0001
+    np.testing.assert_allclose(got, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+    # Ill-conditioned beyond what the step limit converges on: the LU solve's answer.
+    u = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    hard = (u * np.logspace(0, 12, n)) @ u.T
+    hard = (hard + hard.T) / 2
+    np.testing.assert_allclose(depthwise._solve_spd(hard, rhs, np.zeros(n), blocks), np.linalg.solve(hard, rhs))
+    assert depthwise._solve_spd(np.zeros((n, n)), rhs, np.zeros(n), blocks) is None
+
+
 @pytest.mark.parametrize("mixing", ["energy", "shuffle"])
 def test_shuffle_mode_refit_beats_weight_only_grouping(tmp_path, mixing) -> None:
     """Grouped weights and bias refitted: the grouped convs' channel layouts (gather, shuffle, folded orders) are
