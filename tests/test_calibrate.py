@@ -148,6 +148,63 @@ def test_kernels_are_kept_with_a_reason_when_they_cannot_be_refitted(tmp_path, m
     assert all("the 1x1 stage alone is refitted" in c.details["depthwise"] for c in out.layers)
 
 
+@pytest.mark.parametrize("group,mg,r,k", [(1, 5, 1, 9), (2, 3, 2, 4), (1, 1, 3, 1)])
+def test_the_kernel_refits_shortcuts_are_the_dense_formulas(group, mg, r, k) -> None:
+    """The moments without a column of ones, the block-sparse projection ``Z X^T X Z^T`` and the held-out error
+    from the projected moments equal the dense formulas they replace (to rounding)."""
+    rng = np.random.default_rng(3)
+    ng, s = 4, 40
+    patches = rng.standard_normal((s, group * mg, k)).astype(np.float32)
+    t = rng.standard_normal((s, group * ng)).astype(np.float32)
+    mom = depthwise.Moments(group, mg, k, ng)
+    mom.add(patches[:25], t[:25])
+    mom.add(patches[25:], t[25:])
+    for gi in range(group):
+        x = patches[:, gi * mg:(gi + 1) * mg].reshape(s, -1).astype(np.float64)
+        xa = np.concatenate([x, np.ones((s, 1))], axis=1)
+        np.testing.assert_allclose(mom.xx[gi], xa.T @ xa, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(mom.xt[gi], xa.T @ t[:, gi * ng:(gi + 1) * ng], rtol=1e-12, atol=1e-12)
+    assert mom.n == s and mom.tt == pytest.approx(float(np.sum(t.astype(np.float64) ** 2)), rel=1e-12)
+    ds = [rng.standard_normal((mg, r, k)) for _ in range(group)]
+    as_ = [rng.standard_normal((mg * r + 1, ng)) for _ in range(group)]
+    err2 = mom.tt
+    for gi, (d, a) in enumerate(zip(ds, as_)):
+        z = np.zeros((mg * r + 1, mg * k + 1))  # depthwise input patch and its 1 -> depthwise outputs and the 1
+        for m in range(mg):
+            z[m * r:(m + 1) * r, m * k:(m + 1) * k] = d[m]
+        z[-1, -1] = 1.0
+        zz, zt = depthwise._project(mom.xx[gi], mom.xt[gi], d)
+        np.testing.assert_allclose(zz, z @ mom.xx[gi] @ z.T, rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(zt, z @ mom.xt[gi], rtol=1e-12, atol=1e-10)
+        w = z.T @ a  # the whole layer as one linear map of the input patch
+        err2 += float(np.sum(w * (mom.xx[gi] @ w)) - 2.0 * np.sum(w * mom.xt[gi]))
+    got = depthwise._error(mom, depthwise._projections(mom, ds), as_)
+    assert got == pytest.approx(np.sqrt(err2 / mom.tt), rel=1e-10)
+
+
+def test_the_kernel_steps_conjugate_gradients_reach_the_lu_solution() -> None:
+    """The kernel step's solver: the LU solution to its tolerance on a well-posed system (from any start, within
+    its step limit), the LU solve's answer where it cannot converge in that limit, and None (as LU) when the
+    system is singular."""
+    rng = np.random.default_rng(5)
+    blocks, q = 12, 3
+    n = blocks * q
+    x = rng.standard_normal((4 * n, n)) * np.repeat(rng.uniform(0.1, 10, blocks), q)  # channels of unequal scale
+    h = x.T @ x + 1e-3 * np.eye(n)
+    rhs = rng.standard_normal(n)
+    exact = np.linalg.solve(h, rhs)
+    got = depthwise._solve_spd(h, rhs, rng.standard_normal(n), blocks)
+    assert got is not None
+    assert np.linalg.norm(rhs - h @ got) <= depthwise.CG_TOLERANCE * np.linalg.norm(rhs) * 1.0001
+    np.testing.assert_allclose(got, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+    # Ill-conditioned beyond what the step limit converges on: the LU solve's answer.
+    u = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    hard = (u * np.logspace(0, 12, n)) @ u.T
+    hard = (hard + hard.T) / 2
+    np.testing.assert_allclose(depthwise._solve_spd(hard, rhs, np.zeros(n), blocks), np.linalg.solve(hard, rhs))
+    assert depthwise._solve_spd(np.zeros((n, n)), rhs, np.zeros(n), blocks) is None
+
+
 @pytest.mark.parametrize("mixing", ["energy", "shuffle"])
 def test_shuffle_mode_refit_beats_weight_only_grouping(tmp_path, mixing) -> None:
     """Grouped weights and bias refitted: the grouped convs' channel layouts (gather, shuffle, folded orders) are
