@@ -75,6 +75,7 @@ class SeparateRequest:
     calibration: str | None = None
     kernel_refit: bool = True
     provider: str = "cpu"
+    threads: int | None = None
     target_speedup: float | None = None
     max_output_error: float | None = None
     plot_path: str | None = None
@@ -125,6 +126,8 @@ class SeparateRequest:
             raise OptionError("--fix-input-shape needs --input-shape NAME=DIMS or --batch N (the values to write)")
         if not self.kernel_refit and self.calibration is None:
             raise OptionError("--no-kernel-refit applies to --calibration")
+        if self.threads is not None and self.calibration is None:
+            raise OptionError("--threads applies to --calibration (its runs and the planner's timings)")
         if self.plans and self.calibration is None:
             raise OptionError(f"{self.planner_flag} needs --calibration (the errors are measured on it)")
         if self.plans and any(_given(v) for v in values.values()):
@@ -212,7 +215,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup,
                                 max_output_error=r.max_output_error, precision=r.precision,
                                 activation_type=r.activation_type, weight_type=r.weight_type,
-                                provider=r.provider, mode=r.mode,
+                                provider=r.provider, threads=r.threads, mode=r.mode,
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
                                 input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit)
     elif r.mode == "separable":
@@ -230,7 +233,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     if r.calibration is not None and not r.plans:
         from .calibration import refit_from_file
 
-        result = refit_from_file(m, result, r.calibration, provider=r.provider, depthwise=r.kernel_refit)
+        result = refit_from_file(m, result, r.calibration, provider=r.provider, threads=r.threads,
+                                 depthwise=r.kernel_refit)
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
     held_out = None

@@ -180,3 +180,24 @@ def test_cli_verify_on_held_out_samples_fits_a_fixed_batch(files) -> None:
                    "--verify", "--batch", "1", "--fix-input-shape")
     assert res.exit_code == 0, res.output
     assert "verify on held-out calibration samples (2 of " in res.output
+
+
+def test_cli_threads_reach_the_planners_timings_and_need_calibration(files, monkeypatch) -> None:
+    """--threads is the deployment's intra-op thread count: every end-to-end timing of the plan uses it."""
+    t = files
+    seen: list[object] = []
+    bench = fake_bench(CURVE)
+
+    def spy(original, rewritten, cal, provider, threads, *args):  # noqa: ANN001, ANN002, ANN202
+        seen.append(threads)
+        return bench(original, rewritten, cal, provider, threads, *args)
+
+    monkeypatch.setattr(planner, "bench_pair", spy)
+    res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--target-speedup", "1.4", "--calibration",
+                   str(t / "cal.npz"), "--threads", "1")
+    assert res.exit_code == 0, res.output
+    assert seen and set(seen) == {1}
+    res = separate(str(t / "m.onnx"), "-o", str(t / "p.onnx"), "--rank", "1", "--threads", "1")
+    assert res.exit_code == 1 and res.stderr.strip() == ("Error: --threads applies to --calibration (its runs and "
+                                                         "the planner's timings)")
+    assert not (t / "p.onnx").exists()

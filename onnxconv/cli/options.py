@@ -5,7 +5,7 @@
   ``--batch N`` (1 to 2^63-1, click's range): stats, separate and bench.
 * :func:`rank_options`: how separable ranks are chosen (``--rank``, ``--energy``, ``--exact``, ``--max-error``,
   ``--budget``): separate.
-* :func:`calibration_options`: ``--calibration``, ``--kernel-refit/--no-kernel-refit``, ``--provider``,
+* :func:`calibration_options`: ``--calibration``, ``--kernel-refit/--no-kernel-refit``, ``--provider``, ``--threads``,
   ``--target-speedup``, ``--max-output-error``, ``--plot``, ``--precision`` and the int8 types: separate.
 
 Ranges are click's, so a value out of range is refused while parsing, naming the range. Combinations of options
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..bench import MAX_THREADS
 from ..stats import INT64_MAX, parse_input_shape
 
 __all__ = ["shape_options", "rank_options", "calibration_options"]
@@ -81,6 +82,9 @@ def calibration_options(f: F) -> F:
         click.option("--provider", default="cpu", show_default=True,
                      help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, "
                           "cuda or tensorrt."),
+        click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+                     help="onnxruntime intra-op threads for --calibration's runs and the planner's timings: plan "
+                          "for the threads the model is deployed with (default: onnxruntime's, one per core)."),
         click.option("--target-speedup", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
                      help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on "
                           "--provider and errors on --calibration, to reach S times faster with the least error; "
