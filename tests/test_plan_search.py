@@ -239,13 +239,13 @@ def test_error_budget_whose_best_plan_is_no_faster_than_the_original_is_one_line
     assert len(info.value.report.round_models) == len(rounds)
 
 
-def test_error_budget_search_interpolates_towards_a_small_budget(tmp_path, monkeypatch) -> None:
-    """Regula falsi from the original (error 0) and the fastest plan: the two exact layers (1.2x) are found
-    within three measured plans (fastest, one layer, two layers), where bisection spends its third round on a
-    three-layer plan over the budget."""
+def test_error_budget_search_rescales_the_estimated_errors(tmp_path, monkeypatch) -> None:
+    """The estimated errors rescaled by the fastest plan's measured one point at the two exact layers (1.2x)
+    within three measured plans, where a bisection on the saving (the smallest plan, then half the saving)
+    spends its third round on a three-layer plan over the budget and returns one layer."""
     result, report = plan(tmp_path, monkeypatch, max_output_error=1e-3, rounds=3)
     assert {c.name for c in result.rewritten} == set(EXACT) and report.measured == pytest.approx(1.2)
-    assert [r["how"] for r in report.rounds] == ["fastest", "budget", "budget"]
+    assert report.rounds[0]["how"] == "fastest" and len(report.rounds) <= 3
 
 
 def test_a_refused_target_keeps_its_measured_plans(tmp_path, monkeypatch) -> None:

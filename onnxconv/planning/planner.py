@@ -42,8 +42,8 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    even it misses, the target is refused with its figure.
 
    *Error budget E* (``max_output_error``): the fastest measured plan whose end-to-end error is at most E: the
-   fastest plan first, then regula falsi on the layer-timed saving between the original (error 0) and the
-   plans measured within and over E. A plan measuring under ``1 + tolerance`` is no faster than the original
+   fastest plan first, then plans chosen by their estimated errors rescaled by what the measured plans' errors
+   were (:func:`_search_error`). A plan measuring under ``1 + tolerance`` is no faster than the original
    within the timing noise: when that is the best within E, one line says so instead. With S too, a plan must
    satisfy both, or one line says which cannot hold and what the closest plans measure. A refused plan raises
    :class:`PlanRefused`, which carries the report of what the search measured.
@@ -342,46 +342,76 @@ def _search_target(m: _Measurer, target: float, tolerance: float, rounds: int) -
         how = "rescaled"
 
 
+def _estimated(layers: Sequence[LayerOptions]) -> float:
+    """The chosen plan's estimated error ``sqrt(sum e_o^2)`` (the per-layer errors the choice minimises)."""
+    return math.sqrt(sum(lay.options[lay.chosen].error ** 2 for lay in layers))
+
+
+def _choose_within(layers: Sequence[LayerOptions], model_s: float, most: float, limit: float) -> bool:
+    """Choose the plan with the largest layer-timed saving whose estimated error is at most ``limit`` (False when
+    no plan that saves time is). The least estimated error for a saving ``need`` (:func:`_choose_saving`) grows
+    with ``need``, so a bisection on ``need`` finds the largest feasible one; 24 halvings of ``[0, most]`` put it
+    within 1e-7 of ``most``, each one knapsack of milliseconds."""
+    lo, hi, best = 0.0, most, None
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        if _choose_saving(layers, model_s, mid) and _estimated(layers) <= limit:
+            lo, best = mid, [lay.chosen for lay in layers]
+        else:
+            hi = mid
+    if best is None or not any(best):
+        return False
+    _set(layers, best)
+    return True
+
+
 def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
-    """The fastest plan within ``max_error``: the fastest plan first; when it is over the budget, regula falsi on
-    the layer-timed saving between a plan within the budget (at first the original itself: no saving, error 0, or
-    in int8 the quantized original's) and one over it. The next plan asks for the saving where the straight line
-    between their measured errors crosses ``max_error``, kept at least a tenth of the bracket from either end (a
-    bisection would spend its rounds halving towards a small budget: on ddddocr_det, E = 0.01 took five rounds
-    and still ended on a one-layer plan measuring 0.99x). The knapsack's plan for a saving ``need`` is the least
-    error one saving at least ``need``: over the budget, no plan saving ``need`` is within it as estimated, so
-    the bracket's upper end moves to ``need``; within it, the lower end moves to the plan's own saving. When the
-    same end moves twice in a row the next step bisects (the Illinois remedy for regula falsi's one-sided
-    convergence)."""
+    """The fastest plan within ``max_error``: the fastest plan first; when it is over the budget, the search
+    rescales the *estimated* errors by what the plans measure, as the target search rescales the layer savings.
+
+    A plan's end-to-end error is close to ``k * sqrt(sum e_o^2)`` (its layers' estimated errors add up like
+    independent noise; ``k`` is what the model does to them downstream), and in int8 it adds to the quantized
+    original's own error ``q`` the same way: ``error^2 ~ q^2 + (k * est)^2``. Each measured plan gives ``k``;
+    the next plan is the one saving most (layer-timed) with estimated error at most ``sqrt(E^2 - q^2) / k``,
+    kept inside the bracket of estimated errors measured within and over E (a step outside it, or onto a plan
+    measured already, bisects the bracket). An interpolation on the layer-timed saving instead (tried) assumes
+    the error grows evenly with the saving: on ppocr_det, where a small saving already costs most of the error,
+    its five plans all measured over E = 0.1 though a one-layer plan at 0.04 existed. When the plan for a limit
+    rewrites nothing, the smallest plan (the one least-error option that saves time) is measured instead."""
     layers, model_s = m.layers, m.model_s
     _fastest(layers)
     most = saved(layers)
     p = m.measure("fastest", 1.0)
     if p.error <= max_error:
         return
-    lo, lo_err, hi, hi_err = 0.0, m.base_error, most, p.error
-    moved: list[str] = []  # which end each measured plan moved
+    q = m.base_error
+
+    def excess(error: float) -> float:  # the part of an error the rewrite adds
+        return math.sqrt(max(error * error - q * q, 0.0))
+
+    lo, hi = 0.0, _estimated(layers)  # estimated errors: a plan within E at lo, over it at hi
+    k = excess(p.error) / hi if hi > 0 else 1.0
     for _ in range(max(1, rounds) - 1):
-        if hi - lo < 0.02 * most:
+        if hi <= 0 or hi - lo <= 0.02 * hi:
             break
-        frac = (max_error - lo_err) / (hi_err - lo_err) if hi_err > lo_err else 0.5
-        if moved[-2:] in (["lo", "lo"], ["hi", "hi"]):
-            # The same end moved twice: the line keeps landing on one side (on ddddocr_det at E = 0.01 three
-            # plans in a row measured 0.0118, each one option short of the budget), so bisect instead.
-            frac = 0.5
-        need = lo + min(max(frac, 0.1), 0.9) * (hi - lo)
-        if not _choose_saving(layers, model_s, need) or tuple(lay.chosen for lay in layers) in m.seen():
-            need = 0.5 * (lo + hi)  # the interpolated step lands on a measured plan: bisect once instead
-            if not _choose_saving(layers, model_s, need) or tuple(lay.chosen for lay in layers) in m.seen():
-                break
-        layer_saved = saved(layers)
-        p = m.measure("budget", 1.0)
+        limit = excess(max_error) / k if k > 0 else hi
+        if not lo < limit < hi:
+            limit = 0.5 * (lo + hi)
+        found = _choose_within(layers, model_s, most, limit)
+        if found and tuple(lay.chosen for lay in layers) in m.seen():
+            found = _choose_within(layers, model_s, most, 0.5 * (lo + hi))
+        if not found:  # nothing saves time within the limit: the smallest plan, unless measured already
+            found = _choose_saving(layers, model_s, 1e-6 * most)
+        if not found or tuple(lay.chosen for lay in layers) in m.seen():
+            break
+        est = _estimated(layers)
+        p = m.measure("budget", k)
         if p.error <= max_error:
-            lo, lo_err = layer_saved, p.error
-            moved.append("lo")
+            lo = max(lo, est)
         else:
-            hi, hi_err = need, p.error
-            moved.append("hi")
+            hi = min(hi, est)
+        if est > 0 and excess(p.error) > 0:
+            k = excess(p.error) / est
 
 
 def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, max_error: float | None,
