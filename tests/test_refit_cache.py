@@ -35,24 +35,32 @@ def weights(rng: np.random.Generator, *names: str, c: int = 8) -> list[onnx.Tens
     return [init(n, lowrank_weight(rng, c, c, 3, 2, 0.5)) for n in names]
 
 
+Copies = list[tuple[list[str], int]]  # (outputs, nodes) of every cut-down copy a refit built
+
+
 def refit_both(model: onnx.ModelProto, res: PassResult, cal: calibration.CalibrationSet,
-               monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[PassResult, int, PassResult, int]:
-    """(cached refit, nodes its copies ran, uncached refit, nodes its copies ran)."""
-    counted: list[int] = []
+               monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[PassResult, Copies, PassResult, Copies]:
+    """(cached refit, the copies it built, uncached refit, the copies it built)."""
+    copies: Copies = []
     plain = acts.truncate_model
 
-    def counting(*args: Any, **kwargs: Any) -> onnx.ModelProto:
-        m = plain(*args, **kwargs)
-        counted.append(len(m.graph.node))
-        return m
+    def counting(m: onnx.ModelProto, outputs: dict[str, int], given: Any = None) -> onnx.ModelProto:
+        cut = plain(m, outputs, given)
+        copies.append((list(outputs), len(cut.graph.node)))
+        return cut
 
     monkeypatch.setattr(acts, "truncate_model", counting)
     cached = calibration.refit(model, res, cal, **kw)
-    n_cached = sum(counted)
-    counted.clear()
+    made = list(copies)
+    copies.clear()
     monkeypatch.setattr(acts, "CACHE_BUDGET", 0)
     uncached = calibration.refit(model, res, cal, **kw)
-    return cached, n_cached, uncached, sum(counted)
+    monkeypatch.setattr(acts, "truncate_model", plain)
+    return cached, made, uncached, copies
+
+
+def nodes(copies: Copies) -> int:
+    return sum(n for _, n in copies)
 
 
 def assert_same(a: PassResult, b: PassResult) -> None:
@@ -84,10 +92,10 @@ def test_a_chain_reuses_each_layers_input(tmp_path, monkeypatch, depthwise) -> N
     model = chain(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 12, 8, 10))  # 10 fitted: chunks of 4, 4 and 2
     res = separate(model, RankPolicy("rank", 1), force=True)
-    cached, n_cached, uncached, n_plain = refit_both(model, res, cal, monkeypatch, depthwise=depthwise)
+    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, depthwise=depthwise)
     assert_same(cached, uncached)
     assert all("ridge" in c.details for c in cached.layers)
-    assert n_cached < n_plain
+    assert nodes(made) < nodes(plain)
 
 
 def skip_model(rng: np.random.Generator) -> onnx.ModelProto:
@@ -116,10 +124,10 @@ def test_branches_and_skip_connections_reuse_the_earlier_tensor(tmp_path, monkey
     model = skip_model(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 10, 8, 10))
     res = separate(model, RankPolicy("rank", 1), force=True)
-    cached, n_cached, uncached, n_plain = refit_both(model, res, cal, monkeypatch)
+    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch)
     assert_same(cached, uncached)
     assert {c.name for c in cached.layers if "ridge" in c.details} == {"stem", "left", "right", "head"}
-    assert n_cached < n_plain
+    assert nodes(made) < nodes(plain)
     x = {"X": smooth_inputs(rng, 2, 8, 10)}
     got, want = compare.run_model(compare.session(cached.model), x), compare.run_model(compare.session(uncached.model), x)
     np.testing.assert_allclose(got["Y"], want["Y"], rtol=1e-4, atol=1e-4)
@@ -132,9 +140,9 @@ def test_a_fixed_batch_model_reuses_per_batch(tmp_path, monkeypatch) -> None:
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 10, 8, 10))
     assert cal.chunk == 2
     res = separate(model, RankPolicy("rank", 1), force=True)
-    cached, n_cached, uncached, n_plain = refit_both(model, res, cal, monkeypatch, depthwise=False)
+    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, depthwise=False)
     assert_same(cached, uncached)
-    assert n_cached < n_plain
+    assert nodes(made) < nodes(plain)
 
 
 def test_tensors_over_the_budget_are_recomputed(tmp_path, monkeypatch) -> None:
@@ -144,12 +152,12 @@ def test_tensors_over_the_budget_are_recomputed(tmp_path, monkeypatch) -> None:
     model = chain(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 10, 8, 10))  # 8 fitted
     res = separate(model, RankPolicy("rank", 1), force=True)
-    full, n_full, _, _ = refit_both(model, res, cal, monkeypatch)
+    full, made_full, _, _ = refit_both(model, res, cal, monkeypatch)
     monkeypatch.setattr(acts, "CACHE_BUDGET", 8 * 8 * 10 * 10 * 4)  # one 8x10x10 float tensor of 8 samples
-    partial, n_partial, uncached, n_plain = refit_both(model, res, cal, monkeypatch)
+    partial, made, uncached, plain = refit_both(model, res, cal, monkeypatch)
     assert_same(partial, uncached)
     assert_same(full, uncached)
-    assert n_full < n_partial < n_plain
+    assert nodes(made_full) < nodes(made) < nodes(plain)
 
 
 def test_only_tensors_downstream_of_a_later_wave_change() -> None:
@@ -180,3 +188,47 @@ def test_a_cut_copy_reads_the_given_tensors_as_inputs() -> None:
     assert [i.name for i in cut.graph.input] == ["X", "r"]
     got = compare.run_model(compare.session(cut), {"X": x, "r": full["r"]})
     np.testing.assert_allclose(got["Y"], full["Y"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_mixed_plan_shares_a_wave_input_between_its_two_runs(tmp_path, monkeypatch) -> None:
+    """Separable layers refitted whole and grouped ones in the same wave read the same tensor: the second run of
+    the wave takes it from the cache. The grouped layers' channel orders come from the plan's reference."""
+    from types import SimpleNamespace
+
+    from onnxconv.planning.build import build_plan
+    from onnxconv.planning.choose import LayerOptions, Option
+
+    rng = np.random.default_rng(6)
+    model = skip_model(rng)
+    chosen = {"stem": ("rank", 1), "left": ("rank", 1), "right": ("groups", 2), "head": ("groups", 2)}
+    layers = [LayerOptions(n, [Option("keep", 0, 2.0, 0.0), Option(k, v, 1.0, 0.0)], chosen=1)
+              for n, (k, v) in chosen.items()]
+    res, reference = build_plan(model, layers, [SimpleNamespace(params=0, macs=0)] * len(layers), {}, "concat",
+                                None, None)
+    assert reference is not None
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 10, 8, 10))
+    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, reference=reference)
+    # Wave 1: the separable 'left' reads r (computed, kept), then the grouped 'right' reads r in its grouped order:
+    # that copy is the reordering alone, from the kept r.
+    assert [outs for outs, _ in made[-3:]] == [["r"], ["r_reordered"], ["sel_reordered"]]
+    assert made[-2][1] == 1
+    assert_same(cached, uncached)
+    assert {c.name for c in cached.layers if "ridge" in c.details} == set(chosen)
+    assert nodes(made) < nodes(plain)
+
+
+def test_a_run_reads_a_held_tensor_it_fetches_and_keeps_what_it_is_told(tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    model = skip_model(rng)
+    cal = calib(tmp_path, model, X=smooth_inputs(rng, 6, 8, 10))
+    cache = acts.TensorCache()
+    asked: list[frozenset[str]] = []
+    first = dict(acts.activations(model, {"r": 1}, cal, cache=cache, keep=lambda made: asked.append(made) or {"s", "r"}))
+    assert asked == [frozenset({"s", "r"})] and cache.names == {"s", "r"}  # both computed, both fit
+    assert all(not v.flags.writeable for c in cache.chunks.values() for v in c.values())
+    again = dict(acts.activations(model, {"r": 1, "Y": 1}, cal, cache=cache))
+    for start, outs in first.items():
+        assert again[start]["r"] is cache.chunks[start]["r"]  # read, not recomputed
+        np.testing.assert_array_equal(again[start]["r"], outs["r"])
+    cache.keep_only({"r"})
+    assert cache.names == {"r"} and cache.nbytes == sum(c["r"].nbytes for c in cache.chunks.values())

@@ -182,7 +182,10 @@ def activations(model: onnx.ModelProto, outputs: Mapping[str, int], calib: Calib
             room = (cache.budget - cache.nbytes) if cache is not None else 0
             fits = []
             for n in store:
-                size = outs[n].nbytes * chunks  # the last chunk may be smaller: an upper bound
+                v = outs[n]
+                if not isinstance(v, np.ndarray) or v.dtype == object:  # a sequence, strings: not fed back
+                    continue
+                size = v.nbytes * chunks  # the last chunk may be smaller: an upper bound
                 if size <= room:
                     fits.append(n)
                     room -= size

@@ -29,7 +29,10 @@ from every calibration sample; only the normal equations ``X^T X`` and ``X^T T``
 never the samples. The original model's outputs at those positions are collected once for every layer (the
 largest buffer: ``positions * (1 + check_fraction) * C_out`` float32 values per layer); the rewritten model is
 run once per *wave*, the layers whose inputs depend on no layer still to be refitted (a chain has one layer
-per wave; parallel branches share one). Each run uses a copy of the model cut down to the tensors it needs.
+per wave; parallel branches share one). Each run uses a copy of the model cut down to the tensors it needs,
+and starts from the tensors an earlier run kept because no later wave changes them (:class:`_WaveRuns`): the
+prefix of the network is computed once, not once per wave. Those tensors are held for every fitted sample, up
+to :data:`~onnxconv.calibration.activations.CACHE_BUDGET` bytes (beyond it they are recomputed).
 
 ``lam = ridge * mean(diag(X^T X))``: with ``ridge`` None it is chosen per layer from
 :data:`~onnxconv.calibration.normal.RIDGES` by the error on held-out positions (drawn apart from the fitted ones).
