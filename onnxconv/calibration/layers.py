@@ -21,7 +21,7 @@ from . import depthwise as dwfit
 from .settings import RefitSettings
 from .stage import LinearStage, find_stage
 
-__all__ = ["LayerFit", "waves", "is_grouped", "plan_layer", "plan_depthwise", "check_depthwise", "grouped_orders"]
+__all__ = ["LayerFit", "waves", "changed_waves", "is_grouped", "plan_layer", "plan_depthwise", "check_depthwise", "grouped_orders"]
 
 
 def waves(model: onnx.ModelProto, stages: Sequence[LinearStage]) -> None:
@@ -36,6 +36,31 @@ def waves(model: onnx.ModelProto, stages: Sequence[LinearStage]) -> None:
             if s is not None:
                 s.wave = max((level.get(t.input, 0) for t in s.terms), default=0)
                 level[o] = s.wave + 1
+
+
+def changed_waves(model: onnx.ModelProto, plans: Sequence[LayerFit]) -> dict[str, int]:
+    """Tensor -> the last wave whose refit changes its value; a tensor absent from the result never changes.
+
+    A wave writes the weights of its layers' stage convs, and of their depthwise convs when those are refitted
+    too (``plan.depthwise``, settled by :func:`check_depthwise` before the refit starts); every tensor
+    downstream of a written conv changes with it. Once the waves up to ``w`` are refitted, a tensor whose value
+    only waves ``<= w`` change is *final*: a later wave may reuse it instead of computing it again.
+    """
+    written: dict[str, int] = {}  # an output of a written conv -> its wave (outputs name nodes: SSA)
+    for p in plans:
+        nodes = [t.node for t in p.stage.terms]
+        if p.depthwise is not None:
+            nodes += [*p.depthwise.nodes, *p.depthwise.pointwise]
+        for n in nodes:
+            for o in n.output:
+                written[o] = max(written.get(o, -1), p.stage.wave)
+    changed: dict[str, int] = {}
+    for node in toposort(model.graph.node):
+        last = max([changed.get(i, -1) for i in node_inputs_with_implicit(node)]
+                   + [written.get(o, -1) for o in node.output], default=-1)
+        if last >= 0:
+            changed.update((o, last) for o in node.output if o)
+    return changed
 
 
 def _top_level_node(model: onnx.ModelProto, label: str, op_type: str = "Conv") -> onnx.NodeProto | None:

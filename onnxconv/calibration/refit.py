@@ -29,7 +29,10 @@ from every calibration sample; only the normal equations ``X^T X`` and ``X^T T``
 never the samples. The original model's outputs at those positions are collected once for every layer (the
 largest buffer: ``positions * (1 + check_fraction) * C_out`` float32 values per layer); the rewritten model is
 run once per *wave*, the layers whose inputs depend on no layer still to be refitted (a chain has one layer
-per wave; parallel branches share one). Each run uses a copy of the model cut down to the tensors it needs.
+per wave; parallel branches share one). Each run uses a copy of the model cut down to the tensors it needs,
+and starts from the tensors an earlier run kept because no later wave changes them (:class:`_WaveRuns`): the
+prefix of the network is computed once, not once per wave. Those tensors are held for every fitted sample, up
+to :data:`~onnxconv.calibration.activations.CACHE_BUDGET` bytes (beyond it they are recomputed).
 
 ``lam = ridge * mean(diag(X^T X))``: with ``ridge`` None it is chosen per layer from
 :data:`~onnxconv.calibration.normal.RIDGES` by the error on held-out positions (drawn apart from the fitted ones).
@@ -46,7 +49,7 @@ verification runs on inputs like the calibration data the refit never saw.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -56,12 +59,14 @@ import onnx
 
 from ..bench import resolve_provider
 from ..errors import OptionError
-from ..graph import node_label
+from ..graph import node_inputs_with_implicit, node_label, toposort
 from ..passes.common import PassResult, check_model
 from ..passes.shuffle import masked_reference
 from . import depthwise as dwfit
-from .data import CalibrationSet, load_calibration
-from .layers import LayerFit, check_depthwise, grouped_orders, is_grouped, plan_depthwise, plan_layer, waves
+from .activations import TensorCache
+from .data import CalibrationSet, load_calibration, model_inputs
+from .layers import (LayerFit, changed_waves, check_depthwise, grouped_orders, is_grouped, plan_depthwise, plan_layer,
+                     waves)
 from .normal import NormalEquations, best_ridge
 from .patches import sample_patches
 from .settings import RefitSettings
@@ -223,22 +228,91 @@ def refit(
     return PassResult(model=model, layers=layers, pass_name=result.pass_name, options=options)
 
 
+class _WaveRuns:
+    """The rewritten model's runs of one refit, in order, sharing the tensors that no later wave changes.
+
+    Each wave runs the model once or twice (the depthwise inputs of its separable layers refitted whole, then the
+    stage inputs of the others). Once a wave is refitted its layers never change again, so a tensor only waves
+    ``< w`` change (:func:`~onnxconv.calibration.layers.changed_waves`) is *final* for a run of wave ``w``: its
+    value is the same in every later run. Each run therefore keeps in a
+    :class:`~onnxconv.calibration.activations.TensorCache` the final tensors it computes that a later run reaches
+    first when walking back from what it fetches (the frontier, e.g. a layer's input, or the earlier tensor a
+    skip connection or a concat reads); later runs are cut there instead of starting from the graph inputs. A
+    held tensor that no later run reaches any more is dropped after each run; one that does not fit the
+    cache's budget is simply recomputed, as without a cache.
+    """
+
+    def __init__(self, model: onnx.ModelProto, runs: Sequence[tuple[int, Collection[str]]],
+                 changed: Mapping[str, int]) -> None:
+        self.runs = [(w, frozenset(names)) for w, names in runs]
+        self.changed = changed
+        self.cache = TensorCache()
+        self.done = 0
+        self.producers = {o: n for n in model.graph.node for o in n.output if o}
+        # Only tensors computed from the fed inputs are worth holding; the rest are constants, cheap to recompute.
+        self.data = {i.name for i in model_inputs(model)}
+        for node in toposort(model.graph.node):
+            if any(i in self.data for i in node_inputs_with_implicit(node)):
+                self.data.update(o for o in node.output if o)
+
+    def _reached(self, first: int, stop: Collection[str]) -> set[str]:
+        """The ``stop`` tensors that the runs from ``first`` on reach, walking back from what they fetch and not
+        past a ``stop`` tensor (the tensors their cut-down copies would read from the cache)."""
+        todo = [n for _, names in self.runs[first:] for n in names]
+        seen: set[str] = set()
+        reached: set[str] = set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in stop:
+                reached.add(name)
+                continue
+            node = self.producers.get(name)
+            if node is not None:
+                todo.extend(node_inputs_with_implicit(node))
+        return reached
+
+    def activations(self, model: onnx.ModelProto, outputs: Mapping[str, int], settings: RefitSettings,
+                    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """:meth:`RefitSettings.activations` for the next run, reading and filling the cache."""
+        wave, names = self.runs[self.done]
+        assert names == set(outputs), "the runs are made in the order they were planned"
+
+        def keep(made: frozenset[str]) -> set[str]:
+            final = {t for t in made if self.changed.get(t, -1) < wave and t in self.data}
+            return self._reached(self.done + 1, final | self.cache.names) & final
+
+        yield from settings.activations(model, outputs, cache=self.cache, keep=keep)
+        self.done += 1
+        self.cache.keep_only(self._reached(self.done, self.cache.names))
+
+
 def _refit_waves(model: onnx.ModelProto, plans: Sequence[LayerFit], settings: RefitSettings) -> None:
     """Refit the layers wave by wave, each wave on the activations of the model refitted so far."""
     writer = Writer(model)
     waves(model, [p.stage for p in plans])
+    steps = []  # per wave: (the layers refitted whole, the others, the tensors each part reads)
     for wave in sorted({p.stage.wave for p in plans}):
-        members = [p for p in plans if p.stage.wave == wave]
-        whole = [p for p in members if p.depthwise is not None]
+        whole = [p for p in plans if p.stage.wave == wave and p.depthwise is not None]
+        members = [p for p in plans if p.stage.wave == wave and p.depthwise is None]
+        steps.append((wave, whole, members, {t.input: p.stage.elem_type for p in members for t in p.stage.terms}))
+    runs = []
+    for wave, whole, members, feature_names in steps:
         if whole:
-            _alternate(model, whole, writer, settings)
-        members = [p for p in members if p.depthwise is None]
+            runs.append((wave, {p.depthwise.input for p in whole if p.depthwise is not None}))
+        if members:
+            runs.append((wave, set(feature_names)))
+    shared = _WaveRuns(model, runs, changed_waves(model, plans))
+    for wave, whole, members, feature_names in steps:
+        if whole:
+            _alternate(model, whole, writer, settings, shared)
         if not members:
             continue
-        feature_names = {t.input: p.stage.elem_type for p in members for t in p.stage.terms}
         accs = {p.index: NormalEquations(p.stage.group, p.stage.features, p.stage.c_out // p.stage.group)
                 for p in members}
-        for start, outs in settings.activations(model, feature_names):
+        for start, outs in shared.activations(model, feature_names, settings):
             count = next(iter(outs.values())).shape[0]
             for p in members:
                 _accumulate(p, outs, start, count, accs[p.index], settings)
@@ -249,7 +323,8 @@ def _refit_waves(model: onnx.ModelProto, plans: Sequence[LayerFit], settings: Re
     writer.prune()
 
 
-def _alternate(model: onnx.ModelProto, plans: Sequence[LayerFit], writer: Writer, settings: RefitSettings) -> None:
+def _alternate(model: onnx.ModelProto, plans: Sequence[LayerFit], writer: Writer, settings: RefitSettings,
+               shared: _WaveRuns) -> None:
     """Refit each plan's separable layer whole (depthwise kernels and pointwise stage, alternating), in place.
 
     One run of the (partly refitted) model gives every layer's depthwise input; its patches at the refit's own
@@ -267,7 +342,7 @@ def _alternate(model: onnx.ModelProto, plans: Sequence[LayerFit], writer: Writer
         shape = (dw.group, dw.channels // dw.group, math.prod(dw.kernel), p.stage.c_out // dw.group)
         moments[p.index] = (dwfit.Moments(*shape), dwfit.Moments(*shape))
     names = {dw.input: p.stage.elem_type for p, dw in layers}
-    for first, outs in settings.activations(model, names):
+    for first, outs in shared.activations(model, names, settings):
         for p, dw in layers:
             z = outs[dw.input]
             t_fit, t_check = _targets(p)

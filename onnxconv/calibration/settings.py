@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
-from .activations import activations
+from .activations import TensorCache, activations
 from .data import CalibrationSet
 from .normal import RIDGES
 from .patches import draw_positions
@@ -52,6 +52,9 @@ class RefitSettings:
         return draw_positions((self.seed, layer, sample), count, self.per, self.per_check)
 
     def activations(self, model: onnx.ModelProto, outputs: Mapping[str, int], first_only: bool = False,
+                    cache: TensorCache | None = None,
+                    keep: Callable[[frozenset[str]], Collection[str]] | None = None,
                     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """:func:`~onnxconv.calibration.activations.activations` on the calibration set with these settings."""
-        return activations(model, outputs, self.calibration, self.providers, self.threads, first_only=first_only)
+        return activations(model, outputs, self.calibration, self.providers, self.threads, first_only=first_only,
+                           cache=cache, keep=keep)
