@@ -239,10 +239,10 @@ def test_error_budget_whose_best_plan_is_no_faster_than_the_original_is_one_line
     assert len(info.value.report.round_models) == len(rounds)
 
 
-def test_error_budget_search_rescales_the_estimated_errors(tmp_path, monkeypatch) -> None:
-    """The estimated errors rescaled by the fastest plan's measured one point at the two exact layers (1.2x)
-    within three measured plans, where a bisection on the saving (the smallest plan, then half the saving)
-    spends its third round on a three-layer plan over the budget and returns one layer."""
+def test_error_budget_search_is_regula_falsi_on_the_estimated_errors(tmp_path, monkeypatch) -> None:
+    """Regula falsi on the estimated errors from the original and the fastest plan points at the two exact
+    layers (1.2x) within three measured plans, where a bisection on the saving (the smallest plan, then half the
+    saving) spends its third round on a three-layer plan over the budget and returns one layer."""
     result, report = plan(tmp_path, monkeypatch, max_output_error=1e-3, rounds=3)
     assert {c.name for c in result.rewritten} == set(EXACT) and report.measured == pytest.approx(1.2)
     assert report.rounds[0]["how"] == "fastest" and len(report.rounds) <= 3

@@ -42,8 +42,8 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    even it misses, the target is refused with its figure.
 
    *Error budget E* (``max_output_error``): the fastest measured plan whose end-to-end error is at most E: the
-   fastest plan first, then plans chosen by their estimated errors rescaled by what the measured plans' errors
-   were (:func:`_search_error`). A plan measuring under ``1 + tolerance`` is no faster than the original
+   fastest plan first, then regula falsi on the plans' estimated errors between the original and the plans
+   measured within and over E (:func:`_search_error`). A plan measuring under ``1 + tolerance`` is no faster than the original
    within the timing noise: when that is the best within E, one line says so instead. With S too, a plan must
    satisfy both, or one line says which cannot hold and what the closest plans measure. A refused plan raises
    :class:`PlanRefused`, which carries the report of what the search measured.
@@ -366,18 +366,20 @@ def _choose_within(layers: Sequence[LayerOptions], model_s: float, most: float, 
 
 
 def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
-    """The fastest plan within ``max_error``: the fastest plan first; when it is over the budget, the search
-    rescales the *estimated* errors by what the plans measure, as the target search rescales the layer savings.
+    """The fastest plan within ``max_error``: the fastest plan first; when it is over the budget, regula falsi on
+    the plans' *estimated* errors ``est = sqrt(sum e_o^2)``, between a plan within E and one over it.
 
-    A plan's end-to-end error is close to ``k * sqrt(sum e_o^2)`` (its layers' estimated errors add up like
-    independent noise; ``k`` is what the model does to them downstream), and in int8 it adds to the quantized
-    original's own error ``q`` the same way: ``error^2 ~ q^2 + (k * est)^2``. Each measured plan gives ``k``;
-    the next plan is the one saving most (layer-timed) with estimated error at most ``sqrt(E^2 - q^2) / k``,
-    kept inside the bracket of estimated errors measured within and over E (a step outside it, or onto a plan
-    measured already, bisects the bracket). An interpolation on the layer-timed saving instead (tried) assumes
-    the error grows evenly with the saving: on ppocr_det, where a small saving already costs most of the error,
-    its five plans all measured over E = 0.1 though a one-layer plan at 0.04 existed. When the plan for a limit
-    rewrites nothing, the smallest plan (the one least-error option that saves time) is measured instead."""
+    The end-to-end error a plan adds grows with its estimated error (in int8 on top of the quantized original's
+    own error ``q``, the two adding like independent noise: the search works on ``excess = sqrt(error^2 - q^2)``).
+    The bracket starts at the original (``est`` 0, no excess) and the fastest plan; the next plan is the one
+    saving most (layer-timed) with ``est`` at most where the line between the bracket's ends crosses E, kept at
+    least a tenth of the bracket from either end; after the same end moved twice in a row it bisects instead
+    (the Illinois remedy: near the fastest plan the error flattens, and the line kept landing just over E). A
+    step onto a plan measured already bisects; when no plan saving time fits under a limit the smallest plan
+    (the one least-error option that saves time) is measured. Tried and dropped: interpolating on the
+    layer-timed saving (on ppocr_det, where a small saving already costs most of the error, every plan landed
+    over E = 0.1 though a one-layer plan at 0.04 existed) and rescaling the estimated errors by the latest
+    plan alone (one-sided from above: on ddddocr_det four plans at 0.100-0.108 for E = 0.1)."""
     layers, model_s = m.layers, m.model_s
     _fastest(layers)
     most = saved(layers)
@@ -389,15 +391,16 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
     def excess(error: float) -> float:  # the part of an error the rewrite adds
         return math.sqrt(max(error * error - q * q, 0.0))
 
-    lo, hi = 0.0, _estimated(layers)  # estimated errors: a plan within E at lo, over it at hi
-    k = excess(p.error) / hi if hi > 0 else 1.0
+    goal = excess(max_error)
+    lo, lo_x, hi, hi_x = 0.0, 0.0, _estimated(layers), excess(p.error)
+    moved: list[str] = []
     for _ in range(max(1, rounds) - 1):
         if hi <= 0 or hi - lo <= 0.02 * hi:
             break
-        limit = excess(max_error) / k if k > 0 else hi
-        if not lo < limit < hi:
-            limit = 0.5 * (lo + hi)
-        found = _choose_within(layers, model_s, most, limit)
+        frac = (goal - lo_x) / (hi_x - lo_x) if hi_x > lo_x else 0.5
+        if moved[-2:] in (["lo", "lo"], ["hi", "hi"]):
+            frac = 0.5
+        found = _choose_within(layers, model_s, most, lo + min(max(frac, 0.1), 0.9) * (hi - lo))
         if found and tuple(lay.chosen for lay in layers) in m.seen():
             found = _choose_within(layers, model_s, most, 0.5 * (lo + hi))
         if not found:  # nothing saves time within the limit: the smallest plan, unless measured already
@@ -405,13 +408,13 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
         if not found or tuple(lay.chosen for lay in layers) in m.seen():
             break
         est = _estimated(layers)
-        p = m.measure("budget", k)
+        p = m.measure("budget", 1.0)
         if p.error <= max_error:
-            lo = max(lo, est)
+            lo, lo_x = max(lo, est), excess(p.error)
+            moved.append("lo")
         else:
-            hi = min(hi, est)
-        if est > 0 and excess(p.error) > 0:
-            k = excess(p.error) / est
+            hi, hi_x = min(hi, est), excess(p.error)
+            moved.append("hi")
 
 
 def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, max_error: float | None,
