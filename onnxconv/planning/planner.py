@@ -188,6 +188,8 @@ class _Measurer:
         self.points: list[PlanPoint] = []
         self.models: list[onnx.ModelProto] = []  # each point's model, in round order
         self._macs_before: int | None = None
+        #: Conv MACs of the original, as the measured plans' MACs count them (set by :meth:`measure`).
+        self.macs_before = 0
         self.built: dict[tuple[int, ...], tuple[PassResult, onnx.ModelProto | None]] = {}
         feeds = held_out_feeds(calibration, model, seed=seed)
         if feeds:
@@ -250,10 +252,11 @@ class _Measurer:
         error = self.error_of(result.model)
         self.built[picks] = (result, reference)
         measured_saving = self.model_s * (1.0 - 1.0 / max(measured, 1e-9))
+        self.macs_before, macs_after = self.macs(result)
         point = PlanPoint(
             round=len(self.points), how=how, scale=scale, predicted=predicted, measured=measured, error=error,
             cost=sum(lay.options[lay.chosen].error ** 2 for lay in self.layers),
-            macs=self.macs(result)[1], rewritten=len(result.rewritten),
+            macs=macs_after, rewritten=len(result.rewritten),
             timing_ratio=measured_saving / layer_saved if layer_saved > 0 else 0.0, picks=list(picks))
         self.points.append(point)
         self.models.append(result.model)
@@ -592,7 +595,7 @@ def plan_rewrite(
         fastest_measured = True
     report.rounds = [p.to_dict() for p in m.points]
     report.round_models = m.models
-    report.macs_before = m.macs(next(iter(m.built.values()))[0])[0]  # all convs, as each point's MACs count them
+    report.macs_before = m.macs_before
     try:
         best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured, quantizer is not None)
     except OptionError as e:
