@@ -12,7 +12,8 @@ pointwise refit) and in ``D`` for fixed ``(P, b)``, whose normal matrix is the e
 ``(P^T P)[(m,t),(m',t')] * (X^T X)[(m,k),(m',k')]``. :func:`alternate` alternates the two exact block
 minimisations (Zhang et al.'s asymmetric objective, solved jointly over both stages rather than the last one
 only), so the fitted error never rises; the kernel step's system is solved by preconditioned conjugate gradients
-from the current kernels to a small residual (:data:`CG_TOLERANCE`), which lowers the quadratic too. Everything comes from the moments ``X^T X``, ``X^T T`` and ``sum T^2``
+from the current kernels to a small residual (:data:`CG_TOLERANCE`), which lowers the quadratic too. Everything
+comes from the moments ``X^T X``, ``X^T T`` and ``sum T^2``
 of the depthwise *input* patches (with a 1 for the bias), accumulated once: the depthwise outputs are linear in
 those patches, so no step needs another run of the model. Held-out positions choose the ridge of the first
 pointwise step and the iterate kept (the weight-only start included, so it never ends worse there).

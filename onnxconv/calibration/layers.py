@@ -21,7 +21,8 @@ from . import depthwise as dwfit
 from .settings import RefitSettings
 from .stage import LinearStage, find_stage
 
-__all__ = ["LayerFit", "waves", "changed_waves", "is_grouped", "plan_layer", "plan_depthwise", "check_depthwise", "grouped_orders"]
+__all__ = ["LayerFit", "waves", "changed_waves", "is_grouped", "plan_layer", "plan_depthwise", "check_depthwise",
+           "grouped_orders"]
 
 
 def waves(model: onnx.ModelProto, stages: Sequence[LinearStage]) -> None:

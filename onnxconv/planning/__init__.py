@@ -17,7 +17,8 @@ from .planner import PlanPoint, PlanRefused, PlanReport, concat_runs, frontier_r
 
 __all__ = [
     "RANK_CHOICES", "GROUP_CHOICES", "BUCKETS", "KEEP", "MAX_REFIT_FEATURES",
-    "Option", "LayerOptions", "PlanPoint", "PlanRefused", "PlanReport", "frontier_rows", "LatencyCache", "Quantizer", "Candidate",
+    "Option", "LayerOptions", "PlanPoint", "PlanRefused", "PlanReport", "frontier_rows", "LatencyCache", "Quantizer",
+    "Candidate",
     "find_candidates", "option_errors", "measure_latencies", "latency_key", "bench_pair", "choose", "build_plan",
     "plan_rewrite", "plan_from_file", "concat_runs",
 ]

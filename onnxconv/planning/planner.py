@@ -43,10 +43,10 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
 
    *Error budget E* (``max_output_error``): the fastest measured plan whose end-to-end error is at most E: the
    fastest plan first, then regula falsi on the plans' estimated errors between the original and the plans
-   measured within and over E (:func:`_search_error`). A plan measuring under ``1 + tolerance`` is no faster than the original
-   within the timing noise: when that is the best within E, one line says so instead. With S too, a plan must
-   satisfy both, or one line says which cannot hold and what the closest plans measure. A refused plan raises
-   :class:`PlanRefused`, which carries the report of what the search measured.
+   measured within and over E (:func:`_search_error`). A plan measuring under ``1 + tolerance`` is no faster
+   than the original within the timing noise: when that is the best within E, one line says so instead. With S
+   too, a plan must satisfy both, or one line says which cannot hold and what the closest plans measure. A
+   refused plan raises :class:`PlanRefused`, which carries the report of what the search measured.
 
    *int8* (``precision="int8"``): the model ships quantized, and there the picture flips (onnxruntime CPU, QDQ
    uint8/int8, one thread, 64 channels at 52x52: a dense 3x3 conv runs 2.6x faster in int8 than in fp32, a
@@ -84,7 +84,8 @@ from .choose import BUCKETS, KEEP, LayerOptions, Option, choose, saved
 from .estimate import option_errors
 from .latency import LatencyCache, Quantizer, bench_pair, measure_latencies
 
-__all__ = ["PlanPoint", "PlanReport", "PlanRefused", "plan_rewrite", "plan_from_file", "frontier_rows", "concat_runs"]
+__all__ = ["PlanPoint", "PlanReport", "PlanRefused", "plan_rewrite", "plan_from_file", "frontier_rows",
+           "concat_runs"]
 
 
 @dataclass
