@@ -201,3 +201,34 @@ def test_cli_threads_reach_the_planners_timings_and_need_calibration(files, monk
     assert res.exit_code == 1 and res.stderr.strip() == ("Error: --threads applies to --calibration (its runs and "
                                                          "the planner's timings)")
     assert not (t / "p.onnx").exists()
+
+
+def test_cli_refused_plan_writes_its_report_and_plot_but_no_model(files) -> None:
+    """A refusal is a result: --report gets the refusal and every measured plan (a pipeline reads the closest
+    figures there), --plot the picture; the model is not written and the one Error line stays one line."""
+    t = files
+    res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--target-speedup", "2", "--calibration",
+                   str(t / "cal.npz"), "--report", str(t / "r.json"), "--plot", str(t / "f.png"))
+    assert res.exit_code == 1
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("Error: --target-speedup 2: the largest measured speed-up is")
+    data = json.loads((t / "r.json").read_text())
+    assert data["output"] is None and data["refused"] == errors[0][len("Error: "):]
+    assert data["plan"]["rounds"] and all(r["measured"] < 2 for r in data["plan"]["rounds"])
+    assert (t / "f.png").stat().st_size > 1000 and not (t / "o.onnx").exists()
+    assert not [p.name for p in t.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("target", ["1.4", "2"])  # a plan written, and a plan refused
+@pytest.mark.parametrize("option", ["--report", "--plot"])
+def test_cli_report_or_plot_never_replaces_the_inputs_external_data(files, option, target) -> None:
+    t = files
+    model = onnx.load(t / "m.onnx")
+    onnx.save(model, t / "e.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="e.data",
+              size_threshold=0)
+    before = (t / "e.data").read_bytes()
+    res = separate(str(t / "e.onnx"), "-o", str(t / "o.onnx"), "--target-speedup", target, "--calibration",
+                   str(t / "cal.npz"), option, str(t / "e.data"))
+    assert res.exit_code != 0
+    assert "is the input model's external data file" in res.stderr
+    assert (t / "e.data").read_bytes() == before and not (t / "o.onnx").exists()

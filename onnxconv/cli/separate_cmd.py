@@ -208,6 +208,42 @@ def _echo_frontier(plan: Mapping[str, Any], title: str) -> None:
     click.echo("\n".join(grid(headers, rows, right={2, 3, 4, 5, 6})))
 
 
+def _data_clash(files: Sequence[str]) -> list[tuple[str, str]]:
+    """``not_same_as`` pairs for :func:`check_output_path`: the input model's external data files."""
+    return [(f, "is the input model's external data file (choose another file)") for f in files]
+
+
+def _check_not_data(report_file: Path | None, plot_file: Path | None, clash: Sequence[tuple[str, str]]) -> None:
+    """Refuse a ``--report`` or ``--plot`` that would replace one of the input's external data files."""
+    if report_file is not None:
+        check_output_path(report_file, "--report", not_same_as=list(clash))
+    if plot_file is not None:
+        check_output_path(plot_file, "--plot", not_same_as=list(clash))
+
+
+def _write_refusal(report_file: Path | None, plot_file: Path | None, data: Mapping[str, Any]) -> str:
+    """Write a refused plan's ``--report`` (atomically) and ``--plot``; returns what could not be written ("" when
+    all was), for the refusal's one line."""
+    if report_file is not None:
+        try:
+            tmp = _write_json_tmp(report_file, data)
+        except OnnxConvError as err:
+            return str(err)
+        try:
+            os.replace(tmp, report_file)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            return f"--report {report_file}: cannot write ({err.strerror})"
+    if plot_file is not None:
+        from ..planning.plot import plot_frontier
+
+        try:
+            plot_frontier(data["plan"], plot_file)
+        except OnnxConvError as err:
+            return str(err)
+    return ""
+
+
 def _write_json_tmp(path: Path, data: Mapping[str, Any]) -> Path:
     """``data`` as JSON in a temporary file beside ``path`` (the caller renames it into place)."""
     try:
@@ -307,22 +343,36 @@ def separate(model: str, output: str, **options: Any) -> None:
         outcome = run_separate(request)
     except OptionError as e:
         refused = getattr(e, "report", None)  # planning.PlanRefused: what the search measured before refusing
-        if refused is not None and refused.rounds:
-            _echo_frontier(refused.to_dict(), "plans measured (the frontier; none meets what was asked):")
+        if refused is None or not refused.rounds:
+            raise
+        plan = refused.to_dict()
+        _echo_frontier(plan, "plans measured (the frontier; none meets what was asked):")
+        # No model is written; the report and the picture of a refusal are complete in themselves, and a pipeline
+        # reads from the report what the closest plans measure instead of parsing the error line.
+        if report_file is not None or plot_file is not None:
+            from ..model_io import external_data_files, load_model
+
+            # As for a written plan: neither file may replace the input's external data (its graph points at it).
+            data_files = [os.path.join(os.path.dirname(model), loc) for loc in external_data_files(load_model(model))]
+            _check_not_data(report_file, plot_file, _data_clash(data_files))
+        failed = _write_refusal(report_file, plot_file, {"model": model, "output": None, "refused": str(e),
+                                                         "plan": plan})
+        if failed:
+            raise OptionError(f"{e}; {failed}") from e
         raise
     result = outcome.result
     # The output's weights file, and the input's: none of these may be replaced by another file (the input's
     # weights would be lost while its graph still points at them).
-    data_clash = [(f, "is the input model's external data file (choose another file)") for f in outcome.input_data_files]
+    data_clash = _data_clash(outcome.input_data_files)
     if not request.overwrite:
         check_output_path(output, "-o", not_same_as=data_clash)
         for f, _ in data_clash:
             if same_file(output + ".data", f):
                 raise OptionError(f"-o {output}: its external data file {output}.data would replace the input "
                                   "model's (choose another file)")
-    if report_file is not None:
-        check_output_path(report_file, "--report", not_same_as=[
-            *data_clash, (output + ".data", "is the -o model's external data file (choose another file)")])
+    # The plot too: a PNG renamed over the input's weights would lose them as surely as a report would.
+    _check_not_data(report_file, plot_file, [
+        *data_clash, (output + ".data", "is the -o model's external data file (choose another file)")])
     if request.fail_if_unchanged and not result.rewritten:
         click.echo(render_result(result))
         click.echo(f"no conv was rewritten (--fail-if-unchanged): nothing written to {output}", err=True)
