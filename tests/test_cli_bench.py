@@ -203,6 +203,7 @@ def test_unknown_input_shape_name_is_rejected_like_stats(models) -> None:
     ("bench", "--batch", "0"), ("stats", "--batch", "0"), ("stats", "--batch", "-2"),
     ("bench", "--threads", "0"), ("bench", "--threads", "100000"),
     ("bench", "--device-id", str(2**62)),  # onnxruntime's binding raised TypeError on a C int overflow (fuzz seed 6)
+    ("bench", "--seed", "-1"),  # numpy's default_rng raised ValueError on a negative seed (fuzz seed 9 case 981)
 ])
 def test_out_of_range_counts_are_usage_errors(models, command: str, option: str, value: str) -> None:
     a, _, _ = models

@@ -77,7 +77,8 @@ class _ProgressBar:
 @shape_options
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Feed these arrays (.npz, one array per input name) instead of random inputs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the random inputs (numpy takes non-negative seeds).")
 @click.option("--profile", is_flag=True,
               help="Per-node times from onnxruntime's profiler joined with the MACs of `onnxconv stats`.")
 @click.option("--device-id", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
