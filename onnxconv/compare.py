@@ -11,6 +11,33 @@ positions whose argmax over the class axis agrees, for outputs whose rows are cl
 ``N x C`` or 3-D ``N x T x C`` (per-position scores, as OCR heads emit) whose rows over the last axis are
 softmax or log-softmax outputs (:func:`looks_like_scores`). A detector head, a regression or raw logits get
 no top-1: their shape cannot tell them apart, and argmax over a non-class axis is a meaningless figure.
+
+**Per-channel agreement.** One relative error over a whole tensor is dominated by its largest channels: a YOLO
+head ``N x (4+C) x A`` holds box coordinates in pixels (hundreds) beside class scores in [0, 1], so zeroing every
+score moves the whole-tensor error by a few percent. Each output is therefore also compared channel by channel,
+every channel at its own scale (:func:`channel_errors`)::
+
+    e_c = ||a_c - b_c|| / max(||a_c||, floor_c),    floor_c = CHANNEL_FLOOR * sqrt(n_c) * max_k rms(a_k)
+
+with ``a_c`` the reference's values of channel ``c`` (all samples, all positions), ``n_c`` their count and
+``rms(a_k) = ||a_k|| / sqrt(n_k)``. The floor keeps channels that are nearly silent in the reference (a class
+that never fires: scores of 1e-5 everywhere) from raising false alarms over errors far below anything the
+output's channels carry. It is set by the *largest* channel and kept small (1e-4): score channels are sparse (a
+few confident anchors among thousands), so their RMS sits two to four orders of magnitude under pixel-scale box
+channels, and a floor set by a typical or median channel (a box channel, in a head with few classes) would hide
+exactly the channels a detector user loses. A score channel under the floor still reads its loss, scaled down
+by its RMS over the floor's. The price: a channel that is exactly 0 in the reference (a
+dead ReLU channel of a feature map) and slightly alive in the candidate reads as a large error, which it is at
+that channel's scale. Task-level judgement (did the detections survive?) belongs to ``--metric``
+(:mod:`onnxconv.metrics`). The worst channel (:class:`WorstChannel`) is reported beside the whole-tensor
+figures, and :attr:`Agreement.error` (what error budgets bound) is the larger of the two.
+
+The channel axis (:func:`channel_axis`) is 1 for channels-first outputs (NCHW maps, a YOLOv8 ``N x (4+C) x A``
+head) and the last axis for channels-last ones (a YOLOX / YOLOv5 ``N x A x (5+C)`` head, NHWC maps): of the two,
+the smaller dim when they differ (channels are fewer than anchors or positions), else the one along which
+channel scales differ most; maps of rank >= 4 are NCHW unless their last dim is smaller than dims 1 and 2.
+Rank-2 outputs ``N x C`` use axis 1; outputs of rank < 2 have no channel axis
+(whole-tensor figures only). ``channel_axes`` (``--channel-axis OUTPUT=AXIS``) overrides the choice per output.
 """
 
 from __future__ import annotations
@@ -31,7 +58,7 @@ from .errors import OnnxConvError, OptionError
 if TYPE_CHECKING:  # onnxruntime is imported where a session is made (slow to import); here only its name
     from onnxruntime import InferenceSession
 
-__all__ = ["Agreement", "make_inputs", "load_inputs", "check_inputs", "read_npz", "write_npz", "model_input_specs",
+__all__ = ["Agreement", "WorstChannel", "channel_axis", "channel_errors", "CHANNEL_FLOOR", "parse_channel_axes", "make_inputs", "load_inputs", "check_inputs", "read_npz", "write_npz", "model_input_specs",
            "value_dims", "feeds_for", "run_model", "compare_outputs", "session",
            "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
 
@@ -42,12 +69,31 @@ _ORT_TYPES = {
 }
 
 
+#: A channel's error is measured against at least this fraction of the output's largest channel RMS (per
+#: element): see the module docstring for why the largest channel and why so small.
+CHANNEL_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class WorstChannel:
+    """The output channel that agrees least: its axis, index and relative error at its own scale."""
+
+    axis: int
+    index: int
+    rel_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Agreement:
     """How closely one output of a model matches the reference model's.
 
-    ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius); ``top1`` is the share of positions whose argmax over the
-    last axis agrees, for outputs whose rows are class distributions (:func:`looks_like_scores`), else None.
+    ``rel_error`` is ``||a - b|| / ||a||`` (Frobenius, whole tensor); ``top1`` is the share of positions whose
+    argmax over the last axis agrees, for outputs whose rows are class distributions (:func:`looks_like_scores`),
+    else None; ``worst_channel`` the channel with the largest error at its own scale (None for outputs without
+    a channel axis). :attr:`error` is what an error budget bounds.
     """
 
     output: str
@@ -55,6 +101,12 @@ class Agreement:
     rel_error: float
     cosine: float
     top1: float | None = None
+    worst_channel: WorstChannel | None = None
+
+    @property
+    def error(self) -> float:
+        """The larger of the whole-tensor and the worst channel's relative error."""
+        return max(self.rel_error, self.worst_channel.rel_error) if self.worst_channel else self.rel_error
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -363,9 +415,86 @@ def looks_like_scores(a: np.ndarray) -> bool:
     return False
 
 
-def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> list[Agreement]:
-    """Agreement of each output of ``test`` with the same-named (else same-position) output of ``ref``."""
+def parse_channel_axes(specs: Sequence[str]) -> dict[str, int]:
+    """``--channel-axis OUTPUT=AXIS`` values as output name -> axis (negative axes count from the end).
+
+    The output name is everything before the last ``=`` (output names may hold ``=``).
+
+    Raises:
+        OptionError: a value without ``=`` or whose axis is not an integer.
+    """
+    out: dict[str, int] = {}
+    for spec in specs:
+        name, sep, axis = str(spec).rpartition("=")
+        if not sep or not name:
+            raise OptionError(f"--channel-axis '{spec}': give OUTPUT=AXIS, e.g. output0=1")
+        try:
+            out[name] = int(axis)
+        except ValueError:
+            raise OptionError(f"--channel-axis '{spec}': the axis '{axis}' is not an integer") from None
+    return out
+
+
+def _channel_spread(a: np.ndarray, axis: int) -> float:
+    """How much channel scales differ along ``axis``: the spread of log RMS over its channels."""
+    moved = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+    rms = np.sqrt(np.mean(moved * moved, axis=1))
+    logs = np.log10(np.maximum(rms, 1e-30))
+    return float(logs.max() - logs.min()) if logs.size else 0.0
+
+
+def channel_axis(a: np.ndarray, given: int | None = None) -> int | None:
+    """The channel axis of a reference output ``a`` (non-negative), or None for outputs without one.
+
+    ``given`` (from ``--channel-axis``; negative counts from the end) wins; an axis out of range raises
+    OptionError. Otherwise: rank < 2 has none; rank 2 (``N x C``) is 1; rank 3 chooses between axis 1
+    (channels first) and the last axis (channels last): the smaller dim when they differ; rank >= 4 is NCHW
+    (axis 1) unless the last dim is smaller than dims 1 and 2 (NHWC). Equal dims: the axis along which channel
+    scales spread most.
+    """
+    if given is not None:
+        if not -a.ndim <= given < a.ndim:
+            raise OptionError(f"--channel-axis {given}: the output has {a.ndim} dims ({'x'.join(map(str, a.shape))})")
+        return given % a.ndim
+    if a.ndim < 2 or a.size == 0:
+        return None
+    if a.ndim == 2:
+        return 1
+    first, last = a.shape[1], a.shape[-1]
+    if a.ndim >= 4:
+        # ONNX maps are NCHW; NHWC shows as a last dim smaller than the first two spatial ones (1 x 20 x 20 x 3).
+        if last < first and last < a.shape[2]:
+            return a.ndim - 1
+        if last != first:
+            return 1
+    elif first != last:
+        return 1 if first < last else a.ndim - 1
+    return 1 if _channel_spread(a, 1) >= _channel_spread(a, a.ndim - 1) else a.ndim - 1
+
+
+def channel_errors(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+    """Relative error of every channel of ``b`` against ``a`` along ``axis``, each at its own scale with the
+    floor of the module docstring (``CHANNEL_FLOOR`` times the largest channel RMS); float64, one per channel."""
+    a2 = np.moveaxis(np.asarray(a, dtype=np.float64), axis, 0).reshape(a.shape[axis], -1)
+    b2 = np.moveaxis(np.asarray(b, dtype=np.float64), axis, 0).reshape(a.shape[axis], -1)
+    n = a2.shape[1]
+    norms = np.linalg.norm(a2, axis=1)
+    diffs = np.linalg.norm(a2 - b2, axis=1)
+    floor = CHANNEL_FLOOR * float(norms.max()) if n and norms.size else 0.0  # sqrt(n) * max rms == max norm
+    denom = np.maximum(norms, floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # An all-zero reference output (floor 0): judged by the absolute error, as the whole-tensor figure is.
+        return np.where(denom > 0, diffs / np.where(denom > 0, denom, 1.0), diffs)
+
+
+def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                    channel_axes: Mapping[str, int] | None = None) -> list[Agreement]:
+    """Agreement of each output of ``test`` with the same-named (else same-position) output of ``ref``.
+
+    ``channel_axes`` sets the channel axis of outputs by name (else :func:`channel_axis` chooses it).
+    """
     out: list[Agreement] = []
+    axes = dict(channel_axes or {})
     ref_items = list(ref.items())
     for i, (name, b) in enumerate(test.items()):
         a = ref.get(name)
@@ -382,8 +511,18 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
         rel = float(np.linalg.norm(diff) / na) if na > 0 else float(np.linalg.norm(diff))
         cos = float(a64 @ b64 / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
         arr_a, arr_b = np.asarray(a), np.asarray(b)
-        # Same element count but another shape (a reshape at the end of a rewrite) is compared flat, without top-1.
-        scores = arr_a.shape == arr_b.shape and looks_like_scores(arr_a)
+        # Same element count but another shape (a reshape at the end of a rewrite) is compared flat, without top-1
+        # or channels.
+        same = arr_a.shape == arr_b.shape
+        scores = same and looks_like_scores(arr_a)
         top1 = float(np.mean(arr_a.argmax(-1) == arr_b.argmax(-1))) if scores else None
-        out.append(Agreement(name, float(np.max(np.abs(diff))) if diff.size else 0.0, rel, cos, top1))
+        worst = None
+        numeric = np.issubdtype(arr_a.dtype, np.number) and np.issubdtype(arr_b.dtype, np.number)
+        ax = channel_axis(arr_a, axes.get(name)) if same and numeric else None
+        if ax is not None:
+            errs = channel_errors(arr_a, arr_b, ax)
+            if errs.size:
+                k = int(np.argmax(errs))
+                worst = WorstChannel(ax, k, float(errs[k]))
+        out.append(Agreement(name, float(np.max(np.abs(diff))) if diff.size else 0.0, rel, cos, top1, worst))
     return out
