@@ -109,7 +109,8 @@ class Agreement:
         return max(self.rel_error, self.worst_channel.rel_error) if self.worst_channel else self.rel_error
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The figures as JSON-ready values; ``error`` (:attr:`error`) is derived, kept for readers of the JSON."""
+        return {**asdict(self), "error": self.error}
 
 
 #: Severity below which onnxruntime logs nothing (0 verbose .. 3 error, 4 fatal). Errors too are silenced: every

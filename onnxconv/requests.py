@@ -5,7 +5,7 @@ same way) and :meth:`SeparateRequest.validate` refuses contradictory combination
 :class:`~onnxconv.errors.OptionError` line each, before any model is read. :func:`run_separate` loads the model
 and dispatches to the one pass that applies:
 
-* ``--target-speedup`` and/or ``--max-output-error``: the planner (:func:`onnxconv.planning.plan_from_file`) chooses
+* ``--target-speedup``, ``--max-output-error`` and/or ``--min-metric``: the planner (:func:`onnxconv.planning.plan_from_file`) chooses
   per layer, refitting each plan it measures;
 * ``--mode separable``: :func:`onnxconv.passes.separable.separate` with a :class:`~onnxconv.passes.ranks.RankPolicy`;
 * ``--mode shuffle``: :func:`onnxconv.passes.shuffle.group_shuffle`;
@@ -27,6 +27,7 @@ from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
 
 if TYPE_CHECKING:
     from .passes.common import PassResult
+    from .planning.judge import Judge
     from .passes.ranks import RankPolicy
 
 __all__ = ["SeparateRequest", "SeparateOutcome", "run_separate", "RANK_OPTIONS"]
@@ -82,6 +83,9 @@ class SeparateRequest:
     precision: str = "fp32"
     activation_type: str = "uint8"
     weight_type: str = "int8"
+    channel_axis: tuple[str, ...] = ()
+    metric: str | None = None
+    min_metric: float | None = None
 
     @property
     def rank_values(self) -> dict[str, Any]:
@@ -89,18 +93,19 @@ class SeparateRequest:
 
     @property
     def plans(self) -> bool:
-        """Whether the planner chooses per layer (--target-speedup and/or --max-output-error)."""
-        return self.target_speedup is not None or self.max_output_error is not None
+        """Whether the planner chooses per layer (--target-speedup, --max-output-error and/or --min-metric)."""
+        return self.target_speedup is not None or self.max_output_error is not None or self.min_metric is not None
 
     @property
     def planner_flag(self) -> str:
         """The planner option given, for messages (--target-speedup when both are)."""
-        return "--target-speedup" if self.target_speedup is not None else "--max-output-error"
+        return ("--target-speedup" if self.target_speedup is not None
+                else "--max-output-error" if self.max_output_error is not None else "--min-metric")
 
     @property
     def verifies(self) -> bool:
-        """--inputs implies --verify."""
-        return self.verify or self.inputs is not None
+        """--inputs and --metric imply --verify."""
+        return self.verify or self.inputs is not None or self.metric is not None
 
     def validate(self) -> None:
         """Refuse option combinations that contradict each other, in a fixed order (the first problem wins).
@@ -134,14 +139,32 @@ class SeparateRequest:
             raise OptionError(f"{self.planner_flag} chooses the ranks itself: drop "
                               "--rank/--energy/--exact/--max-error/--budget")
         if self.precision != "fp32" and not self.plans:
-            raise OptionError(f"--precision {self.precision} applies to the planner (--target-speedup or "
-                              "--max-output-error)")
+            raise OptionError(f"--precision {self.precision} applies to the planner (--target-speedup, "
+                              "--max-output-error or --min-metric)")
         if self.precision != "int8" and (self.activation_type, self.weight_type) != ("uint8", "int8"):
             raise OptionError("--activation-type/--weight-type apply to --precision int8")
+        if self.min_metric is not None and self.metric is None:
+            raise OptionError("--min-metric needs --metric SPEC (the metric to hold)")
+        self.channel_axes()  # a malformed --channel-axis is refused before any work
         if self.plot_path is not None and not self.plans:
-            raise OptionError("--plot draws the planner's frontier: it needs --target-speedup or --max-output-error")
+            raise OptionError("--plot draws the planner's frontier: it needs --target-speedup, --max-output-error "
+                              "or --min-metric")
         self.policy()
         self.node_filter()
+
+    def channel_axes(self) -> dict[str, int]:
+        """``--channel-axis`` values as output name -> axis."""
+        from .compare import parse_channel_axes
+
+        return parse_channel_axes(self.channel_axis)
+
+    def judge(self) -> Judge:
+        """How outputs are judged (planner and verify): channel axes, and the metric loaded from its SPEC (the
+        user's own code runs here, once)."""
+        from .metrics import load_metric
+        from .planning.judge import Judge
+
+        return Judge(load_metric(self.metric) if self.metric else None, self.min_metric, self.channel_axes())
 
     def node_filter(self) -> NodeFilter:
         """--include/--exclude compiled (a bad regular expression is an OptionError)."""
@@ -179,6 +202,8 @@ class SeparateOutcome:
     #: runs on (:func:`onnxconv.calibration.held_out_feeds`); an empty list when the set is too small to hold any
     #: out (then --verify falls back to random inputs and says so); None without --calibration.
     held_out: list[dict[str, Any]] | None = None
+    #: How outputs are judged (channel axes, the loaded --metric), for the caller's verification.
+    judge: Judge | None = None
 
 
 def run_separate(request: SeparateRequest) -> SeparateOutcome:
@@ -192,6 +217,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
 
     r = request
     r.validate()
+    judge = r.judge()  # loads --metric: a bad SPEC is refused before the model is read
     policy = r.policy()
     node_filter = r.node_filter()
     m = load_model(r.model)
@@ -217,7 +243,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
                                 activation_type=r.activation_type, weight_type=r.weight_type,
                                 provider=r.provider, threads=r.threads, mode=r.mode,
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
-                                input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit)
+                                input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit, judge=judge)
     elif r.mode == "separable":
         from .passes.separable import separate as separate_pass
 
@@ -249,4 +275,4 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         if step:
             held_out = [{k: v[i:i + step] for k, v in f.items()}
                         for f in held_out for i in range(0, int(next(iter(f.values())).shape[0]), step)]
-    return SeparateOutcome(result, external, data_files, held_out)
+    return SeparateOutcome(result, external, data_files, held_out, judge)

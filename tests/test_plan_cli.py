@@ -45,8 +45,7 @@ def test_cli_error_budget_writes_the_plan_table_report_and_plot(files) -> None:
     assert res.exit_code == 0, res.output
     assert "plans measured (the frontier; * = chosen):" in res.output
     table = res.output.split("plans measured")[1].splitlines()
-    assert table[1].split() == ["plan", "how", "layers", "predicted", "measured", "held-out", "error", "MACs",
-                                "chosen"]
+    assert table[1].split() == ["plan", "how", "layers", "predicted", "measured", "error", "whole", "MACs", "chosen"]
     assert table[3].split()[0] == "original"
     chosen = [line for line in table if line.rstrip().endswith("*")]
     assert len(chosen) == 1 and "1.20x" in chosen[0]
@@ -55,7 +54,9 @@ def test_cli_error_budget_writes_the_plan_table_report_and_plot(files) -> None:
     assert plan["max_output_error"] == 0.001 and plan["error"] <= 0.001 and plan["measured"] == pytest.approx(1.2)
     rows = [line for line in table[3:] if line.split() and (line.split()[0] == "original" or line.split()[0].isdigit())]
     assert len(rows) == 1 + len(plan["rounds"]) and len(plan["rounds"]) >= 2  # the original, then every plan
-    assert {"measured", "error", "macs", "predicted", "timing_ratio"} <= set(plan["rounds"][0])
+    assert {"measured", "error", "whole_error", "worst_channel", "metric", "macs", "predicted",
+            "timing_ratio"} <= set(plan["rounds"][0])
+    assert plan["error"] >= plan["whole_error"] and set(plan["worst_channels"]) == {"h4"}
     assert {c["name"] for c in data["layers"] if c["rewritten"]} == set(EXACT)
     # --verify ran on the held-out samples (2 of 10), and agrees with onnxruntime on them.
     assert data["verify"]["inputs"].startswith("held-out calibration samples (2 of ")
@@ -161,7 +162,8 @@ def test_cli_int8_writes_the_quantized_rewrite_and_verifies_it_on_held_out_sampl
     assert matplotlib.image.imread(t / "int8.png").ndim == 3
     assert data["verify"]["inputs"].startswith("held-out calibration samples (2 of ")
     # --verify's figure is the planner's: the same samples, the same fp32 reference.
-    assert data["verify"]["outputs"][0]["rel_error"] == pytest.approx(data["options"]["plan"]["error"], rel=1e-4)
+    assert data["verify"]["outputs"][0]["error"] == pytest.approx(data["options"]["plan"]["error"], rel=1e-4)
+    assert data["verify"]["outputs"][0]["rel_error"] == pytest.approx(data["options"]["plan"]["whole_error"], rel=1e-4)
 
 
 def test_cli_int8_options_need_the_planner(files) -> None:

@@ -64,9 +64,11 @@ def _render_run(report: BenchReport, run: ProviderRun) -> list[str]:
     agreement = [(m.name, a) for m in run.models[1:] for a in m.agreement]
     if agreement:
         lines += ["", f"output agreement with {run.models[0].name} (same inputs):"]
-        lines += _grid(["model", "output", "max abs err", "rel err", "cosine", "top-1"], [
-            [n, a.output, f"{a.max_abs:.3g}", f"{a.rel_error:.3g}", f"{a.cosine:.6f}",
-             "-" if a.top1 is None else f"{100 * a.top1:.1f}%"] for n, a in agreement
+        lines += _grid(["model", "output", "max abs err", "rel err", "worst channel (axis:index)", "cosine", "top-1"], [
+            [n, a.output, f"{a.max_abs:.3g}", f"{a.rel_error:.3g}",
+             "-" if a.worst_channel is None
+             else f"{a.worst_channel.rel_error:.3g} ({a.worst_channel.axis}:{a.worst_channel.index})",
+             f"{a.cosine:.6f}", "-" if a.top1 is None else f"{100 * a.top1:.1f}%"] for n, a in agreement
         ], left=2)
     for m in run.models:
         if m.profile is not None:

@@ -169,7 +169,7 @@ def _bench_provider(sources: Sequence[str | onnx.ModelProto], names: Sequence[st
         models.append(ModelResult(
             name=name, session_s=session_s[i], first_run_s=firsts[i], timing=timing_stats(times[i], batch),
             memory=memories[i], speedup=speedup_stats(times[0], times[i]) if i else None,
-            agreement=compare_outputs(outputs[0], outputs[i]) if i else [],
+            agreement=compare_outputs(outputs[0], outputs[i], cfg.channel_axes) if i else [],
         ))
     run = ProviderRun(provider=provider.name, execution_providers=list(provider.chain), rounds=len(times[0]),
                       timed_s=elapsed, spinning=spinning, models=models)

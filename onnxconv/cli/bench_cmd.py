@@ -10,9 +10,9 @@ import click
 
 from ..bench import FORMATS, MAX_THREADS, PROVIDERS, BenchConfig, check_thresholds, render, validate_thresholds
 from ..bench import bench as run_bench
-from ..compare import OPT_LEVELS
+from ..compare import OPT_LEVELS, parse_channel_axes
 from ..text import printable
-from .options import shape_options
+from .options import channel_axis_option, shape_options
 
 __all__ = ["bench", "THRESHOLD_EXIT"]
 
@@ -93,12 +93,14 @@ class _ProgressBar:
 @click.option("--fail-if-slower", type=float, default=None, metavar="R",
               help="Exit 3 when a model takes more than R times as long as the first (speed-up below 1/R).")
 @click.option("--max-error", type=float, default=None, metavar="E",
-              help="Exit 3 when an output's relative error against the first model exceeds E.")
+              help="Exit 3 when an output's relative error against the first model exceeds E (whole tensor, or "
+                   "its worst channel at the channel's own scale).")
+@channel_axis_option
 def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iters: int | None,
           duration: float | None, threads: int | None, opt_level: str, batch: int | None,
           input_shapes: dict[str, list[int]], inputs_path: str | None, seed: int, profile: bool, device_id: int,
           spinning: str, isolate: bool, fmt: str, progress_mode: str, fail_if_slower: float | None,
-          max_error: float | None) -> None:
+          max_error: float | None, channel_axis: tuple[str, ...]) -> None:
     """Time MODELS with onnxruntime and compare each with the first.
 
     \b
@@ -106,7 +108,8 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     then models run in interleaved rounds (A B, B A, ...) so that a busy machine slows
     all of them alike. Speed-up = median over rounds of t(first) / t(model), with its
     quartiles. Outputs on the same inputs are compared with the first model's: max abs
-    error, relative error ||a-b||/||a||, cosine, top-1 agreement for softmax outputs.
+    error, relative error ||a-b||/||a|| (whole tensor, and the worst channel, each channel
+    at its own scale), cosine, top-1 agreement for softmax outputs.
 
     \b
     Exit status: 0 ok, 1 error (e.g. a provider is not available), 3 a threshold failed.
@@ -116,6 +119,7 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
         providers=providers, warmup=warmup, iters=iters, duration=duration, threads=threads, opt_level=opt_level,
         batch=batch, input_shapes=input_shapes, inputs=inputs_path, seed=seed,
         profile=profile, isolate=isolate, device_id=device_id, spinning={"auto": None, "on": True, "off": False}[spinning],
+        channel_axes=parse_channel_axes(channel_axis),
     )
     cfg.validate()
     bar = _ProgressBar(progress_mode)

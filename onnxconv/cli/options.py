@@ -7,6 +7,8 @@
   ``--budget``): separate.
 * :func:`calibration_options`: ``--calibration``, ``--kernel-refit/--no-kernel-refit``, ``--provider``, ``--threads``,
   ``--target-speedup``, ``--max-output-error``, ``--plot``, ``--precision`` and the int8 types: separate.
+* :func:`judging_options`: how outputs are judged against the original's: ``--channel-axis OUTPUT=AXIS``
+  (repeatable), ``--metric SPEC`` and ``--min-metric M``: separate and quantize (``--channel-axis`` on bench too).
 
 Ranges are click's, so a value out of range is refused while parsing, naming the range. Combinations of options
 are checked by the library (:class:`onnxconv.requests.SeparateRequest`), not here.
@@ -22,7 +24,7 @@ import click
 from ..bench import MAX_THREADS
 from ..stats import INT64_MAX, parse_input_shape
 
-__all__ = ["shape_options", "rank_options", "calibration_options"]
+__all__ = ["shape_options", "rank_options", "calibration_options", "judging_options", "channel_axis_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,9 +92,9 @@ def calibration_options(f: F) -> F:
                           "--provider and errors on --calibration, to reach S times faster with the least error; "
                           "verified end to end."),
         click.option("--max-output-error", type=click.FloatRange(0), default=None, metavar="E",
-                     help="Plan the fastest rewrite whose end-to-end relative output error (worst output) on the "
-                          "held-out calibration samples, after the refit, is at most E (with --target-speedup: "
-                          "both must hold)."),
+                     help="Plan the fastest rewrite whose end-to-end relative output error on the held-out "
+                          "calibration samples, after the refit, is at most E: every output channel at its own "
+                          "scale, the worst one counts (with --target-speedup: both must hold)."),
         click.option("--plot", "plot_path", type=click.Path(path_type=str), default=None, metavar="FILE.png",
                      help="With the planner: draw every measured plan (speed-up vs held-out error, the chosen one "
                           "marked) to FILE.png (needs the 'plot' extra: matplotlib)."),
@@ -104,4 +106,26 @@ def calibration_options(f: F) -> F:
                      help="--precision int8: the quantized activations' type."),
         click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
                      help="--precision int8: the quantized weights' type."),
+    )(f)
+
+
+#: ``--channel-axis``: the same option on every command that compares outputs.
+channel_axis_option = click.option(
+    "--channel-axis", "channel_axis", multiple=True, metavar="OUTPUT=AXIS",
+    help="Channel axis of an output for the per-channel errors (repeatable; default: found from its shape, e.g. 1 "
+         "for N x (4+C) x A and NCHW, 2 for N x A x (5+C)).")
+
+
+def judging_options(f: F) -> F:
+    """``--channel-axis``, ``--metric`` and ``--min-metric``: how a rewrite's outputs are judged."""
+    return _stack(
+        channel_axis_option,
+        click.option("--metric", default=None, metavar="SPEC",
+                     help="Your task metric, judged on the held-out samples beside the errors (implies --verify): "
+                          "top1, boxes (YOLO detection F1; boxes:conf=0.3,iou=0.5), path/to/file.py:function or "
+                          "package.module:function, called as fn(reference, candidate) -> float, 1.0 = as the "
+                          "original."),
+        click.option("--min-metric", type=float, default=None, metavar="M",
+                     help="With --metric: plan the fastest rewrite whose metric is at least M (with "
+                          "--target-speedup: the best metric that reaches S)."),
     )(f)

@@ -22,13 +22,15 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
+from ..metrics import MetricValue
 from ..model_io import INPUT_CLASH, check_output_path, same_file, save_model
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
+from ..planning.judge import Judge
 from ..requests import SeparateRequest, run_separate
 from ..tables import format_count, grid
 from ..text import printable
-from .options import calibration_options, rank_options, shape_options
+from .options import calibration_options, judging_options, rank_options, shape_options
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
            "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
@@ -128,12 +130,13 @@ RANDOM_INPUTS = "random (standard normal, seed 0)"
 
 def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, Sequence[int]],
             batch: int | None, exact: bool, held_out: Sequence[Mapping[str, np.ndarray]] = (),
-            ) -> tuple[list[Any], dict[str, float]]:
+            judge: Judge | None = None) -> tuple[list[Any], dict[str, float], MetricValue | None]:
     """Run the input file and the rewritten model in onnxruntime on the same inputs.
 
     The inputs are ``held_out`` (feeds, one per run, outputs joined over them: the held-out calibration samples
     of :func:`onnxconv.calibration.held_out_feeds`) when given, else ``inputs`` (an .npz) or random normal ones.
-    Returns one Agreement per output and, when ``exact`` and some output misses :data:`EXACT_TOLERANCE`, the
+    Returns one Agreement per output (each with its worst channel, on ``judge``'s channel axes), the task metric
+    when ``judge`` has one (None otherwise) and, when ``exact`` and some output misses :data:`EXACT_TOLERANCE`, the
     original's own noise floor per output: the relative error between the original run with all onnxruntime
     optimisations and with none. An output that is mostly rounding noise (a near-zero probability map on random
     inputs) cannot agree better than that, whatever the rewrite.
@@ -144,14 +147,18 @@ def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Map
     ref = compare.session(source)
     new = compare.session(model)
     runs = list(held_out) or [compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)]
-    ref_out = concat_runs([compare.run_model(ref, f) for f in runs])
-    agreements = compare.compare_outputs(ref_out, concat_runs([compare.run_model(new, f) for f in runs]))
+    ref_runs = [compare.run_model(ref, f) for f in runs]
+    new_runs = [compare.run_model(new, f) for f in runs]
+    ref_out = concat_runs(ref_runs)
+    axes = judge.channel_axes if judge is not None else {}
+    agreements = compare.compare_outputs(ref_out, concat_runs(new_runs), axes)
+    metric = judge.metric.evaluate(ref_runs, new_runs) if judge is not None and judge.metric is not None else None
     floors: dict[str, float] = {}
     if exact and any(a.rel_error > EXACT_TOLERANCE for a in agreements):
         plain_sess = compare.session(source, opt_level="disable")
         plain = concat_runs([compare.run_model(plain_sess, f) for f in runs])
         floors = {a.output: a.rel_error for a in compare.compare_outputs(ref_out, plain)}
-    return agreements, floors
+    return agreements, floors, metric
 
 
 #: Float element types, narrowest precision first: (ONNX type, name, machine epsilon).
@@ -302,6 +309,7 @@ def _json_default(v: Any) -> Any:
               help="Inputs for --verify from an .npz file (implies --verify).")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
 @calibration_options
+@judging_options
 def separate(model: str, output: str, **options: Any) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
@@ -380,6 +388,7 @@ def separate(model: str, output: str, **options: Any) -> None:
 
     agreements: list[Any] = []
     floors: dict[str, float] = {}
+    metric: MetricValue | None = None
     # --inputs wins; else the held-out calibration samples (the ones the refit never fitted on: a refitted model
     # is fitted to data like them, and random normal inputs can miss by 30x what it does on its data).
     held_out = [] if inputs else (outcome.held_out or [])
@@ -390,7 +399,8 @@ def separate(model: str, output: str, **options: Any) -> None:
     elif request.calibration is not None and not inputs:
         verify_inputs = f"{RANDOM_INPUTS}: --calibration {request.calibration} is too small to hold samples out"
     if verify:
-        agreements, floors = _verify(model, result.model, inputs, shapes, batch, exact, held_out)
+        agreements, floors, metric = _verify(model, result.model, inputs, shapes, batch, exact, held_out,
+                                             outcome.judge)
         precision = exact_precision(result.model)
         tol = exact_tolerance(precision)
         bad = exact_failures(agreements, floors, precision is not None, tol) if exact else []
@@ -407,6 +417,8 @@ def separate(model: str, output: str, **options: Any) -> None:
         if verify:
             data["verify"] = {"inputs": verify_inputs,
                               "outputs": [a.to_dict() for a in agreements]}
+            if metric is not None and request.metric is not None:
+                data["verify"]["metric"] = {"spec": request.metric, **metric.to_dict()}
             if floors:
                 data["verify"]["original_noise_floor"] = floors
         # Written before the model and renamed after it: a failure of either leaves neither file behind.
@@ -439,9 +451,16 @@ def separate(model: str, output: str, **options: Any) -> None:
         # Say which: held-out samples, or (a note) random inputs because the set holds none out.
         click.echo(("verify on " if held_out else "note: verify on ") + printable(verify_inputs))
     for a in agreements:
-        click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}, "
-                   f"cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
+        worst = a.worst_channel
+        where = (f", worst channel {worst.rel_error:.3g} (axis {worst.axis}, channel {worst.index})"
+                 if worst is not None else "")
+        click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}"
+                   f"{where}, cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
         if a.output in floors and a.rel_error > EXACT_TOLERANCE:
             click.echo(f"  note: the original itself differs by relative error {floors[a.output]:.3g} between "
                        "onnxruntime optimisation levels on these inputs: this output is mostly rounding noise")
+    if metric is not None:
+        click.echo(f"verify metric {printable(str(request.metric))}: {metric.value:.4g}"
+                   + (f" on {metric.support} {metric.what}" if metric.support is not None else "")
+                   + (f"; note: {metric.note}" if metric.note else ""))
     click.echo(f"wrote {printable(output)}")

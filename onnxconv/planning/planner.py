@@ -28,8 +28,10 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    timed against the original with the bench code (interleaved rounds, the calibration inputs), refitted
    (:func:`onnxconv.calibration.refit`) and run on the held-out calibration samples
    (:func:`onnxconv.calibration.held_out_feeds`), giving one point (measured speed-up, end-to-end error, MACs)
-   of the frontier (:class:`PlanPoint`). The end-to-end error is the worst output's ``||a - b|| / ||a||`` over
-   all held-out samples, against the original run by onnxruntime.
+   of the frontier (:class:`PlanPoint`). The end-to-end error is judged by :class:`~.judge.Judge` over all
+   held-out samples, against the original run by onnxruntime: the worst output's error, each output's worst
+   channel at its own scale included (:attr:`onnxconv.compare.Agreement.error`; the whole-tensor figure is kept
+   beside it), and the user's task metric when ``--metric`` gives one.
 
    *Target S* (``target_speedup``): a plan *reaches* S when it measures at least ``S (1 - tolerance)``; one
    within ``S (1 +- tolerance)`` ends the search. Otherwise the layer savings are rescaled by what the last
@@ -41,11 +43,14 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    slower reaches S (when the rounds run out short of S, the fastest plan is measured before giving up), and when
    even it misses, the target is refused with its figure.
 
-   *Error budget E* (``max_output_error``): the fastest measured plan whose end-to-end error is at most E: the
-   fastest plan first, then regula falsi on the plans' estimated errors between the original and the plans
-   measured within and over E (:func:`_search_error`). A plan measuring under ``1 + tolerance`` is no faster
+   *Error budget E* (``max_output_error``) and/or *metric floor M* (``judge.min_metric``): the fastest measured
+   plan whose end-to-end error is at most E and whose metric is at least M: the fastest plan first, then regula
+   falsi on the plans' estimated errors between the original and the plans measured within and over the bounds
+   (:func:`_search_error`, on :meth:`~.judge.Judge.badness`, which is 1 at the bounds). A plan measuring under ``1 + tolerance`` is no faster
    than the original within the timing noise: when that is the best within E, one line says so instead. With S
-   too, a plan must satisfy both, or one line says which cannot hold and what the closest plans measure. A
+   too, a plan must satisfy every bound, or one line says which cannot hold and what the closest plans measure;
+   of the plans that reach S and meet the bounds, the best metric (when ``--metric`` is given) or else the least
+   error wins. A
    refused plan raises :class:`PlanRefused`, which carries the report of what the search measured.
 
    *int8* (``precision="int8"``): the model ships quantized, and there the picture flips (onnxruntime CPU, QDQ
@@ -54,7 +59,8 @@ rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite
    nothing in int8). Every latency is therefore taken on quantized models
    (:class:`~onnxconv.planning.latency.Quantizer`: each layer alone, and each plan after its refit, calibrated on
    the samples the refit fits on), speed-ups are over the quantized original, errors against the fp32 original,
-   and the quantized rewrite is what is returned.
+   and the quantized rewrite is what is returned. The quantized original is also timed against the fp32 one, so
+   every speed-up is given over fp32 too (the product of the two interleaved ratios).
 
    A plan is built by one separable pass per chosen rank, then one shuffle pass per chosen G
    on its result (each restricted to its layers by name); when grouped layers exist, the model the rewrite
@@ -82,6 +88,7 @@ from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
 from .choose import BUCKETS, KEEP, LayerOptions, Option, choose, saved
 from .estimate import option_errors
+from .judge import Judge, Verdict, concat_runs
 from .latency import LatencyCache, Quantizer, bench_pair, measure_latencies
 
 __all__ = ["PlanPoint", "PlanReport", "PlanRefused", "plan_rewrite", "plan_from_file", "frontier_rows",
@@ -93,8 +100,10 @@ class PlanPoint:
     """One plan the search measured: a point of the frontier.
 
     ``predicted`` is the speed-up the layer timings alone promise (``T / (T - sum d_o)``, unscaled),
-    ``measured`` the end-to-end median speed-up, ``error`` the worst output's relative error on the held-out
-    samples (after the refit when the plan refits), ``cost`` the estimated ``sum e_o^2`` the choice minimised,
+    ``measured`` the end-to-end median speed-up, ``error`` the worst output's error on the held-out samples
+    (worst channel included; after the refit when the plan refits), ``whole_error`` its whole-tensor relative
+    error, ``worst_channel`` where the error sits (output, axis, index, rel_error), ``metric`` the task metric
+    (None without ``--metric``), ``cost`` the estimated ``sum e_o^2`` the choice minimised,
     ``timing_ratio`` the measured saving over the layer-timed saving (1: layer timings add up; 2: the model
     saved twice what they promised), ``how`` why the plan was made (target, rescaled, bisect, fastest, budget).
     """
@@ -110,6 +119,9 @@ class PlanPoint:
     rewritten: int
     timing_ratio: float
     picks: list[int] = field(default_factory=list)
+    whole_error: float = 0.0
+    metric: float | None = None
+    worst_channel: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,9 +142,18 @@ class PlanReport:
     #: :func:`onnxconv.calibration.refit` as ``reference`` (None otherwise).
     reference: onnx.ModelProto | None = field(default=None, repr=False)
     max_output_error: float | None = None
-    #: End-to-end error of the chosen plan (worst output, held-out samples) and which inputs gave it.
+    #: End-to-end error of the chosen plan (worst output, worst channel included, held-out samples), its
+    #: whole-tensor error, each output's worst channel, and which inputs gave them.
     error: float | None = None
+    whole_error: float | None = None
+    worst_channels: dict[str, Any] = field(default_factory=dict)
     error_inputs: str = ""
+    #: ``--metric``: its spec, the floor asked (``min``), the chosen plan's value, its support and note.
+    metric: dict[str, Any] | None = None
+    #: int8: the quantized original's speed-up over the fp32 original (every plan's speed-up over fp32 is its
+    #: ``measured`` times this) and its metric.
+    quantized_speedup: float | None = None
+    quantized_original_metric: float | None = None
     #: Index into ``rounds`` of the chosen plan; conv MACs of the original.
     chosen_round: int | None = None
     macs_before: int = 0
@@ -175,7 +196,7 @@ class _Measurer:
                  batch: int | None, calibration: CalibrationSet, provider: str, chain: Sequence[str],
                  threads: int | None, iters: int, do_refit: bool, refit_kernels: bool, seed: int,
                  model_s: float, base: onnx.ModelProto | None = None, bench_cal: CalibrationSet | None = None,
-                 quantizer: Quantizer | None = None) -> None:
+                 quantizer: Quantizer | None = None, judge: Judge | None = None) -> None:
         from .. import compare
 
         self.model, self.layers, self.cands, self.skipped = model, layers, cands, skipped
@@ -183,11 +204,13 @@ class _Measurer:
         self.calibration, self.provider, self.chain, self.threads = calibration, provider, chain, threads
         self.iters, self.do_refit, self.refit_kernels, self.seed = iters, do_refit, refit_kernels, seed
         self.model_s = model_s
+        self.judge = judge or Judge()
         # int8: plans are timed against the quantized original (``base``) on ``bench_cal``'s first chunk (the
         # quantized models' static batch), and every plan is quantized after its refit.
         self.base, self.bench_cal, self.quantizer = base or model, bench_cal or calibration, quantizer
         self.points: list[PlanPoint] = []
         self.models: list[onnx.ModelProto] = []  # each point's model, in round order
+        self.verdicts: list[Verdict] = []  # each point's verdict, in round order
         self._macs_before: int | None = None
         #: Conv MACs of the original, as the measured plans' MACs count them (set by :meth:`measure`).
         self.macs_before = 0
@@ -206,17 +229,17 @@ class _Measurer:
             feeds = [f for f in feeds if _samples(f) == step]
         self.feeds = feeds
         ref = compare.session(model, list(chain), threads)
-        self.ref_out = concat_runs([compare.run_model(ref, f) for f in feeds])
-        #: int8: the quantized original's own error against the fp32 original (what quantization alone costs).
-        self.base_error = self.error_of(self.base) if quantizer is not None else 0.0
+        self.ref_runs = [compare.run_model(ref, f) for f in feeds]
+        #: int8: the quantized original judged against the fp32 original (what quantization alone costs).
+        self.base_verdict = self.verdict_of(self.base) if quantizer is not None else None
+        self.base_error = self.base_verdict.error if self.base_verdict is not None else 0.0
 
-    def error_of(self, model: onnx.ModelProto) -> float:
-        """The worst output's relative error of ``model`` against the fp32 original on the error inputs."""
+    def verdict_of(self, model: onnx.ModelProto) -> Verdict:
+        """``model``'s outputs judged against the fp32 original's on the error inputs."""
         from .. import compare
 
         sess = compare.session(model, list(self.chain), self.threads)
-        out = concat_runs([compare.run_model(sess, f) for f in self.feeds])
-        return max((a.rel_error for a in compare.compare_outputs(self.ref_out, out)), default=0.0)
+        return self.judge.verdict(self.ref_runs, [compare.run_model(sess, f) for f in self.feeds])
 
     def macs(self, result: PassResult) -> tuple[int, int]:
         """Conv MACs (before, after) of a built plan: the pass's own counts, or, when they miss layers (a spatial
@@ -250,15 +273,18 @@ class _Measurer:
                              options={**result.options, "precision": self.quantizer.tag})
         _, got = bench_pair(self.base, result.model, self.bench_cal, self.provider, self.threads, self.iters)
         measured = got or 0.0
-        error = self.error_of(result.model)
+        verdict = self.verdict_of(result.model)
         self.built[picks] = (result, reference)
         measured_saving = self.model_s * (1.0 - 1.0 / max(measured, 1e-9))
         self.macs_before, macs_after = self.macs(result)
         point = PlanPoint(
-            round=len(self.points), how=how, scale=scale, predicted=predicted, measured=measured, error=error,
-            cost=sum(lay.options[lay.chosen].error ** 2 for lay in self.layers),
+            round=len(self.points), how=how, scale=scale, predicted=predicted, measured=measured,
+            error=verdict.error, cost=sum(lay.options[lay.chosen].error ** 2 for lay in self.layers),
             macs=macs_after, rewritten=len(result.rewritten),
-            timing_ratio=measured_saving / layer_saved if layer_saved > 0 else 0.0, picks=list(picks))
+            timing_ratio=measured_saving / layer_saved if layer_saved > 0 else 0.0, picks=list(picks),
+            whole_error=verdict.whole_error, metric=verdict.metric.value if verdict.metric else None,
+            worst_channel=verdict.worst_channel)
+        self.verdicts.append(verdict)
         self.points.append(point)
         self.models.append(result.model)
         return point
@@ -266,11 +292,6 @@ class _Measurer:
 
 def _samples(feeds: Mapping[str, np.ndarray]) -> int:
     return int(next(iter(feeds.values())).shape[0]) if feeds else 0
-
-
-def concat_runs(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Outputs of several runs joined on the sample axis (a scalar output is stacked)."""
-    return {k: np.concatenate([np.atleast_1d(r[k]) for r in runs]) for k in runs[0]} if runs else {}
 
 
 def _set(layers: Sequence[LayerOptions], picks: Sequence[int]) -> None:
@@ -369,14 +390,16 @@ def _choose_within(layers: Sequence[LayerOptions], model_s: float, most: float, 
     return True
 
 
-def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
-    """The fastest plan within ``max_error``: the fastest plan first; when it is over the budget, regula falsi on
-    the plans' *estimated* errors ``est = sqrt(sum e_o^2)``, between a plan within E and one over it.
+def _search_error(m: _Measurer, max_error: float | None, rounds: int) -> None:
+    """The fastest plan within ``max_error`` and the metric floor: the fastest plan first; when it misses, regula
+    falsi on the plans' *estimated* errors ``est = sqrt(sum e_o^2)``, between a plan within and one outside.
 
     The end-to-end error a plan adds grows with its estimated error (in int8 on top of the quantized original's
-    own error ``q``, the two adding like independent noise: the search works on ``excess = sqrt(error^2 - q^2)``).
-    The bracket starts at the original (``est`` 0, no excess) and the fastest plan; the next plan is the one
-    saving most (layer-timed) with ``est`` at most where the line between the bracket's ends crosses E, kept at
+    own error ``q``, the two adding like independent noise: the search works on ``excess = sqrt(error^2 - q^2)``),
+    and its metric falls; :meth:`~.judge.Judge.badness` folds both into one figure that is 1 at the bounds.
+    The bracket starts at the original (``est`` 0; badness 0, or the quantized original's) and the fastest plan;
+    the next plan is the one saving most (layer-timed) with ``est`` at most where the line between the bracket's
+    ends crosses badness 1, kept at
     least a tenth of the bracket from either end; after the same end moved twice in a row it bisects instead
     (the Illinois remedy: near the fastest plan the error flattens, and the line kept landing just over E). A
     step onto a plan measured already bisects; when no plan saving time fits under a limit the smallest plan
@@ -384,19 +407,21 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
     layer-timed saving (on ppocr_det, where a small saving already costs most of the error, every plan landed
     over E = 0.1 though a one-layer plan at 0.04 existed) and rescaling the estimated errors by the latest
     plan alone (one-sided from above: on ddddocr_det four plans at 0.100-0.108 for E = 0.1)."""
-    layers, model_s = m.layers, m.model_s
+    layers, model_s, judge = m.layers, m.model_s, m.judge
     _fastest(layers)
     most = saved(layers)
     p = m.measure("fastest", 1.0)
-    if p.error <= max_error:
+    if judge.within(p.error, p.metric, max_error):
         return
     q = m.base_error
 
-    def excess(error: float) -> float:  # the part of an error the rewrite adds
-        return math.sqrt(max(error * error - q * q, 0.0))
+    def bad(point: PlanPoint) -> float:
+        return judge.badness(point.error, point.metric, max_error, q)
 
-    goal = excess(max_error)
-    lo, lo_x, hi, hi_x = 0.0, 0.0, _estimated(layers), excess(p.error)
+    base = m.base_verdict
+    goal = 1.0
+    lo_x = judge.badness(q, base.metric.value if base and base.metric else None, max_error, q) if base else 0.0
+    lo, hi, hi_x = 0.0, _estimated(layers), min(bad(p), 1e6)
     moved: list[str] = []
     for _ in range(max(1, rounds) - 1):
         if hi <= 0 or hi - lo <= 0.02 * hi:
@@ -413,36 +438,50 @@ def _search_error(m: _Measurer, max_error: float, rounds: int) -> None:
             break
         est = _estimated(layers)
         p = m.measure("budget", 1.0)
-        if p.error <= max_error:
-            lo, lo_x = max(lo, est), excess(p.error)
+        if judge.within(p.error, p.metric, max_error):
+            lo, lo_x = max(lo, est), bad(p)
             moved.append("lo")
         else:
-            hi, hi_x = min(hi, est), excess(p.error)
+            hi, hi_x = min(hi, est), min(bad(p), 1e6)  # an infinite badness (budget 0) still orders the bracket
             moved.append("hi")
 
 
+def _metric_text(p: PlanPoint) -> str:
+    return f", metric {p.metric:.3g}" if p.metric is not None else ""
+
+
 def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, max_error: float | None,
-          fastest_measured: bool, int8: bool = False) -> PlanPoint:
+          fastest_measured: bool, int8: bool = False, judge: Judge | None = None) -> PlanPoint:
     """The plan to return (see the module docstring), or the one line that says why none can be."""
-    within = [p for p in points if max_error is None or p.error <= max_error]
+    judge = judge or Judge()
+    floor = judge.min_metric
+    within = [p for p in points if judge.within(p.error, p.metric, max_error)]
+    bounds = " and ".join(s for s in (f"--max-output-error {max_error:g}" if max_error is not None else "",
+                                      f"--min-metric {floor:g}" if floor is not None else "") if s)
     if target is None:
-        assert max_error is not None
-        least = min(points, key=lambda p: p.error)
+        assert bounds
         if not within:
-            raise OptionError(f"--max-output-error {max_error:g}: no measured plan is within it (the least held-out "
-                              f"error measured is {least.error:.3g}, at {least.measured:.2f}x with {least.rewritten} "
-                              "layer(s) rewritten)")
+            if floor is not None and max_error is None:
+                top = max(points, key=lambda p: p.metric if p.metric is not None else -math.inf)
+                raise OptionError(f"{bounds}: no measured plan reaches it (the best metric measured is "
+                                  f"{top.metric if top.metric is not None else float('nan'):.3g}, at "
+                                  f"{top.measured:.2f}x with {top.rewritten} layer(s) rewritten)")
+            least = min(points, key=lambda p: p.error)
+            raise OptionError(f"{bounds}: no measured plan is within it (the least held-out error measured is "
+                              f"{least.error:.3g}{_metric_text(least)}, at {least.measured:.2f}x with "
+                              f"{least.rewritten} layer(s) rewritten)")
         top = max(within, key=lambda p: p.measured)
         if top.measured < 1 + tolerance:
             # A plan no faster than the original (within the timing tolerance) is not worth shipping: say so, with
-            # the plan that comes closest from above the budget.
-            over = [p for p in points if p.error > max_error]
+            # the plan that comes closest from outside the bounds.
+            over = [p for p in points if p not in within]
             closest = min(over, key=lambda p: p.error) if over else None
-            nearest = (f"; the least error over it is {closest.error:.3g}, at {closest.measured:.2f}x"
-                       if closest else "")
-            raise OptionError(f"--max-output-error {max_error:g}: no measured plan within it is faster than the "
+            word = "over" if floor is None else "outside"
+            nearest = (f"; the least error {word} it is {closest.error:.3g}{_metric_text(closest)}, at "
+                       f"{closest.measured:.2f}x" if closest else "")
+            raise OptionError(f"{bounds}: no measured plan within it is faster than the "
                               f"{'quantized ' if int8 else ''}original (the fastest within it measures "
-                              f"{top.measured:.2f}x, error {top.error:.3g}{nearest})")
+                              f"{top.measured:.2f}x, error {top.error:.3g}{_metric_text(top)}{nearest})")
         return top
     goal = target * (1 - tolerance)
     reach = [p for p in points if p.measured >= goal]
@@ -457,13 +496,20 @@ def _pick(points: Sequence[PlanPoint], target: float | None, tolerance: float, m
         return top  # not reached (the caller measures the fastest plan before giving up): the fastest measured
     both = [p for p in reach if p in within]
     if both:
+        if judge.metric is not None:  # the best metric, then the least error
+            return max(both, key=lambda p: (p.metric if p.metric is not None else -math.inf, -p.error))
         return min(both, key=lambda p: p.error)
     least = min(reach, key=lambda p: p.error)
-    best = (f"the fastest measured within it is {max(within, key=lambda p: p.measured).measured:.2f}x" if within
-            else "no measured plan is within it")
+    inside = (f"the fastest measured within it is {max(within, key=lambda p: p.measured).measured:.2f}x" if within
+              else "no measured plan is within it")
+    if floor is not None:
+        top_metric = max(reach, key=lambda p: p.metric if p.metric is not None else -math.inf)
+        raise OptionError(f"--target-speedup {target:g} and {bounds} cannot all hold: the plans that reach "
+                          f"{target:g}x measure metric {top_metric.metric:.3g} at best and held-out error "
+                          f"{least.error:.3g} at least; {inside}")
     raise OptionError(f"--target-speedup {target:g} and --max-output-error {max_error:g} cannot both hold: the "
                       f"plans that reach {target:g}x measure held-out error {least.error:.3g} at least (at "
-                      f"{least.measured:.2f}x); {best}")
+                      f"{least.measured:.2f}x); {inside}")
 
 
 def plan_rewrite(
@@ -493,6 +539,7 @@ def plan_rewrite(
     precision: str = "fp32",
     activation_type: str = "uint8",
     weight_type: str = "int8",
+    judge: Judge | None = None,
 ) -> tuple[PassResult, PlanReport]:
     """Choose per layer keep / rank / G to reach ``target_speedup`` on ``provider`` with the least error, or the
     fastest plan within ``max_output_error``, or both.
@@ -503,8 +550,8 @@ def plan_rewrite(
             input shapes and the inputs the whole model is timed on (the first chunk); the held-out share
             (:func:`~onnxconv.calibration.held_out_feeds` with ``seed``) gives each plan's end-to-end error.
         target_speedup: S > 1, the wanted latency ratio original / rewritten (None: only the error budget).
-        max_output_error: E >= 0, the largest end-to-end relative output error (worst output) allowed on the
-            held-out samples (None: only the target).
+        max_output_error: E >= 0, the largest end-to-end relative output error (worst output, worst channel
+            included) allowed on the held-out samples (None: no error budget).
         provider: cpu / cuda / tensorrt (:func:`onnxconv.bench.resolve_provider`).
         mode: separable (options: ranks), shuffle (options: ``groups``, default :data:`GROUP_CHOICES`) or mixed
             (both, per layer: keep, a rank or a G in the same model).
@@ -524,6 +571,9 @@ def plan_rewrite(
             :func:`onnxconv.quantize.quantize_static_qdq` (QDQ, ``activation_type``/``weight_type``), calibrated on
             the samples the refit fits on; speed-ups are over the quantized original, errors against the fp32
             original; the returned model is the quantized rewrite.
+        judge: how outputs are judged (:class:`~.judge.Judge`): channel axes, the task metric and its floor
+            ``min_metric`` (the fastest plan whose metric is at least it; with a target, the best-metric plan
+            that reaches it). Default: per-channel error only.
 
     Returns:
         The pass result (per-layer ``details["plan"]``: chosen option, layer time before -> after, error) and the
@@ -534,8 +584,10 @@ def plan_rewrite(
         OptionError: S <= 1, E < 0, neither given, a bad mode or provider, a target no plan reaches, an error
             budget no measured plan meets, or both together not met (one line each, with the closest figures).
     """
-    if target_speedup is None and max_output_error is None:
-        raise OptionError("say what the plan must reach: --target-speedup S and/or --max-output-error E")
+    judge = judge or Judge()
+    if target_speedup is None and max_output_error is None and judge.min_metric is None:
+        raise OptionError("say what the plan must reach: --target-speedup S, --max-output-error E and/or "
+                          "--min-metric M")
     if target_speedup is not None and not (target_speedup > 1 and math.isfinite(target_speedup)):
         raise OptionError(f"--target-speedup {target_speedup}: must be a number above 1")
     if max_output_error is not None and not (max_output_error >= 0 and math.isfinite(max_output_error)):
@@ -548,7 +600,8 @@ def plan_rewrite(
     groups = tuple(groups or GROUP_CHOICES)
     chain = resolve_provider(provider).chain
     cache = cache or LatencyCache()
-    flag = "--target-speedup" if target_speedup is not None else "--max-output-error"
+    flag = ("--target-speedup" if target_speedup is not None
+            else "--max-output-error" if max_output_error is not None else "--min-metric")
     cands, skipped = find_candidates(model, mode, form, groups, node_filter, input_shapes, batch)
     if not cands:
         raise OptionError(f"{flag}: no layer of the model can be rewritten in {mode} mode")
@@ -573,17 +626,24 @@ def plan_rewrite(
     report = PlanReport(target_speedup, provider, model_s, 0.0, None, layers=layers,
                         max_output_error=max_output_error)
     m = _Measurer(model, layers, cands, skipped, form, input_shapes, batch, calibration, provider, chain, threads,
-                  model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer)
+                  model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer, judge)
     report.error_inputs = m.error_inputs
     report.precision = "fp32" if quantizer is None else quantizer.tag
     report.quantized_original_error = None if quantizer is None else m.base_error
+    base_metric = m.base_verdict.metric if m.base_verdict is not None else None
+    report.quantized_original_metric = base_metric.value if base_metric is not None else None
+    if quantizer is not None:
+        # The quantized original against the fp32 one, interleaved as every plan is: speed-ups over fp32.
+        report.quantized_speedup = bench_pair(model, base, bench_cal, provider, threads, model_iters)[1]
     if max_output_error is not None and m.base_error > max_output_error:
         raise OptionError(f"--max-output-error {max_output_error:g}: the quantized original alone measures "
                           f"{m.base_error:.3g} on {m.error_inputs} (every int8 plan's error sits on it)")
+    if judge.min_metric is not None and base_metric is not None and base_metric.value < judge.min_metric:
+        raise OptionError(f"--min-metric {judge.min_metric:g}: the quantized original alone measures "
+                          f"{base_metric.value:.3g} on {m.error_inputs} (every int8 plan starts from it)")
     if target_speedup is not None:
-        _search_target(m, target_speedup, tolerance, rounds)  # an error budget applies in _pick
+        _search_target(m, target_speedup, tolerance, rounds)  # the bounds apply in _pick
     else:
-        assert max_output_error is not None
         _search_error(m, max_output_error, rounds)
     _fastest(layers)
     fastest = tuple(lay.chosen for lay in layers)
@@ -598,23 +658,40 @@ def plan_rewrite(
     report.round_models = m.models
     report.macs_before = m.macs_before
     try:
-        best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured, quantizer is not None)
+        best = _pick(m.points, target_speedup, tolerance, max_output_error, fastest_measured, quantizer is not None,
+                     judge)
     except OptionError as e:
         raise PlanRefused(str(e), report) from None
     _set(layers, best.picks)
     result, report.reference = m.built[tuple(best.picks)]
     report.measured, report.predicted, report.error = best.measured, best.predicted, best.error
     report.chosen_round = best.round
+    verdict = m.verdicts[best.round]
+    report.whole_error, report.worst_channels = verdict.whole_error, dict(verdict.worst_channels)
+    if judge.metric is not None:
+        value = verdict.metric
+        report.metric = {"spec": judge.metric.spec, "min": judge.min_metric,
+                         **(value.to_dict() if value is not None else {"value": None})}
     asked = " and ".join(s for s in (f"target {target_speedup:g}x" if target_speedup else "",
-                                     f"error <= {max_output_error:g}" if max_output_error is not None else "") if s)
+                                     f"error <= {max_output_error:g}" if max_output_error is not None else "",
+                                     f"metric >= {judge.min_metric:g}" if judge.min_metric is not None else "")
+                         if s)
     ratios = [p.timing_ratio for p in m.points if p.timing_ratio > 0]
     off = (f"; the whole model saved {min(ratios):.2f}-{max(ratios):.2f}x what the layer timings promised"
            if ratios else "")
+    fp32 = (f", {best.measured * report.quantized_speedup:.2f}x over the fp32 original"
+            if report.quantized_speedup else "")
     on = provider if quantizer is None else (f"{provider}, {quantizer.tag} (speed-ups over the quantized original, "
                                              f"whose own error is {m.base_error:.3g})")
+    worst = verdict.worst_channel
+    where = (f" (worst channel: output '{worst['output']}' axis {worst['axis']} channel {worst['index']}; "
+             f"whole-tensor {verdict.whole_error:.3g})" if worst else "")
+    metric = (f", metric {verdict.metric.value:.3g}" + (f" ({verdict.metric.note})" if verdict.metric.note else "")
+              if verdict.metric is not None else "")
     note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
             f"{speed_text(best.predicted)} from layer timings, measured {best.measured:.2f}x end to end (median "
-            f"of {model_iters} interleaved rounds), error {best.error:.3g} on {m.error_inputs}")
+            f"of {model_iters} interleaved rounds){fp32}, error {best.error:.3g}{where}{metric} on "
+            f"{m.error_inputs}")
     result.options = {**result.options, "plan": report.to_dict(),
                       "notes": [*result.options.get("notes", []), note]}
     return result, report
@@ -628,17 +705,35 @@ def speed_text(x: float) -> str:
 
 def frontier_rows(plan: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the frontier table from a report's ``plan`` figures (:meth:`PlanReport.to_dict`):
-    one row per measured plan, the original first, the chosen plan marked."""
-    headers = ["plan", "how", "layers", "predicted", "measured", "held-out error", "MACs", "chosen"]
+    one row per measured plan, the original first, the chosen plan marked. ``error`` is the held-out error with
+    every output's worst channel counted, ``whole`` the whole-tensor figure; ``metric`` appears with
+    ``--metric``, ``fp32`` (the speed-up over the fp32 original) in int8 plans."""
+    rounds = list(plan.get("rounds", []))
+    with_metric = plan.get("metric") is not None or any(r.get("metric") is not None for r in rounds)
+    qspeed = plan.get("quantized_speedup")
+    headers = ["plan", "how", "layers", "predicted", "measured", *(["fp32"] if qspeed else []), "error", "whole",
+               *(["metric"] if with_metric else []), "MACs", "chosen"]
+
+    def row(name: str, how: str, layers: str, predicted: str, measured: float, error: str, whole: str,
+            metric: Any, macs: int, chosen: str) -> list[str]:
+        fp32 = [f"{measured * float(qspeed):.2f}x"] if qspeed else []
+        shown = ["-" if metric is None else f"{float(metric):.3g}"] if with_metric else []
+        return [name, how, layers, predicted, f"{measured:.2f}x", *fp32, error, whole, *shown, format_count(macs),
+                chosen]
+
     before = int(plan.get("macs_before") or 0)
-    rows = [["original", "", "0", "1.00x", "1.00x", "0", format_count(before), ""]]
+    rows = [[*row("original", "", "0", "1.00x", 1.0, "0", "0", 1.0 if with_metric else None, before, "")]]
+    if qspeed:
+        rows[0][5] = "1.00x"  # the fp32 original over itself
     if plan.get("quantized_original_error") is not None:  # int8: speed-ups are over this one
-        rows.append(["quantized original", "", "0", "1.00x", "1.00x", f"{float(plan['quantized_original_error']):.3g}",
-                     format_count(before), ""])
-    for r in plan.get("rounds", []):
-        rows.append([str(int(r["round"]) + 1), str(r["how"]), str(r["rewritten"]), speed_text(float(r["predicted"])),
-                     f"{float(r['measured']):.2f}x", f"{float(r['error']):.3g}", format_count(int(r["macs"])),
-                     "*" if r["round"] == plan.get("chosen_round") else ""])
+        q = f"{float(plan['quantized_original_error']):.3g}"
+        rows.append(row("quantized original", "", "0", "1.00x", 1.0, q, "", plan.get("quantized_original_metric"),
+                        before, ""))
+    for r in rounds:
+        rows.append(row(str(int(r["round"]) + 1), str(r["how"]), str(r["rewritten"]),
+                        speed_text(float(r["predicted"])), float(r["measured"]), f"{float(r['error']):.3g}",
+                        f"{float(r.get('whole_error', r['error'])):.3g}", r.get("metric"), int(r["macs"]),
+                        "*" if r["round"] == plan.get("chosen_round") else ""))
     return headers, rows
 
 

@@ -1,5 +1,6 @@
 """The planner's frontier as a picture: every measured plan at (measured speed-up, held-out error), the chosen
-plan marked, the original at (1, 0), the target and the error budget as lines.
+plan marked, the original at (1, 0), the target and the error budget as lines; with ``--metric``, a second panel
+puts the same plans at (measured speed-up, task metric), the original at (1, 1) and ``--min-metric`` as a line.
 
 A person choosing a plan reads the trade-off off the picture: points to the right are faster, points lower lose
 less; the frontier is their lower-right edge. matplotlib is an optional extra (``pip install 'onnxconv[plot]'``):
@@ -44,9 +45,10 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
 
     rounds = list(plan.get("rounds", []))
     before = float(plan.get("macs_before") or 0) or 1.0
-    fig = Figure(figsize=(7.0, 4.8), dpi=120)
+    with_metric = any(r.get("metric") is not None for r in rounds)
+    fig = Figure(figsize=(12.0, 4.8) if with_metric else (7.0, 4.8), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 2, 1) if with_metric else fig.add_subplot()
     xs = [float(r["measured"]) for r in rounds]
     ys = [float(r["error"]) for r in rounds]
     macs = [100.0 * float(r["macs"]) / before for r in rounds]
@@ -76,11 +78,13 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
         ax.axhline(float(budget), color="tab:orange", linestyle=":", linewidth=1.2, label=f"error budget {float(budget):g}")
     over = "the original" if quantized is None else "the quantized original"
     ax.set_xlabel(f"measured speed-up over {over} (x)")
-    ax.set_ylabel("held-out relative output error vs fp32 (worst output)")
+    ax.set_ylabel("held-out error vs fp32 (worst output channel)")
     precision = plan.get("precision") or "fp32"
     ax.set_title(title or f"plans measured on {plan.get('provider', '?')}, {precision}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    if with_metric:
+        _metric_panel(fig.add_subplot(1, 2, 2), plan, rounds, pick, over)
     fig.tight_layout()
     dest = Path(path)
     try:
@@ -96,3 +100,29 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
         if isinstance(e, OSError):
             raise OnnxConvError(f"--plot {dest}: cannot write ({e.strerror}); nothing was written") from e
         raise
+
+
+def _metric_panel(ax: Any, plan: Mapping[str, Any], rounds: list[Mapping[str, Any]], pick: Mapping[str, Any] | None,
+                  over: str) -> None:
+    """The task metric of every measured plan against its speed-up (``--metric``)."""
+    pts = [(float(r["measured"]), float(r["metric"]), int(r["round"])) for r in rounds if r.get("metric") is not None]
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=46, color="tab:green", edgecolors="black",
+               linewidths=0.5, zorder=3, label="measured plans")
+    for x, y, k in pts:
+        ax.annotate(f"{k + 1}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.scatter([1.0], [1.0], marker="s", s=60, color="grey", edgecolors="black", zorder=3, label="original")
+    quantized = plan.get("quantized_original_metric")
+    if quantized is not None:
+        ax.scatter([1.0], [float(quantized)], marker="D", s=50, color="white", edgecolors="black", zorder=3,
+                   label=f"quantized original ({float(quantized):.3g})")
+    if pick is not None and pick.get("metric") is not None:
+        ax.scatter([float(pick["measured"])], [float(pick["metric"])], marker="*", s=320, facecolors="none",
+                   edgecolors="red", linewidths=1.6, zorder=4, label=f"chosen: metric {float(pick['metric']):.3g}")
+    metric = plan.get("metric") or {}
+    if metric.get("min") is not None:
+        ax.axhline(float(metric["min"]), color="tab:orange", linestyle=":", linewidth=1.2,
+                   label=f"--min-metric {float(metric['min']):g}")
+    ax.set_xlabel(f"measured speed-up over {over} (x)")
+    ax.set_ylabel(f"task metric on held-out samples ({metric.get('spec', '--metric')}; 1 = as the original)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
