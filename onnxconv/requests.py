@@ -113,6 +113,8 @@ class SeparateRequest:
         Raises:
             OptionError: one line naming the options involved.
         """
+        if self.min_metric is not None and self.metric is None:
+            raise OptionError("--min-metric needs --metric SPEC (the metric to hold)")
         values = self.rank_values
         if self.mode == "shuffle":
             given = [k for k, v in values.items() if _given(v)]
@@ -143,8 +145,6 @@ class SeparateRequest:
                               "--max-output-error or --min-metric)")
         if self.precision != "int8" and (self.activation_type, self.weight_type) != ("uint8", "int8"):
             raise OptionError("--activation-type/--weight-type apply to --precision int8")
-        if self.min_metric is not None and self.metric is None:
-            raise OptionError("--min-metric needs --metric SPEC (the metric to hold)")
         self.channel_axes()  # a malformed --channel-axis is refused before any work
         if self.plot_path is not None and not self.plans:
             raise OptionError("--plot draws the planner's frontier: it needs --target-speedup, --max-output-error "
