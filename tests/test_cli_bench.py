@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -11,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxconv.cli import main
-from onnxconv.cli.bench_cmd import THRESHOLD_EXIT, _ProgressBar
+from onnxconv.cli.bench_cmd import THRESHOLD_EXIT
+from onnxconv.cli.progress import ProgressBar
 
 from .test_bench import scaled, tiny_net
 
@@ -139,8 +141,9 @@ def test_help_lists_the_options() -> None:
         assert opt in r.stdout, opt
 
 
-def test_progress_bar_waits_a_second_then_draws(capsys) -> None:
-    bar = _ProgressBar("on")
+def test_progress_bar_waits_a_second_then_draws(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on a terminal only
+    bar = ProgressBar("on")
     bar("timing", 1, 10)
     assert bar._progress is None  # short runs never show a bar
     bar._start -= 2.0
@@ -149,7 +152,7 @@ def test_progress_bar_waits_a_second_then_draws(capsys) -> None:
     bar("timing", 10, 10)
     assert bar._progress.tasks[0].completed == 10
     bar.close()
-    off = _ProgressBar("off")
+    off = ProgressBar("off")
     off._start -= 2.0
     off("timing", 1, 2)
     assert off._progress is None
@@ -219,3 +222,16 @@ def test_an_argument_with_a_nul_byte_is_a_usage_error(models, command: str) -> N
     r = CliRunner().invoke(main, [command, "--", a, "x\x00y"])
     assert r.exit_code == 2 and "contains a NUL byte" in r.stderr and "Traceback" not in r.output, r.output
     assert "\x00" not in r.output
+
+
+def test_progress_off_a_terminal_prints_each_phase_once(capsys, monkeypatch) -> None:
+    """--progress on in a log (no terminal): one plain line per new phase, none per update."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    bar = ProgressBar("on")
+    for i in range(5):
+        bar("timing", i, 5)
+    bar("plan 2 of at most 5: evil\x1b]0;x\x07", 1, 5)
+    bar.close()
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["... timing", "... plan 2 of at most 5: evil\\x1b]0;x\\x07"]
+    assert ProgressBar("auto")._enabled is False  # auto: nothing off a terminal

@@ -183,3 +183,35 @@ def test_separate_refuses_bad_judging_options_in_one_line(tmp_path: Path, args: 
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o.onnx").exists()
 
+
+
+def test_planner_reports_each_phase_and_round_with_time_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long work says what it is doing: the quick bound, the estimates, the layer timings, each plan (which one,
+    and from the second on how long is left) and the refit's waves."""
+    from onnxconv import progress
+
+    model, cal, cache = setup(tmp_path)
+    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
+    seen: list[tuple[str, float, float]] = []
+    with progress.reporting(lambda phase, done, total: seen.append((phase, done, total))):
+        planning.plan_rewrite(model, cal, cache=cache, form="sum", target_speedup=1.4)
+    phases = [p for p, _, _ in seen]
+    assert phases[0].startswith("timing the cheapest plan")
+    assert any(p.startswith("estimating the error of every option") for p in phases)
+    assert any(p.startswith("timing every option") for p in phases)
+    rounds = [p for p in phases if p.startswith("plan ")]
+    assert rounds[0].startswith("plan 1 of at most 5: measuring the fastest plan (4 of 4 layers rewritten)")
+    assert len(rounds) >= 2 and all(" left" in p for p in rounds[1:])
+    assert any(p.startswith("refit: wave 1 of") for p in phases)
+    assert all(0 <= done <= total for _, done, total in seen)
+
+
+def test_separate_progress_line_on_stderr(files: Path) -> None:  # noqa: F811
+    t = files
+    res = CliRunner().invoke(main, ["separate", str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--target-speedup", "1.4",
+                                    "--calibration", str(t / "cal.npz"), "--progress", "on"])
+    assert res.exit_code == 0, res.output
+    assert "plan 1 of at most" in res.stderr and "plan 1 of at most" not in res.stdout
+    quiet = CliRunner().invoke(main, ["separate", str(t / "m.onnx"), "-o", str(t / "q.onnx"), "--target-speedup",
+                                      "1.4", "--calibration", str(t / "cal.npz")])
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # not a terminal: nothing

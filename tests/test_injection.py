@@ -7,6 +7,8 @@ with plain names is the reference for the number of lines and rows.
 
 from __future__ import annotations
 
+import sys
+
 import csv
 import io
 import json
@@ -184,11 +186,12 @@ def test_bench_threshold_failures_escape_names(files) -> None:
 
 
 def test_bench_progress_bar_shows_names_as_text(monkeypatch, capsys) -> None:
-    from onnxconv.cli.bench_cmd import _ProgressBar
+    from onnxconv.cli.progress import ProgressBar
 
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich draws as on a terminal
     monkeypatch.setenv("TERM", "xterm")
-    bar = _ProgressBar("on")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar is drawn on a terminal only
+    bar = ProgressBar("on")
     bar._start -= 10  # past the first second, when the bar appears
     bar("session evil[reverse]X\x1b]0;pwned\x07\u202e\nY.onnx", 0, 1)
     bar.close()

@@ -62,6 +62,7 @@ from ..errors import OptionError
 from ..graph import node_inputs_with_implicit, node_label, toposort
 from ..passes.common import PassResult, check_model
 from ..passes.shuffle import masked_reference
+from ..progress import report
 from . import depthwise as dwfit
 from .activations import TensorCache
 from .data import CalibrationSet, load_calibration, model_inputs
@@ -305,7 +306,8 @@ def _refit_waves(model: onnx.ModelProto, plans: Sequence[LayerFit], settings: Re
         if members:
             runs.append((wave, set(feature_names)))
     shared = _WaveRuns(model, runs, changed_waves(model, plans))
-    for wave, whole, members, feature_names in steps:
+    for k, (wave, whole, members, feature_names) in enumerate(steps):
+        report(f"refit: wave {k + 1} of {len(steps)} ({len(whole) + len(members)} layer(s))", k, len(steps))
         if whole:
             _alternate(model, whole, writer, settings, shared)
         if not members:

@@ -13,52 +13,12 @@ from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS, parse_channel_axes
 from ..text import printable
 from .options import channel_axis_option, shape_options
+from .progress import ProgressBar, progress_option
 
 __all__ = ["bench", "THRESHOLD_EXIT"]
 
 #: Exit status when the run worked but a --fail-if-slower / --max-error threshold failed (errors exit 1).
 THRESHOLD_EXIT = 3
-
-
-class _ProgressBar:
-    """A rich progress bar on stderr that appears only once a run has lasted a second.
-
-    It is redrawn from the progress callback, between runs and at most 8 times a second, never by a thread of its
-    own: a refresh thread would wake up during timed runs and take a core from the model being measured.
-    """
-
-    def __init__(self, mode: str) -> None:
-        self._enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
-        self._start = time.perf_counter()
-        self._last = 0.0
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __call__(self, phase: str, done: float, total: float) -> None:
-        if not self._enabled:
-            return
-        phase = printable(phase)  # it quotes model labels (paths); markup=False below keeps '[...]' literal
-        now = time.perf_counter()
-        if self._progress is None:
-            if now - self._start < 1.0:
-                return
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
-                                      TimeElapsedColumn(), console=Console(stderr=True), auto_refresh=False,
-                                      transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task(phase, total=total)
-        if now - self._last < 0.125 and done < total:
-            return
-        self._last = now
-        self._progress.update(self._task, description=phase, completed=done, total=total)
-        self._progress.refresh()
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 @click.command()
@@ -88,8 +48,7 @@ class _ProgressBar:
 @click.option("--isolate", is_flag=True,
               help="Run each model's session in its own process, so its peak RSS is its own.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--progress", "progress_mode", type=click.Choice(("auto", "on", "off")), default="auto",
-              show_default=True, help="Progress bar on stderr (auto: on a terminal, after the first second).")
+@progress_option
 @click.option("--fail-if-slower", type=float, default=None, metavar="R",
               help="Exit 3 when a model takes more than R times as long as the first (speed-up below 1/R).")
 @click.option("--max-error", type=float, default=None, metavar="E",
@@ -122,7 +81,7 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
         channel_axes=parse_channel_axes(channel_axis),
     )
     cfg.validate()
-    bar = _ProgressBar(progress_mode)
+    bar = ProgressBar(progress_mode)
     try:
         report = run_bench(list(models), cfg, progress=bar)
     finally:

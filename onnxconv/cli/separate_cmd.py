@@ -27,10 +27,12 @@ from ..model_io import INPUT_CLASH, check_output_path, same_file, save_model
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..planning.judge import Judge
+from ..progress import reporting
 from ..requests import SeparateRequest, run_separate
 from ..tables import format_count, grid
 from ..text import printable
 from .options import calibration_options, judging_options, rank_options, shape_options
+from .progress import ProgressBar, progress_option
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
            "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
@@ -310,6 +312,7 @@ def _json_default(v: Any) -> Any:
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
 @calibration_options
 @judging_options
+@progress_option
 def separate(model: str, output: str, **options: Any) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
@@ -327,6 +330,7 @@ def separate(model: str, output: str, **options: Any) -> None:
       onnxconv separate model.onnx -o small.onnx --rank 2 --calibration calib.npz
       onnxconv separate model.onnx -o fast.onnx --target-speedup 2 --calibration calib.npz
     """
+    bar = ProgressBar(options.pop("progress_mode"), delay=0.0)
     request = SeparateRequest(model=model, output=output, **options)
     request.validate()
     # Checked before any work: a rename would replace a symlink or device by a regular file, and the report must
@@ -348,7 +352,11 @@ def separate(model: str, output: str, **options: Any) -> None:
                                             request.batch, request.exact)
 
     try:
-        outcome = run_separate(request)
+        try:
+            with reporting(bar):
+                outcome = run_separate(request)
+        finally:
+            bar.close()  # the table and any error line print below a finished progress line
     except OptionError as e:
         refused = getattr(e, "report", None)  # planning.PlanRefused: what the search measured before refusing
         if refused is None or not refused.rounds:

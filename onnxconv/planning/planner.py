@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -83,6 +84,7 @@ from ..calibration import CalibrationSet, held_out_feeds, load_calibration, refi
 from ..errors import OptionError
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM
+from .. import progress
 from ..tables import format_count
 from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
@@ -211,6 +213,8 @@ class _Measurer:
         self.points: list[PlanPoint] = []
         self.models: list[onnx.ModelProto] = []  # each point's model, in round order
         self.verdicts: list[Verdict] = []  # each point's verdict, in round order
+        self.rounds = 1  # the most plans the search measures (set by plan_rewrite), for the progress line
+        self._spent: list[float] = []  # seconds each measured plan took
         self._macs_before: int | None = None
         #: Conv MACs of the original, as the measured plans' MACs count them (set by :meth:`measure`).
         self.macs_before = 0
@@ -261,6 +265,12 @@ class _Measurer:
     def measure(self, how: str, scale: float) -> PlanPoint:
         """Measure the plan ``self.layers`` now choose; returns (and records) its point."""
         picks = tuple(lay.chosen for lay in self.layers)
+        started = time.perf_counter()
+        k = len(self.points) + 1
+        left = (sum(self._spent) / len(self._spent) * (max(self.rounds, k) - k + 1)) if self._spent else None
+        progress.report(f"plan {k} of at most {max(self.rounds, k)}: measuring the {how} plan "
+               f"({sum(1 for p in picks if p)} of {len(picks)} layers rewritten)"
+               + (f", {progress.eta_text(left)}" if left is not None else ""), k - 1, max(self.rounds, k))
         layer_saved = saved(self.layers)
         predicted = self.model_s / max(self.model_s - layer_saved, 1e-9 * self.model_s)
         result, reference = build_plan(self.model, self.layers, self.cands, self.skipped, self.form,
@@ -287,6 +297,7 @@ class _Measurer:
         self.verdicts.append(verdict)
         self.points.append(point)
         self.models.append(result.model)
+        self._spent.append(time.perf_counter() - started)
         return point
 
 
@@ -444,6 +455,48 @@ def _search_error(m: _Measurer, max_error: float | None, rounds: int) -> None:
         else:
             hi, hi_x = min(hi, est), min(bad(p), 1e6)  # an infinite badness (budget 0) still orders the bracket
             moved.append("hi")
+
+
+#: A plan may measure this much slower than it really runs (timing noise on a shared machine): the quick bound
+#: refuses a target only when the cheapest plan misses it by more.
+QUICK_MARGIN = 1.10
+
+
+def _relative_macs(c: Any, kind: str, value: int) -> float:
+    """An option's MACs over the layer's: rank r of an ``N x K^2`` slice costs ``r (K^2 + N) / (N K^2)``
+    (docs/conv-math.md, "Depthwise separable"); G groups cost ``1 / G``."""
+    if kind == "groups":
+        return 1.0 / value
+    n, k2 = int(c.weight.shape[0]), int(np.prod(c.weight.shape[2:]))
+    return value * (k2 + n) / (n * k2)
+
+
+def _quick_bound(model: onnx.ModelProto, cands: Sequence[Any], skipped: Mapping[str, Any], form: str,
+                 input_shapes: Mapping[str, Sequence[int]] | None, batch: int | None, target: float,
+                 tolerance: float, timing: tuple[Any, ...]) -> None:
+    """Refuse, within seconds, a target that even the cheapest plan misses: every candidate layer at its option
+    of fewest MACs (rank 1, or the largest G), built without the refit (which changes weights, not the time) and
+    timed against the original before any error is estimated. The cheapest plan stands in for the fastest one
+    (layer timings are not measured yet); a miss by more than :data:`QUICK_MARGIN` is refused with its figure,
+    anything closer goes to the full search.
+
+    ``timing`` is (the model timed against, its calibration chunk, provider, threads, iters, quantizer)."""
+    base, bench_cal, provider, threads, iters, quantizer = timing
+    layers = []
+    for c in cands:
+        costs = [_relative_macs(c, kind, value) for kind, value in c.options]
+        layers.append(LayerOptions(c.name, [Option("keep", 0, 0.0, 0.0)]
+                                   + [Option(kind, v, 0.0, 0.0) for kind, v in c.options],
+                                   chosen=1 + int(np.argmin(costs))))
+    progress.report(f"timing the cheapest plan ({len(layers)} layer(s) at their fewest MACs) against the target")
+    result, _ = build_plan(model, layers, cands, skipped, form, input_shapes, batch)
+    rewritten = quantizer.model(result.model) if quantizer is not None else result.model
+    _, speed = bench_pair(base, rewritten, bench_cal, provider, threads, iters)
+    if speed is not None and speed * QUICK_MARGIN < target * (1 - tolerance):
+        over = "the quantized original" if quantizer is not None else "the original"
+        raise OptionError(f"--target-speedup {target:g}: out of reach: the cheapest plan (all {len(layers)} "
+                          f"candidate layer(s) at their fewest MACs) measures {speed:.2f}x of {over}, before any "
+                          "refit")
 
 
 def _metric_text(p: PlanPoint) -> str:
@@ -605,17 +658,23 @@ def plan_rewrite(
     cands, skipped = find_candidates(model, mode, form, groups, node_filter, input_shapes, batch)
     if not cands:
         raise OptionError(f"{flag}: no layer of the model can be rewritten in {mode} mode")
-    # The errors the choice ranks options by come from the samples the refit fits on: the held-out ones are
-    # kept for the end-to-end error that judges each plan.
-    option_errors(model, cands, calibration.split(seed)[0], positions, seed, chain, threads, refit_aware=refit_aware)
     quantizer, base, bench_cal = None, model, calibration
     if precision == "int8":
         fit, _ = calibration.split(seed)
         step = calibration.batch or 1  # the quantized models get static shapes: one sample (or batch) per run
         quantizer = Quantizer([{k: v[i:i + step] for k, v in fit.arrays.items()} for i in range(0, fit.size, step)],
                               activation_type, weight_type)
+        progress.report("quantizing the original (int8 QDQ)")
         base = quantizer.model(model)
         bench_cal = CalibrationSet(calibration.arrays, calibration.source, step, calibration.batch)
+    if target_speedup is not None:
+        _quick_bound(model, cands, skipped, form, input_shapes, batch, target_speedup, tolerance,
+                     (base, bench_cal, provider, threads, model_iters, quantizer))
+    # The errors the choice ranks options by come from the samples the refit fits on: the held-out ones are
+    # kept for the end-to-end error that judges each plan.
+    progress.report(f"estimating the error of every option of {len(cands)} layer(s) on the calibration samples")
+    option_errors(model, cands, calibration.split(seed)[0], positions, seed, chain, threads, refit_aware=refit_aware)
+    progress.report(f"timing every option of {len(cands)} layer(s) alone on {provider}")
     times = measure_latencies(cands, form, provider, threads, cache, layer_iters, quantize=quantizer)
     layers = [
         LayerOptions(c.name, [Option("keep", 0, times[c.name][KEEP], 0.0)]
@@ -627,6 +686,7 @@ def plan_rewrite(
                         max_output_error=max_output_error)
     m = _Measurer(model, layers, cands, skipped, form, input_shapes, batch, calibration, provider, chain, threads,
                   model_iters, do_refit, refit_kernels, seed, model_s, base, bench_cal, quantizer, judge)
+    m.rounds = rounds
     report.error_inputs = m.error_inputs
     report.precision = "fp32" if quantizer is None else quantizer.tag
     report.quantized_original_error = None if quantizer is None else m.base_error
