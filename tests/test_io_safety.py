@@ -210,6 +210,10 @@ _PRELUDE = """
 import importlib.abc, os, runpy, signal, sys, time
 sys.path.insert(0, {root!r})
 sys.argv = ["onnxconv"] + {argv!r}
+# A background job inherits SIGINT ignored and Python keeps it ignored (the CLI honours that, as a shell's
+# commands do): these tests signal the child, so they set the dispositions they rely on themselves.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 """
 
 _ON_IMPORT = """
@@ -327,3 +331,13 @@ def test_signal_wrapped_by_a_c_extensions_import_exits_cleanly(model_path: Path,
     assert res.exit_code == code, res.output
     assert [x for x in res.output.splitlines() if x.strip()] == [line]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_inherited_ignored_sigint_is_honoured(model_path: Path, tmp_path: Path) -> None:
+    """As a shell's commands do, the CLI leaves an ignored SIGINT ignored (a background job's Ctrl-C)."""
+    argv = ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2"]
+    ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    proc = run_python(_PRELUDE.format(root=ROOT, argv=argv) + ignore
+                      + _ON_IMPORT.format(module="onnxconv.passes.separable") + _RUN, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.onnx").is_file()
