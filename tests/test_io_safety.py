@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -20,8 +23,12 @@ from click.testing import CliRunner
 import onnxconv.model_io as model_io
 from onnxconv.cli import main
 from onnxconv.errors import OptionError
+from onnxconv.planning import planner
 
+from .test_calibrate import smooth_inputs
 from .test_cli_separate import two_conv_model
+from .test_plan_cli import fixed_latencies
+from .test_plan_search import CURVE, SIZE, C, fake_bench, four_convs
 
 
 def run(*args: str):  # type: ignore[no-untyped-def]
@@ -230,7 +237,7 @@ _ON_WRITE = """
 import onnx
 import onnxconv.model_io as model_io
 def slow_write(*args, **kwargs):
-    with open(args[0] if isinstance(args[0], str) else args[1], "ab") as f:
+    with open(args[1] if isinstance(args[0], onnx.ModelProto) else args[0], "ab") as f:
         f.write(b"partial")
     os.kill(os.getpid(), signal.{signal})
     time.sleep(30)
@@ -331,6 +338,128 @@ def test_signal_wrapped_by_a_c_extensions_import_exits_cleanly(model_path: Path,
     assert res.exit_code == code, res.output
     assert [x for x in res.output.splitlines() if x.strip()] == [line]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planned runs, with --report and --plot, use a fixed latency model (tests/test_plan_search.py): each takes a
+# second.
+
+
+@pytest.fixture()
+def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """m.onnx, calibration data as c.npz and as the folder cal/, inputs in.npz; the planner's timings faked."""
+    rng = np.random.default_rng(0)
+    onnx.save(four_convs(rng), tmp_path / "m.onnx")
+    x = smooth_inputs(rng, 10, C, SIZE)
+    np.savez(tmp_path / "c.npz", X=x)
+    np.savez(tmp_path / "in.npz", X=x[:2])
+    (tmp_path / "cal").mkdir()
+    np.save(tmp_path / "cal" / "X.npy", x)
+    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
+    monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
+    return tmp_path
+
+
+def listing(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its digest: the data read, and whatever a run left."""
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# All or nothing: every output is staged beside its destination and renamed in one final step.
+
+
+@pytest.mark.parametrize(("target", "written"), [("1.4", ["f.png", "o.onnx", "r.json"]), ("2", ["f.png", "r.json"])])
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_report_and_plot_get_the_umasks_permissions(planned: Path, monkeypatch: pytest.MonkeyPatch, umask: int,
+                                                    target: str, written: list[str]) -> None:
+    """Like the model, and like a plain open(): 0666 minus the umask, not mkstemp's 0600."""
+    monkeypatch.chdir(planned)
+    previous = os.umask(umask)
+    try:
+        res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--target-speedup", target,
+                                        "--calibration", "c.npz", "--report", "r.json", "--plot", "f.png"])
+    finally:
+        os.umask(previous)
+    assert res.exit_code == (0 if target == "1.4" else 1), res.output
+    assert sorted(p.name for p in planned.iterdir() if p.name in ("o.onnx", "r.json", "f.png")) == written
+    for name in written:
+        assert stat.S_IMODE((planned / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_a_plot_that_cannot_be_written_leaves_no_model_or_report(planned: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(planned)
+    from onnxconv.planning import plot
+
+    def broken(*args: object, **kwargs: object) -> bytes:
+        raise model_io.OnnxConvError("--plot f.png: cannot draw (simulated)")
+
+    monkeypatch.setattr(plot, "frontier_png", broken)
+    before = listing(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--target-speedup", "1.4",
+                                    "--calibration", "c.npz", "--report", "r.json", "--plot", "f.png"])
+    assert res.exit_code == 1
+    assert "simulated" in one_error_line(res.output)
+    assert listing(planned) == before
+
+
+_PLANNER = """
+from onnxconv.planning import planner
+from tests.test_plan_cli import fixed_latencies
+from tests.test_plan_search import CURVE, fake_bench
+planner.bench_pair = fake_bench(CURVE)
+planner.measure_latencies = fixed_latencies
+"""
+
+_ON_PLOT = """
+import matplotlib.figure
+def slow_savefig(*args, **kwargs):
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(30)
+    raise AssertionError("the signal did not stop the drawing")
+matplotlib.figure.Figure.savefig = slow_savefig
+"""
+
+_ON_RENAME = """
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("r.json"):  # the second rename: the model is in place already
+        os.kill(os.getpid(), signal.{signal})
+        time.sleep(0.5)  # the handler runs here, in the main thread
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+def planned_argv(folder: Path) -> list[str]:
+    return ["separate", str(folder / "m.onnx"), "-o", str(folder / "o.onnx"), "--target-speedup", "1.4",
+            "--calibration", str(folder / "c.npz"), "--report", str(folder / "r.json"), "--plot",
+            str(folder / "f.png")]
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_while_the_plot_is_drawn_writes_nothing(planned: Path, sig: str, code: int) -> None:
+    before = listing(planned)
+    child = _PRELUDE.format(root=ROOT, argv=planned_argv(planned)) + _PLANNER + _ON_PLOT.format(signal=sig) + _RUN
+    proc = run_python(child, planned)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+    assert listing(planned) == before
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_during_the_final_renames_lets_them_all_finish(planned: Path, sig: str, code: int) -> None:
+    """The renames are never cut in two: a signal among them takes effect after the last one."""
+    child = _PRELUDE.format(root=ROOT, argv=planned_argv(planned)) + _PLANNER + _ON_RENAME.format(signal=sig) + _RUN
+    proc = run_python(child, planned)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(onnx.load(planned / "o.onnx").graph.node) > 4  # the rewrite, complete
+    assert json.loads((planned / "r.json").read_text())["output"] == str(planned / "o.onnx")
+    assert (planned / "f.png").read_bytes().startswith(b"\x89PNG")
+    no_temp_files(planned)
 
 
 def test_an_inherited_ignored_sigint_is_honoured(model_path: Path, tmp_path: Path) -> None:
