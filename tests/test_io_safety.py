@@ -341,8 +341,9 @@ def test_signal_wrapped_by_a_c_extensions_import_exits_cleanly(model_path: Path,
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Planned runs, with --report and --plot, use a fixed latency model (tests/test_plan_search.py): each takes a
-# second.
+# What the run reads is never an output: -o, --report and --plot may neither be, nor replace a file inside,
+# --calibration (a file, or the .npy files of its folder) and --inputs. Planned runs use a fixed latency model
+# (tests/test_plan_search.py), so each would finish in a second and overwrite the data if it were not refused.
 
 
 @pytest.fixture()
@@ -363,6 +364,56 @@ def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def listing(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with its digest: the data read, and whatever a run left."""
     return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+#: The issue's cases (and the same for every output option), as (arguments, the option refused, what it is).
+READ_CLASHES = [
+    (["-o", "o.onnx", "--calibration", "c.npz", "--plot", "c.npz"], "--plot c.npz", "the --calibration file"),
+    (["-o", "c.npz", "--calibration", "c.npz"], "-o c.npz", "the --calibration file"),
+    (["-o", "o.onnx", "--calibration", "c.npz", "--report", "c.npz"], "--report c.npz", "the --calibration file"),
+    (["-o", "in.npz", "--calibration", "c.npz", "--inputs", "in.npz"], "-o in.npz", "the --inputs file"),
+    (["-o", "o.onnx", "--calibration", "c.npz", "--inputs", "in.npz", "--report", "in.npz"], "--report in.npz",
+     "the --inputs file"),
+    (["-o", "o.onnx", "--calibration", "c.npz", "--inputs", "in.npz", "--plot", "cal/../in.npz"], "--plot cal/../in.npz",
+     "the --inputs file"),
+    (["-o", "cal/X.npy", "--calibration", "cal"], "-o cal/X.npy", "an .npy file in the --calibration folder"),
+    (["-o", "cal/new.npy", "--calibration", "cal"], "-o cal/new.npy", "an .npy file in the --calibration folder"),
+    (["-o", "o.onnx", "--calibration", "cal/", "--report", "cal/../cal/X.npy"], "--report cal/../cal/X.npy",
+     "an .npy file in the --calibration folder"),
+    (["-o", "o.onnx", "--calibration", "cal", "--plot", "cal/X.npy"], "--plot cal/X.npy",
+     "an .npy file in the --calibration folder"),
+]
+
+
+@pytest.mark.parametrize("target", ["1.4", "2"])  # a plan written, and a plan refused (which writes its report)
+@pytest.mark.parametrize(("args", "option", "what"), READ_CLASHES)
+def test_outputs_never_replace_what_the_run_reads(planned: Path, monkeypatch: pytest.MonkeyPatch, target: str,
+                                                  args: list[str], option: str, what: str) -> None:
+    monkeypatch.chdir(planned)
+    before = listing(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "--target-speedup", target, *args])
+    assert res.exit_code == 1, res.output
+    line = one_error_line(res.output)
+    assert line == f"Error: {option}: is {what}, which this run reads (choose another file)"
+    assert listing(planned) == before
+
+
+def test_read_clash_is_by_identity_through_a_hard_link(planned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(planned)
+    os.link("c.npz", "alias.npz")
+    before = listing(planned)
+    res = run("m.onnx", "-o", "alias.npz", "--rank", "1", "--calibration", "c.npz")
+    assert "is the --calibration file" in one_error_line(res.output)
+    assert listing(planned) == before
+
+
+def test_outputs_beside_the_data_are_still_written(planned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what the run reads is refused: a model and report inside the calibration folder are fine."""
+    monkeypatch.chdir(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "cal/o.onnx", "--target-speedup", "1.4",
+                                    "--calibration", "cal", "--report", "cal/r.json"])
+    assert res.exit_code == 0, res.output
+    assert (planned / "cal" / "o.onnx").is_file() and (planned / "cal" / "r.json").is_file()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
+from ..array_io import folder_reads
 from ..model_io import INPUT_CLASH, StagedFiles, check_output_path, same_file, save_model
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
@@ -243,6 +244,29 @@ def _json_bytes(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
 
 
+def _read_by_run(request: SeparateRequest) -> list[tuple[str, str]]:
+    """(path, what it is) of the files the run reads besides the model: ``--inputs`` and a ``--calibration``
+    file (a calibration folder is :func:`_check_not_read`'s)."""
+    files = []
+    if request.inputs is not None:
+        files.append((request.inputs, "the --inputs file"))
+    if request.calibration is not None and not os.path.isdir(request.calibration):
+        files.append((request.calibration, "the --calibration file"))
+    return files
+
+
+def _check_not_read(path: str | Path, option: str, request: SeparateRequest) -> None:
+    """Refuse an output that would replace data the run reads (``--inputs``, ``--calibration``), or join a
+    calibration folder's arrays (an .npy file there is read as one more input by the next run)."""
+    for other, what in _read_by_run(request):
+        if same_file(path, other):
+            raise OptionError(f"{option} {path}: is {what}, which this run reads (choose another file)")
+    folder = request.calibration
+    if folder is not None and os.path.isdir(folder) and folder_reads(folder, path):
+        raise OptionError(f"{option} {path}: is an .npy file in the --calibration folder, which this run reads "
+                          "(choose another file)")
+
+
 def _json_default(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
@@ -317,6 +341,13 @@ def separate(model: str, output: str, **options: Any) -> None:
             (model, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
             *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
         require_matplotlib()  # before a plan that takes minutes
+    # No output may replace the data the run reads: a refused plan writes --report and --plot too, so this holds
+    # before any work, whatever the outcome.
+    _check_not_read(output, "-o", request)
+    _check_not_read(output + ".data", "-o", request)  # the model's own weights file, when it has one
+    for path, option in ((report_file, "--report"), (plot_file, "--plot")):
+        if path is not None:
+            _check_not_read(path, option, request)
     verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
                                             request.batch, request.exact)
 
