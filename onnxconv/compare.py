@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import onnx
 
+from . import array_io
 from .errors import OnnxConvError, OptionError
 
 if TYPE_CHECKING:  # onnxruntime is imported where a session is made (slow to import); here only its name
@@ -327,16 +328,12 @@ def check_inputs(data: Mapping[str, np.ndarray], specs: Sequence[InputSpec], lab
 
 
 def read_npz(path: str | os.PathLike[str], label: str) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file; OptionError (one line, starting with ``label``) when it cannot be read."""
-    if not os.path.isfile(path):
-        raise OptionError(f"{label}: no such file")
-    if not zipfile.is_zipfile(path):
-        # np.load would guess at the format and talk about pickles; say what is expected instead.
-        raise OptionError(f"{label}: not an .npz archive (save one with numpy.savez(path, NAME=array, ...))")
-    try:
-        return dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise OptionError(f"{label}: cannot read as .npz ({e})") from None
+    """All arrays of an .npz file; OptionError (one line, starting with ``label``) when it cannot be read.
+
+    :func:`onnxconv.array_io.read_npz` does the reading (sizes checked before anything is allocated, no wait on
+    a FIFO), with all arrays together held to :func:`memory_limit_bytes`.
+    """
+    return array_io.read_npz(path, label, max_bytes=memory_limit_bytes())
 
 
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:

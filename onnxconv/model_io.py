@@ -6,6 +6,9 @@
 * The weight-free copy that shape inference works on is made by :mod:`onnxconv.weightless`.
 * :func:`save_model` writes atomically (temporary files in the target folder, then rename), never over the
   input unless asked, and keeps external data external.
+* :class:`StagedFiles` extends that to several outputs of one run (a model, its report, a picture): each is
+  written under a temporary name beside its destination, and all are renamed into place in one short final
+  step, so a failure or a signal before it leaves nothing and the step itself is never cut in two.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import itertools
 import mmap
 import os
 import shutil
+import signal
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -29,7 +37,7 @@ from .graph import cyclic_nodes, subgraphs_of
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
-    "check_weights", "fix_input_shapes", "same_file", "elem_size",
+    "check_weights", "fix_input_shapes", "same_file", "elem_size", "StagedFiles",
 ]
 
 
@@ -331,6 +339,131 @@ def _write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
+class StagedFiles:
+    """Outputs of one run written under temporary names beside their destinations, then put in place together.
+
+    Use as a context manager: :meth:`write` (or :func:`save_model` with ``staged=``) each output, then
+    :meth:`commit`. Leaving the block without a commit (an error, Ctrl-C, SIGTERM turned into an exception)
+    removes every temporary file, so nothing is written. The commit gives each file the permissions a plain
+    ``open()`` would (``0666`` minus the umask; mkstemp makes them ``0600``) and renames them in order with
+    SIGINT and SIGTERM held: a signal that lands during the renames takes effect after the last one.
+    """
+
+    def __init__(self) -> None:
+        self._moves: list[tuple[Path, Path, str]] = []  # (temporary file, destination, option naming it)
+        self._dirs: list[str] = []  # private folders of external-data saves, removed at the end
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.discard()
+
+    def temp_file(self, dest: Path, option: str) -> Path:
+        """A new empty temporary file in ``dest``'s folder, renamed to ``dest`` by :meth:`commit`."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=_folder(dest))
+        except OSError as e:
+            raise OnnxConvError(f"{option} {dest}: cannot write ({_reason(e)}); nothing was written") from e
+        os.close(fd)
+        self._moves.append((Path(tmp), dest, option))
+        return Path(tmp)
+
+    def temp_dir(self, dest: Path) -> Path:
+        """A new private folder in ``dest``'s folder (files saved there are moved out by :meth:`move`)."""
+        work = tempfile.mkdtemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=_folder(dest))
+        self._dirs.append(work)
+        return Path(work)
+
+    def move(self, tmp: Path, dest: Path, option: str) -> None:
+        """Rename ``tmp`` (in a :meth:`temp_dir`) to ``dest`` at :meth:`commit`."""
+        self._moves.append((tmp, dest, option))
+
+    def write(self, dest: str | os.PathLike[str], data: bytes, option: str) -> None:
+        """Stage ``data`` for ``dest``.
+
+        Raises:
+            OnnxConvError: the temporary file cannot be made or written (one line naming ``option``).
+        """
+        path = Path(dest)
+        tmp = self.temp_file(path, option)
+        try:
+            _write_bytes(tmp, data)
+        except OSError as e:
+            raise OnnxConvError(f"{option} {path}: cannot write ({_reason(e)}); nothing was written") from e
+
+    def commit(self) -> None:
+        """Put every staged file in place, in the order staged.
+
+        Raises:
+            OnnxConvError: a file could not be renamed; the line says which outputs were already in place.
+        """
+        for tmp, dest, option in self._moves:
+            try:
+                _plain_permissions(tmp)
+            except OSError as e:
+                raise OnnxConvError(f"{option} {dest}: cannot write ({_reason(e)}); nothing was written") from e
+        done: list[str] = []
+        with _signals_held():
+            while self._moves:
+                tmp, dest, option = self._moves[0]
+                try:
+                    os.replace(tmp, dest)
+                except OSError as e:
+                    written = f"{', '.join(done)} written" if done else "nothing was written"
+                    raise OnnxConvError(f"{option} {dest}: cannot write ({_reason(e)}); {written}") from e
+                self._moves.pop(0)
+                done.append(f"{option} {dest}")
+
+    def discard(self) -> None:
+        """Remove every temporary file and folder not yet committed."""
+        for tmp, _, _ in self._moves:
+            _unlink_quietly(tmp)
+        self._moves.clear()
+        for work in self._dirs:
+            shutil.rmtree(work, ignore_errors=True)
+        self._dirs.clear()
+
+
+#: What signal.signal takes and returns (typeshed's private ``signal._HANDLER``).
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on the first that came, as its handler would.
+
+    Blocking the signals in this thread (pthread_sigmask) would not do: onnxruntime's threads, created earlier,
+    do not block them, and Python runs a handler in the main thread whichever thread the kernel chose. So the
+    Python handlers are swapped for one that only records. A signal that is ignored stays ignored; outside the
+    main thread (where handlers cannot be set) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    previous: dict[int, _Handler] = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # None: set outside Python; left alone
+                previous[signum] = signal.signal(signum, record)
+        yield
+    finally:
+        for held, handler in previous.items():
+            signal.signal(held, handler)
+        if caught:
+            first = previous[caught[0]]
+            if callable(first):
+                first(caught[0], None)  # default_int_handler raises KeyboardInterrupt, the CLI's SIGTERM Terminated
+            elif first == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -338,6 +471,7 @@ def save_model(
     source: str | os.PathLike[str] | None = None,
     overwrite_source: bool = False,
     external_data: bool | None = None,
+    staged: StagedFiles | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically.
 
@@ -351,6 +485,8 @@ def save_model(
         overwrite_source: allow ``path`` to be ``source``.
         external_data: store weights in ``<name>.data`` beside the model; default: when the model is over 1.8 GB
             (protobuf's 2 GB limit) or when ``source`` stored its weights externally.
+        staged: write into these staged outputs and leave the rename to their :meth:`StagedFiles.commit`;
+            None: a set of its own, committed here.
 
     Raises:
         OnnxConvError: the destination is the source or not a regular file, its folder is missing, or the write
@@ -358,7 +494,6 @@ def save_model(
     """
     dest = Path(path)
     check_output_path(dest, "-o", not_same_as=[] if source is None or overwrite_source else [(source, INPUT_CLASH)])
-    folder = dest.parent if str(dest.parent) else Path(".")
     if external_data is None:
         external_data = model.ByteSize() > 1_800_000_000 if _small_enough_to_size(model) else True
         if source is not None:
@@ -366,47 +501,49 @@ def save_model(
                 external_data = external_data or bool(external_data_files(load_model(source)))
             except OnnxConvError:
                 pass
-    try:
-        if external_data:
-            _save_external(model, dest, folder)
-        else:
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            try:
-                _write_bytes(tmp, model.SerializeToString())
-                _plain_permissions(Path(tmp))
-                os.replace(tmp, dest)
-            except BaseException:
-                _unlink_quietly(tmp)
-                raise
-    except OSError as e:
-        raise OnnxConvError(f"-o {dest}: cannot write ({_reason(e)}); nothing was written") from e
+    if staged is None:
+        with StagedFiles() as own:
+            _stage_model(model, dest, external_data, own)
+            own.commit()
+    else:
+        _stage_model(model, dest, external_data, staged)
     return dest
 
 
-def _save_external(model: onnx.ModelProto, dest: Path, folder: Path) -> None:
-    """Write ``dest`` and ``<dest name>.data`` through a fresh private folder beside them.
+def _stage_model(model: onnx.ModelProto, dest: Path, external_data: bool, staged: StagedFiles) -> None:
+    try:
+        if external_data:
+            _save_external(model, dest, staged)
+        else:
+            tmp = staged.temp_file(dest, "-o")
+            _write_bytes(tmp, model.SerializeToString())
+    except OSError as e:
+        raise OnnxConvError(f"-o {dest}: cannot write ({_reason(e)}); nothing was written") from e
+
+
+def _save_external(model: onnx.ModelProto, dest: Path, staged: StagedFiles) -> None:
+    """Stage ``dest`` and ``<dest name>.data``, saved through a fresh private folder beside them.
 
     onnx refuses to append to (or writes after the end of) an existing data file, and resolves the data location
     against the model file's folder: saving both under their final names inside a new temporary folder in the
-    target folder avoids both traps, and the two renames stay on one file system.
+    target folder avoids both traps, and the two renames stay on one file system. The data file is put in place
+    before the model, so the model never points at weights that are not there yet.
     """
     data_name = dest.name + ".data"
-    work_dir = tempfile.mkdtemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=folder)
-    try:
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
-        tmp_model = os.path.join(work_dir, dest.name)
-        onnx.save_model(work, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-        tmp_data = Path(work_dir, data_name)
-        _plain_permissions(Path(tmp_model))
-        if tmp_data.exists():
-            _plain_permissions(tmp_data)
-            os.replace(tmp_data, folder / data_name)
-        os.replace(tmp_model, dest)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir = staged.temp_dir(dest)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    tmp_model = work_dir / dest.name
+    onnx.save_model(work, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    tmp_data = work_dir / data_name
+    if tmp_data.exists():
+        staged.move(tmp_data, _folder(dest) / data_name, "-o")
+    staged.move(tmp_model, dest, "-o")
+
+
+def _folder(dest: Path) -> Path:
+    return dest.parent if str(dest.parent) else Path(".")
 
 
 def _unlink_quietly(path: str | os.PathLike[str]) -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -20,8 +23,12 @@ from click.testing import CliRunner
 import onnxconv.model_io as model_io
 from onnxconv.cli import main
 from onnxconv.errors import OptionError
+from onnxconv.planning import planner
 
+from .test_calibrate import smooth_inputs
 from .test_cli_separate import two_conv_model
+from .test_plan_cli import fixed_latencies
+from .test_plan_search import CURVE, SIZE, C, fake_bench, four_convs
 
 
 def run(*args: str):  # type: ignore[no-untyped-def]
@@ -210,6 +217,10 @@ _PRELUDE = """
 import importlib.abc, os, runpy, signal, sys, time
 sys.path.insert(0, {root!r})
 sys.argv = ["onnxconv"] + {argv!r}
+# A background job inherits SIGINT ignored and Python keeps it ignored (the CLI honours that, as a shell's
+# commands do): these tests signal the child, so they set the dispositions they rely on themselves.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 """
 
 _ON_IMPORT = """
@@ -226,7 +237,7 @@ _ON_WRITE = """
 import onnx
 import onnxconv.model_io as model_io
 def slow_write(*args, **kwargs):
-    with open(args[0] if isinstance(args[0], str) else args[1], "ab") as f:
+    with open(args[1] if isinstance(args[0], onnx.ModelProto) else args[0], "ab") as f:
         f.write(b"partial")
     os.kill(os.getpid(), signal.{signal})
     time.sleep(30)
@@ -327,3 +338,188 @@ def test_signal_wrapped_by_a_c_extensions_import_exits_cleanly(model_path: Path,
     assert res.exit_code == code, res.output
     assert [x for x in res.output.splitlines() if x.strip()] == [line]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the run reads is never an output: -o, --report and --plot may neither be, nor replace a file inside,
+# --calibration (a file, or the .npy files of its folder) and --inputs. Planned runs use a fixed latency model
+# (tests/test_plan_search.py), so each would finish in a second and overwrite the data if it were not refused.
+
+
+@pytest.fixture()
+def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """m.onnx, calibration data as c.npz and as the folder cal/, inputs in.npz; the planner's timings faked."""
+    rng = np.random.default_rng(0)
+    onnx.save(four_convs(rng), tmp_path / "m.onnx")
+    x = smooth_inputs(rng, 10, C, SIZE)
+    np.savez(tmp_path / "c.npz", X=x)
+    np.savez(tmp_path / "in.npz", X=x[:2])
+    (tmp_path / "cal").mkdir()
+    np.save(tmp_path / "cal" / "X.npy", x)
+    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
+    monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
+    return tmp_path
+
+
+def listing(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its digest: the data read, and whatever a run left."""
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+#: Each output option onto each kind of data read, as (arguments, the option refused, what it is).
+READ_CLASHES = [
+    (["-o", "o.onnx", "--calibration", "c.npz", "--plot", "c.npz"], "--plot c.npz", "the --calibration file"),
+    (["-o", "c.npz", "--calibration", "c.npz"], "-o c.npz", "the --calibration file"),
+    (["-o", "o.onnx", "--calibration", "c.npz", "--report", "c.npz"], "--report c.npz", "the --calibration file"),
+    (["-o", "in.npz", "--calibration", "c.npz", "--inputs", "in.npz"], "-o in.npz", "the --inputs file"),
+    (["-o", "o.onnx", "--calibration", "c.npz", "--inputs", "in.npz", "--report", "in.npz"], "--report in.npz",
+     "the --inputs file"),
+    (["-o", "o.onnx", "--calibration", "c.npz", "--inputs", "in.npz", "--plot", "cal/../in.npz"],
+     "--plot cal/../in.npz", "the --inputs file"),
+    (["-o", "cal/X.npy", "--calibration", "cal"], "-o cal/X.npy", "an .npy file in the --calibration folder"),
+    (["-o", "cal/new.npy", "--calibration", "cal"], "-o cal/new.npy", "an .npy file in the --calibration folder"),
+    (["-o", "o.onnx", "--calibration", "cal/", "--report", "cal/../cal/X.npy"], "--report cal/../cal/X.npy",
+     "an .npy file in the --calibration folder"),
+    (["-o", "o.onnx", "--calibration", "cal", "--plot", "cal/X.npy"], "--plot cal/X.npy",
+     "an .npy file in the --calibration folder"),
+]
+
+
+# A plan written, and a plan the search refuses (which writes its report; 1.7x: within the quick bound's margin of
+# the 1.6x the stand-in timings give the fastest plan).
+@pytest.mark.parametrize("target", ["1.4", "1.7"])
+@pytest.mark.parametrize(("args", "option", "what"), READ_CLASHES)
+def test_outputs_never_replace_what_the_run_reads(planned: Path, monkeypatch: pytest.MonkeyPatch, target: str,
+                                                  args: list[str], option: str, what: str) -> None:
+    monkeypatch.chdir(planned)
+    before = listing(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "--target-speedup", target, *args])
+    assert res.exit_code == 1, res.output
+    line = one_error_line(res.output)
+    assert line == f"Error: {option}: is {what}, which this run reads (choose another file)"
+    assert listing(planned) == before
+
+
+def test_read_clash_is_by_identity_through_a_hard_link(planned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(planned)
+    os.link("c.npz", "alias.npz")
+    before = listing(planned)
+    res = run("m.onnx", "-o", "alias.npz", "--rank", "1", "--calibration", "c.npz")
+    assert "is the --calibration file" in one_error_line(res.output)
+    assert listing(planned) == before
+
+
+def test_outputs_beside_the_data_are_still_written(planned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what the run reads is refused: a model and report inside the calibration folder are fine."""
+    monkeypatch.chdir(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "cal/o.onnx", "--target-speedup", "1.4",
+                                    "--calibration", "cal", "--report", "cal/r.json"])
+    assert res.exit_code == 0, res.output
+    assert (planned / "cal" / "o.onnx").is_file() and (planned / "cal" / "r.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# All or nothing: every output is staged beside its destination and renamed in one final step.
+
+
+@pytest.mark.parametrize(("target", "written"), [("1.4", ["f.png", "o.onnx", "r.json"]), ("1.7", ["f.png", "r.json"])])
+def test_report_and_plot_get_the_umasks_permissions(planned: Path, monkeypatch: pytest.MonkeyPatch, target: str,
+                                                    written: list[str]) -> None:
+    """Like the model, and like a plain open(): 0666 minus the umask, not mkstemp's 0600."""
+    monkeypatch.chdir(planned)
+    umask = 0o027  # 0640: neither mkstemp's 0600 nor the common 0644
+    previous = os.umask(umask)
+    try:
+        res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--target-speedup", target,
+                                        "--calibration", "c.npz", "--report", "r.json", "--plot", "f.png"])
+    finally:
+        os.umask(previous)
+    assert res.exit_code == (0 if target == "1.4" else 1), res.output
+    assert sorted(p.name for p in planned.iterdir() if p.name in ("o.onnx", "r.json", "f.png")) == written
+    for name in written:
+        assert stat.S_IMODE((planned / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_a_plot_that_cannot_be_written_leaves_no_model_or_report(planned: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(planned)
+    from onnxconv.planning import plot
+
+    def broken(*args: object, **kwargs: object) -> bytes:
+        raise model_io.OnnxConvError("--plot f.png: cannot draw (simulated)")
+
+    monkeypatch.setattr(plot, "frontier_png", broken)
+    before = listing(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--target-speedup", "1.4",
+                                    "--calibration", "c.npz", "--report", "r.json", "--plot", "f.png"])
+    assert res.exit_code == 1
+    assert "simulated" in one_error_line(res.output)
+    assert listing(planned) == before
+
+
+_PLANNER = """
+from onnxconv.planning import planner
+from tests.test_plan_cli import fixed_latencies
+from tests.test_plan_search import CURVE, fake_bench
+planner.bench_pair = fake_bench(CURVE)
+planner.measure_latencies = fixed_latencies
+"""
+
+_ON_PLOT = """
+import matplotlib.figure
+def slow_savefig(*args, **kwargs):
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(30)
+    raise AssertionError("the signal did not stop the drawing")
+matplotlib.figure.Figure.savefig = slow_savefig
+"""
+
+_ON_RENAME = """
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("r.json"):  # the second rename: the model is in place already
+        os.kill(os.getpid(), signal.{signal})
+        time.sleep(0.5)  # the handler runs here, in the main thread
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+def planned_argv(folder: Path) -> list[str]:
+    return ["separate", str(folder / "m.onnx"), "-o", str(folder / "o.onnx"), "--target-speedup", "1.4",
+            "--calibration", str(folder / "c.npz"), "--report", str(folder / "r.json"), "--plot",
+            str(folder / "f.png")]
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_while_the_plot_is_drawn_writes_nothing(planned: Path, sig: str, code: int) -> None:
+    before = listing(planned)
+    child = _PRELUDE.format(root=ROOT, argv=planned_argv(planned)) + _PLANNER + _ON_PLOT.format(signal=sig) + _RUN
+    proc = run_python(child, planned)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+    assert listing(planned) == before
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_during_the_final_renames_lets_them_all_finish(planned: Path, sig: str, code: int) -> None:
+    """The renames are never cut in two: a signal among them takes effect after the last one."""
+    child = _PRELUDE.format(root=ROOT, argv=planned_argv(planned)) + _PLANNER + _ON_RENAME.format(signal=sig) + _RUN
+    proc = run_python(child, planned)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(onnx.load(planned / "o.onnx").graph.node) > 4  # the rewrite, complete
+    assert json.loads((planned / "r.json").read_text())["output"] == str(planned / "o.onnx")
+    assert (planned / "f.png").read_bytes().startswith(b"\x89PNG")
+    no_temp_files(planned)
+
+
+def test_an_inherited_ignored_sigint_is_honoured(model_path: Path, tmp_path: Path) -> None:
+    """As a shell's commands do, the CLI leaves an ignored SIGINT ignored (a background job's Ctrl-C)."""
+    argv = ["separate", str(model_path), "-o", str(tmp_path / "out.onnx"), "--rank", "2"]
+    ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    proc = run_python(_PRELUDE.format(root=ROOT, argv=argv) + ignore
+                      + _ON_IMPORT.format(module="onnxconv.passes.separable") + _RUN, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.onnx").is_file()

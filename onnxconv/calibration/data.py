@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..compare import value_dims
+from ..array_io import read_npy_folder, read_npz
+from ..compare import memory_limit_bytes, value_dims
 from ..errors import OptionError
 
 __all__ = ["CalibrationSet", "load_calibration", "held_out_feeds", "model_inputs", "HOLDOUT_FRACTION", "FLOAT_TYPES"]
@@ -90,24 +91,15 @@ def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _read_arrays(p: Path, label: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file or a folder of .npy files, by :mod:`onnxconv.array_io` (sizes checked before
+    anything is allocated, no wait on a FIFO), all together within :func:`~onnxconv.compare.memory_limit_bytes`.
+    Non-finite values are refused: one inf makes every least-squares fit NaN, and the model written from it."""
+    limit = memory_limit_bytes()
     if p.is_dir():
-        files = sorted(p.glob("*.npy"))
-        if not files:
-            raise OptionError(f"{label}: folder has no .npy files (one file per model input, named after it)")
-        out = {}
-        for f in files:
-            try:
-                out[f.stem] = np.load(f, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise OptionError(f"{label}: cannot read {f.name} as .npy ({str(e).splitlines()[0]})") from None
-        return out
+        return read_npy_folder(p, label, max_bytes=limit, finite=True)
     if p.suffix.lower() != ".npz":
         raise OptionError(f"{label}: expected an .npz file or a folder of .npy files")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise OptionError(f"{label}: cannot read as .npz ({str(e).splitlines()[0]})") from None
+    return read_npz(p, label, max_bytes=limit, finite=True)
 
 
 def load_calibration(path: str | os.PathLike[str], model: onnx.ModelProto, *, chunk: int = 4) -> CalibrationSet:
@@ -118,8 +110,9 @@ def load_calibration(path: str | os.PathLike[str], model: onnx.ModelProto, *, ch
     (a fixed batch size ``b`` of the model needs ``B`` to be a multiple of ``b``; symbolic dims take any size).
 
     Raises:
-        OptionError: unreadable file, missing or unknown input names, wrong dtype, rank or dims, or arrays with
-            different numbers of samples. Every message names the array and what was expected.
+        OptionError: unreadable file (not a regular file, damaged, declaring more data than it holds or than
+            memory takes), non-finite values, missing or unknown input names, wrong dtype, rank or dims, or arrays
+            with different numbers of samples. Every message names the array and what was expected.
     """
     p = Path(path)
     label = f"--calibration {p}"

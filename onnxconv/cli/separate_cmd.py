@@ -3,7 +3,8 @@
 The options become one :class:`~onnxconv.requests.SeparateRequest` (which checks their combinations); the
 library loads the model and dispatches to the separable or shuffle pass, the planner and the refit. This module
 adds what is about files and the terminal: output-path checks before any work, ``--verify``/``--inputs``, the
-per-layer report, ``--report FILE.json`` and the atomic write. The report prints each pass's
+per-layer report, ``--report FILE.json`` and the write of every output, all or none
+(:class:`~onnxconv.model_io.StagedFiles`). The report prints each pass's
 ``details`` through :func:`format_details`, which knows the keys of both passes and shows any other as
 ``key=value``.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxConvError, OptionError, RewriteError
+from ..array_io import folder_reads
 from ..metrics import MetricValue
-from ..model_io import INPUT_CLASH, check_output_path, same_file, save_model
+from ..model_io import INPUT_CLASH, StagedFiles, check_output_path, same_file, save_model
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..planning.judge import Judge
@@ -231,44 +232,48 @@ def _check_not_data(report_file: Path | None, plot_file: Path | None, clash: Seq
 
 
 def _write_refusal(report_file: Path | None, plot_file: Path | None, data: Mapping[str, Any]) -> str:
-    """Write a refused plan's ``--report`` (atomically) and ``--plot``; returns what could not be written ("" when
-    all was), for the refusal's one line."""
-    if report_file is not None:
-        try:
-            tmp = _write_json_tmp(report_file, data)
-        except OnnxConvError as err:
-            return str(err)
-        try:
-            os.replace(tmp, report_file)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            return f"--report {report_file}: cannot write ({err.strerror})"
-    if plot_file is not None:
-        from ..planning.plot import plot_frontier
+    """Write a refused plan's ``--report`` and ``--plot``, both or neither; returns what could not be written
+    ("" when all was), for the refusal's one line."""
+    try:
+        with StagedFiles() as staged:
+            if report_file is not None:
+                staged.write(report_file, _json_bytes(data), "--report")
+            if plot_file is not None:
+                from ..planning.plot import frontier_png
 
-        try:
-            plot_frontier(data["plan"], plot_file)
-        except OnnxConvError as err:
-            return str(err)
+                staged.write(plot_file, frontier_png(data["plan"]), "--plot")
+            staged.commit()
+    except OnnxConvError as err:
+        return str(err)
     return ""
 
 
-def _write_json_tmp(path: Path, data: Mapping[str, Any]) -> Path:
-    """``data`` as JSON in a temporary file beside ``path`` (the caller renames it into place)."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OnnxConvError(f"--report {path}: cannot write ({e.strerror}); nothing was written") from e
-        raise
-    return Path(tmp)
+def _json_bytes(data: Mapping[str, Any]) -> bytes:
+    """``data`` as the report's JSON text."""
+    return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
+
+
+def _read_by_run(request: SeparateRequest) -> list[tuple[str, str]]:
+    """(path, what it is) of the files the run reads besides the model: ``--inputs`` and a ``--calibration``
+    file (a calibration folder is :func:`_check_not_read`'s)."""
+    files = []
+    if request.inputs is not None:
+        files.append((request.inputs, "the --inputs file"))
+    if request.calibration is not None and not os.path.isdir(request.calibration):
+        files.append((request.calibration, "the --calibration file"))
+    return files
+
+
+def _check_not_read(path: str | Path, option: str, request: SeparateRequest) -> None:
+    """Refuse an output that would replace data the run reads (``--inputs``, ``--calibration``), or join a
+    calibration folder's arrays (an .npy file there is read as one more input by the next run)."""
+    for other, what in _read_by_run(request):
+        if same_file(path, other):
+            raise OptionError(f"{option} {path}: is {what}, which this run reads (choose another file)")
+    folder = request.calibration
+    if folder is not None and os.path.isdir(folder) and folder_reads(folder, path):
+        raise OptionError(f"{option} {path}: is an .npy file in the --calibration folder, which this run reads "
+                          "(choose another file)")
 
 
 def _json_default(v: Any) -> Any:
@@ -348,6 +353,13 @@ def separate(model: str, output: str, **options: Any) -> None:
             (model, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
             *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
         require_matplotlib()  # before a plan that takes minutes
+    # No output may replace the data the run reads: a refused plan writes --report and --plot too, so this holds
+    # before any work, whatever the outcome.
+    _check_not_read(output, "-o", request)
+    _check_not_read(output + ".data", "-o", request)  # the model's own weights file, when it has one
+    for path, option in ((report_file, "--report"), (plot_file, "--plot")):
+        if path is not None:
+            _check_not_read(path, option, request)
     verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
                                             request.batch, request.exact)
 
@@ -418,39 +430,27 @@ def separate(model: str, output: str, **options: Any) -> None:
             raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
                                f"{bad[0].rel_error:.2e} > {tol:g}{why}; nothing was written")
     external = outcome.external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
-    report_tmp = None
-    if report_file is not None:
-        data = result.to_dict()
-        data["model"], data["output"] = model, output
-        if verify:
-            data["verify"] = {"inputs": verify_inputs,
-                              "outputs": [a.to_dict() for a in agreements]}
-            if metric is not None and request.metric is not None:
-                data["verify"]["metric"] = {"spec": request.metric, **metric.to_dict()}
-            if floors:
-                data["verify"]["original_noise_floor"] = floors
-        # Written before the model and renamed after it: a failure of either leaves neither file behind.
-        report_tmp = _write_json_tmp(report_file, data)
-    try:
-        save_model(result.model, output, source=model, overwrite_source=request.overwrite, external_data=external)
-    except BaseException:
-        if report_tmp is not None:
-            report_tmp.unlink(missing_ok=True)
-        raise
-    if report_tmp is not None and report_file is not None:  # both or neither
-        try:
-            os.replace(report_tmp, report_file)
-        except OSError as e:
-            report_tmp.unlink(missing_ok=True)
-            raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was written") from e
+    # Every output is prepared under a temporary name beside its destination, then all are renamed at once: an
+    # error or a signal before the commit (drawing the plot takes seconds) leaves none of them.
+    with StagedFiles() as staged:
+        save_model(result.model, output, source=model, overwrite_source=request.overwrite, external_data=external,
+                   staged=staged)
+        if report_file is not None:
+            data = result.to_dict()
+            data["model"], data["output"] = model, output
+            if verify:
+                data["verify"] = {"inputs": verify_inputs,
+                                  "outputs": [a.to_dict() for a in agreements]}
+                if metric is not None and request.metric is not None:
+                    data["verify"]["metric"] = {"spec": request.metric, **metric.to_dict()}
+                if floors:
+                    data["verify"]["original_noise_floor"] = floors
+            staged.write(report_file, _json_bytes(data), "--report")
+        if plot_file is not None:
+            from ..planning.plot import frontier_png
 
-    if plot_file is not None:
-        from ..planning.plot import plot_frontier
-
-        try:
-            plot_frontier(result.options["plan"], plot_file)
-        except OnnxConvError as e:
-            raise OnnxConvError(f"{e}; the model was written") from e
+            staged.write(plot_file, frontier_png(result.options["plan"]), "--plot")
+        staged.commit()
 
     click.echo(render_result(result))
     if "plan" in result.options:

@@ -5,20 +5,21 @@ puts the same plans at (measured speed-up, task metric), the original at (1, 1) 
 A person choosing a plan reads the trade-off off the picture: points to the right are faster, points lower lose
 less; the frontier is their lower-right edge. matplotlib is an optional extra (``pip install 'onnxconv[plot]'``):
 it is imported only here, with the Agg backend's canvas (no display, and the process-wide backend is left
-alone), and the PNG is written to a temporary file beside the target and renamed into place.
+alone). :func:`frontier_png` draws the PNG in memory, so a caller can stage it with its other outputs
+(:class:`~onnxconv.model_io.StagedFiles`); :func:`plot_frontier` writes it on its own, atomically.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ..errors import OnnxConvError
+from ..model_io import StagedFiles
 
-__all__ = ["require_matplotlib", "plot_frontier"]
+__all__ = ["require_matplotlib", "plot_frontier", "frontier_png"]
 
 #: The one line a missing matplotlib gives.
 MISSING = "--plot needs matplotlib, the 'plot' extra: pip install 'onnxconv[plot]'"
@@ -38,6 +39,18 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
 
     Raises:
         OnnxConvError: matplotlib missing, or the file cannot be written (one line each).
+    """
+    png = frontier_png(plan, title)
+    with StagedFiles() as staged:
+        staged.write(path, png, "--plot")
+        staged.commit()
+
+
+def frontier_png(plan: Mapping[str, Any], title: str = "") -> bytes:
+    """The picture :func:`plot_frontier` draws, as PNG bytes.
+
+    Raises:
+        OnnxConvError: matplotlib missing.
     """
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -86,20 +99,9 @@ def plot_frontier(plan: Mapping[str, Any], path: str | os.PathLike[str], title: 
     if with_metric:
         _metric_panel(fig.add_subplot(1, 2, 2), plan, rounds, pick, over)
     fig.tight_layout()
-    dest = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:64]}.", suffix=".tmp", dir=dest.parent if str(dest.parent) else ".")
-    except OSError as e:
-        raise OnnxConvError(f"--plot {dest}: cannot write ({e.strerror}); nothing was written") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, dest)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise OnnxConvError(f"--plot {dest}: cannot write ({e.strerror}); nothing was written") from e
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def _metric_panel(ax: Any, plan: Mapping[str, Any], rounds: list[Mapping[str, Any]], pick: Mapping[str, Any] | None,
