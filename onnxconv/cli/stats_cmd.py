@@ -7,7 +7,8 @@ import click
 from ..compare import check_inputs, model_input_specs, read_npz
 from ..model_io import load_model
 from ..report import FORMATS, SORT_KEYS, render
-from ..stats import analyze, observe_shapes
+from ..observe import observe
+from ..stats import analyze
 from .options import shape_options
 
 __all__ = ["stats"]
@@ -53,7 +54,7 @@ def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt
         label = f"--inputs {inputs_path}"
         feeds = check_inputs(read_npz(inputs_path, label), model_input_specs(m), label)
         shapes = {**{k: list(v.shape) for k, v in feeds.items()}, **shapes}
-        observed = observe_shapes(load_model(model, load_weights=True), feeds)
+        observed = observe(load_model(model, load_weights=True), feeds)
     report = analyze(m, name=model, input_shapes=shapes, batch=batch, all_ops=all_ops, groups=groups,
-                     observed_shapes=observed)
+                     observed=observed)
     click.echo(render(report, fmt, sort, top))
