@@ -27,7 +27,8 @@ __all__ = ["stats"]
               help="Also count Gemm/MatMul/RNN/GRU/LSTM, so totals compare with published figures.")
 @click.option("--inputs", "inputs_path", metavar="FILE.npz", default=None,
               help="Run onnxruntime once on these inputs (one array per model input) and count with the "
-                   "shapes seen, for convs whose input shape depends on an input's value.")
+                   "shapes seen and the If branches that ran, for convs whose input shape (or whose If) "
+                   "depends on an input's value.")
 def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt: str, sort: str, top: int | None,
           groups: int, all_ops: bool, inputs_path: str | None) -> None:
     """Count params, MACs and FLOPs of every conv layer of MODEL.
