@@ -180,7 +180,8 @@ def _infer_folding(model: onnx.ModelProto, choices: BranchChoices | None,
     # Each round can only unlock shapes the previous found; inlining a branch always makes progress (one If
     # fewer), folding only while the unknown outputs keep dropping.
     for _ in range(MAX_FOLD_ROUNDS + (MAX_BRANCH_ROUNDS if choices is not None else 0)):
-        values = _fold(inferred.graph, shapes) if unknown or choices is not None else {}
+        branching = choices is not None and any(n.op_type == "If" for n in inferred.graph.node)
+        values = _fold(inferred.graph, shapes) if unknown or branching else {}  # folding costs a graph walk
         inlined = choices is not None and _inline_known_ifs(inferred.graph, values, observed, choices)
         fed = bool(unknown) and _feed_folded_values(inferred.graph, shapes, values)
         if not inlined and not fed:
