@@ -49,7 +49,8 @@ class ResolvedIf:
 
     @property
     def skipped(self) -> str:
-        return BRANCHES[self.taken == BRANCHES[False]]
+        """The branch that does not run."""
+        return BRANCHES[False] if self.taken == BRANCHES[True] else BRANCHES[True]
 
 
 @dataclass

@@ -4,9 +4,10 @@
 comes from an input's *value* (a pad amount read from a scalar input), or an If whose condition tests a value
 (Silero VAD picks its 16 kHz or 8 kHz network from the sample rate). onnxruntime's profiler records, for every
 node that ran, main graph and If branches alike, the shapes of its inputs and outputs; the copy that runs has
-its nodes renamed ``onnxconv_node_<k>`` so that each profiler event names exactly one node (models leave names
-empty or repeat them). The branch an If took is the one whose nodes ran. Loop/Scan bodies, which run once per
-iteration, are left to shape inference.
+each node without a name of its own (empty, or repeated) named ``onnxconv_node_<k>`` so that each profiler
+event names exactly one node; named nodes keep their names, which onnxruntime's error messages then show. The
+branch an If took is the one whose nodes ran. Loop/Scan bodies, which run once per iteration, are left to shape
+inference.
 """
 
 from __future__ import annotations
@@ -48,18 +49,31 @@ class _Renamed:
     ifs: dict[str, tuple[str, dict[bool, set[str]]]] = field(default_factory=dict)  # key -> (its name, nodes)
 
 
-def _rename(graph: onnx.GraphProto, out: _Renamed) -> set[str]:
-    """Give every node of ``graph`` (and of its If branches) a unique name; returns the runnable names given in
-    ``graph`` itself."""
+def _names(graph: onnx.GraphProto, counts: dict[str, int]) -> dict[str, int]:
+    """How often each node name occurs in ``graph`` and every body in it (a Loop body's node named like a node
+    of the main graph would make that node's profiler events ambiguous)."""
+    for node in graph.node:
+        counts[node.name] = counts.get(node.name, 0) + 1
+        for _, g in subgraphs_of(node):
+            _names(g, counts)
+    return counts
+
+
+def _rename(graph: onnx.GraphProto, out: _Renamed, counts: Mapping[str, int]) -> set[str]:
+    """Give every node of ``graph`` (and of its If branches) a unique name, keeping those that already are;
+    returns the runnable names in ``graph`` itself."""
     here: set[str] = set()
     for node in graph.node:
-        node.name = f"onnxconv_node_{len(out.io)}"
+        if not node.name or counts.get(node.name, 0) > 1:
+            node.name = f"onnxconv_node_{len(out.io)}"
+            while counts.get(node.name):
+                node.name += "_"
         out.io[node.name] = ([i for i in node.input if i], [o for o in node.output if o])
         if node.op_type not in _NEVER_RUN:
             here.add(node.name)
         if node.op_type == "If" and node.domain in ("", "ai.onnx"):
             branches = dict(subgraphs_of(node))
-            ran = {cond: _rename(branches[attr], out) for cond, attr in BRANCHES.items() if attr in branches}
+            ran = {cond: _rename(branches[attr], out, counts) for cond, attr in BRANCHES.items() if attr in branches}
             out.ifs[if_key(node)] = (node.name, ran)
     return here
 
@@ -76,7 +90,7 @@ def observe(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> Observat
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     renamed = _Renamed()
-    _rename(copy.graph, renamed)
+    _rename(copy.graph, renamed, _names(copy.graph, {}))
     with tempfile.TemporaryDirectory(prefix="onnxconv-observe-") as tmp:
         sess = session(copy, opt_level="disable", profile_prefix=str(Path(tmp) / "run"))
         run_model(sess, feeds)

@@ -7,7 +7,10 @@ its input shape and attributes, so a wrong or missing value_info cannot skew a c
 
 The walk covers the main graph, If/Loop/Scan bodies and model-local functions (each call analysed with its
 caller's shapes); rows from those carry a ``path`` such as ``If_0/then_branch`` or ``block_1:local.Block``.
-A Loop or Scan body is counted for one iteration and every If branch is counted (a note says so).
+A Loop or Scan body is counted for one iteration. An If whose condition is known, from constants and input
+shapes or from an onnxruntime run on given inputs (:mod:`onnxconv.observe`), is counted with the branch that
+runs (:mod:`onnxconv.branches`); any other If with both branches (notes say which, and which input's value
+decides).
 Receptive fields and effective strides are propagated in topological order from the graph inputs, taking the
 maximum over paths; pooling, resize and ConvTranspose layers count.
 

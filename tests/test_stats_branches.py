@@ -233,3 +233,18 @@ def test_observe_sees_branch_shapes_and_a_branch_of_constants_only() -> None:
     assert ran_constant.branches == {"Y": True} and "y" not in ran_constant.shapes
     report = analyze(model, observed=ran_constant)
     assert report.layers == [] and any("(1 conv(s) not counted)" in n for n in report.notes)
+
+
+def test_observe_tells_nodes_apart_when_names_repeat() -> None:
+    """Exporters repeat node names across branches (and leave them empty); the run's copy names each node
+    uniquely, so each profiler event is one node's."""
+    model = _sample_rate_model()
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                for inner in attr.g.node:
+                    inner.name = "conv"
+    feeds = {"X": np.zeros((1, 256), np.float32), "sr": np.array(8000, np.int64)}
+    seen = observe(model, feeds)
+    assert seen.branches == {"Y": False} and seen.shapes["y8"] == (1, 4, 63) and "y16" not in seen.shapes
+    assert analyze(model, input_shapes={"X": [1, 256]}, observed=seen).totals["macs"] == MACS_8K
