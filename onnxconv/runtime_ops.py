@@ -13,6 +13,11 @@ cannot infer. What onnxruntime writes (checked by saving optimised models, tests
 * com.microsoft.QLinearConv (``channels_last``), NhwcConv, NhwcFusedConv, com.ms.internal.nhwc.Conv and
   QLinearConv: the standard op on NHWC activations, the weight still OIHW: lowered to
   Transpose -> op -> Transpose.
+* Ops onnxruntime fuses whose output has their first input's shape: activations in com.microsoft (QuickGelu
+  for ``x * sigmoid(a * x)``, Gelu, FastGelu, BiasGelu), SkipLayerNormalization, and the normalisations it
+  writes into the ONNX domain whatever the model's opset (LayerNormalization, standard only from opset 17;
+  SimplifiedLayerNormalization, never standard). onnx cannot infer them, so every conv after one would be
+  left without shapes: lowered to Identity when only their first output is used.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ _LOWER: dict[tuple[str, str], tuple[str, bool | None]] = {
     (_NCHWC, "GlobalMaxPool"): ("GlobalMaxPool", False),
     (_NCHWC, "GlobalAveragePool"): ("GlobalAveragePool", False),
 }
+#: onnxruntime's fused ops whose first output has the shape of their first input (elementwise activations and
+#: normalisations; a bias or skip input is broadcast onto the first), with the first opset (0: none) from which
+#: onnx knows the op itself.
+_SAME_SHAPE = {(_MS, "QuickGelu"): 0, (_MS, "Gelu"): 0, (_MS, "FastGelu"): 0, (_MS, "BiasGelu"): 0,
+               (_MS, "SkipLayerNormalization"): 0, ("", "LayerNormalization"): 17,
+               ("", "SimplifiedLayerNormalization"): 0}
 #: Inputs the standard op keeps (FusedConv's Z and nchwc.Conv's Sum are added after the conv: not a MAC).
 _KEEP_INPUTS = {"Conv": 3, "QLinearConv": 9}
 
@@ -58,7 +69,8 @@ def lowered_from(node: onnx.NodeProto) -> str | None:
 
 
 def lower_runtime_ops(model: onnx.ModelProto) -> int:
-    """Rewrite onnxruntime's conv-family ops of the shape-only ``model`` (in place) into standard ops.
+    """Rewrite onnxruntime's conv-family ops (and the vendor activations between them) of the shape-only
+    ``model`` (in place) into standard ops.
 
     Returns the number of nodes rewritten. Only the copy made for counting is touched; names the rewrite adds
     end in ``::onnxconv_lowered`` so they cannot meet a model's own.
@@ -103,6 +115,12 @@ def _lower_node(node: onnx.NodeProto, ranks: Mapping[str, int], opset: int) -> l
         if out:
             out[-1].doc_string = f"{_LOWERED}{dom}.{op}"  # the node writing the op's output says what it was
         return out
+    known_from = _SAME_SHAPE.get(("" if dom == "ai.onnx" else dom, op))
+    if known_from is not None and not (known_from and opset >= known_from) and node.input and node.output and \
+            not any(node.output[1:]):
+        same = helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
+        same.doc_string = f"{_LOWERED}{dom}.{op}"
+        return [same]
     target = _LOWER.get((dom, op))
     if target is None or not node.input or not node.output:
         return None
@@ -167,11 +185,23 @@ def _reorder(node: onnx.NodeProto, which: str, opset: int) -> list[onnx.NodeProt
 
 
 def _upsample(node: onnx.NodeProto, opset: int) -> list[onnx.NodeProto] | None:
-    """nchwc.Upsample (integer ``scales`` per axis) as a Resize with those scales (opset 13+: roi optional)."""
+    """nchwc.Upsample (integer ``scales`` per axis) as the model's opset's op with those scales: Resize from
+    opset 10 (opsets 11 and 12 want a ``roi`` input, empty here; 13 on leaves it out), Upsample before."""
     scales = attrs_of(node).get("scales")
-    if opset < 13 or not scales or not node.input or not node.output:
+    if opset < 7 or not scales or not node.input or not node.output:
         return None
     name = _tmp(node.output[0], "scales")
-    const = helper.make_node("Constant", [], [name],
-                             value=numpy_helper.from_array(np.array(as_floats(scales), np.float32)))
-    return [const, helper.make_node("Resize", [node.input[0], "", name], [node.output[0]], mode="nearest")]
+    out = [helper.make_node("Constant", [], [name],
+                            value=numpy_helper.from_array(np.array(as_floats(scales), np.float32)))]
+    x, y = node.input[0], node.output[0]
+    if opset < 9:
+        return [helper.make_node("Upsample", [x], [y], mode="nearest", scales=as_floats(scales))]
+    if opset < 10:
+        return [*out, helper.make_node("Upsample", [x, name], [y], mode="nearest")]
+    if opset < 11:
+        return [*out, helper.make_node("Resize", [x, name], [y], mode="nearest")]
+    if opset < 13:
+        roi = _tmp(y, "roi")
+        out.append(helper.make_node("Constant", [], [roi], value=numpy_helper.from_array(np.zeros(0, np.float32))))
+        return [*out, helper.make_node("Resize", [x, roi, name], [y], mode="nearest")]
+    return [*out, helper.make_node("Resize", [x, "", name], [y], mode="nearest")]

@@ -1,6 +1,6 @@
 """Shapes for counting: user-given input dims, ONNX shape inference, and what inference alone misses.
 
-``stats`` needs the shape of every conv input. ONNX shape inference gives most of them; three gaps are closed
+``stats`` needs the shape of every conv input. ONNX shape inference gives most of them; four gaps are closed
 here, always on the weight-free copy from :func:`onnxconv.weightless.shape_model`, never on the user's model:
 
 * **Input dims**: ``--input-shape NAME=1x3x224x224`` and ``--batch`` fix symbolic or unknown input dims
@@ -10,6 +10,9 @@ here, always on the weight-free copy from :func:`onnxconv.weightless.shape_model
   propagation follows that only for some ops at some opsets (``Slice`` at opset 12 or 13 is not followed).
   :func:`infer` evaluates such small integer subgraphs with numpy (:data:`_FOLD_OPS`), feeds the values to
   the ops whose output shape stayed unknown, and infers again until nothing changes.
+* **If nodes whose condition is known**: from folded values (an export testing an input's rank or a dim) or
+  from an onnxruntime run, :func:`infer_branches` puts the branch that runs in the If's place
+  (:mod:`onnxconv.branches`), so the shapes after it are known and nested Ifs are decided in turn.
 * **Loop/Scan bodies and functions**: onnx does not write shapes into a Loop body whose inputs declare none;
   :func:`infer_body` infers a body on its own, its inputs typed from the calling node.
 
@@ -27,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .branches import BranchChoices, if_key, inline_branch
 from .counting import prod
 from .errors import OptionError, ShapeError
 from .graph import as_int, as_ints, attrs_of, outer_names, shapes_of_graph, subgraphs_of, toposort
@@ -37,10 +41,12 @@ __all__ = [
     "apply_input_shapes",
     "require_input",
     "infer",
+    "infer_branches",
     "infer_body",
     "type_map",
     "missing_dims_message",
     "inputs_feeding",
+    "value_inputs",
     "MAX_FOLD_ROUNDS",
 ]
 
@@ -50,6 +56,8 @@ _COUNTED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv",
 
 #: Re-inference rounds after folding shape arithmetic; each round can only unlock shapes the previous found.
 MAX_FOLD_ROUNDS = 4
+#: Further rounds for If nodes decided one nesting level at a time (PyTorch's LSTMCell export nests three deep).
+MAX_BRANCH_ROUNDS = 12
 
 
 def _set_dims(vi: onnx.ValueInfoProto, dims: Sequence[int]) -> None:
@@ -148,30 +156,75 @@ def _sort_in_place(graph: onnx.GraphProto) -> None:
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-infer ``model`` (a shape-only copy: it may be sorted and rewired), folding shape arithmetic onnx
     misses."""
+    return _infer_folding(model, None, {})
+
+
+def infer_branches(model: onnx.ModelProto, observed: Mapping[str, bool]) -> tuple[onnx.ModelProto, BranchChoices]:
+    """:func:`infer`, and every If of the main graph whose condition is known replaced by the branch that runs.
+
+    A condition is known when it folds from constants and input shapes, or when ``observed`` (If key, see
+    :func:`onnxconv.branches.if_key` -> condition) has it from an onnxruntime run. An If nested in an inlined
+    branch is then in the main graph and decided in a later round. Ifs in Loop/Scan bodies and functions stay
+    (each iteration or call may take another branch).
+    """
+    choices = BranchChoices()
+    return _infer_folding(model, choices, observed), choices
+
+
+def _infer_folding(model: onnx.ModelProto, choices: BranchChoices | None,
+                   observed: Mapping[str, bool]) -> onnx.ModelProto:
     _sort_in_place(model.graph)
     inferred = _infer_once(model)
     shapes = shapes_of_graph(inferred.graph)
     unknown = _unknown_outputs(inferred.graph, shapes)
-    for _ in range(MAX_FOLD_ROUNDS):
-        if not unknown or not _feed_folded_values(inferred.graph, shapes):
+    # Each round can only unlock shapes the previous found; inlining a branch always makes progress (one If
+    # fewer), folding only while the unknown outputs keep dropping.
+    for _ in range(MAX_FOLD_ROUNDS + (MAX_BRANCH_ROUNDS if choices is not None else 0)):
+        branching = choices is not None and any(n.op_type == "If" for n in inferred.graph.node)
+        values = _fold(inferred.graph, shapes) if unknown or branching else {}  # folding costs a graph walk
+        inlined = choices is not None and _inline_known_ifs(inferred.graph, values, observed, choices)
+        fed = bool(unknown) and _feed_folded_values(inferred.graph, shapes, values)
+        if not inlined and not fed:
             break
         again = _infer_once(inferred)
         shapes = shapes_of_graph(again.graph)
         now = _unknown_outputs(again.graph, shapes)
         inferred = again
-        if now >= unknown:
+        if not inlined and now >= unknown:
             break
         unknown = now
     return inferred
 
 
-def _feed_folded_values(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]]) -> bool:
-    """Give every node whose output shape is unknown the folded values of its computed inputs, as initializers.
+def _inline_known_ifs(graph: onnx.GraphProto, values: Mapping[str, np.ndarray], observed: Mapping[str, bool],
+                      choices: BranchChoices) -> bool:
+    """Inline the branch that runs of every If whose condition is observed or folded; whether any was."""
+    changed = False
+    index = 0
+    while index < len(graph.node):
+        node = graph.node[index]
+        if node.op_type == "If" and node.domain in ("", "ai.onnx") and node.input:
+            key = if_key(node)
+            cond: bool | None = observed.get(key)
+            source = "run"
+            if cond is None:
+                value = values.get(node.input[0])
+                cond = bool(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+                source = "shapes"
+            if cond is not None and inline_branch(graph, index, cond, choices, source):
+                changed = True
+                continue  # the branch's first node now sits at ``index``
+        index += 1
+    return changed
+
+
+def _feed_folded_values(graph: onnx.GraphProto, shapes: Mapping[str, tuple[Any, ...]],
+                        values: Mapping[str, np.ndarray]) -> bool:
+    """Give every node whose output shape is unknown the folded ``values`` of its computed inputs, as initializers.
 
     Only inputs past the first are rewired (Reshape's shape, Expand's shape, Resize's sizes, Slice's bounds...);
     the data input keeps its producer. Returns whether anything changed.
     """
-    values = _fold(graph, shapes)
     given = {t.name for t in graph.initializer}
     changed = False
     for node in graph.node:
@@ -383,6 +436,13 @@ def _reduce(fn: Any) -> Any:
     return fold
 
 
+def _f_transpose(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
+    if not _need(vals, 1):
+        return None
+    perm = attrs_of(node).get("perm")
+    return np.transpose(vals[0], None if perm is None else as_ints(perm))
+
+
 def _f_size(node: onnx.NodeProto, vals: Sequence[Any], shp: Sequence[Any]) -> np.ndarray | None:
     return np.array(prod(shp[0]), dtype=np.int64) if _static(shp[0]) else None
 
@@ -395,7 +455,7 @@ _FOLD_OPS: dict[str, Any] = {
     "Ceil": _unary(np.ceil), "Max": _f_variadic(np.maximum), "Min": _f_variadic(np.minimum),
     "Equal": _binary(np.equal), "Less": _binary(np.less), "Greater": _binary(np.greater), "Not": _unary(np.logical_not),
     "Where": _f_where, "Range": _f_range, "ConstantOfShape": _f_constant_of_shape, "Reshape": _f_reshape,
-    "Expand": _f_expand, "ReduceProd": _reduce(np.prod), "ReduceSum": _reduce(np.sum),
+    "Expand": _f_expand, "ReduceProd": _reduce(np.prod), "ReduceSum": _reduce(np.sum), "Transpose": _f_transpose,
 }
 
 
@@ -532,4 +592,56 @@ def inputs_feeding(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]) -> s
         p = producer.get(name)
         if p is not None:
             stack.extend(i for i in p.input if i)
+    return found
+
+
+#: Inputs (by position) whose *values* set an op's output shape (ONNX operator specs); an op's other inputs
+#: lend it their shapes only. ``Shape`` and ``Size`` turn a shape into a value and are handled apart.
+_SHAPE_FROM_VALUE: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Pad": (1, 3), "Slice": (1, 2, 3, 4), "Tile": (1,), "Resize": (1, 2, 3),
+    "Upsample": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2), "TopK": (1,), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Split": (1,), "OneHot": (1,), "NonZero": (0,), "Compress": (1,), "CenterCropPad": (1,),
+    "If": (0,), "Loop": (0, 1), "Unique": (0,), "NonMaxSuppression": (0, 1, 2, 3, 4), "Col2Im": (1, 2),
+    "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+}
+
+
+def value_inputs(graph: onnx.GraphProto, names: Sequence[str], inputs: set[str], values: bool = False) -> set[str]:
+    """Which of the graph ``inputs`` the shapes of ``names`` depend on by their *value* (``values``: the values
+    of ``names`` themselves, e.g. an If's condition).
+
+    A shape follows from the shapes of an op's inputs, except where the op reads a value to set it (a Pad's
+    amounts, a Reshape's target, an If's condition: :data:`_SHAPE_FROM_VALUE`); a value follows from the values
+    of the op's inputs, except that ``Shape`` and ``Size`` read only their input's shape. An input reached
+    needing its value is one whose value the shapes depend on; one reached needing its shape is not (its dims
+    are given or reported apart). The bodies an If or Loop reads from the enclosing graph are followed as the
+    node's own inputs.
+    """
+    producer = {o: n for n in graph.node for o in n.output if o}
+    seen: set[tuple[str, bool]] = set()
+    found: set[str] = set()
+    stack = [(n, values) for n in names if n]
+    while stack:
+        name, need_value = stack.pop()
+        if (name, need_value) in seen:
+            continue
+        seen.add((name, need_value))
+        if name in inputs:
+            if need_value:
+                found.add(name)
+            continue
+        node = producer.get(name)
+        if node is None:
+            continue  # an initializer, or a name from an enclosing scope
+        if node.op_type in ("Shape", "Size") and node.domain in ("", "ai.onnx"):
+            if need_value and node.input:
+                stack.append((node.input[0], False))
+            continue
+        by_value = _SHAPE_FROM_VALUE.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        for i, inp in enumerate(node.input):
+            if inp:
+                stack.append((inp, need_value or i in by_value))
+        for _, g in subgraphs_of(node):
+            stack.extend((outer, need_value) for outer in outer_names(g))
     return found

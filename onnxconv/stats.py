@@ -7,7 +7,10 @@ its input shape and attributes, so a wrong or missing value_info cannot skew a c
 
 The walk covers the main graph, If/Loop/Scan bodies and model-local functions (each call analysed with its
 caller's shapes); rows from those carry a ``path`` such as ``If_0/then_branch`` or ``block_1:local.Block``.
-A Loop or Scan body is counted for one iteration and every If branch is counted (a note says so).
+A Loop or Scan body is counted for one iteration. An If whose condition is known, from constants and input
+shapes or from an onnxruntime run on given inputs (:mod:`onnxconv.observe`), is counted with the branch that
+runs (:mod:`onnxconv.branches`); any other If with both branches (notes say which, and which input's value
+decides).
 Receptive fields and effective strides are propagated in topological order from the graph inputs, taking the
 maximum over paths; pooling, resize and ConvTranspose layers count.
 
@@ -29,18 +32,20 @@ from onnx import numpy_helper
 
 from .analysis.layer import LayerStats
 from .analysis.rows import MAC_OPS, RECURRENT_OPS
-from .analysis.scope import DEFAULT_DOMAINS, Scope
+from .analysis.scope import Scope
 from .analysis.walker import Walker
-from .conv import CONV_OPS, INT64_MAX
+from .branches import BranchChoices, if_key
+from .conv import INT64_MAX
 from .errors import OptionError, ShapeError
 from .graph import node_label, subgraphs_of
+from .observe import Observation
 from .weightless import shape_model
 from .runtime_ops import lower_runtime_ops
-from .shapes import apply_input_shapes, infer, inputs_feeding, missing_dims_message
+from .shapes import apply_input_shapes, infer_branches, inputs_feeding, missing_dims_message, value_inputs
 from .tables import format_count  # re-exported: it lives with the table writer all commands use
 
 __all__ = [
-    "LayerStats", "StatsReport", "analyze", "observe_shapes", "parse_input_shape", "format_count", "CONVENTIONS",
+    "LayerStats", "StatsReport", "analyze", "parse_input_shape", "format_count", "CONVENTIONS",
     "MAC_OPS", "RECURRENT_OPS", "SCHEMA_VERSION",
 ]
 
@@ -128,44 +133,16 @@ def _check_domains(model: onnx.ModelProto) -> None:
         visit(g, f" in function '{f.domain}.{f.name}'", imported | fn_imported)
 
 
-def observe_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
-    """Shapes of the values every conv of the main graph reads (X) and writes, from one onnxruntime run.
-
-    Shape inference cannot know a shape computed from an input's value (a Pad amount read from a scalar
-    input); a run can. The convs' inputs and outputs become extra graph outputs of a copy of ``model``
-    (which needs its weights), the copy runs once on ``feeds``, and the shapes of those outputs come back.
-    onnxruntime is imported here only: ``stats`` without ``--inputs`` never loads it.
-
-    Raises:
-        OnnxConvError: onnxruntime cannot load or run the model on these inputs.
-    """
-    from .compare import run_model, session
-
-    wanted: dict[str, None] = {}
-    for node in model.graph.node:
-        if node.op_type in CONV_OPS or _vendor_conv(node):
-            for name in (node.input[0] if node.input else "", node.output[0] if node.output else ""):
-                if name:
-                    wanted.setdefault(name, None)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    have = {o.name for o in copy.graph.output}
-    for name in wanted:
-        if name not in have:
-            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    outs = run_model(session(copy, opt_level="disable"), feeds)  # unoptimised: every name stays
-    return {name: [int(d) for d in outs[name].shape] for name in wanted if name in outs}
-
-
-def _vendor_conv(node: onnx.NodeProto) -> bool:
-    """Whether ``node`` is one of onnxruntime's conv ops that stats counts (see onnxconv.shapes)."""
-    return node.domain not in DEFAULT_DOMAINS and "conv" in node.op_type.lower()
-
-
-def _set_value_shapes(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Give the named values of ``graph`` these shapes (value_info, outputs or inputs; added when absent)."""
+def _set_value_shapes(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int]]) -> int:
+    """Give the values ``graph`` makes (node outputs, inputs) and those its If branches make these shapes, in
+    value_info (added when absent); returns how many values got one."""
     infos = {vi.name: vi for vi in list(graph.value_info) + list(graph.output) + list(graph.input)}
-    for name, dims in shapes.items():
+    made = [vi.name for vi in graph.input] + [o for n in graph.node for o in n.output if o]
+    done = 0
+    for name in made:
+        dims = shapes.get(name)
+        if dims is None:
+            continue
         vi = infos.get(name)
         if vi is None:
             vi = graph.value_info.add()
@@ -175,6 +152,12 @@ def _set_value_shapes(graph: onnx.GraphProto, shapes: Mapping[str, Sequence[int]
         del shape.dim[:]
         for d in dims:
             shape.dim.add().dim_value = int(d)
+        done += 1
+    for node in graph.node:
+        if node.op_type == "If":
+            for _, g in subgraphs_of(node):
+                done += _set_value_shapes(g, shapes)
+    return done
 
 
 def _initializer_values(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:
@@ -221,7 +204,7 @@ def analyze(
     batch: int | None = None,
     all_ops: bool = False,
     groups: int = 4,
-    observed_shapes: Mapping[str, Sequence[int]] | None = None,
+    observed: Observation | None = None,
 ) -> StatsReport:
     """Count every convolution (and with ``all_ops`` every Gemm/MatMul/RNN/GRU/LSTM) of ``model``.
 
@@ -232,8 +215,9 @@ def analyze(
         batch: the value for symbolic batch dims (default 1, with a note).
         all_ops: add rows for the other MAC-bearing ops so totals compare with published figures.
         groups: G of the "grouped with G groups" what-if.
-        observed_shapes: shapes of main-graph values seen in a real run (:func:`observe_shapes`); they
-            override inference, so a conv whose input shape depends on an input's *value* is counted.
+        observed: what one onnxruntime run saw (:func:`onnxconv.observe.observe`): its shapes override
+            inference, so a conv whose input shape depends on an input's *value* is counted, and of an If
+            whose condition does, the branch that ran is counted, not the other.
 
     Raises:
         ShapeError: a dim needed for a count is still unknown (names the input and dim, with an example
@@ -250,22 +234,19 @@ def analyze(
     work = shape_model(model)
     lower_runtime_ops(work)
     apply_input_shapes(work, input_shapes or {}, batch, notes, weights)
-    inferred = infer(work)
-    if observed_shapes:
-        _set_value_shapes(inferred.graph, observed_shapes)
-        notes.append(f"shapes of {len(observed_shapes)} conv input/output value(s) taken from an onnxruntime run "
-                     "on the given inputs")
+    inferred, branches = infer_branches(work, observed.branches if observed else {})
+    if observed:
+        n = _set_value_shapes(inferred.graph, observed.shapes)
+        notes.append(f"shapes of {n} value(s) taken from an onnxruntime run on the given inputs")
     rejected = _checker_rejection(inferred)
     if rejected:
         notes.append(f"onnx.checker rejects this model: {rejected}; counts assume each node means what its "
                      "op's spec says, onnxruntime may refuse to run it")
-    walker = Walker(inferred, all_ops, groups, _initializer_values(model))
+    walker = Walker(inferred, all_ops, groups, _initializer_values(model), branches.paths)
     walker.walk(inferred.graph, "", Scope(inferred.graph, None, set(weights)), {})
     rows = walker.rows
     _check_unknown(model, work, inferred, walker, notes)
-    if walker.bodies:
-        notes.append("convs in " + ", ".join(sorted(walker.bodies)) + " are counted once (one Loop/Scan "
-                     "iteration; every If branch, though only one runs)")
+    notes.extend(_branch_notes(branches, walker, inferred, model))
     for op, labels in sorted(walker.foreign.items()):
         notes.append(f"{len(labels)} '{op}' node(s) of a non-standard domain are not counted")
     if not rows:
@@ -289,19 +270,76 @@ def analyze(
     return StatsReport(model=name, layers=rows, totals=totals, notes=notes, whatif_groups=groups)
 
 
+def _branch_notes(branches: BranchChoices, walker: Walker, inferred: onnx.ModelProto,
+                  model: onnx.ModelProto) -> list[str]:
+    """What the counts assume of If/Loop/Scan bodies: one iteration, both branches, or the branch that runs."""
+    notes = []
+    for r in branches.resolved:
+        if not r.skipped_convs:
+            continue  # an If without convs changes no count (exports test ranks and dims with dozens of them)
+        how = "ran in the onnxruntime run" if r.source == "run" else "is the one that runs for these input shapes"
+        notes.append(f"If '{r.qualified_label}': its {r.taken} {how} and is counted; its {r.skipped} is not "
+                     f"({r.skipped_convs} conv(s) not counted)")
+    if walker.loops:
+        notes.append("convs in " + ", ".join(sorted(walker.loops)) + " are counted for one iteration")
+    if walker.ifs:
+        text = "both branches of " + ", ".join(f"If '{x}'" for x in sorted(walker.ifs.values())) + \
+            " are counted, though only one runs"
+        conds = [n.input[0] for n in inferred.graph.node if n.op_type == "If" and n.input and if_key(n) in walker.ifs]
+        deciding = value_inputs(inferred.graph, conds, set(_real_inputs(model)), values=True)
+        if deciding:
+            text += (f"; which one runs depends on the value of {_quoted(deciding)}: "
+                     f"{_inputs_hint(model)} to count the branch that runs")
+        notes.append(text)
+    return notes
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[str]:
+    """The model's inputs that are not weights, in order."""
+    weights = {t.name for t in model.graph.initializer}
+    return [vi.name for vi in model.graph.input if vi.name not in weights]
+
+
+def _quoted(names: set[str]) -> str:
+    return ("input " if len(names) == 1 else "inputs ") + ", ".join(f"'{n}'" for n in sorted(names))
+
+
+def _inputs_hint(model: onnx.ModelProto) -> str:
+    """How to give ``--inputs``, with an example naming the model's inputs (numpy.savez keys are the names)."""
+    names = _real_inputs(model)
+    if all(n.isidentifier() for n in names):
+        args = ", ".join(f"{n}=..." for n in names)
+    else:
+        args = "**{" + ", ".join(f"{n!r}: ..." for n in names) + "}"
+    return f"pass --inputs FILE.npz, one array per model input (e.g. numpy.savez('in.npz', {args}))"
+
+
 def _check_unknown(model: onnx.ModelProto, work: onnx.ModelProto, inferred: onnx.ModelProto, walker: Walker,
                    notes: list[str]) -> None:
-    """Raise when layers lack MACs because an input dim is unknown; note it when the gap is in the graph."""
+    """Raise when layers lack MACs because an input dim is unknown; note it when the gap is in the graph, and
+    say which inputs' values the missing shapes depend on (a run on given inputs then counts them)."""
     unknown = [r for r in walker.rows if r.macs is None and r.weight_shape is not None]
     if not unknown:
         return
     ids = {id(r) for r in unknown}
-    main = [n for r, n in walker.main_nodes if id(r) in ids]
-    needed = inputs_feeding(inferred.graph, main) if len(main) == len(unknown) else set()
+    main = [(r, n) for r, n in walker.main_nodes if id(r) in ids]
+    needed = inputs_feeding(inferred.graph, [n for _, n in main]) if len(main) == len(unknown) else set()
     msg = missing_dims_message(model, work, needed, len(unknown))
     if msg:
         raise ShapeError(msg)
-    notes.append(
-        f"{len(unknown)} layer(s) have an input shape that shape inference could not work out "
-        f"(first: '{unknown[0].qualified_name}'); their MACs are not counted"
-    )
+    real = set(_real_inputs(model))
+    by_value = {id(r): value_inputs(inferred.graph, [n.input[0]], real) for r, n in main if n.input}
+    valued = [r for r in unknown if by_value.get(id(r))]
+    if valued:
+        deciding = set().union(*(by_value[id(r)] for r in valued))
+        notes.append(
+            f"{len(valued)} layer(s) have input shapes that depend on the value of {_quoted(deciding)}, not only "
+            f"on input shapes (first: '{valued[0].qualified_name}'); their MACs are not counted: "
+            f"{_inputs_hint(model)} to count them with the shapes one onnxruntime run sees"
+        )
+    rest = [r for r in unknown if not by_value.get(id(r))]
+    if rest:
+        notes.append(
+            f"{len(rest)} layer(s) have an input shape that shape inference could not work out "
+            f"(first: '{rest[0].qualified_name}'); their MACs are not counted"
+        )

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
+from onnxconv.errors import OnnxConvError
 from onnxconv.model_io import load_model
 from onnxconv.stats import analyze
 from tests.modelkit import init, make_model, tensor
@@ -128,4 +129,87 @@ def test_nchwc_channels_undo_the_block_padding(logical: tuple[int, int], padded:
     g = padded[1] if depthwise else 1
     spec = conv_spec("Conv", {"group": g}, stored.shape, False, [1, padded[1], 8, 8])
     expected = (logical[0], logical[0], logical[0]) if depthwise else (logical[0], logical[1], 1)
-    assert nchwc_channels(spec, stored, None, blocked_input) == expected
+    assert nchwc_channels(spec, stored, None) == expected
+
+
+def _yolox_like_model() -> onnx.ModelProto:
+    """The pieces of ddddocr's YOLOX that onnxruntime's ORT_ENABLE_ALL turns into what stats must read back:
+    a stem whose input channels (20) are past a block but not a multiple of it (the NCHWc pass pads them
+    behind a ReorderInput, so the weight has more input columns than the input has channels), SiLU (fused into
+    com.microsoft.QuickGelu) and a nearest Resize at opset 11 (nchwc.Upsample on 32 blocked channels)."""
+    rng = np.random.default_rng(3)
+    inits = [init("W1", rng.standard_normal((32, 20, 3, 3)).astype(np.float32)),
+             init("W2", rng.standard_normal((16, 32, 3, 3)).astype(np.float32)),
+             init("roi", np.zeros(0, np.float32)), init("scales", np.array([1, 1, 2, 2], np.float32))]
+    nodes = [
+        helper.make_node("Conv", ["X", "W1"], ["a"], pads=[1, 1, 1, 1], name="stem"),
+        helper.make_node("Sigmoid", ["a"], ["s"]),
+        helper.make_node("Mul", ["a", "s"], ["b"]),
+        helper.make_node("Resize", ["b", "roi", "scales"], ["r"], mode="nearest", nearest_mode="floor",
+                         coordinate_transformation_mode="asymmetric"),
+        helper.make_node("Conv", ["r", "W2"], ["Y"], pads=[1, 1, 1, 1], name="head"),
+    ]
+    return make_model(nodes, [tensor("X", [1, 20, 8, 8])], [tensor("Y", None)], inits, opset=11, ir_version=6)
+
+
+def test_optimised_model_with_padded_stem_input_quickgelu_and_upsample(tmp_path: Path) -> None:
+    original = _yolox_like_model()
+    saved = _optimised(original, "all", tmp_path)
+    ops = {f"{n.domain}.{n.op_type}" for n in saved.graph.node}
+    assert {"com.microsoft.nchwc.ReorderInput", "com.microsoft.QuickGelu", "com.microsoft.nchwc.Upsample"} <= ops
+    stem = next(n for n in saved.graph.node if n.op_type == "Conv" and n.domain == "com.microsoft.nchwc")
+    weight = next(t for t in saved.graph.initializer if t.name == stem.input[1])
+    assert weight.dims[1] > 20  # the case this test is about: input columns padded to the block size
+    assert _figures(saved) == _figures(original)
+    assert analyze(saved).totals == analyze(original).totals
+
+
+def _nchwc_stem_model(reorder: bool) -> tuple[onnx.ModelProto, np.ndarray]:
+    """ddddocr YOLOX's stem as onnxruntime writes it on an 8-wide CPU: 12 input channels padded to 16 in a
+    [24, 16, 3, 3] OIHWBiBo weight; the conv reads a ReorderInput's output (or, ``reorder=False``, the 12-channel
+    NCHW tensor itself, as the issue's report had it)."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((24, 12, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    stored = _blocked(w, 24, 16, 8, blocked_input=True)
+    x = "xb" if reorder else "X"
+    nodes = [helper.make_node("Conv", [x, "W", "B"], ["yb"], domain="com.microsoft.nchwc", name="877_nchwc",
+                              pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("ReorderOutput", ["yb"], ["Y"], domain="com.microsoft.nchwc", channels=24)]
+    if reorder:
+        nodes.insert(0, helper.make_node("ReorderInput", ["X"], ["xb"], domain="com.microsoft.nchwc"))
+    model = make_model(nodes, [tensor("X", [1, 12, 32, 32])], [tensor("Y", None)], [init("W", stored), init("B", b)],
+                       opset=11, ir_version=6)
+    model.opset_import.append(helper.make_opsetid("com.microsoft.nchwc", 1))
+    return model, w
+
+
+@pytest.mark.parametrize("reorder", [True, False])
+def test_nchwc_stem_weight_padded_beyond_the_input_channels(reorder: bool) -> None:
+    model, w = _nchwc_stem_model(reorder)
+    (row,) = analyze(model).layers
+    assert row.input_shape == [1, 12, 32, 32] and row.output_shape == [1, 24, 32, 32]
+    assert row.weight_shape == [24, 12, 3, 3] and row.group == 1
+    assert row.macs == 24 * 32 * 32 * 12 * 9 and row.params == w.size + 24
+    assert "16->24 channels as stored are 12->24" in row.note
+
+
+def test_nchwc_conv_reading_more_channels_than_its_weight_is_one_error() -> None:
+    model, _ = _nchwc_stem_model(True)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 20
+    with pytest.raises(OnnxConvError, match="input has 20 channels but weight"):
+        analyze(model)
+
+
+def test_layer_normalization_written_below_opset_17_keeps_the_shapes() -> None:
+    """onnxruntime's LayerNormFusion writes an ONNX-domain LayerNormalization into a model of any opset (PP-OCRv4's
+    recogniser is opset 12); onnx knows the op only from opset 17, and the conv after it must still count."""
+    rng = np.random.default_rng(5)
+    inits = [init("W1", rng.standard_normal((8, 3, 3, 3)).astype(np.float32)), init("g", np.ones(8, np.float32)),
+             init("b", np.zeros(8, np.float32)), init("W2", rng.standard_normal((4, 8, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["a"], name="c1"),
+             helper.make_node("LayerNormalization", ["a", "g", "b"], ["n"], axis=1, name="ln"),
+             helper.make_node("Conv", ["n", "W2"], ["Y"], name="c2")]
+    model = make_model(nodes, [tensor("X", [1, 3, 10, 10])], [tensor("Y", None)], inits, opset=12, ir_version=7)
+    rows = analyze(model).layers
+    assert [r.macs for r in rows] == [8 * 8 * 8 * 3 * 9, 4 * 8 * 8 * 8]

@@ -31,6 +31,11 @@ PACKAGES = {
         "ch_PP-OCRv4_rec_infer.onnx": "ppocr_rec.onnx",  # PaddleOCR v4 recogniser
         "ch_ppocr_mobile_v2.0_cls_infer.onnx": "ppocr_cls.onnx",  # direction classifier
     },
+    "silero-vad==6.2.3": {  # voice activity detector: its convs sit inside If nodes
+        "silero_vad.onnx": "silero_vad.onnx",                          # opset 16: 16 kHz / 8 kHz If on `sr`
+        "silero_vad_op18_ifless.onnx": "silero_vad_op18_ifless.onnx",  # opset 18: the same If, re-exported
+        "silero_vad_16k_op15.onnx": "silero_vad_16k_op15.onnx",        # opset 15: 16 kHz only, convs top-level
+    },
 }
 
 

@@ -45,8 +45,7 @@ def _trailing_padding(zero: np.ndarray, block: int) -> int:
     return n
 
 
-def nchwc_channels(spec: ConvSpec, w: np.ndarray | None, b: np.ndarray | None,
-                    blocked_input: bool) -> tuple[int, int, int] | None:
+def nchwc_channels(spec: ConvSpec, w: np.ndarray | None, b: np.ndarray | None) -> tuple[int, int, int] | None:
     """(C_out, C_in, group) of an NCHWc conv with onnxruntime's zero padding removed; None if unknown.
 
     onnxruntime rounds blocked channel counts up to its block size and fills the new filters and input
@@ -54,12 +53,18 @@ def nchwc_channels(spec: ConvSpec, w: np.ndarray | None, b: np.ndarray | None,
     output filters (with a zero bias) fewer than a block are padding, and so are trailing all-zero input
     columns of a blocked input. A depthwise conv pads its groups with its filters. The block size is the one
     (16 or 8) that explains the most padding; with none found, the channels are as stored.
+
+    Whether the input is blocked follows from the weight and the block size, as onnxruntime decides it: a
+    conv with fewer input channels than a block reads its NCHW input directly (weight OIHWBo), one with more
+    reads a blocked input (OIHWBiBo, its input channels padded to whole blocks); a depthwise conv keeps OIHWBo.
+    The producer of the input cannot tell: a blocked tensor also flows through elementwise ops.
     """
     if w is None or tuple(w.shape) != spec.weight_shape:
         return None
     best: tuple[int, int] = (0, 0)
     for block in _NCHWC_BLOCKS:
-        flat = _nchwc_unblock(w, block, blocked_input and spec.group == 1)
+        blocked_input = spec.group == 1 and w.shape[1] >= block
+        flat = _nchwc_unblock(w, block, blocked_input)
         if flat is None:
             continue
         row_zero = ~np.any(flat != 0, axis=(1, 2))
@@ -67,7 +72,7 @@ def nchwc_channels(spec: ConvSpec, w: np.ndarray | None, b: np.ndarray | None,
             row_zero &= b[: w.shape[0]] == 0
         drop_out = _trailing_padding(row_zero, block)
         drop_in = 0
-        if spec.group == 1 and blocked_input:
+        if blocked_input:
             drop_in = _trailing_padding(~np.any(flat != 0, axis=(0, 2)), block)
         if drop_out + drop_in > sum(best):
             best = (drop_out, drop_in)

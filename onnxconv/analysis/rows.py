@@ -69,10 +69,14 @@ def conv_row(node: onnx.NodeProto, path: str, scope: Scope, groups: int,
         row.add_note("weight computed at run time; its shape derived from kernel_shape, group and the channels")
     elif not row.weight_source.startswith(("initializer", "Constant")):
         row.add_note(f"weight is a {row.weight_source} (shape known)")
+    nchwc = bool(vendor and vendor.startswith("com.microsoft.nchwc."))
     try:
-        spec = conv_spec(op, attrs, wshape, has_bias, x_shape)
-        if vendor and vendor.startswith("com.microsoft.nchwc."):
-            spec = _unpadded(spec, node, attrs, row, scope, values)
+        # An NCHWc weight's channels are padded to the block size, and its input's channels may be (a blocked
+        # tensor) or not (a plain NCHW input, a ReorderInput's logical output): the channel check waits for
+        # _unpadded, which knows both counts.
+        spec = conv_spec(op, attrs, wshape, has_bias, _without_channels(x_shape) if nchwc else x_shape)
+        if nchwc:
+            spec = _unpadded(spec, node, attrs, row, values, x_shape)
     except ShapeError as e:
         raise ShapeError(f"node '{row.qualified_name}' ({op}): {e}") from None
     fill_conv_row(row, spec)
@@ -83,32 +87,47 @@ def conv_row(node: onnx.NodeProto, path: str, scope: Scope, groups: int,
     return row, spec, key
 
 
-def _unpadded(spec: ConvSpec, node: onnx.NodeProto, attrs: Mapping[str, Any], row: LayerStats, scope: Scope,
-              values: WeightValues) -> ConvSpec:
+def _without_channels(shape: list[int | None] | None) -> list[int | None] | None:
+    return None if shape is None or len(shape) < 2 else [shape[0], None, *shape[2:]]
+
+
+def _unpadded(spec: ConvSpec, node: onnx.NodeProto, attrs: Mapping[str, Any], row: LayerStats,
+              values: WeightValues, x_shape: list[int | None] | None) -> ConvSpec:
     """The logical conv behind an NCHWc conv whose channels onnxruntime padded to its block size.
 
     The padding is zero filters (trailing output rows, with zero bias) and zero input columns, and no
     attribute records the logical counts, so the weight's values are read for these convs only (an
     onnxruntime-optimised model keeps them inline). Without them the channels are counted as stored.
+
+    The input's channel count, when known, is the input's own: a blocked tensor has the padded count (the
+    shapes here are those of the lowered graph, where every blocked conv writes its padded filters), while a
+    plain NCHW input or a ReorderInput's output has the logical count, fewer than the weight's padded columns
+    (onnxruntime pads a stem's 12 input channels to 16 on an 8-wide CPU): then that count is C_in.
     """
     w = values(node.input[1])
     b = values(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    source = scope.producers.get(node.input[0])
-    blocked = source is not None and (lowered_from(source) or "").startswith("com.microsoft.nchwc.") and \
-        lowered_from(source) != "com.microsoft.nchwc.ReorderOutput"
-    logical = nchwc_channels(spec, w, b, blocked)
+    logical = nchwc_channels(spec, w, b)
     if logical is None:
         row.add_note("NCHWc: channels counted as stored, possibly padded to the block size")
-        return spec
+        logical = (spec.c_out, spec.c_in, spec.group)
     c_out, c_in, group = logical
-    if (c_out, c_in, group) == (spec.c_out, spec.c_in, spec.group):
-        return spec
+    x_c = x_shape[1] if x_shape is not None and len(x_shape) > 1 else None
+    depthwise = spec.weight_shape[1] == 1 and spec.group == spec.c_in == spec.c_out
+    if x_c is not None and x_c != spec.c_in:
+        if x_c < spec.c_in and depthwise:
+            c_out = c_in = group = x_c  # onnxruntime pads a depthwise conv's channels with whole filters
+        elif x_c < spec.c_in and spec.group == 1:
+            c_in = x_c
+        else:  # more channels than the padded weight has, or a grouped conv (never padded): not what it reads
+            raise ShapeError(f"input has {x_c} channels but weight {list(spec.weight_shape)} with "
+                             f"group={spec.group} expects {spec.c_in}")
+    if (c_out, c_in, group) != (spec.c_out, spec.c_in, spec.group):
+        row.add_note(f"NCHWc: {spec.c_in}->{spec.c_out} channels as stored are {c_in}->{c_out} without the "
+                     "block padding")
     x = list(spec.input_shape)
-    x[1] = c_in if x[1] is not None else None
+    x[1] = c_in if x_c is not None else None
     new_attrs = dict(attrs)
     new_attrs["group"] = group
-    row.add_note(f"NCHWc: {spec.c_in}->{spec.c_out} channels as stored are {c_in}->{c_out} without the "
-                 "block padding")
     return conv_spec(spec.op_type, new_attrs, (c_out, c_in // group, *spec.kernel_shape), spec.has_bias, x)
 
 

@@ -2,15 +2,20 @@
 
 Each conv-family node (and with ``all_ops`` each matrix product and recurrent layer) becomes a row
 (:mod:`.rows`); receptive fields flow along the edges (:mod:`.fields`); bodies and functions are entered with
-their caller's shapes (:mod:`.bodies`): a Loop or Scan body is counted for one iteration, every If branch is
-counted, and a function call is analysed with the call's input types and attributes. Rows from inside carry a
-``path`` such as ``If_0/then_branch`` or ``block_1:local.Block``.
+their caller's shapes (:mod:`.bodies`): a Loop or Scan body is counted for one iteration, every branch of an
+If still in the graph is counted (one whose condition was known has been replaced by the branch that runs,
+:mod:`onnxconv.branches`), and a function call is analysed with the call's input types and attributes. Rows
+from inside carry a ``path`` such as ``If_0/then_branch`` or ``block_1:local.Block``; so do rows of an inlined
+branch, whose nodes now sit in the main graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx
 
+from ..branches import if_key
 from ..conv import CONV_OPS
 from ..graph import node_label, subgraphs_of, toposort
 from ..shapes import infer_body
@@ -31,12 +36,15 @@ class Walker:
 
     After :meth:`walk`: ``rows`` in walk order; ``main_nodes`` pairs the main graph's rows with their nodes;
     ``shared`` knows which rows read the same stored weight; ``foreign`` lists vendor ops not counted
-    (``domain.op`` -> node labels); ``bodies`` names the If/Loop/Scan nodes whose bodies were counted.
+    (``domain.op`` -> node labels); ``loops`` names the Loop/Scan nodes whose bodies gave rows and ``ifs`` the
+    If nodes both of whose branches were counted (those that gave rows; If key -> qualified label).
+    ``branch_paths`` gives a main-graph node (by first output) the path of the inlined branch it came from.
     """
 
     def __init__(self, model: onnx.ModelProto, all_ops: bool, groups: int,
-                 values: WeightValues = lambda name: None) -> None:
+                 values: WeightValues = lambda name: None, branch_paths: Mapping[str, str] | None = None) -> None:
         self.model = model
+        self.branch_paths = dict(branch_paths or {})
         self.values = values
         self.all_ops = all_ops
         self.groups = groups
@@ -45,7 +53,8 @@ class Walker:
         self.shared = SharedWeights()
         self.functions = {(f.domain, f.name): f for f in model.functions}
         self.foreign: dict[str, set[str]] = {}
-        self.bodies: set[str] = set()
+        self.loops: set[str] = set()
+        self.ifs: dict[str, str] = {}
         self._depth = 0
 
     # -- graph walk ------------------------------------------------------------------------------------------
@@ -55,10 +64,13 @@ class Walker:
         for vi in graph.input:
             if vi.name not in scope.consts and vi.name not in fields and vi.name not in scope.producers:
                 fields[vi.name] = input_field(scope.shapes.get(vi.name))
+        main = not path
         for node in toposort(graph.node):
-            self._visit(node, path, scope, fields)
+            first = next((o for o in node.output if o), None)
+            node_path = self.branch_paths.get(first, path) if main and first is not None else path
+            self._visit(node, node_path, scope, fields, main)
 
-    def _visit(self, node: onnx.NodeProto, path: str, scope: Scope, fields: dict[str, Field]) -> None:
+    def _visit(self, node: onnx.NodeProto, path: str, scope: Scope, fields: dict[str, Field], main: bool) -> None:
         op, dom = node.op_type, node.domain or ""
         field_in = merge_fields([fields.get(i) for i in node.input if i in fields and i not in scope.consts])
         out_field = field_in
@@ -71,16 +83,16 @@ class Walker:
                 if x_field is not None:
                     f = field_steps(x_field, spec.kernel_shape, spec.strides, spec.dilations, spec.transposed)
                     row.receptive_field, row.effective_stride = clean_values(f.rf), clean_values(f.jump)
-            self._add(row, node, path)
+            self._add(row, node, main)
             if row.receptive_field is not None:
                 out_field = Field(tuple(row.receptive_field), tuple(row.effective_stride or ()),
                                   bool(field_in and field_in.collapsed), field_in.extent if field_in else None)
         elif standard and op in MAC_OPS:
             if self.all_ops:
-                self._add(matmul_row(node, path, scope), node, path)
+                self._add(matmul_row(node, path, scope), node, main)
         elif standard and op in RECURRENT_OPS:
             if self.all_ops:
-                self._add(recurrent_row(node, path, scope), node, path)
+                self._add(recurrent_row(node, path, scope), node, main)
         elif standard and field_in is not None:
             out_field = spatial_field(node, scope.shapes, field_in)
         elif (dom, op) in self.functions:
@@ -95,9 +107,9 @@ class Walker:
                 if o:
                     fields[o] = out_field
 
-    def _add(self, row: LayerStats, node: onnx.NodeProto, path: str) -> None:
+    def _add(self, row: LayerStats, node: onnx.NodeProto, main: bool) -> None:
         self.rows.append(row)
-        if not path:
+        if main:
             self.main_nodes.append((row, node))
 
     def _subgraphs(self, node: onnx.NodeProto, path: str, scope: Scope, fields: dict[str, Field],
@@ -111,9 +123,6 @@ class Walker:
             if typed is not None:
                 # onnx leaves Loop/Scan bodies without shapes when their inputs declare none: infer on its own.
                 g = infer_body(g, typed, scope.types, self.model)
-                self.bodies.add(f"{node.op_type} '{label}'")
-            elif node.op_type == "If":
-                self.bodies.add(f"If '{label}'")
             sub_fields = dict(fields)
             for formal, actual in body_bindings(node, g):
                 if actual in fields:
@@ -123,6 +132,11 @@ class Walker:
             for row in self.rows[start:]:
                 if node.op_type in ("Loop", "Scan") and row.path == sub_path:
                     row.add_note(f"in a {node.op_type} body: counted for one iteration")
+            if len(self.rows) > start:  # only bodies that hold counted layers are worth a note
+                if typed is not None:
+                    self.loops.add(f"{node.op_type} '{f'{path}/{label}' if path else label}'")
+                elif node.op_type == "If":
+                    self.ifs[if_key(node)] = f"{path}/{label}" if path else label
             merged.extend(sub_fields.get(o.name) for o in g.output)
         return merge_fields(merged)
 

@@ -7,7 +7,8 @@ import click
 from ..compare import check_inputs, model_input_specs, read_npz
 from ..model_io import load_model
 from ..report import FORMATS, SORT_KEYS, render
-from ..stats import analyze, observe_shapes
+from ..observe import observe
+from ..stats import analyze
 from .options import shape_options
 
 __all__ = ["stats"]
@@ -26,7 +27,8 @@ __all__ = ["stats"]
               help="Also count Gemm/MatMul/RNN/GRU/LSTM, so totals compare with published figures.")
 @click.option("--inputs", "inputs_path", metavar="FILE.npz", default=None,
               help="Run onnxruntime once on these inputs (one array per model input) and count with the "
-                   "shapes seen, for convs whose input shape depends on an input's value.")
+                   "shapes seen and the If branches that ran, for convs whose input shape (or whose If) "
+                   "depends on an input's value.")
 def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt: str, sort: str, top: int | None,
           groups: int, all_ops: bool, inputs_path: str | None) -> None:
     """Count params, MACs and FLOPs of every conv layer of MODEL.
@@ -53,7 +55,7 @@ def stats(model: str, input_shapes: dict[str, list[int]], batch: int | None, fmt
         label = f"--inputs {inputs_path}"
         feeds = check_inputs(read_npz(inputs_path, label), model_input_specs(m), label)
         shapes = {**{k: list(v.shape) for k, v in feeds.items()}, **shapes}
-        observed = observe_shapes(load_model(model, load_weights=True), feeds)
+        observed = observe(load_model(model, load_weights=True), feeds)
     report = analyze(m, name=model, input_shapes=shapes, batch=batch, all_ops=all_ops, groups=groups,
-                     observed_shapes=observed)
+                     observed=observed)
     click.echo(render(report, fmt, sort, top))
