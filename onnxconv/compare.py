@@ -217,7 +217,7 @@ def make_inputs(sess: InferenceSession, input_shapes: Mapping[str, Sequence[int]
         OptionError: ``input_shapes`` names no input of the session, a symbolic dim other than the batch is
             not given, a type random inputs do not cover, or the inputs would not fit in memory.
     """
-    from .shapes import require_input
+    from .shapes import require_input, shape_example
 
     shapes = dict(input_shapes or {})
     inputs = sess.get_inputs()
@@ -237,10 +237,9 @@ def make_inputs(sess: InferenceSession, input_shapes: Mapping[str, Sequence[int]
                 elif i == 0:
                     shape.append(batch or 1)
                 else:
-                    raise OptionError(
-                        f"input '{inp.name}' dim {i} ('{d}') is symbolic: set it with --input-shape "
-                        f"{inp.name}=" + "x".join(str(x) if isinstance(x, int) else "N" for x in inp.shape)
-                    )
+                    raise OptionError(f"input '{inp.name}' dim {i} ('{d}') is symbolic: set it with --input-shape "
+                                      f"{shape_example(inp.name, list(inp.shape))} (replace each <...> with a "
+                                      "number)")
         dtype = _ORT_TYPES.get(inp.type)
         if dtype is None:
             raise OptionError(f"input '{inp.name}' has type {inp.type}, which random inputs do not cover; use --inputs")

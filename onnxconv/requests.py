@@ -217,6 +217,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
 
     r = request
     r.validate()
+    given_inputs: dict[str, Any] | None = None
     judge = r.judge()  # loads --metric: a bad SPEC is refused before the model is read
     policy = r.policy()
     node_filter = r.node_filter()
@@ -224,8 +225,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     if r.inputs is not None:
         from . import compare
 
-        compare.check_inputs(compare.read_npz(r.inputs, f"--inputs {r.inputs}"), compare.model_input_specs(m),
-                             f"--inputs {r.inputs}")
+        given_inputs = compare.check_inputs(compare.read_npz(r.inputs, f"--inputs {r.inputs}"),
+                                            compare.model_input_specs(m), f"--inputs {r.inputs}")
     # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
     # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
     data_files = [os.path.join(os.path.dirname(r.model), loc) for loc in external_data_files(m)]
@@ -234,6 +235,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         m = load_model(r.model, load_weights=True)
     check_weights(m, r.model)
     shapes = dict(r.input_shapes)
+    derived = _data_shapes(m, r, given_inputs, shapes)
+    shapes.update(derived)
     if r.plans:
         from .planning import plan_from_file
 
@@ -261,6 +264,12 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
 
         result = refit_from_file(m, result, r.calibration, provider=r.provider, threads=r.threads,
                                  depthwise=r.kernel_refit)
+    if derived:
+        where = "--inputs" if given_inputs is not None else "--calibration"
+        shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in derived.items())
+        result.options = {**result.options, "notes": [
+            *result.options.get("notes", []),
+            f"input shapes from {where}: {shown} (the model leaves them symbolic; --input-shape overrides)"]}
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
     held_out = None
@@ -276,3 +285,23 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
             held_out = [{k: v[i:i + step] for k, v in f.items()}
                         for f in held_out for i in range(0, int(next(iter(f.values())).shape[0]), step)]
     return SeparateOutcome(result, external, data_files, held_out, judge)
+
+
+def _data_shapes(model: Any, r: SeparateRequest, given: Mapping[str, Any] | None,
+                 shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """Input shapes the data fixes where the model leaves dims symbolic and ``--input-shape`` does not: the
+    ``--inputs`` arrays' shapes, else the ``--calibration`` samples' (batch: the model's fixed one, else 1)."""
+    from .calibration import load_calibration, model_inputs
+    from .compare import value_dims
+
+    open_inputs = [vi.name for vi in model_inputs(model)
+                   if vi.name not in shapes and (value_dims(vi) is None or None in (value_dims(vi) or []))]
+    if not open_inputs:
+        return {}
+    if given is not None:
+        return {k: list(given[k].shape) for k in open_inputs if k in given}
+    if r.calibration is None:
+        return {}
+    cal = load_calibration(r.calibration, model)
+    return {k: [cal.batch or 1, *cal.arrays[k].shape[1:]] for k in open_inputs if k in cal.arrays}
+

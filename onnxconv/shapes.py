@@ -532,6 +532,16 @@ def _placeholder(shape: Sequence[int | str | None], i: int, used: set[str]) -> s
     return f"<{name}>"
 
 
+def shape_example(name: str, dims: Sequence[int | str | None]) -> str:
+    """The one ``--input-shape`` hint every command gives for an input with unknown dims:
+    ``NAME=1x3x<height>x<width>``: fixed dims as they are, a symbolic batch (dim 0) as 1, every other unknown dim
+    as ``<its name>`` (the model's dim name, else its role by position)."""
+    used: set[str] = set()
+    parts = [str(d) if isinstance(d, int) and d > 0 else "1" if i == 0 else _placeholder(dims, i, used)
+             for i, d in enumerate(dims)]
+    return f"{name}=" + "x".join(parts)
+
+
 def _dim_label(d: int | str | None) -> str:
     if isinstance(d, str) and d.strip() and d.strip() != "?":
         return f"'{d}'"
@@ -555,7 +565,7 @@ def missing_dims_message(
         now = shape_tuple(vi)
         if now is None:
             parts.append(f"input '{vi.name}' has no declared shape")
-            examples.append(f"--input-shape {vi.name}=1x3x224x224")
+            examples.append(f"--input-shape {vi.name}=1x3x<height>x<width>")
             continue
         unknown = [i for i, d in enumerate(now) if not (isinstance(d, int) and d > 0)]
         if not unknown:

@@ -46,7 +46,7 @@ def test_make_inputs_fills_symbolic_batch_and_types() -> None:
 def test_make_inputs_symbolic_non_batch_dim_names_the_option() -> None:
     model = single_conv([1, 3, "H", "W"], [4, 3, 3, 3])
     sess = compare.session(model)
-    with pytest.raises(OptionError, match=r"--input-shape X=1x3xNxN"):
+    with pytest.raises(OptionError, match=r"--input-shape X=1x3x<H>x<W> \(replace each <...> with a number\)"):
         compare.make_inputs(sess)
     assert compare.make_inputs(sess, {"X": [1, 3, 9, 7]})["X"].shape == (1, 3, 9, 7)
 

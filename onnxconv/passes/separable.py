@@ -340,7 +340,8 @@ def _choose_ranks(policy: RankPolicy, cands: Sequence[_Candidate], layers: Seque
     if unknown:
         raise ShapeError(
             f"--budget needs every layer's MACs, but the input shape of '{unknown[0]}' is unknown: "
-            "set the model's input dims with --input-shape NAME=1x3x224x224"
+            "set the model's input dims with --input-shape NAME=1x3x<height>x<width> (or give --calibration or --inputs, "
+            "whose arrays fix them)"
         )
     cand_ids = {id(c.change) for c in cands}
     fixed = sum(lay.macs_before or 0 for lay in layers if id(lay) not in cand_ids)
