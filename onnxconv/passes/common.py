@@ -42,6 +42,7 @@ __all__ = [
     "NamePool",
     "tensor_shapes",
     "check_model",
+    "declare_initializers",
 ]
 
 
@@ -380,12 +381,13 @@ def finish_model(
 ) -> onnx.ModelProto:
     """Export ``graph`` and restore what export drops, keeping everything the pass did not touch.
 
-    Keeps the original IR version (the installed onnxruntime loaded the input, so it loads this), all opset
-    imports, model metadata, doc strings (model, graph, node), node metadata_props, producer fields, model-local
-    functions, value_info of tensors that still exist, and initializers the original did not use (onnx-graphsurgeon
-    exports only what some node reads). With ``cleanup`` False nothing is pruned: a pass that removes its own
-    dead nodes keeps dead code the model already had. Raises :class:`RewriteError` when the result fails
-    ``onnx.checker`` or shape inference.
+    Keeps the original IR version (the installed onnxruntime loaded the input, so it loads this) with the graph
+    inputs it asks of initializers (:func:`declare_initializers`), the original graph inputs in their order, all
+    opset imports, model metadata, doc strings (model, graph, node), node metadata_props, producer fields,
+    model-local functions, value_info of tensors that still exist, and initializers the original did not use
+    (onnx-graphsurgeon exports only what some node reads). With ``cleanup`` False nothing is pruned: a pass that
+    removes its own dead nodes keeps dead code the model already had. Raises :class:`RewriteError` when the
+    result fails ``onnx.checker`` or shape inference.
     """
     if cleanup:
         graph.cleanup(remove_unused_graph_inputs=False)
@@ -401,6 +403,7 @@ def finish_model(
     del model.functions[:]
     model.functions.extend(original.functions)
     _restore_graph_fields(original.graph, model.graph)
+    declare_initializers(model)
     if check:
         check_model(model, original)
     return model
@@ -418,10 +421,10 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
     for vi in orig.value_info:
         if vi.name in alive and vi.name not in have:
             new.value_info.append(vi)
-    # Graph inputs and outputs as the original declared them: the export rebuilds those ValueInfoProtos from
-    # its tensors, dropping doc strings and, where a shapeless value_info of the same name exists, the shape.
-    declared = {vi.name: vi for vi in list(orig.input) + list(orig.output)}
-    for vi in list(new.input) + list(new.output):
+    # Graph outputs as the original declared them: the export rebuilds those ValueInfoProtos from its tensors,
+    # dropping doc strings and, where a shapeless value_info of the same name exists, the shape.
+    declared = {vi.name: vi for vi in orig.output}
+    for vi in new.output:
         if vi.name in declared:
             vi.CopyFrom(declared[vi.name])
     # Initializers no node read in the original are dropped by the export; they were part of the model.
@@ -430,6 +433,7 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
     for t in orig.initializer:
         if t.name not in used and t.name not in present and not _read_by_subgraph(orig, t.name):
             new.initializer.append(t)
+    _restore_inputs(orig, new)
     # Node doc strings and metadata, matched by (name, op, outputs): a replaced node has another producer.
     by_key = {(n.name, n.op_type, tuple(n.output)): n for n in orig.node}
     for n in new.node:
@@ -444,6 +448,48 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
         for key, sub in subgraphs_of(n):
             if key in old_subs:
                 _restore_graph_fields(old_subs[key], sub)
+
+
+def _restore_inputs(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
+    """Put back ``orig``'s graph inputs, in their order and as declared (doc strings, shapes), in ``new``.
+
+    The export lists only the inputs that are not also initializers, so an input with an initializer of the same
+    name (every weight of an IR < 4 model, where each initializer must be an input too; a default value in
+    IR >= 4) would be lost. Such an input stays while its initializer does, and goes with it where a rewrite
+    removed the weight; inputs the export added come last.
+    """
+    inits = {t.name for t in new.initializer}
+    exported = [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in new.input]
+    exported_names = {vi.name for vi in exported}
+    kept = [vi for vi in orig.input if vi.name in exported_names or vi.name in inits]
+    kept_names = {vi.name for vi in kept}
+    del new.input[:]
+    new.input.extend(kept)
+    new.input.extend(vi for vi in exported if vi.name not in kept_names)
+
+
+def declare_initializers(model: onnx.ModelProto) -> None:
+    """Give every initializer a graph input of its name, type and shape where the IR version asks for it.
+
+    IR < 4 (the ONNX Model Zoo's classic exports, older PyTorch ones) requires each initializer to be a graph
+    input too, in subgraphs as well (``onnx.checker`` applies the rule to every graph; onnxruntime accepts the
+    extra inputs of If/Loop/Scan bodies, taking them as initializers). A pass's new weights get an input,
+    appended after the existing ones; nothing changes in IR >= 4.
+    """
+    if model.ir_version >= 4:
+        return
+
+    def visit(graph: onnx.GraphProto) -> None:
+        have = {vi.name for vi in graph.input}
+        for t in graph.initializer:
+            if t.name not in have:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                have.add(t.name)
+        for n in graph.node:
+            for _, sub in subgraphs_of(n):
+                visit(sub)
+
+    visit(model.graph)
 
 
 def _read_by_subgraph(graph: onnx.GraphProto, name: str) -> bool:
