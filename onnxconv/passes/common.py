@@ -32,6 +32,7 @@ __all__ = [
     "base_check",
     "NodeFilter",
     "constant_array",
+    "string_constant",
     "tensor_users",
     "weight_origin",
     "node_conv_spec",
@@ -161,18 +162,45 @@ _DTYPE_CAST = {
 }
 
 
+def _numeric(c: gs.Constant) -> bool:
+    """Whether ``c``'s values may be read: not strings. Reading makes onnx-graphsurgeon keep a numpy copy, which
+    its export writes as raw bytes, and strings have none (the export raised TypeError); ``dtype`` is read from
+    the stored tensor without loading it."""
+    return not (isinstance(c.dtype, np.dtype) and c.dtype.kind in "OSU")
+
+
+def string_constant(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is a constant of strings (an initializer or a ``Constant`` node's output, or either
+    behind ``Identity``), whose values :func:`constant_array` never reads."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant):
+            return not _numeric(tensor)
+        if not tensor.inputs:
+            return False
+        node = tensor.inputs[0]
+        if node.op == "Constant":
+            value = node.attrs.get("value")
+            return (isinstance(value, gs.Constant) and not _numeric(value)) or any(
+                k in node.attrs for k in ("value_string", "value_strings"))
+        if node.op != "Identity" or not node.inputs:
+            return False
+        tensor = node.inputs[0]
+    return False
+
+
 def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of ``tensor`` when it is a constant: an initializer, a ``Constant`` node's output, or either
-    behind ``Identity``/``Cast`` to a float type. None for anything computed at run time."""
+    """The value of ``tensor`` when it is a numeric constant: an initializer, a ``Constant`` node's output, or
+    either behind ``Identity``/``Cast`` to a float type. None for anything computed at run time, and for strings
+    (:func:`string_constant`)."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return np.asarray(tensor.values) if _numeric(tensor) else None
     if not tensor.inputs:
         return None
     node = tensor.inputs[0]
     if node.op == "Constant" and node.domain in ("", "ai.onnx", None):
         value = node.attrs.get("value")
         if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
+            return np.asarray(value.values) if _numeric(value) else None
         for key in ("value_float", "value_floats"):
             if key in node.attrs:
                 return np.asarray(node.attrs[key], dtype=np.float32)
@@ -320,6 +348,8 @@ def base_check(
     if weight_origin(w_t):
         return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
     if weight is None:
+        if string_constant(w_t):
+            return "weight type string is not float16/32/64", spec, None
         return "weight is computed at run time, not a constant", spec, None
     if weight.dtype.type not in FLOAT_TYPES:
         return f"weight type {weight.dtype} is not float16/32/64", spec, None
