@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import OptionError
-from .passes.common import NodeFilter
+from .passes.common import NodeFilter, model_problem
 from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
 
 if TYPE_CHECKING:
@@ -184,6 +184,10 @@ class SeparateOutcome:
 def run_separate(request: SeparateRequest) -> SeparateOutcome:
     """Load ``request.model``, rewrite it as the request says and return the result (nothing is written).
 
+    An input that fails ``onnx.checker`` or strict shape inference is rewritten all the same; the result's
+    ``options["input_invalid"]`` then holds the complaint, which the result shares (any other problem of the
+    result is a :class:`~onnxconv.errors.RewriteError`).
+
     Raises:
         OnnxConvError: bad options (:meth:`SeparateRequest.validate`), a bad model, ``--inputs`` that do not fit
             the model (checked before a rewrite that may take minutes), or a failed rewrite.
@@ -207,6 +211,9 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     if external:
         m = load_model(r.model, load_weights=True)
     check_weights(m, r.model)
+    # An input the checker rejects is still rewritten (exporters write such models, and onnxruntime may run them);
+    # the result then has the same problem (check_model lets only that one through), which the caller must say.
+    input_problem = model_problem(m)
     shapes = dict(r.input_shapes)
     if r.plans:
         from .planning import plan_from_file
@@ -237,6 +244,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
                                  depthwise=r.kernel_refit)
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
+    if input_problem is not None:
+        result.options["input_invalid"] = input_problem
     held_out = None
     if r.verifies and r.inputs is None and r.calibration is not None:
         from .calibration import held_out_feeds, model_inputs

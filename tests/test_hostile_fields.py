@@ -1,9 +1,11 @@
 """Conv weights of strings and text that is not UTF-8 (an attribute name, a doc string, ...): one ``Error:``
 line in every mode of ``separate`` (and in ``stats`` for text), never a traceback; the passes themselves skip a
-string weight with a reason instead of failing in onnx-graphsurgeon's export."""
+string weight with a reason instead of failing in onnx-graphsurgeon's export. An input that onnx.checker rejects
+is rewritten with a warning, and its result may have that problem only."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from onnxconv.cli import main
+from onnxconv.errors import RewriteError
+from onnxconv.passes.common import check_model, model_problem
 from onnxconv.passes.ranks import RankPolicy
 from onnxconv.passes.separable import separate
 from onnxconv.passes.shuffle import group_shuffle
@@ -150,3 +154,53 @@ def test_text_that_is_not_utf8_is_one_error_line(tmp_path: Path, case: str, mode
     p.write_bytes(build())
     args = [mode[0], str(p)] + (["-o", str(tmp_path / "o.onnx"), *_cal(tmp_path, mode[1:])] if len(mode) > 1 else [])
     _one_error_line(tmp_path, args, f"{where} is not valid UTF-8 text ('\\xff\\xfe")
+
+
+def unknown_attribute() -> onnx.ModelProto:
+    """Valid but for an attribute Relu does not have: the checker (and onnxruntime) reject it, the rewrite can
+    still be made."""
+    m = two_conv_model()
+    m.graph.node[1].attribute.append(helper.make_attribute("bogus", 3))
+    return m
+
+
+@pytest.mark.parametrize("mode", [["--rank", "2"], ["--exact"], ["--mode", "shuffle", "--groups", "2"]], ids=" ".join)
+def test_an_input_the_checker_rejects_is_rewritten_with_a_warning(tmp_path: Path, mode: list[str]) -> None:
+    p, out, report = tmp_path / "in.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
+    onnx.save(unknown_attribute(), p)
+    res = CliRunner().invoke(main, ["separate", str(p), "-o", str(out), "--report", str(report), *mode])
+    assert res.exit_code == 0, res.output
+    complaint = "Unrecognized attribute: bogus for operator Relu"
+    assert (f"warning: the input model is invalid ({complaint}); the result was written with the same problem"
+            in res.output)
+    assert model_problem(onnx.load(out)) == complaint
+    assert json.loads(report.read_text())["options"]["input_invalid"] == complaint
+
+
+def test_a_valid_input_gets_no_warning_even_with_shapeless_outputs(tmp_path: Path) -> None:
+    m = two_conv_model()
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    assert model_problem(m) is None
+    p, out = tmp_path / "in.onnx", tmp_path / "o.onnx"
+    onnx.save(m, p)
+    res = CliRunner().invoke(main, ["separate", str(p), "-o", str(out), "--rank", "2", "--report",
+                                    str(tmp_path / "r.json")])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    assert "input_invalid" not in json.loads((tmp_path / "r.json").read_text())["options"]
+
+
+def test_an_invalid_input_still_may_not_gain_a_new_problem() -> None:
+    original = unknown_attribute()
+    broken = onnx.ModelProto()
+    broken.CopyFrom(original)
+    broken.graph.node[2].input[0] = "nowhere"  # a problem of the rewrite's own
+    with pytest.raises(RewriteError, match="the rewritten model is invalid"):
+        check_model(broken, original)
+    check_model(original, original)  # the input's own problem alone passes
+
+
+def test_verify_stops_at_an_input_onnxruntime_cannot_load(tmp_path: Path) -> None:
+    p = tmp_path / "in.onnx"
+    onnx.save(unknown_attribute(), p)
+    _one_error_line(tmp_path, ["separate", str(p), "-o", str(tmp_path / "o.onnx"), "--rank", "2", "--verify"],
+                    "onnxruntime cannot load the model")

@@ -43,6 +43,8 @@ __all__ = [
     "NamePool",
     "tensor_shapes",
     "check_model",
+    "model_problem",
+    "model_problems",
     "declare_initializers",
 ]
 
@@ -531,27 +533,57 @@ def _read_by_subgraph(graph: onnx.GraphProto, name: str) -> bool:
 
 
 def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
-    """onnx.checker plus strict shape inference; one-line :class:`RewriteError` on failure.
+    """onnx.checker plus strict shape inference (:func:`model_problems`); one-line :class:`RewriteError` on failure.
+
+    A complaint the ``original`` gets too, from the same one of the two, is not the rewrite's fault and does not
+    stop it: the caller says that the input was invalid (``separate`` prints a warning, see
+    :func:`onnxconv.requests.run_separate`). Each stops at its first complaint, so a problem of the rewrite's own
+    behind the input's in the same one goes unseen; running both halves the chance.
+    """
+    problems = model_problems(model)
+    if problems == (None, None):
+        return
+    known = model_problems(original) if original is not None else (None, None)
+    new = next((p for p, k in zip(problems, known) if p is not None and p != k), None)
+    if new is not None:
+        raise RewriteError(f"the rewritten model is invalid ({new[:300]}); nothing was written")
+
+
+def model_problem(model: onnx.ModelProto) -> str | None:
+    """The first complaint of :func:`model_problems` (the checker's before shape inference's), or None."""
+    return next((p for p in model_problems(model) if p is not None), None)
+
+
+def model_problems(model: onnx.ModelProto) -> tuple[str | None, str | None]:
+    """First lines of onnx.checker's and of strict shape inference's complaints about ``model`` (None for a pass).
 
     Both run on a weight-free copy (:func:`~onnxconv.weightless.shape_model`): serialising 100 MB of weights to
-    check a graph is pure waste, and a pass's new weights are built by numpy_helper. A problem the
-    ``original`` already has (e.g. an output type without a shape, which some exporters write) is not the
-    rewrite's fault and does not stop it.
+    check a graph is pure waste, and a pass's new weights are built by numpy_helper. A graph output declared
+    without a shape (which many exporters leave to inference and onnxruntime does not need) is given the shape
+    inference finds for it before the checker runs, as ``stats`` checks a model: the checker requires one, and
+    would otherwise call such a model invalid before looking at anything else.
     """
-    problem = _model_problem(model)
-    if problem is None:
-        return
-    if original is not None and _model_problem(original) == problem:
-        return
-    raise RewriteError(f"the rewritten model is invalid ({problem[:300]}); nothing was written")
-
-
-def _model_problem(model: onnx.ModelProto) -> str | None:
-    """First line of the checker's or strict shape inference's complaint, or None when the model passes."""
     light = shape_model(model)
+    inference = None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True)
+    except Exception as e:  # noqa: BLE001 - inference raises several types
+        inference = _first_line(e)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light)
+        except Exception:  # noqa: BLE001 - no shapes to lend the outputs then
+            inferred = light
+    shapes = {o.name: o.type.tensor_type for o in inferred.graph.output if o.type.tensor_type.HasField("shape")}
+    for o in light.graph.output:
+        if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape") and o.name in shapes:
+            o.type.tensor_type.shape.CopyFrom(shapes[o.name].shape)
     try:
         onnx.checker.check_model(light)
-        onnx.shape_inference.infer_shapes(light, strict_mode=True)
-    except Exception as e:  # noqa: BLE001 - checker and inference raise several types
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return None
+    except Exception as e:  # noqa: BLE001 - the checker raises several types
+        return _first_line(e), inference
+    return None, inference
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
