@@ -124,7 +124,10 @@ def test_calibration_refit_writes_a_valid_ir3_model(tmp_path: Path) -> None:
         check_written(out, model, exact=False)
 
 
-def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+    """With ``--precision int8`` the written model is onnxruntime's quantizer's output: its scales, zero points
+    and int8 weights are new initializers, inputs too at IR 3."""
     rng = np.random.default_rng(0)
     src, out, cal = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "cal.npz"
     model = four_convs(rng)
@@ -134,14 +137,16 @@ def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.Mo
     np.savez(cal, X=smooth_inputs(rng, 10, 16, 8))
     monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
     monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
-    res = separate(str(src), "-o", str(out), "--target-speedup", "1.2", "--calibration", str(cal), "--verify")
+    res = separate(str(src), "-o", str(out), "--target-speedup", "1.2", "--calibration", str(cal), "--verify",
+                   "--precision", precision)
     assert res.exit_code == 0, res.output
     written = onnx.load(out)
     assert written.ir_version == 3
     onnx.checker.check_model(written, full_check=True)
     assert {t.name for t in written.graph.initializer} <= {i.name for i in written.graph.input}
-    x = smooth_inputs(rng, 2, 16, 8)
-    assert run(out, {"X": x})[0].shape == (2, 16, 8, 8)
+    assert any(n.op_type == "QuantizeLinear" for n in written.graph.node) == (precision == "int8")
+    x = smooth_inputs(rng, 1, 16, 8)  # the int8 model's batch is the calibration runs' (static)
+    assert run(out, {"X": x})[0].shape == (1, 16, 8, 8)
 
 
 def test_a_conv_in_an_if_branch_of_an_ir3_model(tmp_path: Path) -> None:
