@@ -185,8 +185,9 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     """Load ``request.model``, rewrite it as the request says and return the result (nothing is written).
 
     An input that fails ``onnx.checker`` or strict shape inference is rewritten all the same; the result's
-    ``options["input_invalid"]`` then holds the complaint, which the result shares (any other problem of the
-    result is a :class:`~onnxconv.errors.RewriteError`).
+    ``options["input_invalid"]`` then holds the complaint, and ``options["output_invalid"]`` the result's own
+    (None when the rewrite mended it; else the input's: any other problem is a
+    :class:`~onnxconv.errors.RewriteError`).
 
     Raises:
         OnnxConvError: bad options (:meth:`SeparateRequest.validate`), a bad model, ``--inputs`` that do not fit
@@ -246,6 +247,9 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         fix_input_shapes(result.model, shapes, r.batch)
     if input_problem is not None:
         result.options["input_invalid"] = input_problem
+        # The rewrite may have mended it (an unsorted graph comes out sorted), or kept it (check_model let only
+        # the input's own complaint through).
+        result.options["output_invalid"] = model_problem(result.model)
     held_out = None
     if r.verifies and r.inputs is None and r.calibration is not None:
         from .calibration import held_out_feeds, model_inputs

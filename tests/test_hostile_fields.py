@@ -171,10 +171,26 @@ def test_an_input_the_checker_rejects_is_rewritten_with_a_warning(tmp_path: Path
     res = CliRunner().invoke(main, ["separate", str(p), "-o", str(out), "--report", str(report), *mode])
     assert res.exit_code == 0, res.output
     complaint = "Unrecognized attribute: bogus for operator Relu"
-    assert (f"warning: the input model is invalid ({complaint}); the result was written with the same problem"
+    assert (f"warning: the input model is invalid ({complaint}); the result, written anyway, is too ({complaint})"
             in res.output)
     assert model_problem(onnx.load(out)) == complaint
-    assert json.loads(report.read_text())["options"]["input_invalid"] == complaint
+    options = json.loads(report.read_text())["options"]
+    assert options["input_invalid"] == options["output_invalid"] == complaint
+
+
+def test_an_input_the_rewrite_mends_says_so(tmp_path: Path) -> None:
+    """An unsorted graph fails the checker; every rewrite writes its nodes sorted."""
+    m = two_conv_model()
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))
+    p, out = tmp_path / "in.onnx", tmp_path / "o.onnx"
+    onnx.save(m, p)
+    res = CliRunner().invoke(main, ["separate", str(p), "-o", str(out), "--rank", "2"])
+    assert res.exit_code == 0, res.output
+    assert "warning: the input model is invalid (Nodes in a graph must be topologically sorted" in res.output
+    assert "; the result passes onnx.checker\n" in res.output
+    assert model_problem(onnx.load(out)) is None
 
 
 def test_a_valid_input_gets_no_warning_even_with_shapeless_outputs(tmp_path: Path) -> None:
