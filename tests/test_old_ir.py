@@ -124,8 +124,9 @@ def test_calibration_refit_writes_a_valid_ir3_model(tmp_path: Path) -> None:
         check_written(out, model, exact=False)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
+@pytest.mark.parametrize(("mode", "precision"), [("separable", "fp32"), ("mixed", "fp32"), ("separable", "int8")])
+def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
+                                          precision: str) -> None:
     """With ``--precision int8`` the written model is onnxruntime's quantizer's output: its scales, zero points
     and int8 weights are new initializers, inputs too at IR 3."""
     rng = np.random.default_rng(0)
@@ -138,7 +139,7 @@ def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
     monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
     res = separate(str(src), "-o", str(out), "--target-speedup", "1.2", "--calibration", str(cal), "--verify",
-                   "--precision", precision)
+                   "--precision", precision, "--mode", mode)
     assert res.exit_code == 0, res.output
     written = onnx.load(out)
     assert written.ir_version == 3
