@@ -190,3 +190,25 @@ def test_ir4_inputs_with_a_default_keep_their_place(tmp_path: Path) -> None:
     written = onnx.load(out)
     onnx.checker.check_model(written, full_check=True)
     assert [i.name for i in written.graph.input] == ["X", "conv1_b_0", "conv2_w_0"]
+
+
+def test_refit_of_a_shared_weight_leaves_no_unread_initializer(tmp_path: Path) -> None:
+    """Two convs share a weight and a bias: the refit copies them per layer and moves each bias to the last term
+    of its sum, then drops what nobody reads any more, inputs included (at IR 3 an initializer's input is there
+    by rule, not as part of the interface)."""
+    rng = np.random.default_rng(0)
+    w = init("shared_w", rng.standard_normal((8, 8, 3, 3)).astype(np.float32) / 8)
+    b = init("shared_b", rng.standard_normal(8).astype(np.float32))
+    nodes = [helper.make_node("Conv", ["X", "shared_w", "shared_b"], ["h"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "shared_w", "shared_b"], ["Y"], name="b", pads=[1, 1, 1, 1])]
+    model = as_ir3(make_model(nodes, [tensor("X", ["N", 8, 6, 6])], [tensor("Y", ["N", 8, 6, 6])], [w, b]))
+    src, out, cal = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "cal.npz"
+    onnx.save(model, src)
+    np.savez(cal, X=smooth_inputs(rng, 10, 8, 6))
+    res = separate(str(src), "-o", str(out), "--rank", "2", "--min-channels", "1", "--calibration", str(cal))
+    assert res.exit_code == 0, res.output
+    written = check_written(out, model, exact=False)
+    inits = {t.name for t in written.graph.initializer}
+    assert inits == {i.name for i in written.graph.input} - {"X"}
+    assert inits <= {i for n in written.graph.node for i in n.input}
