@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "conv_output_size",
+    "conv_tap_coverage",
     "same_pads",
     "conv_transpose_output_size",
     "conv_transpose_pads_for_output",
@@ -67,6 +68,22 @@ def conv_output_size(d: int, k: int, s: int = 1, dilation: int = 1, pad_begin: i
     if span < 0:
         return 0
     return span // s + 1
+
+
+def conv_tap_coverage(d: int, k: int, s: int = 1, dilation: int = 1, pad_begin: int = 0, pad_end: int = 0) -> list[int]:
+    """Along one axis, for each kernel tap ``j``, how many outputs read the input (not padding) through it.
+
+    Output ``o`` reads position ``o*s - pb + j*dil`` through tap ``j``, which is input when in ``[0, D)``: ``o``
+    from ``ceil((pb - j*dil) / s)`` to ``floor((D - 1 + pb - j*dil) / s)``, within ``[0, O)``. A 3x3 conv with
+    pads 1 on a 1x1 input reads data through its centre tap only.
+    """
+    out = conv_output_size(d, k, s, dilation, pad_begin, pad_end)
+    counts = []
+    for j in range(k):
+        first = max(0, -((j * dilation - pad_begin) // s))
+        last = min(out - 1, (d - 1 + pad_begin - j * dilation) // s)
+        counts.append(max(0, last - first + 1))
+    return counts
 
 
 def same_pads(d: int, k: int, s: int, dilation: int, upper: bool) -> tuple[int, int]:

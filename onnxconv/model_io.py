@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import mmap
 import os
 import shutil
@@ -29,7 +28,8 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from .counting import prod
 from .errors import ModelLoadError, OnnxConvError, OptionError
@@ -114,43 +114,75 @@ def _check_location(p: Path, loc: str) -> None:
 
 
 def _check_graph(p: Path, model: onnx.ModelProto) -> None:
-    """Refuse names that are not UTF-8 text and graphs with a cycle, in the main graph, subgraphs and functions.
+    """Refuse text that is not UTF-8 (:func:`_bad_text`) and graphs with a cycle, in the main graph, subgraphs and
+    functions: a cycle makes every later pass see an order that does not exist."""
+    bad = _bad_text(model)
+    if bad is not None:
+        where, text = bad
+        raise ModelLoadError(f"{p}: {where} is not valid UTF-8 text ({ascii(text)[1:]})")
 
-    protobuf hands back ``bytes`` instead of ``str`` for a string field that is not valid UTF-8, which fails
-    far from here (formatting a table); a cycle makes every later pass see an order that does not exist.
-    """
-
-    def names(graph: onnx.GraphProto) -> Iterator[object]:
-        yield graph.name
-        for vi in (*graph.input, *graph.output, *graph.value_info):
-            yield vi.name
-        for t in graph.initializer:
-            yield t.name
-
-    def nodes_text(nodes: Sequence[onnx.NodeProto]) -> Iterator[object]:
-        for n in nodes:
-            yield n.name
-            yield n.op_type
-            yield n.domain
-            yield from n.input
-            yield from n.output
-
-    def check(graph_nodes: Sequence[onnx.NodeProto], texts: Iterator[object], where: str) -> None:
-        for text in texts:
-            if isinstance(text, bytes):
-                raise ModelLoadError(f"{p}: a name in {where} is not valid UTF-8 text ({ascii(text)[1:]})")
+    def check(graph_nodes: Sequence[onnx.NodeProto], where: str) -> None:
         cyclic = cyclic_nodes(graph_nodes)
         if cyclic:
             label = cyclic[0].name or next((o for o in cyclic[0].output if o), cyclic[0].op_type)
             raise ModelLoadError(f"{p}: {where} has a cycle (through node '{label}'); not a valid ONNX model")
         for n in graph_nodes:
             for attr, sub in subgraphs_of(n):
-                check(sub.node, itertools.chain(names(sub), nodes_text(sub.node)), f"the {attr} body of a node")
+                check(sub.node, f"the {attr} body of a node")
 
-    check(model.graph.node, itertools.chain(names(model.graph), nodes_text(model.graph.node)), "the graph")
+    check(model.graph.node, "the graph")
     for f in model.functions:
-        check(f.node, itertools.chain([f.name, f.domain], f.input, f.output, nodes_text(f.node)),
-              "a model-local function")
+        check(f.node, "a model-local function")
+
+
+#: TensorProto's text and message fields, read one by one: ``ListFields`` would copy raw_data (the weights).
+_TENSOR_FIELDS = tuple(f for f in onnx.TensorProto.DESCRIPTOR.fields
+                       if f.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE))
+
+
+def _bad_text(message: Message, path: str = "") -> tuple[str, bytes] | None:
+    """(field path, value) of the first text field of ``message`` that is not valid UTF-8, or None.
+
+    protobuf hands back ``bytes`` instead of ``str`` for a proto2 string field that is not UTF-8, and every use
+    fails far from here (a table, the rewrites' export, a doc string read): names, doc strings, metadata, dim
+    names, string attribute values (bytes fields, which onnx and onnx-graphsurgeon decode as UTF-8), in every
+    graph and function. Tensor data (raw_data, string_data) is never read.
+    """
+    fields: Sequence[tuple[Any, Any]]
+    if isinstance(message, onnx.TensorProto):
+        fields = [(f, getattr(message, f.name)) for f in _TENSOR_FIELDS
+                  if (len(getattr(message, f.name)) if _repeated(f) else message.HasField(f.name))]
+    else:
+        fields = message.ListFields()  # the fields that are set, in C: a walk of every descriptor costs 4x more
+    for f, value in fields:
+        if f.type == FieldDescriptor.TYPE_STRING:
+            values = [value] if isinstance(value, (str, bytes)) else value
+            for i, v in enumerate(values):
+                if isinstance(v, bytes):
+                    return f"{path}{f.name}" + ("" if values is not value else f"[{i}]"), v
+        elif f.type == FieldDescriptor.TYPE_MESSAGE:
+            if isinstance(value, Message):
+                found = _bad_text(value, f"{path}{f.name}.")
+                if found:
+                    return found
+                continue
+            for i, sub in enumerate(value):
+                found = _bad_text(sub, f"{path}{f.name}[{i}].")
+                if found:
+                    return found
+    if isinstance(message, onnx.AttributeProto):
+        for where, v in [("s", message.s), *((f"strings[{i}]", v) for i, v in enumerate(message.strings))]:
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"{path}{where}", v
+    return None
+
+
+def _repeated(f: Any) -> bool:
+    """Whether a field descriptor is repeated (``is_repeated`` since protobuf 5.28; ``label`` before)."""
+    flag = getattr(f, "is_repeated", None)
+    return bool(flag) if flag is not None else getattr(f, "label", None) == FieldDescriptor.LABEL_REPEATED
 
 
 #: Which typed field holds a tensor's values when raw_data is empty, and how many field entries per element.
@@ -170,7 +202,7 @@ _DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.
 
 def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Refuse tensors of an undefined element type, tensors whose data does not match their dims, and conv
-    weights of a non-numeric type.
+    weights and biases of strings (initializers, Constant nodes, behind Identity).
 
     ``raw_data`` must hold ``prod(dims) * itemsize`` bytes, a typed field ``prod(dims)`` values (two per complex
     element); anything else makes numpy fail deep inside a rewrite (``cannot reshape array of size ...``).
@@ -199,19 +231,44 @@ def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
             raise ModelLoadError(f"{path}: tensor '{t.name}' of shape {list(t.dims)} holds {got} {unit}, "
                                  f"expected {want}; not a valid ONNX model")
 
-    def check_convs(graph: onnx.GraphProto) -> None:
-        strings = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.STRING}
+    def check_convs(graph: onnx.GraphProto, outer: frozenset[str]) -> None:
+        strings = _string_tensors(graph, outer)
         for node in graph.node:
             if node.op_type in _CONV_OPS and node.domain in ("", "ai.onnx"):
-                w = node.input[3] if node.op_type == "QLinearConv" and len(node.input) > 3 else (
-                    node.input[1] if len(node.input) > 1 else "")
-                if w in strings:
-                    raise ModelLoadError(f"{path}: node '{node.name or node.output[0]}' ({node.op_type}) has a "
-                                         f"string-typed weight '{w}'; not a valid ONNX model")
+                for what, i in _CONV_CONSTANTS[node.op_type]:
+                    name = node.input[i] if len(node.input) > i else ""
+                    if name in strings:
+                        label = node.name or (node.output[0] if node.output else node.op_type)
+                        raise ModelLoadError(f"{path}: node '{label}' ({node.op_type}) has a string-typed {what} "
+                                             f"'{name}'; not a valid ONNX model")
             for _, g in subgraphs_of(node):
-                check_convs(g)
+                check_convs(g, strings)
 
-    check_convs(model.graph)
+    check_convs(model.graph, frozenset())
+
+
+#: (what, input index) of the inputs of each conv op that hold numbers every rewrite reads.
+_CONV_CONSTANTS = {"Conv": (("weight", 1), ("bias", 2)), "ConvTranspose": (("weight", 1), ("bias", 2)),
+                   "ConvInteger": (("weight", 1),), "QLinearConv": (("weight", 3), ("bias", 8))}
+
+
+def _string_tensors(graph: onnx.GraphProto, outer: frozenset[str]) -> frozenset[str]:
+    """Names of the string constants ``graph`` sees: its own and ``outer``'s (an enclosing graph's), initializers
+    and ``Constant`` outputs, also behind ``Identity`` (in any node order)."""
+    names = set(outer) | {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.STRING}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+            if any(a.name in ("value_string", "value_strings") or (a.type == onnx.AttributeProto.TENSOR
+                   and a.t.data_type == onnx.TensorProto.STRING) for a in n.attribute):
+                names.add(n.output[0])
+    grew = True
+    while grew:
+        grew = False
+        for n in graph.node:
+            if n.op_type == "Identity" and n.input and n.input[0] in names and n.output and n.output[0] not in names:
+                names.add(n.output[0])
+                grew = True
+    return frozenset(names)
 
 
 def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None) -> None:

@@ -48,6 +48,7 @@ import onnx
 
 from .compare import ort_message
 from .errors import OptionError, RewriteError, ShapeError
+from .passes.common import declare_initializers
 from .text import printable
 
 __all__ = ["QuantizeError", "quantize_static_qdq", "QUANT_TYPES", "CALIBRATION_METHODS", "PER_CHANNEL_OPSET",
@@ -251,7 +252,8 @@ def quantize_static_qdq(
 
     Returns:
         The quantized model (QuantizeLinear/DequantizeLinear pairs around the quantized ops), static input
-        shapes, IR version at most :data:`MAX_IR_VERSION`.
+        shapes, IR version at most :data:`MAX_IR_VERSION` (below 4, as the input's, with every initializer a
+        graph input as that IR version asks).
 
     Raises:
         OptionError: an unknown type or method, feeds that are missing, misnamed, non-finite or non-float inputs.
@@ -298,4 +300,5 @@ def quantize_static_qdq(
             quant_logger.setLevel(level)
     if result.ir_version > MAX_IR_VERSION:
         result.ir_version = MAX_IR_VERSION
+    declare_initializers(result)  # IR < 4 keeps its rule: the scales, zero points and int8 weights are inputs too
     return result

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import OptionError
-from .passes.common import NodeFilter
+from .passes.common import NodeFilter, model_problem
 from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
 
 if TYPE_CHECKING:
@@ -209,6 +209,11 @@ class SeparateOutcome:
 def run_separate(request: SeparateRequest) -> SeparateOutcome:
     """Load ``request.model``, rewrite it as the request says and return the result (nothing is written).
 
+    An input that fails ``onnx.checker`` or strict shape inference is rewritten all the same; the result's
+    ``options["input_invalid"]`` then holds the complaint, and ``options["output_invalid"]`` the result's own
+    (None when the rewrite mended it; else the input's: any other problem is a
+    :class:`~onnxconv.errors.RewriteError`).
+
     Raises:
         OnnxConvError: bad options (:meth:`SeparateRequest.validate`), a bad model, ``--inputs`` that do not fit
             the model (checked before a rewrite that may take minutes), or a failed rewrite.
@@ -234,6 +239,9 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     if external:
         m = load_model(r.model, load_weights=True)
     check_weights(m, r.model)
+    # An input the checker rejects is still rewritten (exporters write such models, and onnxruntime may run them);
+    # the result then has the same problem (check_model lets only that one through), which the caller must say.
+    input_problem = model_problem(m)
     shapes = dict(r.input_shapes)
     derived = _data_shapes(m, r, given_inputs, shapes)
     shapes.update(derived)
@@ -272,6 +280,11 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
             f"input shapes from {where}: {shown} (the model leaves them symbolic; --input-shape overrides)"]}
     if r.fix_input_shape:
         fix_input_shapes(result.model, shapes, r.batch)
+    if input_problem is not None:
+        result.options["input_invalid"] = input_problem
+        # The rewrite may have mended it (an unsorted graph comes out sorted), or kept it (check_model let only
+        # the input's own complaint through).
+        result.options["output_invalid"] = model_problem(result.model)
     held_out = None
     if r.verifies and r.inputs is None and r.calibration is not None:
         from .calibration import held_out_feeds, model_inputs

@@ -85,7 +85,9 @@ def _strip_graph(graph: onnx.GraphProto, top: bool, stub_ok: bool) -> onnx.Graph
             if t.name not in input_names:
                 out.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
-            nodes = _zeros_like(t.name, t, "initializer") if stub_ok else None
+            # A subgraph initializer that is also the subgraph's input (IR < 4 requires it) stays: a stub node
+            # would define the same name a second time.
+            nodes = _zeros_like(t.name, t, "initializer") if stub_ok and t.name not in input_names else None
             if nodes is None:
                 out.initializer.append(t)
             else:

@@ -97,6 +97,18 @@ def test_output_size_and_same_pads() -> None:
     assert C.conv_transpose_pads_for_output(4, 3, 2, 1, 0, 8, upper=False) == (1, 0)
 
 
+def test_tap_coverage_by_hand_and_by_brute_force() -> None:
+    # 3 taps, pads 1, on 1 input: only the centre reads data; on 5 inputs the edge taps miss one output each.
+    assert C.conv_tap_coverage(1, 3, 1, 1, 1, 1) == [0, 1, 0]
+    assert C.conv_tap_coverage(5, 3, 1, 1, 1, 1) == [4, 5, 4]
+    assert C.conv_tap_coverage(7, 3, 2, 2, 0, 0) == [2, 2, 2]  # 2 outputs (span 5, stride 2), all inside
+    for d, k, s, dil, pb, pe in itertools.product(range(0, 7), range(1, 5), range(1, 4), range(1, 3), range(3),
+                                                 range(3)):
+        out = C.conv_output_size(d, k, s, dil, pb, pe)
+        brute = [sum(1 for o in range(out) if 0 <= o * s - pb + j * dil < d) for j in range(k)]
+        assert C.conv_tap_coverage(d, k, s, dil, pb, pe) == brute, (d, k, s, dil, pb, pe)
+
+
 def test_gemm_and_recurrent_counts() -> None:
     assert C.gemm_macs(2, 3, 4, 5) == 120
     # LSTM: seq 10, batch 2, bidirectional, H 8, I 4: 10*2*2*4*8*(4+8).

@@ -78,3 +78,61 @@ def test_a_wrong_float16_rewrite_still_fails_and_names_float16(tmp_path: Path,
                                     "--min-channels", "1"])
     assert res.exit_code == 1 and not out.exists(), res.output
     assert "> 0.015625 (16 eps of float16, which the model computes in); nothing was written" in res.output
+
+
+def padding_heavy(size: int | str, c_out: int = 16) -> onnx.ModelProto:
+    """One 3x3 conv (pads 1) whose edge taps are 1e30 times its centre: on a 1x1 input only the centre reads data,
+    so the output is the centre's alone, and the factoring's error there (float64 rounding of 1e30 on the edge
+    taps) was 1e14 times the output while the weight's error per channel stayed at 1e-7."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((c_out, 8, 3, 3)) * 1e30
+    w[:, :, 1, 1] /= 1e30
+    x = tensor("X", [1, 8, size, size])
+    return make_model([helper.make_node("Conv", ["X", "W"], ["Y"], name="c", pads=[1, 1, 1, 1])], [x],
+                      [tensor("Y", None)], [init("W", w.astype(np.float32))])
+
+
+def _rel_error(a: onnx.ModelProto, b: onnx.ModelProto, size: int) -> float:
+    import onnxruntime as ort
+
+    x = {"X": np.random.default_rng(1).standard_normal((1, 8, size, size)).astype(np.float32)}
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+           .astype(np.float64) for m in (a, b)]
+    return float(np.linalg.norm(run[0] - run[1]) / np.linalg.norm(run[0]))
+
+
+def test_exact_weighs_the_taps_that_read_data() -> None:
+    from onnxconv.passes.factoring import factor_weight, reconstruction_error
+    from onnxconv.passes.ranks import RankPolicy, exact_tolerance
+    from onnxconv.passes.separable import separate
+
+    small = padding_heavy(1)
+    w = onnx.numpy_helper.to_array(small.graph.initializer[0])
+    f = factor_weight(w, 1)
+    tol = exact_tolerance(w.dtype, f.max_rank)
+    # Over all taps alike the weight is rebuilt to float32 precision; over the centre, all a 1x1 input reads, not.
+    assert reconstruction_error(f, w) <= tol
+    assert reconstruction_error(f, w, coverage=np.array([0, 0, 0, 0, 1, 0, 0, 0, 0])) > 1e6
+
+    result = separate(small, RankPolicy("exact", None))
+    assert not result.layers[0].rewritten
+    assert result.layers[0].reason.startswith("not exactly factorable in float32")
+    # On a larger input every tap reads data: the same weight is rewritten, and onnxruntime agrees.
+    large = padding_heavy(6)
+    result = separate(large, RankPolicy("exact", None))
+    assert result.layers[0].rewritten and "notes" not in result.options
+    assert _rel_error(large, result.model, 6) < EXACT_TOLERANCE
+
+
+def test_exact_without_the_input_size_says_so(tmp_path: Path) -> None:
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(padding_heavy("S"), src)
+    res = CliRunner().invoke(main, ["separate", str(src), "-o", str(out), "--exact"])
+    assert res.exit_code == 0, res.output
+    assert ("note: --exact checked 1 layer(s) of unknown input size as if every kernel tap read data (true of "
+            "inputs larger than the kernel); --input-shape, or --verify on the outputs, checks them as run"
+            in res.output)
+    # --input-shape gives the size: the layer is then checked as run, and left as it is.
+    res = CliRunner().invoke(main, ["separate", str(src), "-o", str(out), "--exact", "--input-shape", "X=1x8x1x1"])
+    assert res.exit_code == 0, res.output
+    assert "0 rewritten" in res.output and "not exactly factorable" in res.output and "note:" not in res.output

@@ -53,7 +53,10 @@ def setup(tmp_path, samples: int = 10, keep_s: float = 0.5, option_s: float = 0.
 
 
 def rewritten_layers(model: onnx.ModelProto) -> set[str]:
-    return {n.name.split("/")[0] for n in model.graph.node if "/dw" in n.name}
+    """The layers a plan rewrote: separable ones by their depthwise node's name, grouped ones by their group."""
+    grouped = {n.name.split("/")[0] for n in model.graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    return {n.name.split("/")[0] for n in model.graph.node if "/dw" in n.name} | grouped
 
 
 def fake_bench(speedups: dict[int, float]):  # noqa: ANN201

@@ -60,7 +60,7 @@ import onnx
 from ..bench import resolve_provider
 from ..errors import OptionError
 from ..graph import node_inputs_with_implicit, node_label, toposort
-from ..passes.common import PassResult, check_model
+from ..passes.common import PassResult, check_model, declare_initializers
 from ..passes.shuffle import masked_reference
 from ..progress import report
 from . import depthwise as dwfit
@@ -219,6 +219,7 @@ def refit(
     for change in layers:
         if id(change) in plan_of:
             change.details.update(plan_of[id(change)].report)
+    declare_initializers(model)  # a weight copied for a shared one is a new initializer: IR < 4 wants its input
     check_model(model, original)
     options = dict(result.options)
     options["calibration"] = {"source": calibration.source, "samples": calibration.size,

@@ -197,15 +197,22 @@ class Writer:
     def prune(self) -> None:
         """Remove the initializers this writer left unread (a bias moved onto another term, a weight replaced by
         a copy). onnxruntime warns about every unused initializer on every session; tensors another node, a
-        subgraph or a graph output still reads are counted as users and stay, and so do graph inputs (an
-        initializer there is the input's default: part of the model's interface)."""
-        inputs = {i.name for i in self.model.graph.input}
+        subgraph or a graph output still reads are counted as users and stay, and so do graph inputs in IR >= 4
+        (an initializer there is the input's default: part of the model's interface). In IR < 4 every initializer
+        is an input too, by rule rather than as an interface: an unread one goes with its input."""
+        graph = self.model.graph
+        inputs = {i.name for i in graph.input} if self.model.ir_version >= 4 else set()
         drop = {n for n in self.released if self.users.get(n, 0) <= 0 and n not in inputs}
         if not drop:
             return
-        keep = [t for t in self.model.graph.initializer if t.name not in drop]
-        del self.model.graph.initializer[:]
-        self.model.graph.initializer.extend(keep)
+        keep = [t for t in graph.initializer if t.name not in drop]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        kept_inputs = [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in graph.input
+                       if vi.name not in drop]
+        if len(kept_inputs) < len(graph.input):
+            del graph.input[:]
+            graph.input.extend(kept_inputs)
         self.index = {t.name: i for i, t in enumerate(self.model.graph.initializer)}
         self.released -= drop
 

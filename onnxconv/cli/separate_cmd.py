@@ -455,6 +455,11 @@ def separate(model: str, output: str, **options: Any) -> None:
     click.echo(render_result(result))
     if "plan" in result.options:
         _echo_frontier(result.options["plan"], "plans measured (the frontier; * = chosen):")
+    if result.options.get("input_invalid"):
+        after = result.options.get("output_invalid")
+        click.echo(f"warning: the input model is invalid ({printable(result.options['input_invalid'])}); "
+                   + ("the result passes onnx.checker" if after is None else
+                      f"the result, written anyway, is too ({printable(after)})"), err=True)
     if verify and request.calibration is not None and not inputs:
         # Say which: held-out samples, or (a note) random inputs because the set holds none out.
         click.echo(("verify on " if held_out else "note: verify on ") + printable(verify_inputs))

@@ -32,6 +32,7 @@ __all__ = [
     "base_check",
     "NodeFilter",
     "constant_array",
+    "string_constant",
     "tensor_users",
     "weight_origin",
     "node_conv_spec",
@@ -42,6 +43,9 @@ __all__ = [
     "NamePool",
     "tensor_shapes",
     "check_model",
+    "model_problem",
+    "model_problems",
+    "declare_initializers",
 ]
 
 
@@ -160,18 +164,45 @@ _DTYPE_CAST = {
 }
 
 
+def _numeric(c: gs.Constant) -> bool:
+    """Whether ``c``'s values may be read: not strings. Reading makes onnx-graphsurgeon keep a numpy copy, which
+    its export writes as raw bytes, and strings have none (the export raised TypeError); ``dtype`` is read from
+    the stored tensor without loading it."""
+    return not (isinstance(c.dtype, np.dtype) and c.dtype.kind in "OSU")
+
+
+def string_constant(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is a constant of strings (an initializer or a ``Constant`` node's output, or either
+    behind ``Identity``), whose values :func:`constant_array` never reads."""
+    for _ in range(8):
+        if isinstance(tensor, gs.Constant):
+            return not _numeric(tensor)
+        if not tensor.inputs:
+            return False
+        node = tensor.inputs[0]
+        if node.op == "Constant":
+            value = node.attrs.get("value")
+            return (isinstance(value, gs.Constant) and not _numeric(value)) or any(
+                k in node.attrs for k in ("value_string", "value_strings"))
+        if node.op != "Identity" or not node.inputs:
+            return False
+        tensor = node.inputs[0]
+    return False
+
+
 def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of ``tensor`` when it is a constant: an initializer, a ``Constant`` node's output, or either
-    behind ``Identity``/``Cast`` to a float type. None for anything computed at run time."""
+    """The value of ``tensor`` when it is a numeric constant: an initializer, a ``Constant`` node's output, or
+    either behind ``Identity``/``Cast`` to a float type. None for anything computed at run time, and for strings
+    (:func:`string_constant`)."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return np.asarray(tensor.values) if _numeric(tensor) else None
     if not tensor.inputs:
         return None
     node = tensor.inputs[0]
     if node.op == "Constant" and node.domain in ("", "ai.onnx", None):
         value = node.attrs.get("value")
         if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
+            return np.asarray(value.values) if _numeric(value) else None
         for key in ("value_float", "value_floats"):
             if key in node.attrs:
                 return np.asarray(node.attrs[key], dtype=np.float32)
@@ -319,6 +350,8 @@ def base_check(
     if weight_origin(w_t):
         return "quantized weight (from DequantizeLinear): rewriting it would break the quantization", spec, None
     if weight is None:
+        if string_constant(w_t):
+            return "weight type string is not float16/32/64", spec, None
         return "weight is computed at run time, not a constant", spec, None
     if weight.dtype.type not in FLOAT_TYPES:
         return f"weight type {weight.dtype} is not float16/32/64", spec, None
@@ -380,12 +413,13 @@ def finish_model(
 ) -> onnx.ModelProto:
     """Export ``graph`` and restore what export drops, keeping everything the pass did not touch.
 
-    Keeps the original IR version (the installed onnxruntime loaded the input, so it loads this), all opset
-    imports, model metadata, doc strings (model, graph, node), node metadata_props, producer fields, model-local
-    functions, value_info of tensors that still exist, and initializers the original did not use (onnx-graphsurgeon
-    exports only what some node reads). With ``cleanup`` False nothing is pruned: a pass that removes its own
-    dead nodes keeps dead code the model already had. Raises :class:`RewriteError` when the result fails
-    ``onnx.checker`` or shape inference.
+    Keeps the original IR version (the installed onnxruntime loaded the input, so it loads this) with the graph
+    inputs it asks of initializers (:func:`declare_initializers`), the original graph inputs in their order, all
+    opset imports, model metadata, doc strings (model, graph, node), node metadata_props, producer fields,
+    model-local functions, value_info of tensors that still exist, and initializers the original did not use
+    (onnx-graphsurgeon exports only what some node reads). With ``cleanup`` False nothing is pruned: a pass that
+    removes its own dead nodes keeps dead code the model already had. Raises :class:`RewriteError` when the
+    result fails ``onnx.checker`` or shape inference.
     """
     if cleanup:
         graph.cleanup(remove_unused_graph_inputs=False)
@@ -401,6 +435,7 @@ def finish_model(
     del model.functions[:]
     model.functions.extend(original.functions)
     _restore_graph_fields(original.graph, model.graph)
+    declare_initializers(model)
     if check:
         check_model(model, original)
     return model
@@ -418,10 +453,10 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
     for vi in orig.value_info:
         if vi.name in alive and vi.name not in have:
             new.value_info.append(vi)
-    # Graph inputs and outputs as the original declared them: the export rebuilds those ValueInfoProtos from
-    # its tensors, dropping doc strings and, where a shapeless value_info of the same name exists, the shape.
-    declared = {vi.name: vi for vi in list(orig.input) + list(orig.output)}
-    for vi in list(new.input) + list(new.output):
+    # Graph outputs as the original declared them: the export rebuilds those ValueInfoProtos from its tensors,
+    # dropping doc strings and, where a shapeless value_info of the same name exists, the shape.
+    declared = {vi.name: vi for vi in orig.output}
+    for vi in new.output:
         if vi.name in declared:
             vi.CopyFrom(declared[vi.name])
     # Initializers no node read in the original are dropped by the export; they were part of the model.
@@ -430,6 +465,7 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
     for t in orig.initializer:
         if t.name not in used and t.name not in present and not _read_by_subgraph(orig, t.name):
             new.initializer.append(t)
+    _restore_inputs(orig, new)
     # Node doc strings and metadata, matched by (name, op, outputs): a replaced node has another producer.
     by_key = {(n.name, n.op_type, tuple(n.output)): n for n in orig.node}
     for n in new.node:
@@ -446,6 +482,48 @@ def _restore_graph_fields(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
                 _restore_graph_fields(old_subs[key], sub)
 
 
+def _restore_inputs(orig: onnx.GraphProto, new: onnx.GraphProto) -> None:
+    """Put back ``orig``'s graph inputs, in their order and as declared (doc strings, shapes), in ``new``.
+
+    The export lists only the inputs that are not also initializers, so an input with an initializer of the same
+    name (every weight of an IR < 4 model, where each initializer must be an input too; a default value in
+    IR >= 4) would be lost. Such an input stays while its initializer does, and goes with it where a rewrite
+    removed the weight; inputs the export added come last.
+    """
+    inits = {t.name for t in new.initializer}
+    exported = [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in new.input]
+    exported_names = {vi.name for vi in exported}
+    kept = [vi for vi in orig.input if vi.name in exported_names or vi.name in inits]
+    kept_names = {vi.name for vi in kept}
+    del new.input[:]
+    new.input.extend(kept)
+    new.input.extend(vi for vi in exported if vi.name not in kept_names)
+
+
+def declare_initializers(model: onnx.ModelProto) -> None:
+    """Give every initializer a graph input of its name, type and shape where the IR version asks for it.
+
+    IR < 4 (the ONNX Model Zoo's classic exports, older PyTorch ones) requires each initializer to be a graph
+    input too, in subgraphs as well (``onnx.checker`` applies the rule to every graph; onnxruntime accepts the
+    extra inputs of If/Loop/Scan bodies, taking them as initializers). A pass's new weights get an input,
+    appended after the existing ones; nothing changes in IR >= 4.
+    """
+    if model.ir_version >= 4:
+        return
+
+    def visit(graph: onnx.GraphProto) -> None:
+        have = {vi.name for vi in graph.input}
+        for t in graph.initializer:
+            if t.name not in have:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                have.add(t.name)
+        for n in graph.node:
+            for _, sub in subgraphs_of(n):
+                visit(sub)
+
+    visit(model.graph)
+
+
 def _read_by_subgraph(graph: onnx.GraphProto, name: str) -> bool:
     for n in graph.node:
         for _, sub in subgraphs_of(n):
@@ -455,27 +533,57 @@ def _read_by_subgraph(graph: onnx.GraphProto, name: str) -> bool:
 
 
 def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
-    """onnx.checker plus strict shape inference; one-line :class:`RewriteError` on failure.
+    """onnx.checker plus strict shape inference (:func:`model_problems`); one-line :class:`RewriteError` on failure.
+
+    A complaint the ``original`` gets too, from the same one of the two, is not the rewrite's fault and does not
+    stop it: the caller says that the input was invalid (``separate`` prints a warning, see
+    :func:`onnxconv.requests.run_separate`). Each stops at its first complaint, so a problem of the rewrite's own
+    behind the input's in the same one goes unseen; running both halves the chance.
+    """
+    problems = model_problems(model)
+    if problems == (None, None):
+        return
+    known = model_problems(original) if original is not None else (None, None)
+    new = next((p for p, k in zip(problems, known) if p is not None and p != k), None)
+    if new is not None:
+        raise RewriteError(f"the rewritten model is invalid ({new[:300]}); nothing was written")
+
+
+def model_problem(model: onnx.ModelProto) -> str | None:
+    """The first complaint of :func:`model_problems` (the checker's before shape inference's), or None."""
+    return next((p for p in model_problems(model) if p is not None), None)
+
+
+def model_problems(model: onnx.ModelProto) -> tuple[str | None, str | None]:
+    """First lines of onnx.checker's and of strict shape inference's complaints about ``model`` (None for a pass).
 
     Both run on a weight-free copy (:func:`~onnxconv.weightless.shape_model`): serialising 100 MB of weights to
-    check a graph is pure waste, and a pass's new weights are built by numpy_helper. A problem the
-    ``original`` already has (e.g. an output type without a shape, which some exporters write) is not the
-    rewrite's fault and does not stop it.
+    check a graph is pure waste, and a pass's new weights are built by numpy_helper. A graph output declared
+    without a shape (which many exporters leave to inference and onnxruntime does not need) is given the shape
+    inference finds for it before the checker runs, as ``stats`` checks a model: the checker requires one, and
+    would otherwise call such a model invalid before looking at anything else.
     """
-    problem = _model_problem(model)
-    if problem is None:
-        return
-    if original is not None and _model_problem(original) == problem:
-        return
-    raise RewriteError(f"the rewritten model is invalid ({problem[:300]}); nothing was written")
-
-
-def _model_problem(model: onnx.ModelProto) -> str | None:
-    """First line of the checker's or strict shape inference's complaint, or None when the model passes."""
     light = shape_model(model)
+    inference = None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True)
+    except Exception as e:  # noqa: BLE001 - inference raises several types
+        inference = _first_line(e)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light)
+        except Exception:  # noqa: BLE001 - no shapes to lend the outputs then
+            inferred = light
+    shapes = {o.name: o.type.tensor_type for o in inferred.graph.output if o.type.tensor_type.HasField("shape")}
+    for o in light.graph.output:
+        if o.type.HasField("tensor_type") and not o.type.tensor_type.HasField("shape") and o.name in shapes:
+            o.type.tensor_type.shape.CopyFrom(shapes[o.name].shape)
     try:
         onnx.checker.check_model(light)
-        onnx.shape_inference.infer_shapes(light, strict_mode=True)
-    except Exception as e:  # noqa: BLE001 - checker and inference raise several types
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return None
+    except Exception as e:  # noqa: BLE001 - the checker raises several types
+        return _first_line(e), inference
+    return None, inference
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -109,14 +109,19 @@ def separable_weights(f: Factors, r: int, form: str) -> tuple[list[np.ndarray], 
     return dw, pw
 
 
-def reconstruction_error(f: Factors, weight: np.ndarray, r: int | None = None) -> float:
+def reconstruction_error(f: Factors, weight: np.ndarray, r: int | None = None,
+                         coverage: np.ndarray | None = None) -> float:
     """Largest relative error, over output channels, of ``weight`` rebuilt from its rank-``r`` factors (default:
     all ``q``) *as stored in the weight's dtype*: ``max_n ||W'[n] - W[n]|| / ||W[n]||``, rows over ``(M/g) x K``.
 
     Per output channel, not over the whole weight: an outlier (1e16 next to ordinary values) dominates the
     whole weight's norm, so a whole-weight figure would hide ordinary channels that the factoring got wrong.
-    A row that is all zero counts as reproduced only when it is rebuilt as zero. NaN when a factor overflows
-    the dtype (float16 above 65504).
+    ``coverage`` (``K`` counts, :func:`~onnxconv.counting.conv_tap_coverage` per axis) weights each kernel tap's
+    squared error by how many outputs read data through it, so the figure is the layer's relative output error
+    on random inputs: on a 1x1 input a 3x3 conv with pads 1 reads through its centre tap only, and an error
+    there is the whole output's, however small next to 1e30 weights on the taps that only ever see padding.
+    A row that is all zero (where covered) counts as reproduced only when it is rebuilt as zero. NaN when a
+    factor overflows the dtype (float16 above 65504).
     """
     w = np.asarray(weight)
     q = f.max_rank if r is None else r
@@ -126,8 +131,9 @@ def reconstruction_error(f: Factors, weight: np.ndarray, r: int | None = None) -
         rebuilt = np.matmul(p, vt)  # (M, Ng, K): slice m = (group gi, local input j)
     g, n, mg = f.group, int(w.shape[0]), int(w.shape[1])
     k = rebuilt.shape[2]
-    rows = rebuilt.reshape(g, mg, n // g, k).transpose(0, 2, 1, 3).reshape(n, mg * k)
-    ref = w.astype(np.float64).reshape(n, mg * k)
+    scale = np.ones(k) if coverage is None else np.sqrt(np.asarray(coverage, dtype=np.float64))
+    rows = (rebuilt.reshape(g, mg, n // g, k).transpose(0, 2, 1, 3) * scale).reshape(n, mg * k)
+    ref = (w.astype(np.float64).reshape(n, mg, k) * scale).reshape(n, mg * k)
     with np.errstate(over="ignore", invalid="ignore"):
         err = np.linalg.norm(rows - ref, axis=1)
         norm = np.linalg.norm(ref, axis=1)

@@ -36,7 +36,9 @@ the form measured fastest with onnxruntime on CPU (``tools/bench_separate.py``, 
 Nodes left alone, each with its reason: ConvTranspose (not a target), quantized convs (ConvInteger,
 QLinearConv, or a weight from DequantizeLinear), weights computed at run time, non-float weights, weights with
 NaN/Inf values, depthwise convs, 1x1 kernels, under ``exact`` weights whose factors stored in their own dtype do
-not rebuild them (:func:`reconstruction_error`, e.g. outliers 1e16 times the other values), convs in
+not rebuild them (:func:`reconstruction_error`, e.g. outliers 1e16 times the other values; each kernel tap weighted
+by how many outputs read data through it where the input size is known, so that taps that only ever read padding
+cannot hide an error on the ones that read data), convs in
 model-local functions (the body is shared by every call), and, unless ``force``, layers whose chosen rank saves
 no MACs and layers with fewer than ``min_channels`` input channels (stems).
 The original weights are never modified (a weight shared with another node keeps serving it); new weights keep
@@ -318,12 +320,29 @@ def _inexact(c: _Candidate) -> str | None:
     layer against :func:`~onnxconv.passes.ranks.exact_tolerance`, so such a layer stays as it was.
     """
     tol = exact_tolerance(c.dtype, c.factors.max_rank)
-    err = reconstruction_error(c.factors, c.weight)
+    err = reconstruction_error(c.factors, c.weight, coverage=_tap_coverage(c.spec))
     if err <= tol:
         return None
     shown = "overflows" if math.isnan(err) else f"differs by relative error {err:.2e} > {tol:.2e}"
     return (f"not exactly factorable in {c.dtype}: the rebuilt weight {shown} in some output channel "
             "(values of very different scales?)")
+
+
+def _tap_coverage(spec: ConvSpec) -> np.ndarray | None:
+    """How many outputs read data (not padding) through each kernel tap, flattened like the weight's taps
+    (:func:`~onnxconv.counting.conv_tap_coverage` per axis, multiplied), or None when an input dim or the pads are
+    unknown (then every tap counts the same, as on a large input)."""
+    dims = spec.input_shape[2:] if spec.input_shape else ()
+    if spec.pads is None or len(dims) != spec.spatial_rank or any(d is None for d in dims):
+        return None
+    k = spec.spatial_rank
+    cover = np.ones(1)
+    for axis, d in enumerate(dims):
+        assert d is not None  # checked above
+        counts = C.conv_tap_coverage(d, spec.kernel_shape[axis], spec.strides[axis], spec.dilations[axis],
+                                     spec.pads[axis], spec.pads[axis + k])
+        cover = np.multiply.outer(cover, np.asarray(counts, dtype=np.float64)).reshape(-1)
+    return cover
 
 
 def _choose_ranks(policy: RankPolicy, cands: Sequence[_Candidate], layers: Sequence[LayerChange]) -> list[int]:
@@ -400,6 +419,7 @@ def separate(
         cands = [c for c in cands if not c.change.reason]
     ranks = _choose_ranks(policy, cands, layers)
     emitter = _Emitter(NamePool(model))
+    unsized = 0  # --exact layers checked without their input size (every tap weighted alike)
     for c, r in zip(cands, ranks):
         ch, f = c.change, c.factors
         kept = f.kept
@@ -412,6 +432,7 @@ def separate(
             if why:
                 ch.reason = why
                 continue
+            unsized += _tap_coverage(c.spec) is None
         ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
                       "energy": float(kept[r])}
         ch.rank = r
@@ -431,6 +452,10 @@ def separate(
     _keep_order(out.graph, {name: i for i, names in enumerate(emitter.blocks) for name in names}, emitter.blocks)
     options: dict[str, object] = {"policy": policy.describe(), "form": form, "force": force,
                                   "min_channels": min_channels}
+    if unsized:
+        notes.append(f"--exact checked {unsized} layer(s) of unknown input size as if every kernel tap read data "
+                     "(true of inputs larger than the kernel); --input-shape, or --verify on the outputs, checks "
+                     "them as run")
     if notes:
         options["notes"] = notes
     return PassResult(model=out, layers=layers, pass_name="separable", options=options)
