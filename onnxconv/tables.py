@@ -8,11 +8,12 @@ model files. No heavy imports: ``onnxconv stats`` loads this too.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+import textwrap
+from collections.abc import Container, Mapping, Sequence
 
 from .text import printable
 
-__all__ = ["format_count", "grid"]
+__all__ = ["format_count", "grid", "shorten"]
 
 
 def format_count(value: float | int | None) -> str:
@@ -26,13 +27,45 @@ def format_count(value: float | int | None) -> str:
     return str(int(v)) if v.is_integer() else f"{v:.2f}"
 
 
-def grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Container[int] = ()) -> list[str]:
+def shorten(text: str, width: int, middle: bool = False) -> str:
+    """``text`` cut to ``width`` characters with ``...`` where it was cut: at the end, or in the middle for names
+    (whose start and end both tell layers apart: ``/model.22/cv3.2/...conv/Conv``)."""
+    if width < 8 or len(text) <= width:
+        return text
+    if middle:
+        head = (width - 3) // 2
+        return text[:head] + "..." + text[len(text) - (width - 3 - head):]
+    return text[: width - 3] + "..."
+
+
+def grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Container[int] = (),
+         max_widths: Mapping[int, int] | None = None, middle: Container[int] = (),
+         wrap: Container[int] = ()) -> list[str]:
     """``headers``, a line of dashes and ``rows`` as aligned lines: each column as wide as its widest cell,
     columns joined by two spaces, the columns whose index is in ``right`` right-aligned (numbers), the others
     left-aligned, trailing spaces removed. Every cell goes through :func:`~onnxconv.text.printable`, so a name
     with a newline or a terminal escape cannot add a line or drive the terminal, and the widths are those shown.
+    ``max_widths`` caps columns (index -> characters), so that a table fits a terminal: a capped cell of a column
+    in ``wrap`` continues on the next lines (words kept whole where they fit), any other is cut with ``...`` at
+    its end, or in its middle for the columns in ``middle``; the JSON reports keep every cell whole.
     """
-    body = [[printable(c) for c in row] for row in rows]
+    caps = dict(max_widths or {})
+    body: list[list[str]] = []
+    for row in rows:
+        cells = [printable(c) for c in row]
+        pieces: dict[int, list[str]] = {}
+        for i in list(caps):
+            if i >= len(cells) or len(cells[i]) <= caps[i]:
+                continue
+            if i in wrap:
+                pieces[i] = textwrap.wrap(cells[i], caps[i], break_on_hyphens=False) or [""]
+                cells[i] = pieces[i][0]
+            else:
+                cells[i] = shorten(cells[i], caps[i], i in middle)
+        body.append(cells)
+        for k in range(1, max((len(p) for p in pieces.values()), default=1)):
+            body.append(["" if i not in pieces else (pieces[i][k] if k < len(pieces[i]) else "")
+                         for i in range(len(cells))])
     widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:

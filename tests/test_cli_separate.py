@@ -57,7 +57,8 @@ def test_rank_rewrite_prints_layers_and_totals_and_keeps_the_input(model_path: P
     out = tmp_path / "out.onnx"
     res = run(str(model_path), "-o", str(out), "--rank", "2")
     assert res.exit_code == 0, res.output
-    assert "stem" in res.output and "head" in res.output and "r=2/9" in res.output and " sum " in res.output
+    assert "stem" in res.output and "head" in res.output and "rank 2/9, weight err" in res.output
+    assert max(len(line) for line in res.output.splitlines() if not line.startswith("note:")) <= 120
     assert "total: 2 convs, 2 rewritten, 0 skipped" in res.output
     assert digest(model_path) == before
     m = onnx.load(out)
@@ -201,7 +202,7 @@ def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Pat
               "--exclude", "^stem$", "--force", "--verify", "--report", str(report))
     assert res.exit_code == 0, res.output
     assert calls == {"groups": 4, "force": True, "excluded": "matched by --exclude '^stem$'"}
-    assert "g=4 kept=0.8125" in res.output
+    assert "4 groups, keeps 81% of W" in res.output
     assert "MACs 200 -> 125 (0.625x)" in res.output
     assert "verify 'Y'" in res.output
     assert json.loads(report.read_text())["layers"][1]["details"] == {"groups": 4, "kept_energy": 0.8125}
@@ -209,10 +210,13 @@ def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Pat
 
 def test_format_details() -> None:
     assert format_details({"rank": 3, "max_rank": 9, "rel_error": 0.1234567, "energy": 0.98, "form": "concat"}) == \
-        "r=3/9 err=0.1235 energy=0.9800 concat"
+        "rank 3/9, weight err 12%, concat form"
     assert format_details({"groups": 2, "kept_energy": 0.5, "forced": True, "extra": 1.5, "method": "spectral",
-                           "in_groups": [0, 1, 1, 0], "note": "x" * 40}) == \
-        "g=2 kept=0.5000 forced extra=1.5 method=spectral"
+                           "in_groups": [0, 1, 1, 0], "note": "x" * 40}) == "2 groups, keeps 50% of W, forced"
+    # The refit's figures in words; the rest (ridge, samples) stays in --report.
+    assert format_details({"rank": 2, "max_rank": 9, "rel_error": 0.0312, "out_err": 0.7014, "refit_err": 0.284,
+                           "ridge": 1e-6, "samples": 4096, "form": "sum"}) == "rank 2/9, weight err 3.1%, refit 70%->28%"
+    assert format_details({"rank": 1, "refit": "singular normal equations"}) == "rank 1, refit: singular normal equations"
 
 
 def test_exact_verify_failure_writes_nothing(tmp_path: Path) -> None:
@@ -360,3 +364,4 @@ def test_shape_options_mean_the_same_in_every_command(model_path: Path, tmp_path
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
     else:
         assert res.exit_code == 1 and res.output.startswith(message) and res.output.count("\n") == 1, res.output
+

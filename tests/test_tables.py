@@ -34,3 +34,15 @@ def test_format_count(value: float | None, shown: str) -> None:
 
 def test_format_count_still_importable_from_stats() -> None:
     assert stats.format_count is format_count
+
+
+def test_grid_caps_columns_cutting_names_and_wrapping_details() -> None:
+    name = "/model.22/cv3.2/cv3.2.0/conv/Conv_with_a_long_tail"
+    reason = "grouping keeps 52% of the weight energy, below --min-energy 0.95"
+    lines = grid(["layer", "details", "MACs"], [[name, reason, "1.2M"]], right={2}, max_widths={0: 20, 1: 24},
+                 middle={0}, wrap={1})
+    assert all(len(line) <= 20 + 2 + 24 + 2 + 4 for line in lines)
+    assert lines[2].startswith("/model.2...long_tail ")  # start and end of the name kept, 20 characters
+    # the whole reason is there, over several lines, words whole
+    assert " ".join(line[22:22 + 24].strip() for line in lines[2:]) == reason
+    assert lines[2].endswith("1.2M") and not lines[3].endswith("1.2M")

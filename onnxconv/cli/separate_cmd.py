@@ -45,40 +45,44 @@ UNCHANGED_EXIT = 4
 EXACT_TOLERANCE = 1e-5
 
 #: Longest text detail shown in the table.
-_SHORT = 24
+
+
+def _pct(v: Any) -> str:
+    """A fraction as a percentage: one decimal under 10 %, none above (the table has 120 columns to share)."""
+    if not isinstance(v, (int, float)):
+        return str(v)
+    p = 100 * float(v)
+    return f"{p:.1f}%" if abs(p) < 10 else f"{p:.0f}%"
 
 
 def format_details(details: Mapping[str, Any]) -> str:
-    """One short cell for a pass's per-layer ``details`` (separable: rank/error/form; shuffle: groups/kept).
-
-    Known keys come first in a fixed form; other scalar details follow as ``key=value``; lists, mappings and
-    long text are left to the JSON report. Text is escaped by :func:`~onnxconv.text.printable` (a detail may
-    quote a name from the model).
+    """One short cell in words for a pass's per-layer ``details``: what the layer became and what it cost, e.g.
+    ``rank 2/9, weight err 3.1%, refit 70%->28%`` (rank 2 of at most 9, the weight's relative error, the layer's
+    output error on the calibration samples before -> after the refit) or ``4 groups, keeps 93% of W`` (the
+    share of the weight's squared norm the grouping keeps). The figures behind it (ridges, sample counts,
+    per-channel data) are in ``--report``'s JSON. Text is escaped by :func:`~onnxconv.text.printable` (a detail
+    may quote a name from the model).
     """
-    parts: list[str] = []
     d = dict(details)
+    parts: list[str] = []
     if "rank" in d:
-        rank = d.pop("rank")
-        top = d.pop("max_rank", None)
-        parts.append(f"r={rank}" + (f"/{top}" if top is not None else ""))
+        top = d.get("max_rank")
+        parts.append(f"rank {d['rank']}" + (f"/{top}" if top is not None else ""))
     if "groups" in d:
-        parts.append(f"g={d.pop('groups')}")
-    for key, label in (("rel_error", "err"), ("energy", "energy"), ("kept_energy", "kept")):
-        if key in d:
-            v = d.pop(key)
-            parts.append(f"{label}={v:.4f}" if isinstance(v, (int, float)) else f"{label}={v}")
-    if "form" in d:
-        parts.append(str(d.pop("form")))
-    if d.pop("forced", False):
+        parts.append(f"{d['groups']} groups")
+    if "rel_error" in d:
+        parts.append(f"weight err {_pct(d['rel_error'])}")
+    elif "kept_energy" in d:
+        parts.append(f"keeps {_pct(d['kept_energy'])} of W")
+    if "out_err" in d and "refit_err" in d:
+        parts.append(f"refit {_pct(d['out_err'])}->{_pct(d['refit_err'])}")
+    elif isinstance(d.get("refit"), str):
+        parts.append(f"refit: {d['refit']}")
+    if d.get("forced"):
         parts.append("forced")
-    # Other scalars stay in the cell while short; per-channel data (shuffle: group labels, reorder notes) and
-    # long text belong in --report's JSON, not the table.
-    for key, v in d.items():
-        if isinstance(v, float):
-            parts.append(f"{key}={v:.4g}")
-        elif isinstance(v, (bool, int)) or (isinstance(v, str) and len(v) <= _SHORT):
-            parts.append(f"{key}={v}")
-    return printable(" ".join(parts))
+    if d.get("form") not in (None, DEFAULT_FORM):
+        parts.append(f"{d['form']} form")
+    return printable(", ".join(parts))
 
 
 def _ratio(before: int | None, after: int | None) -> str:
@@ -92,14 +96,16 @@ def _times(before: int | None, after: int | None) -> str:
 def render_result(result: PassResult) -> str:
     """The per-layer table (:func:`~onnxconv.tables.grid`, which escapes the names and reasons taken from the
     model) and the totals line; notes escaped by :func:`~onnxconv.text.printable`."""
-    headers = ["layer", "op", "status", "details", "MACs before", "MACs after", "ratio"]
+    headers = ["layer", "op", "status", "details", "MACs", "after", "ratio"]
     rows = []
     for c in result.layers:
         after = c.macs_after if c.rewritten else c.macs_before
         detail = format_details(c.details) if c.rewritten else c.reason
         rows.append([c.name, c.op_type, "rewritten" if c.rewritten else "skipped", detail,
                      format_count(c.macs_before), format_count(after), _ratio(c.macs_before, after)])
-    out = grid(headers, rows, right={4, 5, 6})
+    # Fits a 120-column terminal: long names keep their start and end (--report has them whole), long details
+    # and reasons continue on the next line.
+    out = grid(headers, rows, right={4, 5, 6}, max_widths={0: 24, 1: 12, 3: 44}, middle={0}, wrap={3})
     t = result.totals()
     out.append("")
     out.append(
