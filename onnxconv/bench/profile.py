@@ -31,8 +31,9 @@ import onnx
 from ..compare import feeds_for
 from ..conv import known
 from ..errors import OnnxConvError
+from ..providers import Provider
 from ..stats import LayerStats
-from .config import BenchConfig, NodeTime, Profile, Provider
+from .config import BenchConfig, NodeTime, Profile
 from .runners import InputArg, IOInfo, Runner
 
 __all__ = ["parse_profile", "join_profile", "profile_model"]

@@ -30,7 +30,8 @@ import onnx
 
 from ..compare import feeds_for, ort_message, session
 from ..errors import OnnxConvError
-from .config import BenchConfig, Memory, Provider, ProviderError
+from ..providers import Provider, ProviderError
+from .config import BenchConfig, Memory
 
 __all__ = ["Runner", "WorkerRunner", "IOInfo", "InputArg", "session_providers", "current_rss_bytes",
            "peak_rss_bytes", "device_memory_bytes", "mib"]

@@ -36,8 +36,8 @@ import onnx
 
 from ..compare import compare_outputs, load_inputs, make_inputs
 from ..errors import OptionError
-from .config import (DEFAULT_DURATION, MIN_ROUNDS, BenchConfig, BenchReport, ModelResult, Provider, ProviderRun,
-                     SpeedUp, Timing, resolve_provider)
+from ..providers import Provider, resolve_provider
+from .config import DEFAULT_DURATION, MIN_ROUNDS, BenchConfig, BenchReport, ModelResult, ProviderRun, SpeedUp, Timing
 from .profile import profile_model
 from .runners import Runner, WorkerRunner, mib, peak_rss_bytes
 

@@ -78,11 +78,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..bench import resolve_provider
 from ..calibration import CalibrationSet, held_out_feeds, load_calibration, refit
 from ..errors import OptionError
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM
+from ..providers import resolve_provider
 from ..tables import format_count
 from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
@@ -552,7 +552,7 @@ def plan_rewrite(
         target_speedup: S > 1, the wanted latency ratio original / rewritten (None: only the error budget).
         max_output_error: E >= 0, the largest end-to-end relative output error (worst output, worst channel
             included) allowed on the held-out samples (None: no error budget).
-        provider: cpu / cuda / tensorrt (:func:`onnxconv.bench.resolve_provider`).
+        provider: cpu / cuda / tensorrt (:func:`onnxconv.providers.resolve_provider`).
         mode: separable (options: ranks), shuffle (options: ``groups``, default :data:`GROUP_CHOICES`) or mixed
             (both, per layer: keep, a rank or a G in the same model).
         form: the separable graph form (default: the pass's).
