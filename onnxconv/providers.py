@@ -52,7 +52,7 @@ def resolve_provider(name: str, available: Sequence[str] | None = None) -> Provi
             available ones and the ``gpu`` extra).
     """
     if available is None:
-        import onnxruntime as ort  # lazy: importing onnxruntime costs ~150 ms of start-up
+        import onnxruntime as ort  # lazy: ~150 ms to import, which commands that run no model skip
 
         available = ort.get_available_providers()
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())

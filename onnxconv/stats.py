@@ -31,6 +31,7 @@ from .analysis.layer import LayerStats
 from .analysis.rows import MAC_OPS, RECURRENT_OPS
 from .analysis.scope import DEFAULT_DOMAINS, Scope
 from .analysis.walker import Walker
+from .compare import run_model, session
 from .conv import CONV_OPS, INT64_MAX
 from .errors import OptionError, ShapeError
 from .graph import node_label, subgraphs_of
@@ -139,8 +140,6 @@ def observe_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> d
     Raises:
         OnnxConvError: onnxruntime cannot load or run the model on these inputs.
     """
-    from .compare import run_model, session
-
     wanted: dict[str, None] = {}
     for node in model.graph.node:
         if node.op_type in CONV_OPS or _vendor_conv(node):

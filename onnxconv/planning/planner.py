@@ -78,11 +78,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .. import compare
 from ..calibration import CalibrationSet, held_out_feeds, load_calibration, refit
 from ..errors import OptionError
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM
 from ..providers import resolve_provider
+from ..stats import analyze
 from ..tables import format_count
 from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
@@ -197,8 +199,6 @@ class _Measurer:
                  threads: int | None, iters: int, do_refit: bool, refit_kernels: bool, seed: int,
                  model_s: float, base: onnx.ModelProto | None = None, bench_cal: CalibrationSet | None = None,
                  quantizer: Quantizer | None = None, judge: Judge | None = None) -> None:
-        from .. import compare
-
         self.model, self.layers, self.cands, self.skipped = model, layers, cands, skipped
         self.form, self.input_shapes, self.batch = form, input_shapes, batch
         self.calibration, self.provider, self.chain, self.threads = calibration, provider, chain, threads
@@ -236,8 +236,6 @@ class _Measurer:
 
     def verdict_of(self, model: onnx.ModelProto) -> Verdict:
         """``model``'s outputs judged against the fp32 original's on the error inputs."""
-        from .. import compare
-
         sess = compare.session(model, list(self.chain), self.threads)
         return self.judge.verdict(self.ref_runs, [compare.run_model(sess, f) for f in self.feeds])
 
@@ -248,8 +246,6 @@ class _Measurer:
         if all(c.macs_before is not None for c in result.layers):
             tot = result.totals()
             return int(tot["macs_before"]), int(tot["macs_after"])
-        from ..stats import analyze
-
         shapes = {k: [self.calibration.batch or 1, *v.shape[1:]] for k, v in self.calibration.arrays.items()}
         if self._macs_before is None:
             self._macs_before = int(analyze(self.model, input_shapes=shapes).totals["macs"])
