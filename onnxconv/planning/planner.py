@@ -1,7 +1,8 @@
 """Hardware-aware planning: per layer keep, depthwise rank r or grouped G, to reach a measured speed-up.
 
-``--budget`` counts MACs, but a rewrite's worth depends on the provider, threads and batch (conv-math.md: a
-rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite` measures instead:
+``--budget`` counts MACs, but a rewrite's worth depends on the provider, threads and batch (docs/conv-math.md,
+"onnxruntime facts": a rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite` measures
+instead:
 
 1. **Candidates and options.** The layers the pass would rewrite (a dry run of the pass with the user's
    filter), each with its options: *keep*, every depthwise rank ``r`` in :data:`RANK_CHOICES` that saves MACs
