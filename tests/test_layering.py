@@ -12,6 +12,8 @@ Every module of onnxconv is parsed with ``ast`` (nothing is imported). The check
   module of the "Lazy imports" table of docs/architecture.md, and says why in a comment at the import.
 * **No ``_private`` names across modules**: neither imported (``from .x import _y``) nor read off an imported
   module (``x._y``).
+* **``onnxconv stats`` starts light**: what its command module loads at import time holds no rewrite, planning,
+  calibration or timing code, and imports none of onnxruntime, onnx-graphsurgeon, rich or matplotlib.
 """
 
 from __future__ import annotations
@@ -293,3 +295,30 @@ def test_no_private_names_cross_modules(module: str) -> None:
               if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases
               and n.attr.startswith("_") and not n.attr.startswith("__")]
     assert not found, "\n".join(found)
+
+
+def loaded_by(module: str) -> set[str]:
+    """Every onnxconv module importing ``module`` loads at import time: module-level imports (TYPE_CHECKING ones
+    left out) and the parent packages Python runs first, followed transitively."""
+    edges = graph(lazy=False)
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        parts = m.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(edges.get(m, ()))
+    return seen
+
+
+def test_the_stats_command_loads_no_rewrite_planning_or_timing_code() -> None:
+    """docs/architecture.md, "Lazy imports": ``onnxconv stats`` starts without passes/ (onnx-graphsurgeon),
+    planning/ or bench/, and without onnxruntime, rich or matplotlib (imported by no module it loads)."""
+    loaded = loaded_by("onnxconv.cli.stats_cmd")
+    assert not {m for m in loaded - set(ENTRY) if unit(m) in ("passes", "planning", "bench", "calibration", "requests")}
+    heavy = [f"{i.importer}:{i.line} imports {i.target}" for i in IMPORTS
+             if i.importer in loaded and not i.lazy and not i.typing_only
+             and i.target.split(".")[0] in ("onnxruntime", "onnx_graphsurgeon", "rich", "matplotlib")]
+    assert not heavy, "\n".join(heavy)
