@@ -12,7 +12,7 @@ import sys
 def run() -> None:
     """Import and run the CLI, turning a Ctrl-C during the import into exit status 130."""
     try:
-        from onnxconv.cli import main
+        from onnxconv.cli import main  # here, not at the top: a Ctrl-C during this import must exit 130 too
     except KeyboardInterrupt:
         sys.stderr.write("\nAborted!\n")
         sys.exit(130)

@@ -52,9 +52,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from . import array_io
 from .errors import OnnxConvError, OptionError
+from .shapes import require_input, shape_example
 
 if TYPE_CHECKING:  # onnxruntime is imported where a session is made (slow to import); here only its name
     from onnxruntime import InferenceSession
@@ -152,7 +154,7 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],
         spinning: False stops idle intra-op threads from spin-waiting after a run (they would steal cores from
             the next session when several are timed in turn); None keeps onnxruntime's default (spin).
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: ~150 ms to import, which commands that run no model skip
 
     so = ort.SessionOptions()
     so.log_severity_level = ORT_LOG_SEVERITY  # the run logger inherits it: runs stay quiet too
@@ -191,7 +193,7 @@ def memory_limit_bytes() -> int | None:
     except (ValueError, OSError, AttributeError):  # not POSIX, or the names are unknown here
         pass
     try:  # an address-space limit (ulimit -v, a container's) binds before the physical memory does
-        import resource
+        import resource  # POSIX only: imported where its absence (Windows) is handled
 
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
         if soft != resource.RLIM_INFINITY and soft > 0:
@@ -217,8 +219,6 @@ def make_inputs(sess: InferenceSession, input_shapes: Mapping[str, Sequence[int]
         OptionError: ``input_shapes`` names no input of the session, a symbolic dim other than the batch is
             not given, a type random inputs do not cover, or the inputs would not fit in memory.
     """
-    from .shapes import require_input, shape_example
-
     shapes = dict(input_shapes or {})
     inputs = sess.get_inputs()
     for name in shapes:
@@ -283,8 +283,6 @@ def value_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
 
 def model_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """(name, dims, numpy dtype) of each graph input to feed (an input with an initializer has a default)."""
-    from onnx import helper
-
     inits = {t.name for t in model.graph.initializer}
     out: list[InputSpec] = []
     for vi in model.graph.input:

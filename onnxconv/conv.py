@@ -87,7 +87,7 @@ class ConvSpec:
 
     @property
     def kind(self) -> str:
-        """standard / grouped / depthwise / pointwise / transposed (see conv-math.md "Kinds")."""
+        """standard / grouped / depthwise / pointwise / transposed (docs/conv-math.md, "Kinds")."""
         if self.transposed:
             return "transposed"
         if self.group > 1 and self.group == self.c_in and self.c_out % self.c_in == 0:

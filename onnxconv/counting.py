@@ -1,6 +1,7 @@
 """Pure convolution arithmetic: output sizes, params, MACs, exact FLOPs and receptive fields.
 
-Conventions (see ``shared/docs/conv-math.md``; every figure onnxconv prints follows them):
+Conventions (derived, with checked worked examples, in ``docs/conv-math.md``; every figure onnxconv prints
+follows them):
 
 * **Layout** is ONNX's: X is ``N x C_in x D1..Dk``; a Conv weight is ``C_out x C_in/g x k1..kk``; a
   ConvTranspose weight is ``C_in x C_out/g x k1..kk``.

@@ -32,12 +32,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from .counting import prod
+from .dtypes import elem_size
 from .errors import ModelLoadError, OnnxConvError, OptionError
 from .graph import cyclic_nodes, subgraphs_of
+from .shapes import apply_input_shapes
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
-    "check_weights", "fix_input_shapes", "same_file", "elem_size", "StagedFiles",
+    "check_weights", "fix_input_shapes", "same_file", "StagedFiles",
 ]
 
 
@@ -282,8 +284,6 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence
     Raises:
         OptionError: unknown input, wrong rank, a fixed dim contradicted, or one dim name given two values.
     """
-    from .shapes import apply_input_shapes
-
     graph = model.graph
     weights = frozenset(t.name for t in graph.initializer)
     before = {vi.name: [d.dim_param if d.HasField("dim_param") else None for d in vi.type.tensor_type.shape.dim]
@@ -300,14 +300,6 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence
         for dim in vi.type.tensor_type.shape.dim:
             if dim.HasField("dim_param") and dim.dim_param in values:
                 dim.dim_value = values[dim.dim_param]
-
-
-def elem_size(data_type: int) -> int:
-    """Bytes per element of an ONNX tensor type (at least 1: packed 4-bit and 2-bit types count as 1)."""
-    try:
-        return max(1, onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize)
-    except (KeyError, TypeError, ValueError):
-        return 1 if data_type >= 17 else 4  # float8/int4 families are one byte or less per element
 
 
 def _parse_file(path: Path, model: onnx.ModelProto) -> None:

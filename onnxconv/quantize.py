@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import version_converter
 
 from .compare import ort_message
 from .errors import OptionError, RewriteError, ShapeError
@@ -72,7 +73,7 @@ class QuantizeError(RewriteError):
 
 
 def _quant_type(name: str, what: str) -> Any:
-    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import QuantType  # lazy: ~200 ms to import, int8 runs only
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     key = str(name).strip().lower()
@@ -82,7 +83,7 @@ def _quant_type(name: str, what: str) -> Any:
 
 
 def _calibrate_method(name: str) -> Any:
-    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization import CalibrationMethod  # lazy: ~200 ms to import, int8 runs only
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -189,8 +190,6 @@ def _fixed(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], per_chan
     if opset is None:
         raise QuantizeError("the model imports no ai.onnx opset: nothing the quantizer knows")
     if per_channel and opset < PER_CHANNEL_OPSET:
-        from onnx import version_converter
-
         try:
             m = version_converter.convert_version(m, PER_CHANNEL_OPSET)
         except Exception as e:  # noqa: BLE001 - the converter raises untyped errors from C++
@@ -201,7 +200,7 @@ def _fixed(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], per_chan
 
 def _reader(feeds: Sequence[dict[str, np.ndarray]]) -> Any:
     """onnxruntime's CalibrationDataReader over a list of feeds (``get_next`` -> the next one, then None)."""
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader  # lazy: ~200 ms to import, int8 runs only
 
     class _FeedReader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -260,7 +259,7 @@ def quantize_static_qdq(
         ShapeError: feeds whose shapes disagree for a dynamic input, or do not fit the model.
         QuantizeError: onnxruntime's quantizer (or the opset conversion) failed; its reason in one line.
     """
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static  # lazy: ~200 ms to import, int8 runs only
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     act = _quant_type(activation_type, "activation type")

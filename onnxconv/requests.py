@@ -19,16 +19,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .calibration import held_out_feeds, load_calibration, model_inputs, refit_from_file
+from .compare import check_inputs, model_input_specs, parse_channel_axes, read_npz, value_dims
 from .errors import OptionError
-from .passes.common import NodeFilter, model_problem
+from .metrics import load_metric
+from .model_io import check_weights, external_data_files, fix_input_shapes, load_model
+from .passes.common import NodeFilter, PassResult, model_problem
+from .passes.ranks import RankPolicy
 from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
-
-if TYPE_CHECKING:
-    from .passes.common import PassResult
-    from .planning.judge import Judge
-    from .passes.ranks import RankPolicy
+from .passes.separable import separate as separate_pass
+from .passes.shuffle import group_shuffle
+from .planning import plan_from_file
+from .planning.judge import Judge
 
 __all__ = ["SeparateRequest", "SeparateOutcome", "run_separate", "RANK_OPTIONS"]
 
@@ -154,16 +158,11 @@ class SeparateRequest:
 
     def channel_axes(self) -> dict[str, int]:
         """``--channel-axis`` values as output name -> axis."""
-        from .compare import parse_channel_axes
-
         return parse_channel_axes(self.channel_axis)
 
     def judge(self) -> Judge:
         """How outputs are judged (planner and verify): channel axes, and the metric loaded from its SPEC (the
         user's own code runs here, once)."""
-        from .metrics import load_metric
-        from .planning.judge import Judge
-
         return Judge(load_metric(self.metric) if self.metric else None, self.min_metric, self.channel_axes())
 
     def node_filter(self) -> NodeFilter:
@@ -178,8 +177,6 @@ class SeparateRequest:
         """
         if self.mode != "separable" or self.plans:
             return None
-        from .passes.ranks import RankPolicy
-
         chosen = [k for k in RANK_OPTIONS if _given(getattr(self, k))]
         if len(chosen) > 1:
             raise OptionError("choose one of --rank, --energy, --exact, --max-error, --budget (got "
@@ -218,8 +215,6 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         OnnxConvError: bad options (:meth:`SeparateRequest.validate`), a bad model, ``--inputs`` that do not fit
             the model (checked before a rewrite that may take minutes), or a failed rewrite.
     """
-    from .model_io import check_weights, external_data_files, fix_input_shapes, load_model
-
     r = request
     r.validate()
     given_inputs: dict[str, Any] | None = None
@@ -228,10 +223,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     node_filter = r.node_filter()
     m = load_model(r.model)
     if r.inputs is not None:
-        from . import compare
-
-        given_inputs = compare.check_inputs(compare.read_npz(r.inputs, f"--inputs {r.inputs}"),
-                                            compare.model_input_specs(m), f"--inputs {r.inputs}")
+        given_inputs = check_inputs(read_npz(r.inputs, f"--inputs {r.inputs}"), model_input_specs(m),
+                                    f"--inputs {r.inputs}")
     # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
     # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
     data_files = [os.path.join(os.path.dirname(r.model), loc) for loc in external_data_files(m)]
@@ -246,8 +239,6 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     derived = _data_shapes(m, r, given_inputs, shapes)
     shapes.update(derived)
     if r.plans:
-        from .planning import plan_from_file
-
         assert r.calibration is not None  # validate(): planning needs --calibration
         result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup,
                                 max_output_error=r.max_output_error, precision=r.precision,
@@ -256,20 +247,14 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
                                 form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
                                 input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit, judge=judge)
     elif r.mode == "separable":
-        from .passes.separable import separate as separate_pass
-
         assert policy is not None  # policy(): separable mode without --target-speedup has one (or raised)
         result = separate_pass(m, policy, form=r.form, node_filter=node_filter, force=r.force,
                                min_channels=r.min_channels, input_shapes=shapes, batch=r.batch)
     else:
-        from .passes.shuffle import group_shuffle
-
         assert r.groups is not None  # validate(): --mode shuffle without --target-speedup needs --groups
         result = group_shuffle(m, groups=r.groups, node_filter=node_filter, force=r.force, mixing=r.mixing,
                                min_energy=r.min_energy, input_shapes=shapes, batch=r.batch)
     if r.calibration is not None and not r.plans:
-        from .calibration import refit_from_file
-
         result = refit_from_file(m, result, r.calibration, provider=r.provider, threads=r.threads,
                                  depthwise=r.kernel_refit)
     if derived:
@@ -287,9 +272,6 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         result.options["output_invalid"] = model_problem(result.model)
     held_out = None
     if r.verifies and r.inputs is None and r.calibration is not None:
-        from .calibration import held_out_feeds, model_inputs
-        from .compare import value_dims
-
         held_out = held_out_feeds(r.calibration, m)  # the samples the refit (seed 0) never saw
         # A rewrite with a static batch (--precision int8, --fix-input-shape) takes that many samples per run.
         dims = value_dims(model_inputs(result.model)[0]) if model_inputs(result.model) else None
@@ -304,9 +286,6 @@ def _data_shapes(model: Any, r: SeparateRequest, given: Mapping[str, Any] | None
                  shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
     """Input shapes the data fixes where the model leaves dims symbolic and ``--input-shape`` does not: the
     ``--inputs`` arrays' shapes, else the ``--calibration`` samples' (batch: the model's fixed one, else 1)."""
-    from .calibration import load_calibration, model_inputs
-    from .compare import value_dims
-
     open_inputs = [vi.name for vi in model_inputs(model)
                    if vi.name not in shapes and (value_dims(vi) is None or None in (value_dims(vi) or []))]
     if not open_inputs:

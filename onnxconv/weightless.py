@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import onnx
 
 from .counting import prod
-from .model_io import elem_size
+from .dtypes import elem_size
 
 __all__ = ["shape_model", "stripped_source", "KEEP_VALUES_BELOW"]
 

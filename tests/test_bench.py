@@ -229,7 +229,7 @@ def test_model_declaring_a_wrong_output_rank_still_runs_repeatedly(tmp_path) -> 
 def test_model_errors_are_one_line(tmp_path) -> None:
     with pytest.raises(OnnxConvError, match="no such file"):
         B.bench([str(tmp_path / "nope.onnx")], B.BenchConfig(**QUICK))
-    # onnxruntime refuses SAME_* auto_pad with dilation at run time (docs/conv-math.md): a run error, one line.
+    # onnxruntime refuses SAME_* auto_pad with dilation at run time (docs/conv-math.md, "onnxruntime facts"): a run error, one line.
     bad = single_conv([1, 2, 9, 9], [2, 2, 3, 3], auto_pad="SAME_UPPER", dilations=[2, 2])
     with pytest.raises(OnnxConvError, match="^onnxruntime failed to run bad: ") as e:
         B.bench([bad], B.BenchConfig(**QUICK), names=["bad"])

@@ -335,7 +335,7 @@ def test_patches_times_weights_is_the_conv_output(kernel, stride, dilation, pad,
         attrs["pads"] = [1, 0, 0, 2]
     elif pad != "none":
         attrs["auto_pad"] = pad
-        dilation = 1  # onnxruntime refuses SAME_* with dilation > 1 (conv-math.md)
+        dilation = 1  # onnxruntime refuses SAME_* with dilation > 1 (docs/conv-math.md, "onnxruntime facts")
     attrs["dilations"] = [dilation] * 2
     w = rng.standard_normal((4, 4 // group, *kernel)).astype(np.float32)
     model = make_model([helper.make_node("Conv", ["X", "W"], ["Y"], name="c", **attrs)], [tensor("X", [1, 4, 9, 8])],

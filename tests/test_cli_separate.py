@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -138,12 +136,12 @@ def test_bad_options_are_one_line_errors_and_write_nothing(model_path: Path, tmp
 def test_inputs_that_do_not_fit_are_refused_before_the_rewrite(model_path: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong --inputs file is one line and exit 1 at once, not after a long rewrite and refit."""
-    import onnxconv.passes.separable as separable
+    import onnxconv.requests as requests
 
     def fail(*_a: object, **_k: object) -> None:
         raise AssertionError("the pass ran before the inputs were checked")
 
-    monkeypatch.setattr(separable, "separate", fail)
+    monkeypatch.setattr(requests, "separate_pass", fail)  # the pass as run_separate calls it
     inputs = tmp_path / "x.npz"
     np.savez(inputs, X=np.zeros((2, 8, 10, 12), np.float32))  # the model needs ? x 8 x 12 x 12
     out = tmp_path / "o.onnx"
@@ -194,9 +192,9 @@ def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Pat
                               details={"groups": groups, "kept_energy": 0.8125})]
         return PassResult(model=model, layers=layers, pass_name="shuffle", options={"groups": groups})
 
-    fake = types.ModuleType("onnxconv.passes.shuffle")
-    fake.group_shuffle = group_shuffle  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "onnxconv.passes.shuffle", fake)
+    import onnxconv.requests as requests
+
+    monkeypatch.setattr(requests, "group_shuffle", group_shuffle)  # the pass as run_separate calls it
     report = tmp_path / "r.json"
     res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--mode", "shuffle", "--groups", "4",
               "--exclude", "^stem$", "--force", "--verify", "--report", str(report))

@@ -1,4 +1,4 @@
-"""Pure counting arithmetic: conv-math.md's checked examples, and brute-force counts of MACs and exact FLOPs."""
+"""Pure counting arithmetic: docs/conv-math.md's worked examples, and brute-force counts of MACs and exact FLOPs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onnxconv import counting as C
 from onnxconv.conv import conv_spec
 
 
-# -- conv-math.md "Worked examples, checked by hand" -------------------------------------------------------------
+# -- docs/conv-math.md "Worked examples" -------------------------------------------------------------------------
 
 def test_alexnet_conv1_worked_example() -> None:
     # 3->6 channels, 11x11, 227x227 input, stride 4 -> 55x55, with bias.

@@ -117,7 +117,7 @@ def test_exact_rank_matches_original_in_onnxruntime(cfg: dict) -> None:
     assert layer.details["rel_error"] < 1e-6
     reference = model
     if cfg["auto_pad"].startswith("SAME") and any(d > 1 for d in cfg["dilations"]):
-        # onnxruntime refuses SAME_* with dilation > 1 (conv-math.md): compare with the explicit-pads conv.
+        # onnxruntime refuses SAME_* with dilation > 1 (docs/conv-math.md, "onnxruntime facts"): compare with the explicit-pads conv.
         reference = build({**cfg, "auto_pad": "NOTSET", "pads": pads})
     (agree,) = agreement(reference, result.model, seed=cfg["seed"])
     assert agree.rel_error <= 1e-5, (agree, cfg)

@@ -505,7 +505,7 @@ def test_input_model_is_not_modified_and_metadata_survives() -> None:
 
 
 def test_params_and_macs_follow_the_worked_example() -> None:
-    """12 -> 6, 3x3: standard 648 weights, group 3: 216 (conv-math.md); MACs divide by G."""
+    """12 -> 6, 3x3: standard 648 weights, group 3: 216 (docs/conv-math.md, "Worked examples"); MACs divide by G."""
     rng = np.random.default_rng(7)
     ch = Chain([1, 12, 8, 8])
     ch.conv(dense_weight(rng, 6, 12, (3, 3)), name="c")

@@ -5,7 +5,7 @@ For each architecture (built by tools/archs.py, random He-normal weights) this w
 
     exact   separable at the exact rank (reproduces the conv; shows what the graph form alone costs)
     r1, r2  separable at rank 1 and 2 (approximations: on random weights their error is large by design,
-            trained weights decay faster, see docs/conv-math.md)
+            trained weights decay faster, see docs/conv-math.md, "Depthwise separable and the rank-r form")
     g4      grouped with 4 groups + channel shuffle
 
 then times all of them in one interleaved :func:`onnxconv.bench.bench` run per provider (speed-up = median of

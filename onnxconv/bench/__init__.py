@@ -3,8 +3,9 @@
 One module per concern; this package re-exports their public names, so ``from onnxconv.bench import bench``
 and ``onnxconv.bench.BenchConfig`` keep working:
 
-* :mod:`~onnxconv.bench.config`: options (:class:`BenchConfig`), results (:class:`BenchReport` and its parts),
-  providers (:func:`resolve_provider`) and the CI thresholds a report is judged by.
+* :mod:`~onnxconv.bench.config`: options (:class:`BenchConfig`), results (:class:`BenchReport` and its parts)
+  and the CI thresholds a report is judged by. Providers (:func:`resolve_provider`) live in
+  :mod:`onnxconv.providers`, which calibration and planning use too; they are re-exported here.
 * :mod:`~onnxconv.bench.runners`: one model's session with its inputs bound, in this process or a worker one;
   memory readings.
 * :mod:`~onnxconv.bench.timing`: :func:`bench`, the interleaved rounds and the statistics of their times (how
@@ -15,9 +16,9 @@ and ``onnxconv.bench.BenchConfig`` keep working:
 
 from __future__ import annotations
 
-from .config import (DEFAULT_DURATION, FORMATS, MAX_THREADS, MIN_ROUNDS, PROVIDERS, BenchConfig, BenchReport, Memory,
-                     ModelResult, NodeTime, Profile, Provider, ProviderError, ProviderRun, SpeedUp, Timing,
-                     check_thresholds, resolve_provider, validate_thresholds)
+from ..providers import MAX_THREADS, PROVIDERS, Provider, ProviderError, resolve_provider
+from .config import (DEFAULT_DURATION, FORMATS, MIN_ROUNDS, BenchConfig, BenchReport, Memory, ModelResult, NodeTime,
+                     Profile, ProviderRun, SpeedUp, Timing, check_thresholds, validate_thresholds)
 from .profile import join_profile, parse_profile, profile_model
 from .render import render
 from .runners import current_rss_bytes, device_memory_bytes, peak_rss_bytes, session_providers

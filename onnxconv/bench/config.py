@@ -1,47 +1,27 @@
-"""Options, results and providers of ``onnxconv bench``, and the thresholds a report is judged by.
+"""Options and results of ``onnxconv bench``, and the thresholds a report is judged by.
 
 Plain data and checks: nothing here imports onnxruntime at module load or runs a model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..compare import OPT_LEVELS, Agreement
 from ..errors import OptionError
+from ..providers import MAX_THREADS
 
 __all__ = [
     "BenchConfig", "BenchReport", "ProviderRun", "ModelResult", "Timing", "SpeedUp", "Memory", "NodeTime",
-    "Profile", "Provider", "ProviderError", "PROVIDERS", "MAX_THREADS", "FORMATS", "DEFAULT_DURATION", "MIN_ROUNDS",
-    "resolve_provider", "validate_thresholds", "check_thresholds",
+    "Profile", "FORMATS", "DEFAULT_DURATION", "MIN_ROUNDS", "validate_thresholds", "check_thresholds",
 ]
-
-#: Short provider names -> the execution providers a session is given, in order (CPU last: it runs what the
-#: accelerator provider has no kernel for).
-PROVIDERS: dict[str, tuple[str, ...]] = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-}
-_ALIASES = {"gpu": "cuda", "trt": "tensorrt", **{v[0].lower(): k for k, v in PROVIDERS.items()}}
-_DEVICE = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
 
 FORMATS = ("table", "json")
 #: Time budget of the timed rounds when neither ``iters`` nor ``duration`` is given (seconds, per provider).
 DEFAULT_DURATION = 5.0
 #: Fewest timed rounds in duration mode, so percentiles and the ratio spread mean something.
 MIN_ROUNDS = 5
-#: Most intra-op threads a session may be given. onnxruntime starts every one of them at session creation, and
-#: a thread beyond the cores only waits for one: a typo such as ``--threads 100000`` would start 100000 OS
-#: threads (minutes, or a failure to spawn) for nothing. 1024 is above the core count of any single machine
-#: onnxruntime runs on, so no real setting is refused.
-MAX_THREADS = 1024
-
-
-class ProviderError(OptionError):
-    """A requested execution provider is not in this onnxruntime build, or could not start."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -211,43 +191,6 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Providers
-
-
-@dataclass(frozen=True)
-class Provider:
-    """A resolved provider: short name, the execution providers a session gets, and where tensors live."""
-
-    name: str
-    chain: tuple[str, ...]
-    device: str
-
-
-def resolve_provider(name: str, available: Sequence[str] | None = None) -> Provider:
-    """Map ``cpu|cuda|tensorrt`` (or a full execution-provider name) to a :class:`Provider`.
-
-    Raises:
-        ProviderError: unknown name, or not available in this onnxruntime build (one line that lists the
-            available ones and the ``gpu`` extra).
-    """
-    if available is None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in PROVIDERS:
-        raise ProviderError(f"--provider {name}: unknown; choose from {', '.join(PROVIDERS)}")
-    chain = PROVIDERS[key]
-    if chain[0] not in available:
-        short = {v[0]: k for k, v in PROVIDERS.items()}
-        listed = ", ".join(short.get(a, a) for a in available) or "none"
-        hint = (" (for GPUs install the gpu extra, pip install 'onnxconv[gpu]', which brings onnxruntime-gpu;"
-                " uninstall onnxruntime first)") if key != "cpu" else ""
-        raise ProviderError(f"provider '{key}' ({chain[0]}) is not available; available: {listed}{hint}")
-    return Provider(key, tuple(p for p in chain if p in available), _DEVICE[key])
 
 
 # --------------------------------------------------------------------------------------------------------------

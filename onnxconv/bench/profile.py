@@ -31,8 +31,11 @@ import onnx
 from ..compare import feeds_for
 from ..conv import known
 from ..errors import OnnxConvError
-from ..stats import LayerStats
-from .config import BenchConfig, NodeTime, Profile, Provider
+from ..graph import node_label
+from ..model_io import load_model
+from ..providers import Provider
+from ..stats import LayerStats, analyze
+from .config import BenchConfig, NodeTime, Profile
 from .runners import InputArg, IOInfo, Runner
 
 __all__ = ["parse_profile", "join_profile", "profile_model"]
@@ -92,8 +95,6 @@ _TOKEN_SUFFIX = re.compile(r"(?:_token_\d+)+$")
 
 def _layer_finder(model: onnx.ModelProto, rows: Sequence[LayerStats]) -> Callable[[str, str], LayerStats | None]:
     """A function (onnxruntime node name, kernel op) -> the counted row it computes, or None."""
-    from ..graph import node_label
-
     by_ort_name: dict[str, onnx.NodeProto] = {}
     producer: dict[str, onnx.NodeProto] = {}
     for i, node in enumerate(model.graph.node):
@@ -179,8 +180,6 @@ def _claim(nt: NodeTime, row: LayerStats, claimed: set[int]) -> None:
 
 def _unnamed_labels(model: onnx.ModelProto) -> set[str]:
     """Labels (:func:`onnxconv.graph.node_label`) of the top-level nodes that have no name."""
-    from ..graph import node_label
-
     return {node_label(n) for n in model.graph.node if not n.name}
 
 
@@ -226,9 +225,6 @@ def profile_model(source: str | onnx.ModelProto, name: str, provider: Provider, 
     model: onnx.ModelProto | None = None
     rows: list[LayerStats] = []
     try:
-        from ..model_io import load_model
-        from ..stats import analyze
-
         model = source if isinstance(source, onnx.ModelProto) else load_model(source)
         shapes = {k: list(v.shape) for k, v in feeds_for(_graph_inputs(model), feeds).items()}
         rows = analyze(model, name=name, input_shapes=shapes, all_ops=True).layers

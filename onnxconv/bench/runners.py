@@ -18,19 +18,24 @@ Memory
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing as mp
 import os
 import sys
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper
 
 from ..compare import feeds_for, ort_message, session
 from ..errors import OnnxConvError
-from .config import BenchConfig, Memory, Provider, ProviderError
+from ..providers import Provider, ProviderError
+from .config import BenchConfig, Memory
 
 __all__ = ["Runner", "WorkerRunner", "IOInfo", "InputArg", "session_providers", "current_rss_bytes",
            "peak_rss_bytes", "device_memory_bytes", "mib"]
@@ -54,8 +59,8 @@ def current_rss_bytes() -> int | None:
 def peak_rss_bytes() -> int | None:
     """Largest resident set this process has had (getrusage; process-wide and monotonic)."""
     try:
-        import resource
-    except ImportError:  # Windows
+        import resource  # POSIX only: imported where its absence (Windows) is handled
+    except ImportError:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # macOS reports bytes, Linux KiB
@@ -64,7 +69,7 @@ def peak_rss_bytes() -> int | None:
 def device_memory_bytes(device_id: int = 0) -> tuple[int | None, str]:
     """GPU memory in use: (bytes, "process") from NVML for this pid, else (bytes, "device-wide"), else (None, "")."""
     try:
-        import pynvml
+        import pynvml  # optional (NVML bindings, no dependency of onnxconv): absent on most machines
 
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(device_id)
@@ -73,8 +78,6 @@ def device_memory_bytes(device_id: int = 0) -> tuple[int | None, str]:
                 return int(p.usedGpuMemory), "process"
     except Exception:  # noqa: BLE001 - NVML absent, no driver, or pid namespaces hide us: try the runtime
         pass
-    import ctypes
-
     for lib in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0", "cudart64_12.dll"):
         try:
             cudart = ctypes.CDLL(lib)
@@ -112,8 +115,6 @@ def _prime(provider: Provider, device_id: int) -> None:
     """
     if (provider.chain, device_id) in _PRIMED:
         return
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "prime",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
@@ -157,7 +158,7 @@ class Runner:
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
         """Bind ``feeds`` (copied to the device once) and outputs on the device; time the first run."""
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: ~150 ms to import, which commands that run no model skip
 
         mapped = feeds_for(self.sess, feeds)
         self._binding = self.sess.io_binding()
@@ -263,8 +264,6 @@ def _worker_main(conn: Any, source: str | bytes, name: str, provider: Provider, 
 def _portable(e: BaseException) -> BaseException:
     if isinstance(e, OnnxConvError):
         return type(e)(str(e))
-    import traceback
-
     return RuntimeError("".join(traceback.format_exception(e)).strip())
 
 
@@ -273,8 +272,6 @@ class WorkerRunner:
 
     def __init__(self, source: str | onnx.ModelProto, name: str, provider: Provider, cfg: BenchConfig,
                  spinning: bool | None) -> None:
-        import multiprocessing as mp
-
         ctx = mp.get_context("spawn")  # never fork a process that has onnxruntime threads
         self.name = name
         self._conn, child = ctx.Pipe()

@@ -36,8 +36,9 @@ import onnx
 
 from ..compare import compare_outputs, load_inputs, make_inputs
 from ..errors import OptionError
-from .config import (DEFAULT_DURATION, MIN_ROUNDS, BenchConfig, BenchReport, ModelResult, Provider, ProviderRun,
-                     SpeedUp, Timing, resolve_provider)
+from ..model_io import load_model
+from ..providers import Provider, resolve_provider
+from .config import DEFAULT_DURATION, MIN_ROUNDS, BenchConfig, BenchReport, ModelResult, ProviderRun, SpeedUp, Timing
 from .profile import profile_model
 from .runners import Runner, WorkerRunner, mib, peak_rss_bytes
 
@@ -81,8 +82,6 @@ def _check_source(src: str | os.PathLike[str] | onnx.ModelProto) -> str | onnx.M
     """Fail early, in one line, on a path that is not a loadable ONNX file (weights are not read)."""
     if isinstance(src, onnx.ModelProto):
         return src
-    from ..model_io import load_model
-
     load_model(src)  # raises ModelLoadError with the reason; the parsed graph is dropped at once
     return str(src)
 
@@ -195,7 +194,7 @@ def bench(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], config: Be
         ProviderError: a provider is not available (before anything is loaded).
         OnnxConvError: a model does not load or run, inputs do not fit, outputs differ in shape.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: ~150 ms to import, which commands that run no model skip
 
     cfg = config or BenchConfig()
     cfg.validate()

@@ -57,12 +57,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..bench import resolve_provider
 from ..errors import OptionError
 from ..graph import node_inputs_with_implicit, node_label, toposort
 from ..passes.common import PassResult, check_model, declare_initializers
 from ..passes.shuffle import masked_reference
 from ..progress import report
+from ..providers import resolve_provider
 from . import depthwise as dwfit
 from .activations import TensorCache
 from .data import CalibrationSet, load_calibration, model_inputs

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from ..bench import FORMATS, MAX_THREADS, PROVIDERS, BenchConfig, check_thresholds, render, validate_thresholds
+from ..bench import FORMATS, BenchConfig, check_thresholds, render, validate_thresholds
 from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS, parse_channel_axes
+from ..providers import MAX_THREADS, PROVIDERS
 from ..text import printable
 from .options import channel_axis_option, shape_options
 from .progress import ProgressBar, progress_option

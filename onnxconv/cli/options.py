@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..bench import MAX_THREADS
+from ..providers import MAX_THREADS
 from ..stats import INT64_MAX, parse_input_shape
 
 __all__ = ["shape_options", "rank_options", "calibration_options", "judging_options", "channel_axis_option"]

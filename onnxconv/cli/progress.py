@@ -52,6 +52,7 @@ class ProgressBar:
         if self._progress is None:
             if now - self._start < self._delay:
                 return
+            # lazy: rich.progress takes ~100 ms to import; most runs (no terminal, under a second) draw no bar
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 

@@ -21,13 +21,17 @@ import click
 import numpy as np
 import onnx
 
-from ..errors import OnnxConvError, OptionError, RewriteError
+from .. import compare
 from ..array_io import folder_reads
+from ..errors import OnnxConvError, OptionError, RewriteError
 from ..metrics import MetricValue
-from ..model_io import INPUT_CLASH, StagedFiles, check_output_path, same_file, save_model
+from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, load_model, same_file,
+                        save_model)
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
+from ..planning import concat_runs, frontier_rows
 from ..planning.judge import Judge
+from ..planning.plot import frontier_png, require_matplotlib
 from ..progress import reporting
 from ..requests import SeparateRequest, run_separate
 from ..tables import format_count, grid
@@ -150,9 +154,6 @@ def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Map
     optimisations and with none. An output that is mostly rounding noise (a near-zero probability map on random
     inputs) cannot agree better than that, whatever the rewrite.
     """
-    from .. import compare
-    from ..planning import concat_runs
-
     ref = compare.session(source)
     new = compare.session(model)
     runs = list(held_out) or [compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)]
@@ -216,8 +217,6 @@ def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float
 
 def _echo_frontier(plan: Mapping[str, Any], title: str) -> None:
     """The planner's measured plans as a table (:func:`~onnxconv.planning.frontier_rows`) under ``title``."""
-    from ..planning import frontier_rows
-
     headers, rows = frontier_rows(plan)
     click.echo("")
     click.echo(title)
@@ -245,8 +244,6 @@ def _write_refusal(report_file: Path | None, plot_file: Path | None, data: Mappi
             if report_file is not None:
                 staged.write(report_file, _json_bytes(data), "--report")
             if plot_file is not None:
-                from ..planning.plot import frontier_png
-
                 staged.write(plot_file, frontier_png(data["plan"]), "--plot")
             staged.commit()
     except OnnxConvError as err:
@@ -353,8 +350,6 @@ def separate(model: str, output: str, **options: Any) -> None:
             (model, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
     plot_file = None
     if request.plot_path:
-        from ..planning.plot import require_matplotlib
-
         plot_file = check_output_path(request.plot_path, "--plot", not_same_as=[
             (model, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
             *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
@@ -384,8 +379,6 @@ def separate(model: str, output: str, **options: Any) -> None:
         # No model is written; the report and the picture of a refusal are complete in themselves, and a pipeline
         # reads from the report what the closest plans measure instead of parsing the error line.
         if report_file is not None or plot_file is not None:
-            from ..model_io import external_data_files, load_model
-
             # As for a written plan: neither file may replace the input's external data (its graph points at it).
             data_files = [os.path.join(os.path.dirname(model), loc) for loc in external_data_files(load_model(model))]
             _check_not_data(report_file, plot_file, _data_clash(data_files))
@@ -453,8 +446,6 @@ def separate(model: str, output: str, **options: Any) -> None:
                     data["verify"]["original_noise_floor"] = floors
             staged.write(report_file, _json_bytes(data), "--report")
         if plot_file is not None:
-            from ..planning.plot import frontier_png
-
             staged.write(plot_file, frontier_png(result.options["plan"]), "--plot")
         staged.commit()
 

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from ..conv import BIAS_INDEX, CONV_OPS, WEIGHT_INDEX, ConvSpec, conv_spec, known
 from ..errors import OptionError, RewriteError, ShapeError
 from ..graph import node_label, shapes_of_graph, subgraphs_of
+from ..shapes import apply_input_shapes, infer
 from ..weightless import shape_model
 
 __all__ = [
@@ -268,8 +269,6 @@ def tensor_shapes(
     Unknown dims are None.
     """
     # The same input handling and inference as `onnxconv stats`, so the pass counts exactly as stats does.
-    from ..shapes import apply_input_shapes, infer
-
     notes: list[str] = []
     work = shape_model(model)
     apply_input_shapes(work, input_shapes or {}, batch, notes, frozenset(t.name for t in model.graph.initializer))

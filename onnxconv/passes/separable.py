@@ -1,6 +1,6 @@
 """Depthwise-separable rewrite: replace standard convs by depthwise + pointwise subgraphs derived from their weights.
 
-The math (``shared/docs/conv-math.md``, "Depthwise separable and its exact generalisation"):
+The math (``docs/conv-math.md``, "Depthwise separable and the rank-r form"):
 
 A Conv with weight ``W`` (``N x M/g x k...``, ``K = prod(k)``, group ``g``, ``Ng = N/g`` outputs per group) is a
 sum over input channels ``m`` of ``W[:, m] * X_m``. Each slice ``S_m`` (the ``Ng x K`` block of the outputs of
@@ -196,7 +196,7 @@ class _Emitter:
             "dilations": list(spec.dilations), "group": spec.c_in,
         }
         if spec.pads is not None:
-            # Explicit pads: onnxruntime refuses SAME_* auto_pad with dilation > 1 (conv-math.md).
+            # Explicit pads: onnxruntime refuses SAME_* auto_pad with dilation > 1 (docs/conv-math.md, "onnxruntime facts").
             dw_attrs["pads"] = list(spec.pads)
         else:
             dw_attrs["auto_pad"] = spec.auto_pad  # input size unknown: the same auto_pad resolves the same pads

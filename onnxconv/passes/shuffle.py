@@ -7,7 +7,7 @@ reordered input ``X'[:, j] = X[:, pin[j]]`` and its weight is the diagonal block
 ``Wg[j, t] = W[pout[j], pin[g*C_in/G + t]]`` with ``g = j // (C_out/G)``; the bias becomes ``b[pout]``. Its output
 is ``Y'[:, j] = Ym[:, pout[j]]``, where ``Ym`` is the original conv with every weight outside the groups set to
 zero (:func:`masked_reference`; exactly ``Y`` when the weight is block diagonal under the assignment).
-Params and MACs of the conv are divided by ``G`` (conv-math.md); the bias is unchanged.
+Params and MACs of the conv are divided by ``G`` (docs/conv-math.md, "Grouped convs and channel shuffles"); the bias is unchanged.
 
 **Channel orders** (:mod:`onnxconv.passes.channel_order`). Every tensor carries an order: the grouped conv reads
 its input in order ``pin`` and writes its output in order ``pout``. Orders flow through channel-wise ops, fold

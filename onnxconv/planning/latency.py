@@ -24,6 +24,7 @@ from ..calibration import CalibrationSet
 from ..compare import write_npz
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
+from ..quantize import quantize_static_qdq
 from .candidates import Candidate, elem_type
 from .choose import KEEP
 
@@ -140,14 +141,10 @@ class Quantizer:
         return f"int8-qdq-{self.activation_type}-{self.weight_type}"
 
     def model(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        from ..quantize import quantize_static_qdq
-
         return quantize_static_qdq(model, self.feeds, activation_type=self.activation_type,
                                    weight_type=self.weight_type)
 
     def layer(self, model: onnx.ModelProto, c: Candidate) -> onnx.ModelProto:
-        from ..quantize import quantize_static_qdq
-
         rng = np.random.default_rng(0)
         x = rng.standard_normal(tuple(int(d) for d in c.input_shape)).astype(c.weight.dtype)
         return quantize_static_qdq(model, [{"X": x}], activation_type=self.activation_type,

@@ -1,7 +1,8 @@
 """Hardware-aware planning: per layer keep, depthwise rank r or grouped G, to reach a measured speed-up.
 
-``--budget`` counts MACs, but a rewrite's worth depends on the provider, threads and batch (conv-math.md: a
-rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite` measures instead:
+``--budget`` counts MACs, but a rewrite's worth depends on the provider, threads and batch (docs/conv-math.md,
+"onnxruntime facts": a rank-4 rewrite of ResNet-18 is *slower* on a 16-thread CPU). :func:`plan_rewrite` measures
+instead:
 
 1. **Candidates and options.** The layers the pass would rewrite (a dry run of the pass with the user's
    filter), each with its options: *keep*, every depthwise rank ``r`` in :data:`RANK_CHOICES` that saves MACs
@@ -79,12 +80,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..bench import resolve_provider
+from .. import compare
 from ..calibration import CalibrationSet, held_out_feeds, load_calibration, refit
 from ..errors import OptionError
 from ..passes.common import NodeFilter, PassResult
 from ..passes.separable import DEFAULT_FORM
 from .. import progress
+from ..providers import resolve_provider
+from ..stats import analyze
 from ..tables import format_count
 from .build import build_plan
 from .candidates import GROUP_CHOICES, find_candidates
@@ -199,8 +202,6 @@ class _Measurer:
                  threads: int | None, iters: int, do_refit: bool, refit_kernels: bool, seed: int,
                  model_s: float, base: onnx.ModelProto | None = None, bench_cal: CalibrationSet | None = None,
                  quantizer: Quantizer | None = None, judge: Judge | None = None) -> None:
-        from .. import compare
-
         self.model, self.layers, self.cands, self.skipped = model, layers, cands, skipped
         self.form, self.input_shapes, self.batch = form, input_shapes, batch
         self.calibration, self.provider, self.chain, self.threads = calibration, provider, chain, threads
@@ -240,8 +241,6 @@ class _Measurer:
 
     def verdict_of(self, model: onnx.ModelProto) -> Verdict:
         """``model``'s outputs judged against the fp32 original's on the error inputs."""
-        from .. import compare
-
         sess = compare.session(model, list(self.chain), self.threads)
         return self.judge.verdict(self.ref_runs, [compare.run_model(sess, f) for f in self.feeds])
 
@@ -252,8 +251,6 @@ class _Measurer:
         if all(c.macs_before is not None for c in result.layers):
             tot = result.totals()
             return int(tot["macs_before"]), int(tot["macs_after"])
-        from ..stats import analyze
-
         shapes = {k: [self.calibration.batch or 1, *v.shape[1:]] for k, v in self.calibration.arrays.items()}
         if self._macs_before is None:
             self._macs_before = int(analyze(self.model, input_shapes=shapes).totals["macs"])
@@ -605,7 +602,7 @@ def plan_rewrite(
         target_speedup: S > 1, the wanted latency ratio original / rewritten (None: only the error budget).
         max_output_error: E >= 0, the largest end-to-end relative output error (worst output, worst channel
             included) allowed on the held-out samples (None: no error budget).
-        provider: cpu / cuda / tensorrt (:func:`onnxconv.bench.resolve_provider`).
+        provider: cpu / cuda / tensorrt (:func:`onnxconv.providers.resolve_provider`).
         mode: separable (options: ranks), shuffle (options: ``groups``, default :data:`GROUP_CHOICES`) or mixed
             (both, per layer: keep, a rank or a G in the same model).
         form: the separable graph form (default: the pass's).

@@ -28,7 +28,7 @@ MISSING = "--plot needs matplotlib, the 'plot' extra: pip install 'onnxconv[plot
 def require_matplotlib() -> None:
     """Raise the one-line error when matplotlib is not installed (checked before a plan that takes minutes)."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 - optional extra (~0.3 s to import): checked where its absence is handled
     except ImportError:
         raise OnnxConvError(MISSING) from None
 
@@ -53,6 +53,7 @@ def frontier_png(plan: Mapping[str, Any], title: str = "") -> bytes:
         OnnxConvError: matplotlib missing.
     """
     require_matplotlib()
+    # lazy: matplotlib's figure and canvas take ~1 s to import, and only --plot draws
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
