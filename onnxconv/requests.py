@@ -182,7 +182,9 @@ class SeparateRequest:
             raise OptionError("choose one of --rank, --energy, --exact, --max-error, --budget (got "
                               + ", ".join(_flag(c) for c in chosen) + ")")
         if not chosen:
-            raise OptionError("say how ranks are chosen: --rank R, --energy E, --exact, --max-error F or --budget F")
+            raise OptionError("say how ranks are chosen: --rank R, --energy E, --exact, --max-error F (weight error) "
+                              "or --budget F (MACs); or let the planner choose with --calibration DATA and "
+                              "--target-speedup S, --max-output-error E or --metric SPEC --min-metric M")
         kind = chosen[0]
         return RankPolicy(kind.replace("_", "-"), None if kind == "exact" else float(getattr(self, kind)))
 

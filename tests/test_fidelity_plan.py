@@ -215,3 +215,21 @@ def test_separate_progress_line_on_stderr(files: Path) -> None:  # noqa: F811
     quiet = CliRunner().invoke(main, ["separate", str(t / "m.onnx"), "-o", str(t / "q.onnx"), "--target-speedup",
                                       "1.4", "--calibration", str(t / "cal.npz")])
     assert quiet.exit_code == 0 and quiet.stderr == ""  # not a terminal: nothing
+
+
+def test_int8_plan_ends_with_one_summary_line_against_fp32(files: Path) -> None:  # noqa: F811
+    t = files
+    res = CliRunner().invoke(main, ["separate", str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--max-output-error",
+                                    "0.5", "--precision", "int8", "--calibration", str(t / "cal.npz")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    summary = [line for line in lines if line.startswith("summary: ")]
+    assert len(summary) == 1 and lines[-2] == summary[0]  # the line before "wrote ..."
+    assert "faster than the fp32 original" in summary[0] and "over its own int8 quantization" in summary[0]
+    assert "worst channel" in summary[0]
+    # The input was N x 16 x 8 x 8; the quantized model takes the calibration chunk's static shape, said here.
+    assert "input shapes made static: X=1x16x8x8" in summary[0]
+    fp32 = CliRunner().invoke(main, ["separate", str(t / "m.onnx"), "-o", str(t / "f.onnx"), "--target-speedup",
+                                     "1.4", "--calibration", str(t / "cal.npz")])
+    line = [x for x in fp32.output.splitlines() if x.startswith("summary: ")]
+    assert line and line[0].startswith("summary: 1.40x faster; held-out error") and "static" not in line[0]

@@ -285,6 +285,46 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
+def _input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    inits = {t.name for t in model.graph.initializer}
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                      for d in vi.type.tensor_type.shape.dim]
+            for vi in model.graph.input if vi.name not in inits}
+
+
+def summary_line(original: onnx.ModelProto, result: PassResult) -> str:
+    """One line closing a planned or int8 run, against the fp32 original: the measured speed-up (int8: over fp32,
+    the product of the plan's ratio over the quantized original and the quantized original's over fp32), the
+    held-out error with the worst channel, the metric, and the input shapes the written model made static.
+    Empty for runs without the planner."""
+    plan = result.options.get("plan")
+    if not plan or plan.get("measured") is None:
+        return ""
+    measured = float(plan["measured"])
+    q = plan.get("quantized_speedup")
+    speed = f"{measured * float(q):.2f}x faster than the fp32 original" if q else f"{measured:.2f}x faster"
+    if q:
+        speed += f" ({measured:.2f}x over its own int8 quantization)"
+    parts = [speed]
+    worst = max(((name, w) for name, w in (plan.get("worst_channels") or {}).items() if w),
+                key=lambda kv: kv[1]["rel_error"], default=None)
+    error = f"held-out error {float(plan.get('error') or 0):.3g}"
+    if worst is not None:
+        name, w = worst
+        error += f" (worst channel {w['index']} of output '{printable(name)}', axis {w['axis']})"
+    parts.append(error)
+    metric = plan.get("metric")
+    if metric and metric.get("value") is not None:
+        parts.append(f"metric {printable(str(metric.get('spec')))} {float(metric['value']):.3g}"
+                     + (f" ({printable(str(metric['note']))})" if metric.get("note") else ""))
+    before, after = _input_dims(original), _input_dims(result.model)
+    fixed = [f"{printable(k)}={'x'.join(map(str, v))}" for k, v in after.items()
+             if k in before and before[k] != v and all(isinstance(d, int) and d > 0 for d in v)]
+    if fixed:
+        parts.append("input shapes made static: " + ", ".join(fixed))
+    return "summary: " + "; ".join(parts)
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the result.")
@@ -473,4 +513,7 @@ def separate(model: str, output: str, **options: Any) -> None:
         click.echo(f"verify metric {printable(str(request.metric))}: {metric.value:.4g}"
                    + (f" on {metric.support} {metric.what}" if metric.support is not None else "")
                    + (f"; note: {metric.note}" if metric.note else ""))
+    line = summary_line(load_model(model), result)
+    if line:
+        click.echo(line)
     click.echo(f"wrote {printable(output)}")
