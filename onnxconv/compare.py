@@ -36,8 +36,8 @@ The channel axis (:func:`channel_axis`) is 1 for channels-first outputs (NCHW ma
 head) and the last axis for channels-last ones (a YOLOX / YOLOv5 ``N x A x (5+C)`` head, NHWC maps): of the two,
 the smaller dim when they differ (channels are fewer than anchors or positions), else the one along which
 channel scales differ most; maps of rank >= 4 are NCHW unless their last dim is smaller than dims 1 and 2.
-Rank-2 outputs ``N x C`` use axis 1; outputs of rank < 2 have no channel axis
-(whole-tensor figures only). ``channel_axes`` (``--channel-axis OUTPUT=AXIS``) overrides the choice per output.
+Outputs of rank < 3 (``N x C`` logits, scalars) have no channel axis unless one is set: their classes share one
+scale, and one class's error over a few held-out samples is noise (whole-tensor figures only). ``channel_axes`` (``--channel-axis OUTPUT=AXIS``) overrides the choice per output.
 """
 
 from __future__ import annotations
@@ -442,7 +442,8 @@ def channel_axis(a: np.ndarray, given: int | None = None) -> int | None:
     """The channel axis of a reference output ``a`` (non-negative), or None for outputs without one.
 
     ``given`` (from ``--channel-axis``; negative counts from the end) wins; an axis out of range raises
-    OptionError. Otherwise: rank < 2 has none; rank 2 (``N x C``) is 1; rank 3 chooses between axis 1
+    OptionError. Otherwise: rank < 3 has none (``N x C`` logits share one scale, and a class's error over the
+    few held-out samples would be noise); rank 3 chooses between axis 1
     (channels first) and the last axis (channels last): the smaller dim when they differ; rank >= 4 is NCHW
     (axis 1) unless the last dim is smaller than dims 1 and 2 (NHWC). Equal dims: the axis along which channel
     scales spread most.
@@ -451,10 +452,8 @@ def channel_axis(a: np.ndarray, given: int | None = None) -> int | None:
         if not -a.ndim <= given < a.ndim:
             raise OptionError(f"--channel-axis {given}: the output has {a.ndim} dims ({'x'.join(map(str, a.shape))})")
         return given % a.ndim
-    if a.ndim < 2 or a.size == 0:
+    if a.ndim < 3 or a.size == 0:
         return None
-    if a.ndim == 2:
-        return 1
     first, last = a.shape[1], a.shape[-1]
     if a.ndim >= 4:
         # ONNX maps are NCHW; NHWC shows as a last dim smaller than the first two spatial ones (1 x 20 x 20 x 3).

@@ -53,7 +53,7 @@ def test_zeroed_scores_pass_whole_tensor_but_fail_per_channel() -> None:
     ((1, 3549, 85), 2),      # YOLOX / v5: channels last
     ((2, 16, 8, 8), 1),      # NCHW map
     ((1, 20, 20, 3), 3),     # NHWC map
-    ((4, 10), 1),            # N x C
+    ((4, 10), None),         # N x C logits: one scale, whole tensor only
     ((7,), None),            # no channel axis
 ])
 def test_channel_axis_from_shape(shape: tuple[int, ...], axis: int | None) -> None:
