@@ -93,7 +93,7 @@ def test_cuda_unavailable_in_this_build(models) -> None:
     (["--iters", "3", "--duration", "1"], "exclude each other"),
     (["--iters", "0"], "--iters must be at least 1"),
     (["--fail-if-slower", "0"], "--fail-if-slower must be positive"),
-    (["--max-error", "-1"], "--max-error must be 0 or more"),
+    (["--max-error", "-1"], "--max-output-error must be 0 or more"),  # the old name still works
     (["--input-shape", "X=1xfoo"], "dims must be whole numbers"),
     (["--provider", "tpu"], "--provider tpu: unknown"),
 ])

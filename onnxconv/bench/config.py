@@ -202,7 +202,7 @@ def validate_thresholds(fail_if_slower: float | None = None, max_error: float | 
     if fail_if_slower is not None and not fail_if_slower > 0:
         raise OptionError(f"--fail-if-slower must be positive, got {fail_if_slower}")
     if max_error is not None and not max_error >= 0:
-        raise OptionError(f"--max-error must be 0 or more, got {max_error}")
+        raise OptionError(f"--max-output-error must be 0 or more, got {max_error}")
 
 
 def check_thresholds(report: BenchReport, fail_if_slower: float | None = None,

@@ -52,9 +52,10 @@ THRESHOLD_EXIT = 3
 @progress_option
 @click.option("--fail-if-slower", type=float, default=None, metavar="R",
               help="Exit 3 when a model takes more than R times as long as the first (speed-up below 1/R).")
-@click.option("--max-error", type=float, default=None, metavar="E",
+@click.option("--max-output-error", "--max-error", "max_error", type=float, default=None, metavar="E",
               help="Exit 3 when an output's relative error against the first model exceeds E (whole tensor, or "
-                   "its worst channel at the channel's own scale).")
+                   "its worst channel at the channel's own scale). The same measure as separate's "
+                   "--max-output-error; --max-error is its old name.")
 @channel_axis_option
 def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iters: int | None,
           duration: float | None, threads: int | None, opt_level: str, batch: int | None,

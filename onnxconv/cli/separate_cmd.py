@@ -137,6 +137,10 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+#: Version of the --report JSON layout (docs/report-json.md): keys are only added; a key that changes meaning or
+#: disappears bumps it.
+REPORT_SCHEMA_VERSION = 1
+
 #: verify.inputs in the report when --verify runs on random inputs.
 RANDOM_INPUTS = "random (standard normal, seed 0)"
 
@@ -422,8 +426,8 @@ def separate(model: str, output: str, **options: Any) -> None:
             # As for a written plan: neither file may replace the input's external data (its graph points at it).
             data_files = [os.path.join(os.path.dirname(model), loc) for loc in external_data_files(load_model(model))]
             _check_not_data(report_file, plot_file, _data_clash(data_files))
-        failed = _write_refusal(report_file, plot_file, {"model": model, "output": None, "refused": str(e),
-                                                         "plan": plan})
+        failed = _write_refusal(report_file, plot_file, {"schema_version": REPORT_SCHEMA_VERSION, "model": model,
+                                                         "output": None, "refused": str(e), "plan": plan})
         if failed:
             raise OptionError(f"{e}; {failed}") from e
         raise
@@ -475,7 +479,7 @@ def separate(model: str, output: str, **options: Any) -> None:
         save_model(result.model, output, source=model, overwrite_source=request.overwrite, external_data=external,
                    staged=staged)
         if report_file is not None:
-            data = result.to_dict()
+            data = {"schema_version": REPORT_SCHEMA_VERSION, **result.to_dict()}
             data["model"], data["output"] = model, output
             if verify:
                 data["verify"] = {"inputs": verify_inputs,

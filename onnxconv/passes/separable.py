@@ -433,7 +433,9 @@ def separate(
                 ch.reason = why
                 continue
             unsized += _tap_coverage(c.spec) is None
-        ch.details = {"rank": r, "max_rank": f.max_rank, "rel_error": relative_error(kept, r),
+        err = relative_error(kept, r)
+        # weight_error says what it is; rel_error, the same figure, stays for pipelines that read it.
+        ch.details = {"rank": r, "max_rank": f.max_rank, "weight_error": err, "rel_error": err,
                       "energy": float(kept[r])}
         ch.rank = r
         saves = r * c.unit_pos < c.conv_pos
