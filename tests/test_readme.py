@@ -56,3 +56,21 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch) -> None:  # typ
     result = scope["result"]
     assert result.layers and any(c.rewritten for c in result.layers)  # type: ignore[attr-defined]
     assert scope["report"].totals["macs"] > 0  # type: ignore[attr-defined]
+
+
+def test_readme_quick_start_chain_runs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The quick start's stats -> separate -> bench chain, as written, on the shipped model."""
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", quick, re.S)
+    assert block
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    commands = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines() if line.strip()]
+    assert [shlex.split(c)[1] for c in commands] == ["stats", "separate", "bench"]
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "onnxconv"
+        result = CliRunner().invoke(main, argv[1:])
+        assert result.exit_code == 0, (command, result.output)
+    assert (tmp_path / "small.onnx").is_file()
