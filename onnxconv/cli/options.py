@@ -24,7 +24,8 @@ import click
 from ..providers import MAX_THREADS
 from ..stats import INT64_MAX, parse_input_shape
 
-__all__ = ["shape_options", "rank_options", "calibration_options", "judging_options", "channel_axis_option"]
+__all__ = ["shape_options", "rank_options", "calibration_options", "judging_options", "channel_axis_option", "SHAPE",
+           "RANK", "CALIBRATION", "PLANNING", "JUDGING"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,68 +46,86 @@ def _parse_shapes(ctx: click.Context, param: click.Parameter, values: tuple[str,
     return dict(parse_input_shape(v) for v in values)
 
 
+#: ``--input-shape`` (as ``input_shapes``: ``{name: [dims]}``) and ``--batch``.
+SHAPE = (
+    click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", callback=_parse_shapes,
+                 help="Set a graph input's shape (repeatable); needed for symbolic dims that --calibration or "
+                      "--inputs do not fix."),
+    click.option("--batch", type=click.IntRange(1, INT64_MAX), default=None, metavar="N",
+                 help="Value for symbolic batch dims (default 1)."),
+)
+
+
 def shape_options(f: F) -> F:
-    """``--input-shape`` (as ``input_shapes``: ``{name: [dims]}``) and ``--batch``."""
-    return _stack(
-        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224", callback=_parse_shapes,
-                     help="Set a graph input's shape (repeatable); needed for symbolic dims."),
-        click.option("--batch", type=click.IntRange(1, INT64_MAX), default=None,
-                     help="Value for symbolic batch dims (default 1)."),
-    )(f)
+    """:data:`SHAPE` as plain options (stats, bench)."""
+    return _stack(*SHAPE)(f)
+
+
+#: The separable rank policy: exactly one of these (checked by the request). Ranges are said in the help text
+#: in words; the metavar names the value.
+RANK = (
+    click.option("--rank", type=click.IntRange(min=1), default=None, metavar="R", help="Same rank R in every layer."),
+    click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="E",
+                 help="Smallest rank keeping a fraction E of squared singular values (0 < E <= 1)."),
+    click.option("--exact", is_flag=True,
+                 help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force); a "
+                      "layer whose factors are not exact in its dtype stays as it was."),
+    click.option("--max-error", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="F",
+                 help="Smallest rank whose relative weight error is at most F (0 <= F < 1)."),
+    click.option("--budget", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="F",
+                 help="Whole model at most F times the original conv MACs (0 < F <= 1)."),
+)
 
 
 def rank_options(f: F) -> F:
-    """The separable rank policy: exactly one of these (checked by the request)."""
-    return _stack(
-        click.option("--rank", type=click.IntRange(min=1), default=None, help="Same rank R in every layer."),
-        click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="Smallest rank keeping a fraction E (0 < E <= 1) of squared singular values."),
-        click.option("--exact", is_flag=True,
-                     help="The exact rank min(C_out/g, K) everywhere (no MAC saving; implies --force); a "
-                          "layer whose factors are not exact in its dtype stays as it was."),
-        click.option("--max-error", type=click.FloatRange(0, 1, max_open=True), default=None,
-                     help="Smallest rank whose relative weight error is at most F (0 <= F < 1)."),
-        click.option("--budget", type=click.FloatRange(0, 1, min_open=True), default=None,
-                     help="Whole model at most F (0 < F <= 1) times the original conv MACs."),
-    )(f)
+    """:data:`RANK` as plain options."""
+    return _stack(*RANK)(f)
+
+
+#: Refitting on calibration data: ``--calibration``, ``--kernel-refit``, ``--provider``, ``--threads``.
+CALIBRATION = (
+    click.option("--calibration", type=click.Path(path_type=str), default=None, metavar="FILE.npz|DIR",
+                 help="Refit each rewritten layer by least squares to the original's outputs on these inputs "
+                      "(one array per model input, samples on the first axis)."),
+    click.option("--kernel-refit/--no-kernel-refit", default=True, show_default=True,
+                 help="With --calibration: refit separable layers' depthwise kernels together with the 1x1 "
+                      "stage (lower per-layer error; several times the refit time). --no-kernel-refit refits "
+                      "the 1x1 stage only."),
+    click.option("--provider", default="cpu", show_default=True,
+                 help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, "
+                      "cuda or tensorrt."),
+    click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
+                 help="onnxruntime intra-op threads for --calibration's runs and the planner's timings: plan "
+                      "for the threads the model is deployed with (default: onnxruntime's, one per core)."),
+)
+
+#: Planning: ``--target-speedup``, ``--max-output-error``, ``--plot``, ``--precision`` and the int8 types.
+PLANNING = (
+    click.option("--target-speedup", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+                 help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on "
+                      "--provider and errors on --calibration, to reach S times faster with the least error; "
+                      "verified end to end."),
+    click.option("--max-output-error", type=click.FloatRange(0), default=None, metavar="E",
+                 help="Plan the fastest rewrite whose end-to-end relative output error on the held-out "
+                      "calibration samples, after the refit, is at most E: every output channel at its own "
+                      "scale, the worst one counts (with --target-speedup: both must hold)."),
+    click.option("--plot", "plot_path", type=click.Path(path_type=str), default=None, metavar="FILE.png",
+                 help="With the planner: draw every measured plan (speed-up vs held-out error, the chosen one "
+                      "marked) to FILE.png (needs the 'plot' extra: matplotlib)."),
+    click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+                 help="With the planner: the precision the model ships in. int8 times every option and plan "
+                      "quantized (onnxruntime's static QDQ, calibrated on --calibration), measures errors "
+                      "against the fp32 original and writes the quantized rewrite."),
+    click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+                 help="--precision int8: the quantized activations' type."),
+    click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+                 help="--precision int8: the quantized weights' type."),
+)
 
 
 def calibration_options(f: F) -> F:
-    """Refitting on calibration data, and planning to a target speed-up on a provider."""
-    return _stack(
-        click.option("--calibration", type=click.Path(path_type=str), default=None, metavar="FILE.npz|DIR",
-                     help="Refit each rewritten layer by least squares to the original's outputs on these inputs "
-                          "(one array per model input, samples on the first axis)."),
-        click.option("--kernel-refit/--no-kernel-refit", default=True, show_default=True,
-                     help="With --calibration: refit separable layers' depthwise kernels together with the 1x1 "
-                          "stage (lower per-layer error; several times the refit time). --no-kernel-refit refits "
-                          "the 1x1 stage only."),
-        click.option("--provider", default="cpu", show_default=True,
-                     help="onnxruntime provider that runs the model for --calibration and --target-speedup: cpu, "
-                          "cuda or tensorrt."),
-        click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
-                     help="onnxruntime intra-op threads for --calibration's runs and the planner's timings: plan "
-                          "for the threads the model is deployed with (default: onnxruntime's, one per core)."),
-        click.option("--target-speedup", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
-                     help="Choose per layer keep / rank r (or G with --mode shuffle) from latencies measured on "
-                          "--provider and errors on --calibration, to reach S times faster with the least error; "
-                          "verified end to end."),
-        click.option("--max-output-error", type=click.FloatRange(0), default=None, metavar="E",
-                     help="Plan the fastest rewrite whose end-to-end relative output error on the held-out "
-                          "calibration samples, after the refit, is at most E: every output channel at its own "
-                          "scale, the worst one counts (with --target-speedup: both must hold)."),
-        click.option("--plot", "plot_path", type=click.Path(path_type=str), default=None, metavar="FILE.png",
-                     help="With the planner: draw every measured plan (speed-up vs held-out error, the chosen one "
-                          "marked) to FILE.png (needs the 'plot' extra: matplotlib)."),
-        click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-                     help="With the planner: the precision the model ships in. int8 times every option and plan "
-                          "quantized (onnxruntime's static QDQ, calibrated on --calibration), measures errors "
-                          "against the fp32 original and writes the quantized rewrite."),
-        click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
-                     help="--precision int8: the quantized activations' type."),
-        click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
-                     help="--precision int8: the quantized weights' type."),
-    )(f)
+    """:data:`CALIBRATION` and :data:`PLANNING` as plain options."""
+    return _stack(*CALIBRATION, *PLANNING)(f)
 
 
 #: ``--channel-axis``: the same option on every command that compares outputs.
@@ -116,16 +135,20 @@ channel_axis_option = click.option(
          "for N x (4+C) x A and NCHW, 2 for N x A x (5+C)).")
 
 
+#: How outputs are judged: ``--channel-axis``, ``--metric``, ``--min-metric``.
+JUDGING = (
+    channel_axis_option,
+    click.option("--metric", default=None, metavar="SPEC",
+                 help="Your task metric, judged on the held-out samples beside the errors (implies --verify): "
+                      "top1, boxes (YOLO detection F1; boxes:conf=0.3,iou=0.5), path/to/file.py:function or "
+                      "package.module:function, called as fn(reference, candidate) -> float, 1.0 = as the "
+                      "original."),
+    click.option("--min-metric", type=float, default=None, metavar="M",
+                 help="With --metric: plan the fastest rewrite whose metric is at least M (with "
+                      "--target-speedup: the best metric that reaches S)."),
+)
+
+
 def judging_options(f: F) -> F:
-    """``--channel-axis``, ``--metric`` and ``--min-metric``: how a rewrite's outputs are judged."""
-    return _stack(
-        channel_axis_option,
-        click.option("--metric", default=None, metavar="SPEC",
-                     help="Your task metric, judged on the held-out samples beside the errors (implies --verify): "
-                          "top1, boxes (YOLO detection F1; boxes:conf=0.3,iou=0.5), path/to/file.py:function or "
-                          "package.module:function, called as fn(reference, candidate) -> float, 1.0 = as the "
-                          "original."),
-        click.option("--min-metric", type=float, default=None, metavar="M",
-                     help="With --metric: plan the fastest rewrite whose metric is at least M (with "
-                          "--target-speedup: the best metric that reaches S)."),
-    )(f)
+    """:data:`JUDGING` as plain options."""
+    return _stack(*JUDGING)(f)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import cloup
 import numpy as np
 import onnx
 
@@ -36,7 +37,7 @@ from ..progress import reporting
 from ..requests import SeparateRequest, run_separate
 from ..tables import format_count, grid
 from ..text import printable
-from .options import calibration_options, judging_options, rank_options, shape_options
+from .options import CALIBRATION, JUDGING, PLANNING, RANK, SHAPE
 from .progress import ProgressBar, progress_option
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
@@ -329,58 +330,90 @@ def summary_line(original: onnx.ModelProto, result: PassResult) -> str:
     return "summary: " + "; ".join(parts)
 
 
-@click.command()
+@cloup.command(align_option_groups=False)
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=str), help="Where to write the result.")
-@click.option("--mode", type=click.Choice(["separable", "shuffle", "mixed"]), default="separable", show_default=True,
-              help="depthwise + pointwise (separable) or grouped + channel shuffle (shuffle); mixed: with "
-                   "--target-speedup, either one per layer.")
-@click.option("--groups", type=click.IntRange(min=2), default=None, help="G for --mode shuffle.")
-@click.option("--mixing", type=click.Choice(["energy", "shuffle"]), default="energy", show_default=True,
-              help="--mode shuffle: each conv keeps the most weight energy (energy), or stacked grouped convs are "
-                   "joined by ShuffleNet channel shuffles (shuffle).")
-@click.option("--min-energy", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="--mode shuffle: leave convs whose grouping keeps less of the weight's squared norm.")
-@rank_options
-@click.option("--form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
-              help="Graph form of the separable stage (all compute the same).")
-@click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable).")
-@click.option("--exclude", multiple=True, metavar="REGEX", help="Leave nodes whose name matches (repeatable).")
-@click.option("--force", is_flag=True, help="Rewrite layers even where the rank saves no MACs, and narrow ones; in shuffle mode, also below --min-energy.")
-@click.option("--min-channels", type=click.IntRange(min=1), default=MIN_CHANNELS, show_default=True,
-              help="Leave convs with fewer input channels (stems): their depthwise stage runs slowly.")
-@shape_options
-@click.option("--fix-input-shape", is_flag=True,
-              help="Also write the --input-shape / --batch values into the output model's graph inputs (static "
-                   "shapes for quantization tools; a symbolic batch becomes --batch or 1).")
-@click.option("--fail-if-unchanged", is_flag=True,
-              help=f"Exit with status {UNCHANGED_EXIT} and write nothing when no conv was rewritten (errors exit 1).")
-@click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
-              help="Also write the per-layer report (and verification) as JSON.")
-@click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs "
-              "(with --calibration: on its held-out samples).")
-@click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
-              help="Inputs for --verify from an .npz file (implies --verify).")
-@click.option("--overwrite", is_flag=True, help="Allow -o to be the input file.")
-@calibration_options
-@judging_options
-@progress_option
+@cloup.option_group(
+    "Output",
+    click.option("-o", "--output", required=True, type=click.Path(path_type=str), metavar="FILE.onnx",
+                 help="Where to write the result."),
+    click.option("--report", "report_path", type=click.Path(path_type=str), default=None, metavar="FILE.json",
+                 help="Also write the per-layer report, plan and verification as JSON (docs/report-json.md)."),
+    click.option("--overwrite", is_flag=True, help="Allow -o to be the input file."),
+    click.option("--fail-if-unchanged", is_flag=True,
+                 help=f"Exit with status {UNCHANGED_EXIT} and write nothing when no conv was rewritten."),
+    progress_option,
+)
+@cloup.option_group(
+    "Mode",
+    click.option("--mode", type=click.Choice(["separable", "shuffle", "mixed"]), default="separable",
+                 show_default=True,
+                 help="depthwise + pointwise (separable) or grouped + channel shuffle (shuffle); mixed: with the "
+                      "planner, either one per layer."),
+    click.option("--groups", type=click.IntRange(min=2), default=None, metavar="G", help="G for --mode shuffle."),
+    click.option("--mixing", type=click.Choice(["energy", "shuffle"]), default="energy", show_default=True,
+                 help="--mode shuffle: each conv keeps the most weight energy (energy), or stacked grouped convs "
+                      "are joined by ShuffleNet channel shuffles (shuffle)."),
+    click.option("--min-energy", type=click.FloatRange(0, 1), default=0.0, show_default=True, metavar="E",
+                 help="--mode shuffle: leave convs whose grouping keeps less than E of the weight's squared norm "
+                      "(0 to 1)."),
+    click.option("--form", type=click.Choice(FORMS), default=DEFAULT_FORM, show_default=True,
+                 help="Graph form of the separable stage (all compute the same)."),
+)
+@cloup.option_group(
+    "Choosing ranks (separable: exactly one, or let the planner choose)",
+    *RANK,
+    click.option("--force", is_flag=True,
+                 help="Rewrite layers even where the rank saves no MACs, and narrow ones; in shuffle mode, also "
+                      "below --min-energy."),
+    click.option("--min-channels", type=click.IntRange(min=1), default=MIN_CHANNELS, show_default=True,
+                 metavar="C", help="Leave convs with fewer input channels (stems): their depthwise stage runs "
+                                   "slowly."),
+)
+@cloup.option_group(
+    "Which layers",
+    click.option("--include", multiple=True, metavar="REGEX", help="Only nodes whose name matches (repeatable)."),
+    click.option("--exclude", multiple=True, metavar="REGEX", help="Leave nodes whose name matches (repeatable)."),
+)
+@cloup.option_group(
+    "Input shapes",
+    *SHAPE,
+    click.option("--fix-input-shape", is_flag=True,
+                 help="Also write the --input-shape / --batch values into the output model's graph inputs "
+                      "(static shapes for quantization tools; a symbolic batch becomes --batch or 1)."),
+)
+@cloup.option_group("Calibration and refit", *CALIBRATION)
+@cloup.option_group("Planning (needs --calibration)", *PLANNING)
+@cloup.option_group(
+    "Verify: errors per channel, your metric",
+    click.option("--verify", is_flag=True, help="Compare outputs of both models in onnxruntime on random inputs "
+                 "(with --calibration: on its held-out samples)."),
+    click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+                 metavar="FILE.npz", help="Inputs for --verify from an .npz file (implies --verify)."),
+    *JUDGING,
+)
 def separate(model: str, output: str, **options: Any) -> None:
     """Rewrite the standard convs of MODEL as depthwise + pointwise (or grouped + shuffle) subgraphs.
 
     Separable mode factors each input channel's weight slice by SVD: rank r gives r depthwise
     kernels and a 1x1 conv whose sum is the best rank-r approximation of the weight; the exact
-    rank reproduces the conv. Choose ranks with exactly one of --rank, --energy, --exact,
-    --max-error or --budget. Skipped layers are listed with their reason.
+    rank reproduces the conv. Choose ranks with one of --rank, --energy, --exact, --max-error or
+    --budget, or let the planner choose them with --calibration and a target. Every conv is listed,
+    rewritten or with the reason it was left.
 
     \b
-    Examples:
-      onnxconv separate model.onnx -o small.onnx --energy 0.95 --verify
-      onnxconv separate model.onnx -o small.onnx --budget 0.5 --report sep.json
-      onnxconv separate model.onnx -o exact.onnx --exact --verify
-      onnxconv separate model.onnx -o grouped.onnx --mode shuffle --groups 4
-      onnxconv separate model.onnx -o small.onnx --rank 2 --calibration calib.npz
-      onnxconv separate model.onnx -o fast.onnx --target-speedup 2 --calibration calib.npz
+    Examples, one per way of choosing ranks:
+      onnxconv separate m.onnx -o small.onnx --rank 2 --verify
+      onnxconv separate m.onnx -o small.onnx --energy 0.95 --verify
+      onnxconv separate m.onnx -o exact.onnx --exact --verify
+      onnxconv separate m.onnx -o small.onnx --max-error 0.1
+      onnxconv separate m.onnx -o small.onnx --budget 0.5 --calibration calib.npz --report sep.json
+      onnxconv separate m.onnx -o grouped.onnx --mode shuffle --groups 4 --verify
+    \b
+    The planner (measures every plan on --calibration's held-out samples):
+      onnxconv separate m.onnx -o fast.onnx --calibration calib.npz --target-speedup 1.5
+      onnxconv separate m.onnx -o safe.onnx --calibration calib.npz --max-output-error 0.05
+      onnxconv separate det.onnx -o f.onnx --calibration calib.npz --metric boxes --min-metric 0.95
+      onnxconv separate m.onnx -o int8.onnx --calibration calib.npz --precision int8 --max-output-error 0.05
     """
     bar = ProgressBar(options.pop("progress_mode"), delay=0.0)
     request = SeparateRequest(model=model, output=output, **options)
