@@ -267,6 +267,16 @@ def judge(det: Detector, ref: Sequence[dict[str, np.ndarray]], got: Sequence[dic
         wc = worst.worst_channel
         out.update(worst_channel=wc.rel_error, worst_channel_at=f"{worst.output}[{wc.axis}:{wc.index}]",
                    worst_channel_name=det.channel_name(wc.axis, wc.index))
+        # The same channels without compare's floor (each at exactly its own norm): what the floor hides on
+        # channels far smaller than the largest one (sparse class scores beside box coordinates in pixels).
+        a, b = stack[worst.output], cand[worst.output]
+        norms = np.linalg.norm(np.moveaxis(a, wc.axis, 0).reshape(a.shape[wc.axis], -1).astype(np.float64), axis=1)
+        diffs = np.linalg.norm(np.moveaxis(a - b, wc.axis, 0).reshape(a.shape[wc.axis], -1).astype(np.float64),
+                               axis=1)
+        plain = np.where(norms > 0, diffs / np.where(norms > 0, norms, 1.0), diffs)
+        k = int(np.argmax(plain))
+        out.update(worst_channel_plain=float(plain[k]), worst_channel_plain_name=det.channel_name(wc.axis, k),
+                   channels_plain=[float(v) for v in plain])
     return out
 
 
@@ -373,8 +383,15 @@ def make_candidate(kind: str, det: Detector, model: Path, work: Path, cal: np.nd
         try:
             compare.session(str(out))
         except OnnxConvError as err:
+            written = onnx.load(str(out), load_external_data=False)
+            opset = next((o.version for o in written.opset_import if o.domain in ("", "ai.onnx")), 0)
+            axis = sum(1 for n in written.graph.node if n.op_type == "DequantizeLinear"
+                       and any(a.name == "axis" for a in n.attribute))
             why = str(err).split(" failed:", 1)[-1]  # onnxruntime's reason, without the path it names
-            row.update(wall_s=wall, refused=f"the written model does not load: {why}"[:300])
+            row.update(wall_s=wall, ort_message=why, refused=(
+                f"onnxruntime refuses the written model: opset {opset}, and {axis} per-channel DequantizeLinear "
+                "nodes carry 'axis' (an attribute from opset 13)" if axis and opset < 13 else
+                f"the written model does not load: {why}"[:300]))
             return row
     elif kind == "quantize":
         row["asked"] = f"quantize --max-output-error {e} --metric {det.metric} --min-metric {args.min_metric:g}"
@@ -508,8 +525,10 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
             out.append(f"| {r['model']} | {r['calib']} | {r['test']} | {r['planner_held_out']} of the calibration "
                        f"images | `{r['metric_spec']}` | {r['metric_support']} |")
     out += ["", "| model | candidate | asked | speed-up vs fp32 (bench, 1 thread) | planner's speed-up / error | "
-            "whole-tensor rel err | worst channel rel err (channel) | metric (boxes F1) | boxes found | layers rewritten | "
-            "convs kept float | nodes kept float | wall |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "whole-tensor rel err | worst channel rel err (channel) | worst channel without the floor | "
+            "metric (boxes F1) | boxes found | "
+            "layers rewritten (conv MACs) | "
+            "convs kept float | nodes kept float | wall |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["candidate"] == "original":
             continue
@@ -517,7 +536,7 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
             why = r.get("skipped") or f"refused: {r['refused'][:200]}"
             planner = (f"{fmt(r.get('planner_speedup'), '.2f')}x / {fmt(r.get('planner_error'))}"
                        if r.get("planner_rounds") else "")
-            out.append(f"| {r['model']} | {r['candidate']} | {r['asked']} | {why} | {planner} | | | | | | | | "
+            out.append(f"| {r['model']} | {r['candidate']} | {r['asked']} | {why} | {planner} | | | | | | | | | "
                        f"{fmt(r.get('wall_s'), '.0f')} s |")
             continue
         speed = (f"{r['speedup']:.2f}x ({r['speedup_q'][0]:.2f}-{r['speedup_q'][1]:.2f})" if r.get("speedup")
@@ -526,13 +545,15 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
                    if r.get("planner_speedup") is not None else "-")
         fl = r.get("float")
         convs = f"{fl['float_convs']} of {fl['convs']}" if fl else "-"
-        nodes = (f"{fl['float_nodes']} of {fl['nodes']} (" + ", ".join(f"{k} {v}" for k, v in
-                                                               list(fl["float_ops"].items())[:4]) + ")") if fl else "-"
+        ops = ", ".join(f"{k} {v}" for k, v in list(fl["float_ops"].items())[:4]) if fl else ""
+        nodes = f"{fl['float_nodes']} of {fl['nodes']}" + (f" ({ops})" if ops else "") if fl else "-"
+        layers = fmt(r.get("rewritten"), "d") + (f" ({r['macs_ratio']:.2f})" if r.get("macs_ratio") else "")
         note = " (few boxes)" if r.get("metric_note") else ""
         out.append(f"| {r['model']} | {r['candidate']} | {r['asked']} | {speed} | {planner} | "
                    f"{r['whole_tensor']:.3g} | {fmt(r.get('worst_channel'))} ({r.get('worst_channel_name', '-')}) | "
+                   f"{fmt(r.get('worst_channel_plain'))} ({r.get('worst_channel_plain_name', '-')}) | "
                    f"{r['metric']:.3f}{note} | {fmt(r.get('candidate_boxes'), 'd')} of {r.get('metric_support')} | "
-                   f"{fmt(r.get('rewritten'), 'd')} | {convs} | {nodes} | "
+                   f"{layers} | {convs} | {nodes} | "
                    f"{fmt(r.get('wall_s'), '.0f')} s |")
     return "\n".join(out)
 
@@ -556,12 +577,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                       "(comma-separated)")
     ap.add_argument("--rejudge", action="store_true", help="with --from-json: judge the candidate models the rows "
                     "name again (same images, no planning or timing) and rewrite the first JSON")
+    ap.add_argument("--rebench", action="store_true", help="with --from-json: time the candidate models the rows "
+                    "name again (one interleaved bench per model) and rewrite the first JSON")
     args = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
-    if args.from_json and args.rejudge:
+    if args.from_json and (args.rejudge or args.rebench):
         path = Path(args.from_json.split(",")[0])
         rows = json.loads(path.read_text())
-        rejudge(rows, args)
+        if args.rejudge:
+            rejudge(rows, args)
+        if args.rebench:
+            for name in dict.fromkeys(r["model"] for r in rows):
+                det = DETECTORS[name]
+                head = next(r for r in rows if r["model"] == name and r["candidate"] == "original")
+                _, test, _ = det.make(head["calib"], min(head["test"], 1), args.seed)
+                mine = [r for r in rows if r["model"] == name and r["candidate"] != "original"
+                        and r.get("path") and Path(r["path"]).exists()]
+                bench_speed(MODELS / det.model, mine, det, test, Path(args.work) / name, args)
         write_json(path, rows)
         print(tables(rows))
         return 0
