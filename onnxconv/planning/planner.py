@@ -745,8 +745,9 @@ def plan_rewrite(
              f"whole-tensor {verdict.whole_error:.3g})" if worst else "")
     metric = (f", metric {verdict.metric.value:.3g}" + (f" ({verdict.metric.note})" if verdict.metric.note else "")
               if verdict.metric is not None else "")
-    note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: predicted "
-            f"{speed_text(best.predicted)} from layer timings, measured {best.measured:.2f}x end to end (median "
+    predicted = (f"predicted {speed_text(best.predicted)} from layer timings" if best.predicted < 1e6 else
+                 "no prediction (the layers timed alone save more than the whole model takes)")
+    note = (f"plan: {asked} on {on}; {len(m.points)} plan(s) measured{off}; chosen: {predicted}, measured {best.measured:.2f}x end to end (median "
             f"of {model_iters} interleaved rounds){fp32}, error {best.error:.3g}{where}{metric} on "
             f"{m.error_inputs}")
     result.options = {**result.options, "plan": report.to_dict(),
@@ -755,9 +756,10 @@ def plan_rewrite(
 
 
 def speed_text(x: float) -> str:
-    """A speed-up as ``1.23x``; ``unbounded`` where the layers timed alone save more than the whole model takes
-    (:func:`~onnxconv.planning.choose.choose` then predicts ``T / (1e-9 T)``)."""
-    return f"{x:.2f}x" if x < 1e6 else "unbounded"
+    """A speed-up as ``1.23x``; ``n/a`` where the layers timed alone save more than the whole model takes
+    (:func:`~onnxconv.planning.choose.choose` then predicts ``T / (1e-9 T)``: no figure, only the measured one
+    means anything; int8 layers timed alone often add up past the whole quantized model)."""
+    return f"{x:.2f}x" if x < 1e6 else "n/a"
 
 
 def frontier_rows(plan: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
