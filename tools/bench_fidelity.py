@@ -87,11 +87,10 @@ import onnx.version_converter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_calibrate import bgr, colour, font  # noqa: E402
-from realmodels import DEST as MODELS  # noqa: E402
-from realmodels import image_folder  # noqa: E402
+from tools.bench_calibrate import bgr, colour, font  # noqa: E402
+from tools.realmodels import DEST as MODELS  # noqa: E402
+from tools.realmodels import image_folder  # noqa: E402
 
 from onnxconv import calibration, compare  # noqa: E402
 from onnxconv.errors import OnnxConvError  # noqa: E402

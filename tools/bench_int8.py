@@ -52,7 +52,6 @@ import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 from onnxconv.bench import BenchConfig, bench, profile_model, resolve_provider  # noqa: E402
 from onnxconv.errors import OnnxConvError  # noqa: E402
@@ -101,7 +100,7 @@ def _text_image(shape: Sequence[int], seed: int) -> np.ndarray:
     answer ~0 everywhere on an image without text, where no relative error means anything."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from _common import image_like  # smooth rectangles and gradients, 0..255
+    from tools._common import image_like  # smooth rectangles and gradients, 0..255
 
     rng = np.random.default_rng(seed)
     _, c, h, w = shape
@@ -121,7 +120,7 @@ def _text_image(shape: Sequence[int], seed: int) -> np.ndarray:
 
 def _images(src: Source, n: int, seed: int) -> list[dict[str, np.ndarray]]:
     """``n`` inputs for ``src``: text images for the OCR models, smooth rectangles for the others."""
-    from _common import image_like  # smooth rectangles and gradients, 0..255
+    from tools._common import image_like  # smooth rectangles and gradients, 0..255
 
     make = _text_image if src.path else image_like
     return [{src.input: (make(src.shape, seed + k) * src.scale + src.shift).astype(np.float32)}
@@ -130,7 +129,7 @@ def _images(src: Source, n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 def _load(name: str, src: Source) -> onnx.ModelProto:
     if src.arch:
-        import archs
+        from tools import archs
 
         return archs.build(src.arch, size=src.shape[-1])
     return load_model(ROOT / src.path, load_weights=True)  # type: ignore[operator]
@@ -355,9 +354,8 @@ LAYERS = ((32, 104), (64, 52), (128, 26), (256, 13), (512, 13))
 
 def run_layers(args: argparse.Namespace) -> None:
     """Per layer shape, one interleaved run of the conv and its rewrites, fp32 and u8s8: where int8 loses."""
-    from bench_separate import conv_relu
-
     from onnxconv.stats import analyze
+    from tools.bench_separate import conv_relu
 
     variants = (("rank 1", 1, "sum"), ("rank 2 sum", 2, "sum"), ("rank 2 concat", 2, "concat"))
     print(f"\none Conv 3x3 + Relu per shape; {args.iters} interleaved rounds, 1 thread; latency ratio = "

@@ -45,9 +45,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_calibrate import MODELS, Task, predictions, tasks  # noqa: E402
+from tools.bench_calibrate import MODELS, Task, predictions, tasks  # noqa: E402  (exits with a hint without Pillow)
 
 from onnxconv import calibration, compare, planning  # noqa: E402
 from onnxconv.errors import OnnxConvError, OptionError  # noqa: E402

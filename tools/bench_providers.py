@@ -29,12 +29,13 @@ from pathlib import Path
 
 import onnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import archs  # noqa: E402  (tools/ is not a package)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from onnxconv.bench import BenchConfig, BenchReport, bench  # noqa: E402
 from onnxconv.model_io import load_model, save_model  # noqa: E402
 from onnxconv.stats import analyze  # noqa: E402
+from tools import archs  # noqa: E402
 
 #: variant name -> `onnxconv separate` options
 VARIANTS = {

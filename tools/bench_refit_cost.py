@@ -21,19 +21,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 def one(arch: str, rank: int, images: int, size: int, depthwise: bool) -> dict[str, object]:
     """Run in a child process: the refit's wall time, peak RSS, and the layers whose kernels were kept."""
     import resource
 
-    import archs
     import numpy as np
 
     from onnxconv import calibration
     from onnxconv.passes.ranks import RankPolicy
     from onnxconv.passes.separable import separate
+    from tools import archs
 
     model = archs.build(arch, size=size)
     result = separate(model, RankPolicy("rank", rank))
