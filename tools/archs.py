@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -101,7 +102,7 @@ class GraphBuilder:
     def bias(self, n: int) -> np.ndarray:
         return (self.rng.standard_normal(n, dtype=np.float32) * np.float32(BIAS_STD)).astype(np.float32)
 
-    def node(self, op: str, inputs: Sequence[str], name: str, n_out: int = 1, **attrs: object) -> list[str]:
+    def node(self, op: str, inputs: Sequence[str], name: str, n_out: int = 1, **attrs: Any) -> list[str]:
         """Append one node named ``name``; its outputs are ``<name>_output_<i>`` (torch export style)."""
         outs = [f"{name}_output_{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op, list(inputs), outs, name=name, **attrs))
@@ -137,7 +138,7 @@ class GraphBuilder:
         inputs = [x, self.const(f"{name}.weight", w)]
         if bias:
             inputs.append(self.const(f"{name}.bias", self.bias(cout)))
-        attrs: dict[str, object] = {
+        attrs: dict[str, Any] = {
             "kernel_shape": list(ks), "strides": list(_tuple(stride, self.rank)), "pads": list(ps) * 2,
             "dilations": list(ds), "group": group,
         }
