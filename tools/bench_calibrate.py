@@ -186,16 +186,18 @@ def make_det(count: int, seed: int) -> tuple[np.ndarray, list[Any]]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        im = Image.fromarray(rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)).resize((344, 344), Image.BICUBIC)
+        im = Image.fromarray(rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)).resize((344, 344),
+                                                                                  Image.Resampling.BICUBIC)
         for _ in range(int(rng.integers(4, 7))):
             glyph = Image.new("RGBA", (80, 80), (0, 0, 0, 0))
             ImageDraw.Draw(glyph).text((15, 5), str(rng.choice(list("ABCDEFGHKMNPRSTWXYZ2345678"))),
                                        font=font(rng, 30, 48), fill=colour(rng, 0, 256) + (255,))
-            glyph = glyph.rotate(float(rng.uniform(-35, 35)), resample=Image.BILINEAR)
+            glyph = glyph.rotate(float(rng.uniform(-35, 35)), resample=Image.Resampling.BILINEAR)
             im.paste(glyph, (int(rng.integers(0, 264)), int(rng.integers(0, 264))), glyph)
         a = bgr(im)
         r = min(416 / a.shape[0], 416 / a.shape[1])
-        res = np.asarray(Image.fromarray(a).resize((int(a.shape[1] * r), int(a.shape[0] * r)), Image.BILINEAR))
+        res = np.asarray(Image.fromarray(a).resize((int(a.shape[1] * r), int(a.shape[0] * r)),
+                                                   Image.Resampling.BILINEAR))
         pad = np.full((416, 416, 3), 114, np.uint8)
         pad[: res.shape[0], : res.shape[1]] = res
         out.append(pad.transpose(2, 0, 1).astype(np.float32))
@@ -215,7 +217,7 @@ def make_ddddocr_text(count: int, seed: int) -> tuple[np.ndarray, list[Any]]:
             x += int(f.getlength(ch)) + int(rng.integers(-2, 4))
         for _ in range(400):
             d.point((int(rng.integers(256)), int(rng.integers(64))), fill=colour(rng, 0, 256))
-        g = im.resize((256, 64), Image.LANCZOS).convert("L")
+        g = im.resize((256, 64), Image.Resampling.LANCZOS).convert("L")
         xs.append((np.asarray(g, np.float32) / 255.0)[None])
         truth.append(text)
     return np.stack(xs), truth
@@ -233,7 +235,7 @@ def make_ppocr_text(count: int, seed: int) -> tuple[np.ndarray, list[Any]]:
         ImageDraw.Draw(im).text((int(rng.integers(2, 8)), int(rng.integers(0, max(1, h - 36)))), text, font=f,
                                 fill=colour(rng, 0, 90))
         rw = 320 if math.ceil(48 * w / h) > 320 else int(math.ceil(48 * w / h))
-        a = bgr(im.resize((rw, 48), Image.BILINEAR)).astype(np.float32).transpose(2, 0, 1) / 255
+        a = bgr(im.resize((rw, 48), Image.Resampling.BILINEAR)).astype(np.float32).transpose(2, 0, 1) / 255
         x = np.zeros((3, 48, 320), np.float32)
         x[:, :, :rw] = (a - 0.5) / 0.5
         xs.append(x)
@@ -251,7 +253,7 @@ def make_ppocr_det(count: int, seed: int) -> tuple[np.ndarray, list[Any]]:
             text = "".join(rng.choice(list("ABCDEFGHKMNPRSTWXYZabcdefghkmnprstwxyz2345678 "), int(rng.integers(4, 14))))
             d.text((int(rng.integers(0, 150)), int(rng.integers(0, 330))), text, font=font(rng, 18, 32),
                    fill=colour(rng, 0, 100))
-        a = bgr(im.resize((736, 736), Image.BILINEAR)).astype(np.float32).transpose(2, 0, 1) / 255
+        a = bgr(im.resize((736, 736), Image.Resampling.BILINEAR)).astype(np.float32).transpose(2, 0, 1) / 255
         xs.append((a - 0.5) / 0.5)
     return np.stack(xs), [None] * count
 

@@ -122,18 +122,18 @@ def captcha(photo: Image.Image, rng: np.random.Generator) -> np.ndarray:
     glyphs of ``bench_calibrate.make_det``), BGR, letterboxed into 416x416 (value 114), float 0..255 CHW."""
     im = photo.convert("RGB")
     scale = max(344 / im.width, 344 / im.height, float(rng.uniform(0.6, 1.0)))
-    im = im.resize((max(344, round(im.width * scale)), max(344, round(im.height * scale))), Image.BILINEAR)
+    im = im.resize((max(344, round(im.width * scale)), max(344, round(im.height * scale))), Image.Resampling.BILINEAR)
     x, y = int(rng.integers(0, im.width - 343)), int(rng.integers(0, im.height - 343))
     im = im.crop((x, y, x + 344, y + 344))
     for _ in range(int(rng.integers(4, 7))):
         glyph = Image.new("RGBA", (80, 80), (0, 0, 0, 0))
         ImageDraw.Draw(glyph).text((15, 5), str(rng.choice(list("ABCDEFGHKMNPRSTWXYZ2345678"))),
                                    font=font(rng, 30, 48), fill=colour(rng, 0, 256) + (255,))
-        glyph = glyph.rotate(float(rng.uniform(-35, 35)), resample=Image.BILINEAR)
+        glyph = glyph.rotate(float(rng.uniform(-35, 35)), resample=Image.Resampling.BILINEAR)
         im.paste(glyph, (int(rng.integers(0, 264)), int(rng.integers(0, 264))), glyph)
     a = bgr(im)
     r = min(416 / a.shape[0], 416 / a.shape[1])
-    res = np.asarray(Image.fromarray(a).resize((int(a.shape[1] * r), int(a.shape[0] * r)), Image.BILINEAR))
+    res = np.asarray(Image.fromarray(a).resize((int(a.shape[1] * r), int(a.shape[0] * r)), Image.Resampling.BILINEAR))
     pad = np.full((416, 416, 3), 114, np.uint8)
     pad[: res.shape[0], : res.shape[1]] = res
     return pad.transpose(2, 0, 1).astype(np.float32)
@@ -192,7 +192,7 @@ def render_page(path: Path, page: int) -> np.ndarray:
         pix = doc[page].get_pixmap(matrix=pymupdf.Matrix(1.0, 1.0))
         img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
     scale = 1024 / max(img.width, img.height)
-    resized = img.resize((int(img.width * scale), int(img.height * scale)), Image.BILINEAR)
+    resized = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (1024, 1024), (114, 114, 114))
     canvas.paste(resized, ((1024 - resized.width) // 2, (1024 - resized.height) // 2))
     return (np.asarray(canvas, np.float32) / 255.0).transpose(2, 0, 1)
