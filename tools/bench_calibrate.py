@@ -320,7 +320,7 @@ def predictions(model: Any, task: Task, x: np.ndarray) -> list[Any]:
     sess = compare.session(model)
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else task.batch
-    preds = []
+    preds: list[Any] = []
     for i in range(0, len(x), step):
         out = sess.run(None, {task.input_name: x[i:i + step]})[0]
         if out.ndim == 3 and out.shape[1] == step and out.shape[0] != step:  # (T, N, C): per-sample along axis 1
@@ -345,12 +345,13 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
     cal_x, _ = task.make(n_cal, 1)
     test_x, truth = task.make(n_test, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "cal.npz", **{task.input_name: cal_x})
+        feeds: dict[str, Any] = {task.input_name: cal_x}  # Any: savez's allow_pickle: bool could be a key
+        np.savez(Path(tmp) / "cal.npz", **feeds)
         cal = calibration.load_calibration(Path(tmp) / "cal.npz", model)
     orig = predictions(model, task, test_x)
     base = task.score(orig, orig, truth)
     print(f"{task.name}: original {task.metric} = {base:.4f}", flush=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for s in speedups:
         t0 = time.time()
         try:
@@ -370,7 +371,7 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
         m_p = task.score(predictions(pointwise.model, task, test_x), orig, truth)
         m_r = task.score(predictions(fitted.model, task, test_x), orig, truth)
         tot = weight_only.totals()
-        row = {
+        row: dict[str, Any] = {
             "model": task.name, "mode": mode, "errors": "refit" if refit_aware else "weight", "metric": task.metric, "target": s, "measured": report.measured,
             "predicted": report.predicted, "rounds": report.rounds, "rewritten": tot["rewritten"],
             "conv_macs_ratio": tot["macs_after"] / tot["macs_before"] if tot["macs_before"] else None,

@@ -171,7 +171,7 @@ def page_split() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     N pages of either list (``--calib N``, ``--test N``) come from as many documents as N allows."""
 
     def round_robin(lists: list[list[tuple[str, int]]]) -> list[tuple[str, int]]:
-        out = []
+        out: list[tuple[str, int]] = []
         for i in range(max(map(len, lists), default=0)):
             out.extend(pages[i] for pages in lists if i < len(pages))
         return out
@@ -258,7 +258,12 @@ def judge(det: Detector, ref: Sequence[dict[str, np.ndarray]], got: Sequence[dic
     stack = {k: np.concatenate([o[k] for o in ref]) for k in ref[0]}
     cand = {k: np.concatenate([o[k] for o in got]) for k in got[0]}
     agreements = compare.compare_outputs(stack, cand)
-    worst = max((a for a in agreements if a.worst_channel), key=lambda a: a.worst_channel.rel_error, default=None)
+
+    def channel_error(a: compare.Agreement) -> float:
+        assert a.worst_channel is not None  # only agreements with a worst channel are ranked
+        return a.worst_channel.rel_error
+
+    worst = max((a for a in agreements if a.worst_channel), key=channel_error, default=None)
     metric = load_metric(det.metric)
     value = metric.evaluate(ref, got)
     support = getattr(metric.fn, "support", None)  # the candidate's own detections, counted like the reference's
@@ -341,7 +346,7 @@ def ort_quantize(model: Path, out: Path, det: Detector, cal: np.ndarray) -> None
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)  # lazy: only this candidate needs the quantizer
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.feeds = iter([{det.input_name: cal[i:i + 1]} for i in range(len(cal))])
 

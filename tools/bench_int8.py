@@ -220,7 +220,7 @@ def _variants(name: str, src: Source, args: argparse.Namespace
 
 def _optimized(model: onnx.ModelProto, threads: int) -> onnx.ModelProto:
     """The graph onnxruntime runs after its optimisations (QDQ fusion, layout passes), as it saves it."""
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort
 
     from onnxconv.compare import ORT_LOG_SEVERITY
 

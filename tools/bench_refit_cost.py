@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,7 +41,8 @@ def one(arch: str, rank: int, images: int, size: int, depthwise: bool) -> dict[s
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cal.npz"
         x = np.random.default_rng(0).standard_normal((images, 3, size, size)).astype(np.float32)
-        np.savez(path, **{name: x})
+        feeds: dict[str, Any] = {name: x}  # Any: savez's allow_pickle: bool could be a key
+        np.savez(path, **feeds)
         cal = calibration.load_calibration(path, model)
     t0 = time.perf_counter()
     out = calibration.refit(model, result, cal, depthwise=depthwise)

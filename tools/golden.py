@@ -590,12 +590,13 @@ def model_diff(pa: Path, pb: Path) -> str:
             return f"initializer '{name}' only in A"
         if name not in ia:
             return f"initializer '{name}' only in B"
-        x, y = ia[name], ib[name]
-        if x.SerializeToString(deterministic=True) != y.SerializeToString(deterministic=True):
-            if list(x.dims) != list(y.dims) or x.data_type != y.data_type:
-                return f"initializer '{name}': dims/type {list(x.dims)}/{x.data_type} vs {list(y.dims)}/{y.data_type}"
+        ta, tb = ia[name], ib[name]  # not x, y: those are the NodeProtos of the loop above
+        if ta.SerializeToString(deterministic=True) != tb.SerializeToString(deterministic=True):
+            if list(ta.dims) != list(tb.dims) or ta.data_type != tb.data_type:
+                return (f"initializer '{name}': dims/type {list(ta.dims)}/{ta.data_type} "
+                        f"vs {list(tb.dims)}/{tb.data_type}")
             try:
-                xa, ya = onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y)
+                xa, ya = onnx.numpy_helper.to_array(ta), onnx.numpy_helper.to_array(tb)
                 diff = float(np.max(np.abs(xa.astype(np.float64) - ya.astype(np.float64)))) if xa.size else 0.0
                 return f"initializer '{name}': values differ (max abs difference {diff:.3g})"
             except Exception:  # noqa: BLE001
