@@ -106,7 +106,8 @@ def font(rng: np.random.Generator, lo: int, hi: int) -> Any:
 
 
 def colour(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(lo, hi, 3))  # type: ignore[return-value]
+    r, g, b = (int(v) for v in rng.integers(lo, hi, 3))
+    return r, g, b
 
 
 def bgr(im: Any) -> np.ndarray:

@@ -46,6 +46,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -132,7 +133,8 @@ def _load(name: str, src: Source) -> onnx.ModelProto:
         from tools import archs
 
         return archs.build(src.arch, size=src.shape[-1])
-    return load_model(ROOT / src.path, load_weights=True)  # type: ignore[operator]
+    assert src.path is not None  # a source without an arch is a file
+    return load_model(ROOT / src.path, load_weights=True)
 
 
 def _rewrites(model: onnx.ModelProto, src: Source, args: argparse.Namespace) -> tuple[dict[str, onnx.ModelProto], str]:
@@ -183,11 +185,11 @@ def _variants(name: str, src: Source, args: argparse.Namespace
     bases = {k: "fp32 original" for k in out}
     timings: list[str] = []
 
-    def quantize(label: str, m: onnx.ModelProto, base: str | None = None, **kw: object) -> None:
+    def quantize(label: str, m: onnx.ModelProto, base: str | None = None, **kw: Any) -> None:
         t0 = time.perf_counter()
         bases[label] = base or label.rsplit(" ", 1)[0] + " original"
         try:
-            out[label] = quantize_static_qdq(m, calib, **kw)  # type: ignore[arg-type]
+            out[label] = quantize_static_qdq(m, calib, **kw)
         except OnnxConvError as e:
             print(f"  {label}: {e}", flush=True)
         timings.append(f"{label} {time.perf_counter() - t0:.0f}s")
@@ -317,10 +319,10 @@ def run_model(name: str, args: argparse.Namespace) -> None:
         return
     print(f"\n### {name} ({'x'.join(map(str, src.shape))})", flush=True)
     models, bases, policy = _variants(name, src, args)
-    held_out = _images(src, 1, seed=0)[0]
+    held_out: dict[str, Any] = _images(src, 1, seed=0)[0]  # Any: savez's allow_pickle: bool could be a key
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         npz = os.path.join(tmp, "held_out.npz")
-        np.savez(npz, **held_out)  # type: ignore[arg-type]
+        np.savez(npz, **held_out)
         cfg = BenchConfig(threads=args.threads, iters=args.iters, warmup=2, inputs=npz)
         labels = list(models)
         report = bench([models[k] for k in labels], cfg, names=labels)

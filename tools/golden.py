@@ -241,7 +241,7 @@ def make_calibration(model_path: Path, dest: Path, shape: Sequence[int] | None =
     m = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
     rng = np.random.default_rng(zlib.crc32(model_path.name.encode()))
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}  # Any: savez's allow_pickle: bool could be a key of **arrays
     for vi in m.graph.input:
         if vi.name in inits:
             continue
@@ -256,7 +256,7 @@ def make_calibration(model_path: Path, dest: Path, shape: Sequence[int] | None =
         dims = [samples * max(1, batch), *dims[1:]]
         arrays[vi.name] = rng.standard_normal(dims).astype(_np_dtype(tt.elem_type))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(dest, **arrays)  # type: ignore[arg-type]
+    np.savez(dest, **arrays)
     return {k: _array_sha(a) for k, a in sorted(arrays.items())}
 
 
