@@ -51,7 +51,7 @@ from .bench import BenchConfig, SpeedUp, bench
 from .calibration import CalibrationSet
 from .compare import CHANNEL_FLOOR, Agreement, channel_axis, compare_outputs, run_model, session, write_npz
 from .errors import OptionError
-from .keep_float import KEPT_INT8, FloatGroup, float_groups, keep_float
+from .keep_float import FloatGroup, float_groups, keep_float
 from .metrics import MetricValue, TaskMetric
 from .quantize import CpuInt8, QdqModels, QuantSettings, cpu_int8, quantize_qdq, settings_for_cpu
 
@@ -75,8 +75,7 @@ class AccuracyOptions:
     ``min_metric`` is given, which then is the only bound. ``metric`` is reported whenever given.
     ``cpu`` (default: this one, :func:`~onnxconv.quantize.cpu_int8`) decides ``reduce_range``.
     The quantized model has static input shapes: ``input_shapes``, else the calibration samples' with a batch
-    of ``batch`` (default: the model's fixed batch, else 1). ``float_convs`` lets convs be kept float too
-    (slower; for models whose int8 convs alone miss the bound).
+    of ``batch`` (default: the model's fixed batch, else 1).
     """
 
     max_output_error: float | None = None
@@ -91,7 +90,6 @@ class AccuracyOptions:
     batch: int | None = None
     ranking_samples: int = RANKING_SAMPLES
     cpu: CpuInt8 | None = None
-    float_convs: bool = False
 
     @property
     def error_bound(self) -> float | None:
@@ -422,7 +420,7 @@ def quantize_with_accuracy(model: onnx.ModelProto, calibration: CalibrationSet |
     fit, held, held_text = _split(calibration, held_out, options)
     qdq = quantize_qdq(model, fit, settings, input_shapes=options.input_shapes)
     judge = _Judge(model, held, options)
-    groups = float_groups(qdq.model, () if options.float_convs else KEPT_INT8)
+    groups = float_groups(qdq.model)
     every = judge.measure(qdq.model)
 
     def result(out: onnx.ModelProto, kept: list[KeptFloat], measured: Measurement, met: bool) -> QuantizeResult:
