@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .passes.common import declare_initializers
+
 __all__ = ["FloatGroup", "float_groups", "keep_float", "KEPT_INT8"]
 
 #: Op types never kept float: the layers int8 is for.
@@ -236,9 +238,15 @@ def _prune(model: onnx.ModelProto) -> None:
         for i in reversed(dead):
             del graph.node[i]
     used = _referenced(graph) | {o.name for o in graph.output}
+    dropped = {t.name for t in graph.initializer if t.name not in used}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    # IR < 4 declares every initializer as a graph input too: a dropped one must not stay behind as an input
+    # that the caller would then have to feed.
+    inputs = [vi for vi in graph.input if vi.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(inputs)
 
 
 def keep_float(qdq: onnx.ModelProto, nodes: Collection[str], prepared: onnx.ModelProto | None = None,
@@ -257,4 +265,5 @@ def keep_float(qdq: onnx.ModelProto, nodes: Collection[str], prepared: onnx.Mode
     _float_outputs(model, kept, taken)
     _float_inputs(model, kept, _Weights(prepared, model, taken))
     _prune(model)
+    declare_initializers(model)  # IR < 4: the float weights added are graph inputs too
     return model

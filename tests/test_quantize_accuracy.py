@@ -30,6 +30,7 @@ from onnxconv.cli import main
 from onnxconv.errors import OptionError
 from onnxconv.keep_float import float_groups, keep_float
 from onnxconv.metrics import load_metric
+from onnxconv.passes.common import declare_initializers
 from onnxconv.planning import Quantizer
 from onnxconv.quantize import CpuInt8, QuantSettings, cpu_int8, quantize_qdq, settings_for_cpu
 
@@ -330,3 +331,20 @@ def test_cli_bad_input_is_one_error_line(files: Path, args: list[str], words: st
 def test_cli_is_listed() -> None:
     res = CliRunner().invoke(main, ["--help"])
     assert "quantize" in res.output
+
+
+def test_ir3_model_keeps_its_initializers_declared_as_inputs() -> None:
+    """IR < 4 requires every initializer to be a graph input too: the float weights keep_float adds are declared,
+    and the int8 ones it drops are no longer inputs anyone must feed."""
+    model = head_model()
+    model.ir_version = 3
+    model.opset_import[0].version = 13
+    declare_initializers(model)
+    r = quantize_with_accuracy(model, feeds(8), AccuracyOptions(), held_out=feeds(4, seed=2))
+    assert r.model.ir_version == 3 and [k.nodes for k in r.kept_float] == [("concat", "flatten")]
+    inits = {t.name for t in r.model.graph.initializer}
+    assert inits <= {vi.name for vi in r.model.graph.input}
+    assert {vi.name for vi in r.model.graph.input} - inits == {"X"}
+    onnx.checker.check_model(r.model)
+    xs = feeds(4, seed=5)
+    assert compare.channel_errors(outputs(head_model(), xs), outputs(r.model, xs), 1).max() <= 0.1
