@@ -58,10 +58,12 @@ from .metrics import MetricValue, TaskMetric
 from .quantize import CpuInt8, QdqModels, QuantSettings, cpu_int8, quantize_qdq, settings_for_cpu
 
 __all__ = ["AccuracyOptions", "AccuracyNotMet", "KeptFloat", "Measurement", "QuantizeResult", "quantize_with_accuracy",
-           "speedup_over_fp32", "local_damage", "DEFAULT_MAX_OUTPUT_ERROR", "RANKING_SAMPLES"]
+           "speedup_over_fp32", "local_damage", "DEFAULT_MAX_OUTPUT_ERROR", "RANKING_SAMPLES", "CLOSEST_MARGIN"]
 
 #: The worst output channel's relative error allowed when neither a bound nor a metric bound is given.
 DEFAULT_MAX_OUTPUT_ERROR = 0.05
+#: With ``closest``: how far over the closest reachable gap (every candidate float) the result may be.
+CLOSEST_MARGIN = 0.1
 #: Held-out samples the local-damage run that orders the candidates takes (the criterion always uses all of them).
 RANKING_SAMPLES = 8
 
@@ -77,7 +79,9 @@ class AccuracyOptions:
     ``min_metric`` is given, which then is the only bound. ``metric`` is reported whenever given.
     ``cpu`` (default: this one, :func:`~onnxconv.quantize.cpu_int8`) decides ``reduce_range``.
     The quantized model has static input shapes: ``input_shapes``, else the calibration samples' with a batch
-    of ``batch`` (default: the model's fixed batch, else 1).
+    of ``batch`` (default: the model's fixed batch, else 1). ``closest``: where not even every candidate
+    in float meets the criterion, keep float the fewest groups that come within :data:`CLOSEST_MARGIN` of that
+    model's gap instead of raising :class:`AccuracyNotMet` (the result's ``met`` is then False).
     """
 
     max_output_error: float | None = None
@@ -92,6 +96,7 @@ class AccuracyOptions:
     batch: int | None = None
     ranking_samples: int = RANKING_SAMPLES
     cpu: CpuInt8 | None = None
+    closest: bool = False
 
     @property
     def error_bound(self) -> float | None:
@@ -234,6 +239,8 @@ class _Judge:
         ref = session(model, threads=options.threads)
         self.ref = [run_model(ref, f) for f in self.feeds]
         self.evaluations = 0
+        #: Set where the criterion cannot hold (``closest``): the gap a model may have instead.
+        self.gap_limit: float | None = None
 
     def measure(self, model: onnx.ModelProto, ranking: bool = False) -> Measurement:
         feeds = self.rank_feeds if ranking else self.feeds
@@ -257,6 +264,8 @@ class _Judge:
         return max(parts, default=0.0)
 
     def met(self, m: Measurement) -> bool:
+        if self.gap_limit is not None:
+            return self.gap(m) <= self.gap_limit
         bound, low = self.options.error_bound, self.options.min_metric
         return ((bound is None or m.error <= bound)
                 and (low is None or (m.metric is not None and m.metric.value >= low)))
@@ -436,26 +445,35 @@ def quantize_with_accuracy(model: onnx.ModelProto, calibration: CalibrationSet |
     groups = float_groups(qdq.model)
     every = judge.measure(qdq.model)
 
+    criterion = options.criterion()
+
     def result(out: onnx.ModelProto, kept: list[KeptFloat], measured: Measurement, met: bool) -> QuantizeResult:
-        return QuantizeResult(out, kept, measured, every, settings, why, held_text, options.criterion(), met,
-                              len(groups), judge.evaluations)
+        return QuantizeResult(out, kept, measured, every, settings, why, held_text, criterion, met, len(groups),
+                              judge.evaluations)
 
     if judge.met(every):
         return result(qdq.model, [], every, True)
     search = _Search(judge, qdq, groups)
     all_float = search.model(groups)
     closest = judge.measure(all_float)
-    if not judge.met(closest):
+    met = judge.met(closest)
+    if not met:
         figures = [f"worst output error {closest.worst()}"]
         if closest.metric is not None and options.metric is not None:
             figures.append(f"metric {options.metric.name} {closest.metric.value:.4g}")
-        raise AccuracyNotMet(
-            f"{options.criterion()} is not met even with all {len(groups)} quantized node group(s) but the convs "
-            f"in float: {', '.join(figures)} on {held_text} (everything quantized: {every.worst()})",
-            result(all_float, [KeptFloat(g.nodes, g.ops, 0.0) for g in groups], closest, False))
+        text = (f"{criterion} is not met even with all {len(groups)} quantized node group(s) but the convs in "
+                f"float: {', '.join(figures)} on {held_text} (everything quantized: {every.worst()})")
+        if not options.closest:
+            raise AccuracyNotMet(text, result(all_float, [KeptFloat(g.nodes, g.ops, 0.0) for g in groups], closest,
+                                              False))
+        # As near as the convs in int8 allow, with the fewest groups float: within the margin of that model's gap.
+        judge.gap_limit = judge.gap(closest) * (1.0 + CLOSEST_MARGIN)
+        criterion = f"{criterion}: not reachable ({text}); held instead to within {CLOSEST_MARGIN:.0%} of that"
+        if judge.met(every):
+            return result(qdq.model, [], every, False)
     search.known_met(groups)
     kept, final, contributions = search.settle(search.minimal([], search.order(options.threads)))
-    return result(search.model(kept), contributions, final, True)
+    return result(search.model(kept), contributions, final, met)
 
 
 def speedup_over_fp32(original: onnx.ModelProto, quantized: onnx.ModelProto, calibration: CalibrationSet | Feeds,

@@ -249,9 +249,17 @@ def test_planner_quantizer_controls_accuracy(head: onnx.ModelProto) -> None:
     q = quant.model(head)
     assert quant.last is not None and [k.nodes for k in quant.last.kept_float] == [("concat", "flatten")]
     assert any(n.name == "concat" for n in q.graph.node)
-    loose = Quantizer(feeds(8), accuracy=AccuracyOptions(max_output_error=1e-6, cpu=VNNI))
-    loose.model(head)  # not met even all-but-convs float: the closest model, said in .last
-    assert loose.last is not None and not loose.last.met
+    strict = Quantizer(feeds(8), accuracy=AccuracyOptions(max_output_error=1e-6, cpu=VNNI))
+    strict.model(head)  # not even all-but-convs float meets 1e-6: as close as that, said in .last
+    assert strict.last is not None and not strict.last.met and "not reachable" in strict.last.criterion
+    assert [k.nodes for k in strict.last.kept_float] == [("concat", "flatten")]
+
+
+def test_closest_keeps_the_fewest_groups_that_come_near_the_unreachable_bound(head: onnx.ModelProto) -> None:
+    r = quantize_with_accuracy(head, feeds(8), AccuracyOptions(max_output_error=1e-6, closest=True),
+                               held_out=feeds(4, seed=2))
+    assert not r.met and "held instead to within 10%" in r.criterion
+    assert [k.nodes for k in r.kept_float] == [("concat", "flatten")] and r.measured.error < 0.05
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..accuracy import AccuracyNotMet, AccuracyOptions, QuantizeResult, quantize_with_accuracy
+from ..accuracy import AccuracyOptions, QuantizeResult, quantize_with_accuracy
 from ..bench import BenchConfig, bench
 from ..calibration import CalibrationSet
 from ..compare import write_npz
@@ -138,8 +138,9 @@ class Quantizer:
     its shape.
 
     The settings (``reduce_range`` on x86 without VNNI) are chosen once, for this CPU or ``accuracy.cpu``.
-    A model whose criterion not even all-but-convs in float meets is returned that way (the closest), with
-    :attr:`last` saying so: the planner's own error budget judges it.
+    Where not even all but the convs in float meets the criterion, a model as close as that one is returned
+    (``closest``: the fewest groups float within :data:`~onnxconv.accuracy.CLOSEST_MARGIN` of its figures),
+    with :attr:`last` saying so: the planner's own error budget judges it.
     """
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], activation_type: str = "uint8",
@@ -148,7 +149,8 @@ class Quantizer:
         self.feeds = list(feeds)
         self.held_out = list(held_out) if held_out is not None else None
         self.activation_type, self.weight_type = activation_type, weight_type
-        options = replace(accuracy or AccuracyOptions(), activation_type=activation_type, weight_type=weight_type)
+        options = replace(accuracy or AccuracyOptions(), activation_type=activation_type, weight_type=weight_type,
+                          closest=True)
         cpu = options.cpu or cpu_int8()
         self.options = replace(options, cpu=cpu)
         self.settings, self.settings_reason = settings_for_cpu(activation_type, weight_type, cpu)
@@ -160,13 +162,10 @@ class Quantizer:
         return f"int8-qdq-{self.activation_type}-{self.weight_type}"
 
     def quantize(self, model: onnx.ModelProto) -> QuantizeResult:
-        """The whole model quantized with accuracy control (the closest model when the criterion cannot hold)."""
-        try:
-            result = quantize_with_accuracy(model, self.feeds, self.options, held_out=self.held_out)
-        except AccuracyNotMet as e:
-            result = e.result
-        self.last = result
-        return result
+        """The whole model quantized with accuracy control (held to the closest figures where the criterion
+        cannot hold: ``result.met`` False)."""
+        self.last = quantize_with_accuracy(model, self.feeds, self.options, held_out=self.held_out)
+        return self.last
 
     def model(self, model: onnx.ModelProto) -> onnx.ModelProto:
         return self.quantize(model).model
