@@ -356,3 +356,14 @@ def test_ir3_model_keeps_its_initializers_declared_as_inputs() -> None:
     onnx.checker.check_model(r.model)
     xs = feeds(4, seed=5)
     assert compare.channel_errors(outputs(head_model(), xs), outputs(r.model, xs), 1).max() <= 0.1
+
+
+def test_unnamed_nodes_get_names_the_search_can_keep_float() -> None:
+    model = head_model()
+    model.graph.node[4].name = ""  # the Concat
+    qdq = quantize_qdq(model, feeds(4), QuantSettings(keep_activations=True))
+    names = [n.name for n in qdq.prepared.graph.node]
+    concat = next(n.name for n in qdq.prepared.graph.node if n.op_type == "Concat")
+    assert all(names) and len(names) == len(set(names)) and concat.startswith("Concat_")
+    r = quantize_with_accuracy(model, feeds(8), AccuracyOptions(), held_out=feeds(4, seed=2))
+    assert [k.nodes for k in r.kept_float] == [(concat, "flatten")]
