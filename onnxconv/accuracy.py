@@ -379,7 +379,8 @@ class _Search:
         for g in kept:
             w = without[g]
             gain = final.metric.value - w.metric.value if final.metric is not None and w.metric is not None else None
-            out.append(KeptFloat(g.nodes, g.ops, w.error - final.error, gain, self.judge.gap(w) - self.judge.gap(final)))
+            closed = self.judge.gap(w) - self.judge.gap(final)
+            out.append(KeptFloat(g.nodes, g.ops, w.error - final.error, gain, closed))
         return kept, final, sorted(out, key=lambda k: -k.gap_closed)
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from onnx import helper
 
 from onnxconv import compare
-from onnxconv.accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOptions, local_damage,
-                               quantize_with_accuracy)
+from onnxconv.accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOptions, QuantizeResult,
+                               local_damage, quantize_with_accuracy)
 from onnxconv.cli import main
 from onnxconv.errors import OptionError
 from onnxconv.keep_float import float_groups, keep_float
@@ -78,7 +78,7 @@ def head() -> onnx.ModelProto:
 
 
 @pytest.fixture(scope="module")
-def controlled(head: onnx.ModelProto):  # type: ignore[no-untyped-def]
+def controlled(head: onnx.ModelProto) -> QuantizeResult:
     return quantize_with_accuracy(head, feeds(8), AccuracyOptions(), held_out=feeds(4, seed=2))
 
 
@@ -93,7 +93,7 @@ def test_plain_int8_zeroes_the_scores_and_only_per_channel_sees_it(head: onnx.Mo
     assert np.all(outputs(q, held)[:, 4:] == 0)
 
 
-def test_keeps_the_concat_and_its_reshape_float(head: onnx.ModelProto, controlled) -> None:  # type: ignore[no-untyped-def]
+def test_keeps_the_concat_and_its_reshape_float(head: onnx.ModelProto, controlled: QuantizeResult) -> None:
     r = controlled
     assert r.met and r.quantized_all.error > 0.9
     assert [k.nodes for k in r.kept_float] == [("concat", "flatten")]
@@ -273,7 +273,7 @@ def files(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_cli(*args: str):  # type: ignore[no-untyped-def]
+def run_cli(*args: str) -> Result:
     return CliRunner().invoke(main, ["quantize", *args])
 
 

@@ -166,7 +166,7 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
     speed = speedup_over_fp32(m, result.model, calib, threads, duration)
     report_tmp = None
     if report_file is not None:
-        data: dict[str, Any] = {"model": model, "output": output, **result.to_dict(),
+        data: dict[str, Any] = {"model": model, "output": output, "metric": metric_spec, **result.to_dict(),
                                 "speedup": None if speed is None else asdict(speed)}
         report_tmp = write_json_tmp(report_file, data)
     try:
