@@ -1,19 +1,22 @@
 """``onnxconv quantize``: a thin wrapper over :func:`onnxconv.accuracy.quantize_with_accuracy`.
 
 Output paths are checked before any work (never the input model, its external data or the ``--calibration``
-data); the quantized model is measured against fp32, timed against it (interleaved) and written atomically, with
-``--report`` written first and renamed after the model, so that both or neither are there. A criterion that
-cannot be met writes nothing.
+data); the quantized model is measured against fp32, timed against it (interleaved), and the model and
+``--report`` are staged together (:class:`~onnxconv.model_io.StagedFiles`), so that both or neither are written.
+A criterion that cannot be met writes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from ..accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOptions, QuantizeResult,
                         quantize_with_accuracy, speedup_over_fp32)
@@ -22,10 +25,10 @@ from ..calibration import load_calibration
 from ..compare import parse_channel_axes
 from ..errors import OnnxConvError, OptionError
 from ..metrics import load_metric
-from ..model_io import INPUT_CLASH, check_output_path, external_data_files, load_model, same_file, save_model
+from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, load_model, same_file,
+                        save_model)
 from ..tables import grid
 from ..text import printable
-from .jsonfile import write_json_tmp
 from .options import shape_options
 
 __all__ = ["quantize", "render_quantize"]
@@ -46,6 +49,16 @@ def _protected(model: str, calibration: str) -> list[tuple[str, str]]:
         out += [(os.path.join(os.path.dirname(model), f), "is the input model's external data file (choose "
                  "another file)") for f in data]
     return out
+
+
+def _json_bytes(data: Mapping[str, Any]) -> bytes:
+    """``data`` as indented JSON (numpy scalars as Python numbers)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+    return (json.dumps(data, indent=2, default=plain) + "\n").encode()
 
 
 def _speed_text(speed: SpeedUp | None) -> str:
@@ -164,24 +177,13 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
     except AccuracyNotMet as e:
         raise AccuracyNotMet(f"{e}; nothing was written", e.result) from None
     speed = speedup_over_fp32(m, result.model, calib, threads, duration)
-    report_tmp = None
-    if report_file is not None:
-        data: dict[str, Any] = {"model": model, "output": output, "metric": metric_spec, **result.to_dict(),
-                                "speedup": None if speed is None else asdict(speed)}
-        report_tmp = write_json_tmp(report_file, data)
-    try:
-        save_model(result.model, output, source=model)
-    except BaseException:
-        if report_tmp is not None:
-            report_tmp.unlink(missing_ok=True)
-        raise
-    if report_tmp is not None and report_file is not None:
-        try:
-            os.replace(report_tmp, report_file)
-        except OSError as e:
-            report_tmp.unlink(missing_ok=True)
-            raise OnnxConvError(f"--report {report_file}: cannot write ({e.strerror}); the model was "
-                                "written") from e
+    with StagedFiles() as staged:
+        save_model(result.model, output, source=model, staged=staged)
+        if report_file is not None:
+            data: dict[str, Any] = {"model": model, "output": output, "metric": metric_spec, **result.to_dict(),
+                                    "speedup": None if speed is None else asdict(speed)}
+            staged.write(report_file, _json_bytes(data), "--report")
+        staged.commit()
     click.echo(render_quantize(result, speed, options.metric.name if options.metric is not None else ""))
     click.echo(f"wrote {printable(output)}")
 
