@@ -33,14 +33,25 @@ them; feeds of different shapes for one symbolic input are refused, since no one
 Opset: per-axis ``DequantizeLinear`` (per-channel weights) exists from opset 13; an older model is converted
 to opset 13 first (onnx's version converter). The IR version of the result is at most 13, which the installed
 onnxruntime loads.
+
+**Saturation on x86 without VNNI.** onnxruntime's u8 x s8 integer kernels for AVX2 and AVX-512BW multiply with
+``vpmaddubsw``, which adds two adjacent ``u8 * s8`` products into a *saturating* int16: ``2 * 255 * 127 = 64770``
+does not fit in 32767, so large activations meeting large weights of one sign are clipped (a YOLOX's worst output
+channel errs 0.92 instead of 0.19). CPUs with VNNI (``avx512_vnni``, ``avx_vnni``) or AMX (``amx_int8``)
+accumulate in int32 and do not saturate; neither do ARM's dot-product kernels, nor u8 x u8 (widened to int16
+first). ``reduce_range`` quantizes weights to 7 bits (``[-64, 64]``): ``2 * 255 * 64 = 32640`` fits.
+:func:`settings_for_cpu` chooses it from the CPU's flags (:func:`cpu_int8`), and says why.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,8 +63,9 @@ from .errors import OptionError, RewriteError, ShapeError
 from .passes.common import declare_initializers
 from .text import printable
 
-__all__ = ["QuantizeError", "quantize_static_qdq", "QUANT_TYPES", "CALIBRATION_METHODS", "PER_CHANNEL_OPSET",
-           "MAX_IR_VERSION"]
+__all__ = ["QuantizeError", "quantize_static_qdq", "quantize_qdq", "QuantSettings", "QdqModels", "CpuInt8",
+           "cpu_int8", "settings_for_cpu", "QUANT_TYPES", "CALIBRATION_METHODS", "PER_CHANNEL_OPSET",
+           "MAX_IR_VERSION", "INT32_DOT_FLAGS"]
 
 #: Quantized element types by the name callers give.
 QUANT_TYPES = ("uint8", "int8")
@@ -70,6 +82,113 @@ _ONNX_FLOAT_TYPES: dict[int, type[np.floating[Any]]] = {onnx.TensorProto.FLOAT: 
 
 class QuantizeError(RewriteError):
     """onnxruntime's quantizer could not quantize the model (its reason in one line); nothing is returned."""
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How onnxruntime's quantizer is asked to quantize (the module docstring says what each one does).
+
+    ``keep_activations`` keeps Relu/Clip nodes that the quantizer would otherwise fold into the quantization range
+    of the tensor before them (onnxruntime's ``QDQKeepRemovableActivations``): onnxruntime's graph optimiser
+    folds them at run time just the same, and a node later kept in float then still applies its activation.
+    """
+
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibrate_method: str = "minmax"
+    keep_activations: bool = False
+
+    def validate(self) -> None:
+        """Raises OptionError for an unknown type or calibration method (one line, naming the choices)."""
+        _quant_type(self.activation_type, "activation type")
+        _quant_type(self.weight_type, "weight type")
+        _calibrate_method(self.calibrate_method)
+
+    def describe(self) -> str:
+        """E.g. ``uint8 activations, int8 weights per channel, 7-bit weights (reduce_range)``."""
+        weights = f"{self.weight_type} weights {'per channel' if self.per_channel else 'per tensor'}"
+        return (f"{self.activation_type} activations, {weights}"
+                + (", 7-bit weights (reduce_range)" if self.reduce_range else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QdqModels:
+    """A quantization's two models: ``prepared``, the float model the quantizer quantized (static input shapes,
+    BatchNorm folded, every node named), and ``model``, its QDQ form (the same node names)."""
+
+    prepared: onnx.ModelProto
+    model: onnx.ModelProto
+
+
+#: /proc/cpuinfo flags of x86 CPUs whose u8 x s8 kernels accumulate in int32 (VNNI, AMX): no saturation.
+INT32_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@dataclass(frozen=True)
+class CpuInt8:
+    """What the CPU's integer kernels do with int8 products: its architecture and, on x86, its flags (None when
+    they could not be read)."""
+
+    machine: str
+    flags: frozenset[str] | None = None
+
+    @property
+    def x86(self) -> bool:
+        return self.machine.lower() in _X86
+
+    @property
+    def int32_dot(self) -> list[str]:
+        """The flags of :data:`INT32_DOT_FLAGS` the CPU has."""
+        return [f for f in INT32_DOT_FLAGS if self.flags is not None and f in self.flags]
+
+
+def _proc_cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def cpu_int8(read_flags: Callable[[], frozenset[str] | None] = _proc_cpuinfo_flags) -> CpuInt8:
+    """The CPU this process runs on: ``platform.machine()`` and the flags ``read_flags`` gives (Linux: the first
+    ``flags`` line of /proc/cpuinfo; elsewhere None, unknown)."""
+    return CpuInt8(platform.machine() or "unknown", read_flags())
+
+
+def settings_for_cpu(activation_type: str, weight_type: str, cpu: CpuInt8, per_channel: bool = True,
+                     ) -> tuple[QuantSettings, str]:
+    """Settings that do not saturate on ``cpu``, and why (one line for reports).
+
+    ``reduce_range`` is chosen for uint8 activations with int8 weights on an x86 CPU without VNNI or AMX, or
+    whose flags are unknown (7-bit weights cost a little precision; saturation can cost whole channels).
+    """
+    settings = QuantSettings(activation_type, weight_type, per_channel)
+    settings.validate()
+    if (activation_type, weight_type) != ("uint8", "int8"):
+        why = (f"8-bit weights: {activation_type} x {weight_type} products do not saturate int16 "
+               "(only uint8 x int8 kernels pair them)")
+        return settings, why
+    if not cpu.x86:
+        return settings, f"8-bit weights: {cpu.machine} integer kernels accumulate in int32 (no saturation)"
+    if cpu.int32_dot:
+        return settings, f"8-bit weights: this CPU has {', '.join(cpu.int32_dot)} (int32 accumulation, no saturation)"
+    settings = QuantSettings(activation_type, weight_type, per_channel, reduce_range=True)
+    if cpu.flags is None:
+        return settings, ("reduce_range (7-bit weights): the CPU's flags could not be read, and x86 without VNNI "
+                          "saturates uint8 x int8 products in int16")
+    return settings, ("reduce_range (7-bit weights): this x86 CPU has no VNNI or AMX, whose uint8 x int8 kernels "
+                      "add product pairs in saturating int16")
 
 
 def _quant_type(name: str, what: str) -> Any:
@@ -221,6 +340,26 @@ def _reader(feeds: Sequence[dict[str, np.ndarray]]) -> Any:
     return _FeedReader()
 
 
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node of the main graph a unique name (``<op>_<index>``): kept-float choices and the
+    prepared model's weights are found by node name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name, k = f"{node.op_type}_{i}", 0
+            while name in taken:
+                k += 1
+                name = f"{node.op_type}_{i}_{k}"
+            node.name = name
+            taken.add(name)
+
+
 def quantize_static_qdq(
     model: onnx.ModelProto,
     feeds: Iterable[Mapping[str, np.ndarray]],
@@ -252,43 +391,73 @@ def quantize_static_qdq(
     Returns:
         The quantized model (QuantizeLinear/DequantizeLinear pairs around the quantized ops), static input
         shapes, IR version at most :data:`MAX_IR_VERSION` (below 4, as the input's, with every initializer a
-        graph input as that IR version asks).
+        graph input as that IR version asks). Full 8-bit weights: :func:`quantize_qdq` with
+        :func:`settings_for_cpu`'s settings avoids the saturation of x86 CPUs without VNNI.
 
     Raises:
         OptionError: an unknown type or method, feeds that are missing, misnamed, non-finite or non-float inputs.
         ShapeError: feeds whose shapes disagree for a dynamic input, or do not fit the model.
         QuantizeError: onnxruntime's quantizer (or the opset conversion) failed; its reason in one line.
     """
+    settings = QuantSettings(activation_type, weight_type, per_channel, calibrate_method=calibrate_method)
+    return quantize_qdq(model, feeds, settings, input_shapes=input_shapes, op_types_to_quantize=op_types_to_quantize,
+                        nodes_to_exclude=nodes_to_exclude, preprocess=preprocess).model
+
+
+def quantize_qdq(
+    model: onnx.ModelProto,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    settings: QuantSettings | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    op_types_to_quantize: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    preprocess: bool = True,
+) -> QdqModels:
+    """:func:`quantize_static_qdq` with its settings in one object, returning the prepared float model too.
+
+    Unnamed nodes are given names (``<op>_<index>``) before quantizing, so that each node of the QDQ model has
+    its counterpart, with its float weights, in ``prepared``.
+    """
     from onnxruntime.quantization import QuantFormat, quantize_static  # lazy: ~200 ms to import, int8 runs only
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    act = _quant_type(activation_type, "activation type")
-    wt = _quant_type(weight_type, "weight type")
-    method = _calibrate_method(calibrate_method)
+    settings = settings or QuantSettings()
+    settings.validate()
+    act = _quant_type(settings.activation_type, "activation type")
+    wt = _quant_type(settings.weight_type, "weight type")
+    method = _calibrate_method(settings.calibrate_method)
     inputs = _graph_inputs(model)
     rows = _checked_feeds(inputs, feeds)
     shapes = _static_shapes(inputs, rows, input_shapes)
-    fixed = _fixed(model, shapes, per_channel)
+    fixed = _fixed(model, shapes, settings.per_channel)
     quant_logger = logging.getLogger()
     level = quant_logger.level
     with tempfile.TemporaryDirectory(prefix="onnxconv-quantize-") as tmp:
         src, pre, out = (os.path.join(tmp, f) for f in ("float.onnx", "prepared.onnx", "int8.onnx"))
         try:
-            # External data keeps models over 2 GB savable; the quantizer reads it from beside the file.
-            onnx.save_model(fixed, src, save_as_external_data=True, location="float.onnx.data")
+            # External data keeps models over 2 GB savable; the quantizer reads it from beside the file. Saving
+            # that way moves the weights out of the proto it is given: it is given copies.
+            prepared = fixed
             if preprocess:
+                onnx.save_model(_copy(fixed), src, save_as_external_data=True, location="float.onnx.data")
                 quant_pre_process(src, pre, skip_symbolic_shape=True, save_as_external_data=True,
                                   external_data_location="prepared.onnx.data")
-                src = pre
+                prepared = onnx.load_model(pre)
+            # onnxruntime's optimiser may add nodes without names: named here, after it.
+            _name_nodes(prepared)
+            src = os.path.join(tmp, "named.onnx")
+            onnx.save_model(_copy(prepared), src, save_as_external_data=True, location="named.onnx.data")
             # The quantizer logs its advice and warnings on the root logger (logging.warning): not ours to print;
             # the level is restored below.
             quant_logger.setLevel(max(level, logging.ERROR))
             quantize_static(
                 src, out, _reader(rows), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
-                per_channel=per_channel, activation_type=act, weight_type=wt,
-                nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None, calibrate_method=method,
-                use_external_data_format=True,
+                per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
+                weight_type=wt, nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None,
+                calibrate_method=method, use_external_data_format=True,
+                extra_options={"QDQKeepRemovableActivations": settings.keep_activations},
             )
             result = onnx.load_model(out)  # reads the external data before the folder goes
         except (OptionError, ShapeError, QuantizeError):
@@ -297,7 +466,8 @@ def quantize_static_qdq(
             raise QuantizeError(f"onnxruntime's quantizer failed: {ort_message(e)}") from e
         finally:
             quant_logger.setLevel(level)
-    if result.ir_version > MAX_IR_VERSION:
-        result.ir_version = MAX_IR_VERSION
+    for m in (prepared, result):
+        if m.ir_version > MAX_IR_VERSION:
+            m.ir_version = MAX_IR_VERSION
     declare_initializers(result)  # IR < 4 keeps its rule: the scales, zero points and int8 weights are inputs too
-    return result
+    return QdqModels(prepared, result)

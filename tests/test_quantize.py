@@ -1,4 +1,12 @@
-"""onnxconv.quantize: static QDQ quantization through onnxruntime's quantizer, onnxruntime as the oracle."""
+"""onnxconv.quantize: static QDQ quantization through onnxruntime's quantizer, onnxruntime as the oracle.
+
+No figure here depends on the CPU's int8 instructions. onnxruntime's uint8 x int8 conv kernels for x86 without
+VNNI (AVX2, AVX-512BW) add adjacent product pairs in a saturating int16, so the default 8-bit weights lose
+precision there (the residual model's cosine: 0.99986 with VNNI, 0.986 without, in a numpy emulation of that
+kernel). The tests that bound the error therefore quantize with ``reduce_range`` (7-bit weights: a pair stays
+within 2 * 255 * 64 = 32640, and the result is the same on every x86-64); the defaults are tested by structure
+(types, scales, node placement), which does not depend on the kernel.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxconv.errors import OnnxConvError, OptionError, ShapeError
-from onnxconv.quantize import MAX_IR_VERSION, PER_CHANNEL_OPSET, QuantizeError, quantize_static_qdq
+from onnxconv.quantize import (MAX_IR_VERSION, PER_CHANNEL_OPSET, QuantizeError, QuantSettings, quantize_qdq,
+                               quantize_static_qdq)
 
 from .modelkit import init, make_model, tensor
 
@@ -82,14 +91,23 @@ def activation_q(model: onnx.ModelProto) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "X")
 
 
+#: 7-bit weights: no uint8 x int8 product pair saturates int16, so error bounds hold with or without VNNI.
+NO_SATURATION = QuantSettings(reduce_range=True)
+
+
+def unsaturated(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], **kwargs: object) -> onnx.ModelProto:
+    return quantize_qdq(model, feeds, NO_SATURATION, **kwargs).model  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def default_q() -> tuple[onnx.ModelProto, onnx.ModelProto]:
     model = residual_model()
     return model, quantize_static_qdq(model, calib())
 
 
-def test_output_close_to_fp32_and_loads(default_q: tuple[onnx.ModelProto, onnx.ModelProto]) -> None:
-    model, q = default_q
+def test_output_close_to_fp32_and_loads() -> None:
+    model = residual_model()
+    q = unsaturated(model, calib())
     x = smooth(100)  # held out: not among the calibration feeds
     ref, got = run(model, x), run(q, x)
     assert got.shape == ref.shape
@@ -127,12 +145,21 @@ def test_types_honoured_per_tensor(act: str, weight: str) -> None:
     dq = conv_weight_dq(q, "conv2")
     assert init_array(q, dq.input[0]).dtype == dtypes[weight]
     assert init_array(q, dq.input[1]).size == 1  # one scale for the tensor
+    # Neither pairing saturates on any x86: int8 activations run as float ops there (no integer kernel), and
+    # uint8 x uint8 kernels widen to int16 before multiplying (int32 sums).
     assert cosine(run(model, smooth(100)), run(q, smooth(100))) > 0.97
+
+
+def test_reduce_range_weights_cannot_saturate() -> None:
+    q = unsaturated(residual_model(), calib(4))
+    for conv in ("conv1", "conv2"):
+        w = init_array(q, conv_weight_dq(q, conv).input[0])
+        assert w.dtype == np.int8 and 2 * 255 * int(np.abs(w).max()) <= np.iinfo(np.int16).max
 
 
 def test_old_opset_converted_for_per_channel() -> None:
     model = residual_model(opset=11)
-    q = quantize_static_qdq(model, calib(4))
+    q = unsaturated(model, calib(4))
     assert [o.version for o in q.opset_import if o.domain in ("", "ai.onnx")][0] == PER_CHANNEL_OPSET
     assert cosine(run(model, smooth(100)), run(q, smooth(100))) > 0.99
 
@@ -164,7 +191,7 @@ def test_input_not_modified(default_q: tuple[onnx.ModelProto, onnx.ModelProto]) 
 
 def test_dynamic_dims_fixed_to_feed_shape() -> None:
     model = residual_model(x_shape=["N", 3, "H", "W"])
-    q = quantize_static_qdq(model, calib(4))
+    q = unsaturated(model, calib(4))
     dims = [d.dim_value for d in q.graph.input[0].type.tensor_type.shape.dim]
     assert dims == list(SHAPE)
     assert cosine(run(residual_model(), smooth(100)), run(q, smooth(100))) > 0.99

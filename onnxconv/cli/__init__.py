@@ -47,6 +47,8 @@ _COMMANDS = {
     "stats": ("onnxconv.cli.stats_cmd", "stats", "Count params, MACs and FLOPs of every conv layer."),
     "separate": ("onnxconv.cli.separate_cmd", "separate", "Rewrite standard convs as depthwise+pointwise or grouped+shuffle."),
     "bench": ("onnxconv.cli.bench_cmd", "bench", "Time models with onnxruntime and compare their outputs."),
+    "quantize": ("onnxconv.cli.quantize_cmd", "quantize",
+                 "Static int8 (QDQ) that keeps every output channel alive, measured against fp32."),
 }
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..accuracy import AccuracyOptions, QuantizeResult, quantize_with_accuracy
 from ..bench import BenchConfig, bench
 from ..calibration import CalibrationSet
 from ..compare import write_npz
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
-from ..quantize import quantize_static_qdq
+from ..quantize import cpu_int8, quantize_qdq, settings_for_cpu
 from .candidates import Candidate, elem_type
 from .choose import KEEP
 
@@ -128,27 +130,50 @@ def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, thre
 
 
 class Quantizer:
-    """How ``--precision int8`` quantizes: :func:`onnxconv.quantize.quantize_static_qdq` with these types, calibrated
-    on ``feeds`` for whole models and on random normal inputs of the layer's shape for a layer alone."""
+    """How ``--precision int8`` quantizes: :func:`onnxconv.accuracy.quantize_with_accuracy` with these types and
+    ``accuracy``'s criterion (default :class:`~onnxconv.accuracy.AccuracyOptions`: worst output channel within
+    :data:`~onnxconv.accuracy.DEFAULT_MAX_OUTPUT_ERROR`), calibrated on ``feeds`` and measured on ``held_out``
+    (default: the calibration feeds themselves) for whole models, so that the original and every plan are
+    quantized alike; a layer alone (a conv, which stays int8) with the same settings on random normal inputs of
+    its shape.
+
+    The settings (``reduce_range`` on x86 without VNNI) are chosen once, for this CPU or ``accuracy.cpu``.
+    Where not even all but the convs in float meets the criterion, a model as close as that one is returned
+    (``closest``: the fewest groups float within :data:`~onnxconv.accuracy.CLOSEST_MARGIN` of its figures),
+    with :attr:`last` saying so: the planner's own error budget judges it.
+    """
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], activation_type: str = "uint8",
-                 weight_type: str = "int8") -> None:
+                 weight_type: str = "int8", accuracy: AccuracyOptions | None = None,
+                 held_out: Sequence[Mapping[str, np.ndarray]] | None = None) -> None:
         self.feeds = list(feeds)
+        self.held_out = list(held_out) if held_out is not None else None
         self.activation_type, self.weight_type = activation_type, weight_type
+        options = replace(accuracy or AccuracyOptions(), activation_type=activation_type, weight_type=weight_type,
+                          closest=True)
+        cpu = options.cpu or cpu_int8()
+        self.options = replace(options, cpu=cpu)
+        self.settings, self.settings_reason = settings_for_cpu(activation_type, weight_type, cpu)
+        #: The last whole model's :class:`~onnxconv.accuracy.QuantizeResult` (kept-float groups, figures).
+        self.last: QuantizeResult | None = None
 
     @property
     def tag(self) -> str:
         return f"int8-qdq-{self.activation_type}-{self.weight_type}"
 
+    def quantize(self, model: onnx.ModelProto) -> QuantizeResult:
+        """The whole model quantized with accuracy control (held to the closest figures where the criterion
+        cannot hold: ``result.met`` False)."""
+        self.last = quantize_with_accuracy(model, self.feeds, self.options, held_out=self.held_out)
+        return self.last
+
     def model(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        return quantize_static_qdq(model, self.feeds, activation_type=self.activation_type,
-                                   weight_type=self.weight_type)
+        return self.quantize(model).model
 
     def layer(self, model: onnx.ModelProto, c: Candidate) -> onnx.ModelProto:
         rng = np.random.default_rng(0)
         x = rng.standard_normal(tuple(int(d) for d in c.input_shape)).astype(c.weight.dtype)
-        return quantize_static_qdq(model, [{"X": x}], activation_type=self.activation_type,
-                                   weight_type=self.weight_type)
+        return quantize_qdq(model, [{"X": x}], self.settings).model
 
 
 def bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, calib: CalibrationSet,
