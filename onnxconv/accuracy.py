@@ -55,6 +55,7 @@ from .compare import CHANNEL_FLOOR, Agreement, channel_axis, compare_outputs, ru
 from .errors import OptionError
 from .keep_float import FloatGroup, float_groups, keep_float
 from .metrics import MetricValue, TaskMetric
+from .progress import report
 from .quantize import CpuInt8, QdqModels, QuantSettings, cpu_int8, quantize_qdq, settings_for_cpu
 
 __all__ = ["AccuracyOptions", "AccuracyNotMet", "KeptFloat", "Measurement", "QuantizeResult", "quantize_with_accuracy",
@@ -245,6 +246,8 @@ class _Judge:
     def measure(self, model: onnx.ModelProto, ranking: bool = False) -> Measurement:
         feeds = self.rank_feeds if ranking else self.feeds
         ref = self.ref[: len(feeds)]
+        report(f"quantize: measuring candidate {self.evaluations + 1} (which nodes stay float) on "
+               f"{'the ranking' if ranking else 'the held-out'} samples", self.evaluations, self.evaluations + 1)
         sess = session(model, threads=self.options.threads)
         got = [run_model(sess, f) for f in feeds]
         self.evaluations += 1

@@ -58,3 +58,20 @@ def test_every_documented_key_is_in_a_real_report(files: Path) -> None:  # noqa:
     assert refused.exit_code == 1
     no = json.loads((t / "no.json").read_text())
     assert no["schema_version"] == 1 and no["output"] is None and no["refused"]
+
+
+def test_quantize_report_has_every_documented_key(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+
+    from .test_fidelity_plan import head_model
+
+    onnx.save(head_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", X=np.random.default_rng(0).standard_normal((10, 8, 6, 6)).astype(np.float32))
+    res = CliRunner().invoke(main, ["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"),
+                                    "--calibration", str(tmp_path / "cal.npz"), "--max-output-error", "1",
+                                    "--duration", "0.2", "--report", str(tmp_path / "q.json")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "q.json").read_text())
+    assert set(doc_tables()["`onnxconv quantize --report FILE.json`"]) <= set(data)
+    assert data["schema_version"] == 1

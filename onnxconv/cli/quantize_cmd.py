@@ -29,7 +29,10 @@ from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_da
                         save_model)
 from ..tables import grid
 from ..text import printable
+from ..progress import report, reporting
 from .options import shape_options
+from .progress import ProgressBar, progress_option
+
 
 __all__ = ["quantize", "render_quantize"]
 
@@ -49,6 +52,11 @@ def _protected(model: str, calibration: str) -> list[tuple[str, str]]:
         out += [(os.path.join(os.path.dirname(model), f), "is the input model's external data file (choose "
                  "another file)") for f in data]
     return out
+
+
+#: Version of the quantize --report layout (docs/report-json.md, "onnxconv quantize --report"): keys are only
+#: added; a key that changes meaning or disappears bumps it.
+REPORT_SCHEMA_VERSION = 1
 
 
 def _json_bytes(data: Mapping[str, Any]) -> bytes:
@@ -133,10 +141,11 @@ def render_quantize(result: QuantizeResult, speed: SpeedUp | None, metric_name: 
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Which calibration samples are held out.")
 @shape_options
+@progress_option
 def quantize(model: str, output: str, calibration: str, max_output_error: float | None, metric_spec: str | None,
              min_metric: float | None, channel_axes: tuple[str, ...], activation_type: str, weight_type: str,
              report_path: str | None, threads: int | None, duration: float, seed: int,
-             input_shapes: dict[str, list[int]], batch: int | None) -> None:
+             input_shapes: dict[str, list[int]], batch: int | None, progress_mode: str) -> None:
     """Quantize MODEL to static QDQ int8 that keeps every output channel alive.
 
     Everything is quantized (onnxruntime's static quantizer, settings that do not saturate on
@@ -172,15 +181,21 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
     options.validate()  # before the model and the calibration data are read
     m = load_model(model, load_weights=True)
     calib = load_calibration(calibration, m)
+    bar = ProgressBar(progress_mode, delay=0.0)
     try:
-        result = quantize_with_accuracy(m, calib, options)
+        with reporting(bar):
+            result = quantize_with_accuracy(m, calib, options)
+            report("quantize: timing int8 against fp32 (interleaved)")
+            speed = speedup_over_fp32(m, result.model, calib, threads, duration)
     except AccuracyNotMet as e:
         raise AccuracyNotMet(f"{e}; nothing was written", e.result) from None
-    speed = speedup_over_fp32(m, result.model, calib, threads, duration)
+    finally:
+        bar.close()
     with StagedFiles() as staged:
         save_model(result.model, output, source=model, staged=staged)
         if report_file is not None:
-            data: dict[str, Any] = {"model": model, "output": output, "metric": metric_spec, **result.to_dict(),
+            data: dict[str, Any] = {"schema_version": REPORT_SCHEMA_VERSION, "model": model, "output": output,
+                                    "metric": metric_spec, **result.to_dict(),
                                     "speedup": None if speed is None else asdict(speed)}
             staged.write(report_file, _json_bytes(data), "--report")
         staged.commit()
