@@ -471,7 +471,7 @@ DEFAULT_SIZE = {"unet": 256, "chain": 8}
 def build(name: str, size: int | None = None, batch: Batch = 1, width: float = 1.0,
           num_classes: int | None = None, seed: int = 0, depth: int | None = None) -> onnx.ModelProto:
     """Build ``name`` from :data:`ARCHS` with the architecture's default size/classes where not given
-    (``depth``: the number of convs of ``chain``, the one architecture that takes it)."""
+    (``depth``: the number of convs of ``chain``, the levels of ``unet``)."""
     if name not in ARCHS:
         raise KeyError(f"unknown architecture {name!r}; choose from {', '.join(ARCHS)}")
     kw: dict[str, object] = {"size": size or DEFAULT_SIZE.get(name, 224), "batch": batch, "width": width,
@@ -506,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     ap.add_argument("--classes", type=int, default=None, help="number of classes (default 1000, unet 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--depth", type=int, default=None, help="number of convs of chain (default 3000)")
+    ap.add_argument("--depth", type=int, default=None, help="chain: number of convs (default 3000); unet: levels (default 4)")
     ap.add_argument("--check", action="store_true", help="run each model in onnxruntime and print output stats")
     ap.add_argument("--list", action="store_true", help="list the architectures")
     args = ap.parse_args(argv)
