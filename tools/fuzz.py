@@ -1561,15 +1561,43 @@ def signal_duration() -> float:
 # a run
 
 
+#: The classes of issue 17 by the generator families that draw them (:func:`families`), for the counts per class.
+ISSUE17_CLASSES = {
+    "a: -o/--report/--plot onto the data read": ("clash-",),
+    "b: hostile calibration data": ("calib-npz-member-", "calib-npz-huge-header", "calib-npz-truncated",
+                                    "calib-npz-bad-crc", "calib-npz-inf", "calib-fifo"),
+    "c: non-UTF-8 attribute name, --mode shuffle": ("name-bad-utf8-attr-shuffle",),
+    "d: string-typed conv weight, every mode": ("strweight-",),
+    "e: IR-3 model, every mode": ("ir3-",),
+    "f: --threads 1024": ("threads-1024",),
+    "g: long conv chains": ("chain",),
+}
+
+
+def issue17_classes(case: Case) -> list[str]:
+    """The :data:`ISSUE17_CLASSES` that ``case`` belongs to."""
+    fams = families(case)
+    return [name for name, prefixes in ISSUE17_CLASSES.items() if any(f.startswith(prefixes) for f in fams)]
+
+
 @dataclass
 class Summary:
     counts: Counter[str] = field(default_factory=Counter)
     examples: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # class -> sig -> repro
     per_class: Counter[str] = field(default_factory=Counter)
+    #: issue 17 class (or signal command) -> "cases" and the count of each kind of failure among them
+    by_issue_class: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, o: Outcome) -> None:
         c = self.counts
         c["cases"] += 1
+        for cls in issue17_classes(o.case):
+            k = self.by_issue_class[cls]
+            k["cases"] += 1
+            k[o.status] += 1
+            for what, flagged in (("inputs changed", o.changed), ("leftovers", o.leftovers),
+                                  ("unsafe output", o.unsafe), ("wrong refusals", o.refused)):
+                k[what] += bool(flagged)
         key = {"success": "successes", "clean error": "clean errors", "traceback": "tracebacks",
                "unclean error": "unclean errors", "timeout": "timeouts"}[o.status]
         c[key] += 1
@@ -1592,6 +1620,11 @@ class Summary:
         c = self.counts
         c["signal cases"] += 1
         c[f"signal {o.status}"] += 1
+        k = self.by_issue_class[f"signals: {o.kind}"]
+        k["cases"] += 1
+        k[o.status] += 1
+        k["inputs changed"] += bool(o.changed)
+        k["leftovers"] += bool(o.leftovers)
         if o.status in ("traceback", "unclean error", "timeout", "slow"):
             self._example(f"signal {o.status}", o.signature, o.repro(seed))
         if o.changed:
@@ -1616,6 +1649,12 @@ class Summary:
             lines.append(f"  {k}: {self.counts[k]}")
         for k in sorted(k for k in self.counts if k.startswith("signal")):
             lines.append(f"  {k}: {self.counts[k]}")
+        if self.by_issue_class:
+            lines.append("by class (issue 17):")
+            for cls in sorted(self.by_issue_class):
+                k = self.by_issue_class[cls]
+                rest = ", ".join(f"{n} {w}" for w, n in sorted(k.items()) if w != "cases" and n)
+                lines.append(f"  {cls}: {k['cases']} cases ({rest})")
         for cls, sigs in self.examples.items():
             lines.append(f"{cls}: {len(sigs)} distinct")
             for sig, repro in list(sigs.items())[: per_class if per_class else None]:
