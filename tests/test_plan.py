@@ -413,3 +413,6 @@ def test_a_weight_cast_from_fp16_is_left_with_its_reason(mode: str) -> None:
     cands, skipped = planning.find_candidates(model, mode, "sum", (2, 4), None, None, None)
     assert [c.name for c in cands] == ["b"]
     assert "Cast" in (skipped["a"].reason or "")
+    del model.graph.node[1].input[1:]  # a conv without a weight (the fuzz tool's seed 11 case 910)
+    cands, skipped = planning.find_candidates(model, mode, "sum", (2, 4), None, None, None)
+    assert [c.name for c in cands] == ["b"] and "a" in skipped

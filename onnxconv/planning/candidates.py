@@ -82,9 +82,9 @@ def find_candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequen
         if c.name not in order:
             order.append(c.name)
         node = nodes.get(c.name)
-        if node is not None and node.input[1] not in arrays:
+        if c.rewritten and node is not None and node.input[1] not in arrays:
             # The passes follow a weight through Cast/Identity (an fp16 initializer cast up); the planner builds
-            # its layer models and rewrites from the weight tensor itself.
+            # its layer models and rewrites from the weight tensor itself. (A rewritten conv has a weight input.)
             options, reason = [], "its weight is computed (Cast/Identity of a constant): not planned"
         if not options or node is None:
             if c.name not in found:
