@@ -34,7 +34,7 @@ declared output or report, any ``*.tmp``), or when its stdout carries terminal c
 that a spreadsheet runs as formulas.
 
 The signal mode starts ``separate`` on a model that takes about a second (or ``bench`` / ``separate
---calibration`` with ``--threads 1024``, signalled once their thread pool starts), sends SIGINT or SIGTERM at a
+--calibration`` with ``--threads 1024`` on one core, signalled once their thread pool starts), sends SIGINT or SIGTERM at a
 random time, and expects exit status 130 / 143 (or death by that signal, or a clean error, or success when it
 came too late) within :data:`STOP_WITHIN` seconds, no traceback, no temporary file left and the input unchanged.
 
@@ -1409,11 +1409,14 @@ def _slow_model(path: Path) -> None:
 SIGNAL_COMMANDS = {
     "separate": ["separate", "{D}/in/slow.onnx", "-o", "{D}/out/result.onnx", "--energy", "0.9", "--verify",
                  "--report", "{D}/out/report.json"],
-    "threads-bench": ["bench", "{D}/in/slow.onnx", "--threads", "1024", "--iters", "30", "--warmup", "2"],
-    "threads-separate": ["separate", "{D}/in/slow.onnx", "-o", "{D}/out/result.onnx", "--rank", "2",
+    "threads-bench": ["bench", "{D}/in/chain.onnx", "--threads", "1024", "--iters", "30", "--warmup", "2"],
+    "threads-separate": ["separate", "{D}/in/chain.onnx", "-o", "{D}/out/result.onnx", "--rank", "1",
                          "--calibration", "{D}/in/calib.npz", "--no-kernel-refit", "--threads", "1024",
                          "--report", "{D}/out/report.json"],
 }
+#: The model of the 1024-thread commands: a 300-conv chain, whose session initialisation (the starved phase before
+#: the fix) takes long enough for the signal to land in it.
+SIGNAL_CHAIN = 300
 
 #: Seconds a run may take to exit once signalled ("within seconds"); 0.1-1.1 s measured here, on 2 shared cores.
 STOP_WITHIN = 10.0
@@ -1437,6 +1440,8 @@ class SignalOutcome:
         what = (f"{signal.Signals(self.signum).name} after {self.delay:.2f} s" if self.signum else
                 f"two concurrent writers (the second with --rank 2, {self.delay / 4:.2f} s later)")
         argv = " ".join(a.replace("{D}/in/", "").replace("{D}/", "") for a in SIGNAL_COMMANDS[self.kind])
+        argv = argv.replace("chain.onnx", f"chain{SIGNAL_CHAIN}.onnx (python tools/archs.py chain --depth "
+                                          f"{SIGNAL_CHAIN}, one core)")
         return f"--seed {seed} --signal-case {self.index}  {what}: onnxconv {argv}"
 
 
@@ -1454,6 +1459,14 @@ def _no_address_space_limit() -> None:
     """The signal cases' commands are known ones, not fuzzed sizes: they run without the address-space limit this
     process may have set for itself (under it, 1024 threads are refused before the signal could matter)."""
     resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2)
+
+
+def _one_core_no_address_space_limit() -> None:
+    """As :func:`_no_address_space_limit`, on one core: 1024 threads outnumber the cores of any machine the same
+    way (spinning threads made the old code take 30-106 s to stop there, 6-9 s on 2 cores)."""
+    _no_address_space_limit()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def _wait_for_threads(proc: subprocess.Popen[bytes], count: int, timeout: float) -> None:
@@ -1484,13 +1497,15 @@ def run_signal_case(seed: int, index: int, duration: float, timeout: float = 120
         (tmp / "in").mkdir()
         (tmp / "out").mkdir()
         _slow_model(tmp / "in" / "slow.onnx")
-        if kind == "threads-separate":
-            calib = np.random.default_rng(0).standard_normal((8, 3, 48, 48)).astype(np.float32)
+        if kind.startswith("threads-"):
+            (tmp / "in" / "chain.onnx").write_bytes(_base(f"chain{SIGNAL_CHAIN}.onnx").SerializeToString())
+            calib = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
             (tmp / "in" / "calib.npz").write_bytes(_npz_bytes({"input": calib}))
         before = snapshot(tmp)
         argv = [sys.executable, "-m", "onnxconv"] + [a.replace("{D}", str(tmp)) for a in SIGNAL_COMMANDS[kind]]
         procs = [subprocess.Popen(argv, cwd=tmp, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  preexec_fn=_no_address_space_limit)]
+                                  preexec_fn=_one_core_no_address_space_limit if kind.startswith("threads-")
+                                  else _no_address_space_limit)]
         signalled_at = None
         if signum == 0:
             time.sleep(delay / 4)
