@@ -64,7 +64,8 @@ if TYPE_CHECKING:  # onnxruntime is imported where a session is made (slow to im
 
 __all__ = ["Agreement", "WorstChannel", "channel_axis", "channel_errors", "CHANNEL_FLOOR", "parse_channel_axes", "make_inputs", "load_inputs", "check_inputs", "read_npz", "write_npz", "model_input_specs",
            "value_dims", "feeds_for", "run_model", "compare_outputs", "session",
-           "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes"]
+           "OPT_LEVELS", "looks_like_scores", "ort_message", "ORT_LOG_SEVERITY", "memory_limit_bytes",
+           "usable_cores", "default_spinning", "check_thread_stacks"]
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -140,6 +141,77 @@ def ort_message(e: BaseException, limit: int = 300) -> str:
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity mask (what taskset or a container's cpuset allows), else the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity off Linux
+        return os.cpu_count() or 1
+
+
+#: Stack reserved per thread when RLIMIT_STACK is unlimited (glibc then takes an architecture default: 2 MiB on
+#: x86-64, more elsewhere); a guess on the high side only makes :func:`check_thread_stacks` refuse a little early.
+_UNLIMITED_STACK = 8 * 2**20
+#: Address space of one glibc malloc arena (HEAP_MAX_SIZE on 64-bit): threads that allocate get arenas of their
+#: own, up to 8 per core.
+_ARENA = 64 * 2**20
+#: Address space left over for everything else a session maps (its allocations, the model, the inputs).
+_STACK_HEADROOM = 256 * 2**20
+
+
+def check_thread_stacks(threads: int | None) -> None:
+    """Refuse ``threads`` intra-op threads that do not fit in the address space the process has left.
+
+    Every thread reserves its stack (RLIMIT_STACK, 8 MiB by default) when it starts, and threads that allocate
+    get malloc arenas of 64 MiB (up to 8 per core), so 1024 threads need over 8 GiB of address space. Under an
+    address-space limit (ulimit -v, a container's, the fuzzer's 4 GiB) onnxruntime's thread-pool constructor
+    then fails to start a thread and waits forever to join the ones it started; no signal but SIGKILL ends that
+    wait. Measured with onnxruntime 1.32 under 4 GiB: 350 threads run, 366 to 460 hang; this check lets up to
+    about 310 through there.
+
+    Raises:
+        OptionError: the threads need more than the limit minus what the process already maps.
+    """
+    if not threads or threads <= 1:
+        return
+    try:
+        import resource  # POSIX only: imported where its absence (Windows) is handled
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    except (ImportError, ValueError, OSError):  # no resource module (Windows): nothing to check against
+        return
+    if limit == resource.RLIM_INFINITY or limit <= 0:
+        return
+    stack = _UNLIMITED_STACK if stack == resource.RLIM_INFINITY or stack <= 0 else stack
+    used = 0
+    try:  # VmSize: the address space the process maps now (Linux)
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            used = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+    except (OSError, ValueError):
+        pass
+    arenas = min(threads, 8 * (os.cpu_count() or 1)) * _ARENA
+    need = threads * stack + arenas + _STACK_HEADROOM
+    if used + need > limit:
+        raise OptionError(
+            f"{threads} intra-op threads need {_gib(need)} of address space (stacks of {_gib(stack)} each, "
+            f"malloc arenas) and the process has {_gib(max(limit - used, 0))} of its limit left (ulimit -v "
+            f"{limit // 1024}): onnxruntime would wait forever for a thread it cannot start; use fewer threads")
+
+
+def default_spinning(threads: int | None) -> bool | None:
+    """Spin-waiting of idle intra-op threads when the caller leaves it open: off when ``threads`` exceeds the
+    usable cores, else onnxruntime's default (None: spin).
+
+    Spinning threads never yield their core; with more of them than cores they take the CPU from the thread
+    that has work, the main one included. 1024 spinning threads on 2 cores made creating one session take
+    13 s and its first run 3-7 s, and Ctrl-C waited for both (Python runs signal handlers only between
+    bytecodes of the main thread); without spinning the same session took 0.08 s.
+    """
+    return False if threads is not None and threads > usable_cores() else None
+
+
 def session(model: onnx.ModelProto | str | os.PathLike[str],
             providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
             threads: int | None = None, opt_level: str = "all", *, profile_prefix: str | None = None,
@@ -153,10 +225,12 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],
         opt_level: one of :data:`OPT_LEVELS`.
         profile_prefix: turn on onnxruntime's profiler, writing ``<prefix>_<date>.json`` at ``end_profiling()``.
         spinning: False stops idle intra-op threads from spin-waiting after a run (they would steal cores from
-            the next session when several are timed in turn); None keeps onnxruntime's default (spin).
+            the next session when several are timed in turn); None: :func:`default_spinning` (onnxruntime's
+            default, spin, unless ``threads`` exceeds the usable cores).
     """
     import onnxruntime as ort  # lazy: ~150 ms to import, which commands that run no model skip
 
+    check_thread_stacks(threads)
     so = ort.SessionOptions()
     so.log_severity_level = ORT_LOG_SEVERITY  # the run logger inherits it: runs stay quiet too
     if threads:
@@ -171,6 +245,8 @@ def session(model: onnx.ModelProto | str | os.PathLike[str],
     if profile_prefix is not None:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
+    if spinning is None:
+        spinning = default_spinning(threads)
     if spinning is not None:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

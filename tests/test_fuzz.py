@@ -12,13 +12,18 @@ A failure message lists each failure class with a reproducer line for ``python t
 from __future__ import annotations
 
 import importlib.util
+import io
+import random
 import resource
 import signal
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "fuzz.py"
@@ -41,25 +46,51 @@ def _load_tool() -> ModuleType:
 fuzz = _load_tool()
 INDICES = fuzz.covering_cases(SEED, POOL)
 
+#: Generator families of issue 17 whose failures are being fixed on other branches (outputs naming the data a
+#: run reads; hostile calibration data; a non-UTF-8 attribute name with --mode shuffle; string-typed conv
+#: weights and IR-3 models in every separate mode). Their cases run here like every other, and their failures
+#: are an expected failure of their own test, not of the suite's promises; empty this once those branches are
+#: merged (the test then passes).
+PENDING = ("clash-", "calib-", "name-bad-utf8-attr", "strweight", "ir3")
+
+
+def _pending(outcome: Any) -> bool:
+    return any(f.startswith(PENDING) for f in fuzz.families(outcome.case))
+
 
 @pytest.fixture(scope="module")
-def summary() -> Any:
+def outcomes() -> list[Any]:
     # Cases declare dims of 10^12 and --batch 2^62: a bug there must end as a MemoryError (a traceback the
     # run reports), not take the memory of a shared machine.
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = 8 * 2**30
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    ran: list[Any] = []
     try:
-        return fuzz.fuzz(0, SEED, mode="inprocess", timeout=120.0, indices=INDICES)
+        fuzz.fuzz(0, SEED, mode="inprocess", timeout=120.0, indices=INDICES, progress=ran.append)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    return ran
 
 
-def test_fuzz_cases_ran(summary: Any) -> None:
-    c = summary.counts
-    assert c["cases"] == len(INDICES)
+def _summary(outcomes: list[Any], pending: bool) -> Any:
+    s = fuzz.Summary()
+    for o in outcomes:
+        if _pending(o) == pending:
+            s.add(o)
+    return s
+
+
+@pytest.fixture(scope="module")
+def summary(outcomes: list[Any]) -> Any:
+    """The cases outside :data:`PENDING`."""
+    return _summary(outcomes, pending=False)
+
+
+def test_fuzz_cases_ran(outcomes: list[Any], summary: Any) -> None:
+    assert len(outcomes) == len(INDICES)
     # The generator must reach both outcomes, or it is fuzzing nothing but the loader.
-    assert c["successes"] > 0 and c["clean errors"] > 0, summary.render(0)
+    assert summary.counts["successes"] > 0 and summary.counts["clean errors"] > 0, summary.render(0)
 
 
 def test_fuzz_no_traceback(summary: Any) -> None:
@@ -72,6 +103,18 @@ def test_fuzz_input_never_changed(summary: Any) -> None:
 
 def test_fuzz_nothing_left_behind(summary: Any) -> None:
     assert summary.counts["leftovers"] == 0, summary.render(0)
+
+
+def test_fuzz_no_timeout_and_no_wrong_refusal(summary: Any) -> None:
+    """A long chain must answer within its time limit (proportional to its depth), like every other case."""
+    assert summary.counts["timeouts"] == 0 and summary.counts["wrong refusals"] == 0, summary.render(0)
+
+
+def test_fuzz_pending_classes(outcomes: list[Any]) -> None:
+    s = _summary(outcomes, pending=True)
+    assert s.counts["cases"] > 0
+    if s.failures() or s.counts["timeouts"]:
+        pytest.xfail("classes fixed on other branches still fail here:\n" + s.render(0))
 
 
 def test_covering_cases_draw_every_family_of_the_pool() -> None:
@@ -97,23 +140,26 @@ def test_covering_cases_draw_every_family_of_the_pool() -> None:
 
 
 def _signal_indices() -> list[int]:
-    """The first SIGINT case and the first SIGTERM case of :data:`SEED` (concurrent writers, signal 0, run two
-    whole rewrites; the tool's --signals runs cover them)."""
-    first: dict[int, int] = {}
-    for i in range(100):
-        first.setdefault(fuzz.signal_plan(SEED, i, SIGNAL_WINDOW)[0], i)
-    return [first[signal.SIGINT], first[signal.SIGTERM]]
+    """The first SIGINT and the first SIGTERM case of :data:`SEED` that run the plain rewrite, and the first case
+    of each 1024-thread command (concurrent writers, signal 0, run two whole rewrites; the tool's --signals runs
+    cover them)."""
+    first: dict[tuple[int, str], int] = {}
+    for i in range(200):
+        signum, _, kind = fuzz.signal_plan(SEED, i, SIGNAL_WINDOW)
+        first.setdefault((signum if kind == "separate" else -1, kind), i)
+    return [first[(signal.SIGINT, "separate")], first[(signal.SIGTERM, "separate")],
+            first[(-1, "threads-bench")], first[(-1, "threads-separate")]]
 
 
 def test_fuzz_signals() -> None:
     indices = _signal_indices()
     s = fuzz.signals(0, SEED, duration=SIGNAL_WINDOW, indices=indices)
     c = s.counts
-    assert c["signal cases"] == len(indices) == 2
+    assert c["signal cases"] == len(indices) == 4
     assert c["signal traceback"] == 0, s.render(0)
     assert c["signal inputs changed"] == 0, s.render(0)
     assert c["signal leftovers"] == 0, s.render(0)
-    assert c["signal timeout"] == 0, s.render(0)
+    assert c["signal timeout"] == 0 and c["signal slow"] == 0, s.render(0)
 
 
 def test_cases_are_reproducible() -> None:
@@ -162,8 +208,6 @@ def test_leftovers_and_changed_inputs_are_seen(tmp_path: Path) -> None:
 def test_a_declared_output_named_tmp_is_not_a_leftover(tmp_path: Path) -> None:
     """-o x.onnx.tmp is the user's choice of name: complete, it is the output (seed 3 case 1104 was flagged);
     a writer's own temporary file beside it still is a leftover."""
-    import onnx
-
     case = fuzz.Case(0, 0, "separate", [], outputs=["out/x.onnx.tmp"])
     (tmp_path / "out").mkdir()
     before = fuzz.snapshot(tmp_path)
@@ -181,3 +225,75 @@ def test_cases_run_as_processes_have_no_nul_in_argv() -> None:
     assert with_nul, "the generator no longer puts NUL bytes into arguments"
     for i in with_nul:
         assert not any("\0" in a for a in fuzz.make_case(SEED, i, subprocess_mode=True).args)
+
+
+#: The families of issue 17's classes (:data:`PENDING` and the ones fixed here: 1024 threads, long chains).
+ISSUE17 = ({f"clash-{o.lstrip('-')}-{t}" for o in fuzz.CLASH_OPTIONS for t in fuzz.CLASH_TARGETS}
+           | {f"{cls}-{mode}" for cls in ("ir3", "strweight") for mode in fuzz.SEPARATE_MODES}
+           | {f"calib-npz-{k}" for k in ("member-not-npy", "member-txt", "huge-header", "truncated", "bad-crc", "inf")}
+           | {"calib-fifo", "calib-folder", "name-bad-utf8-attr-shuffle", "threads-1024", "chain"})
+
+
+def test_every_class_of_issue_17_is_generated() -> None:
+    """Each class reaches the CLI in the stream of cases: every output option onto every kind of input data, every
+    hostile calibration file, both model classes in every separate mode (the first 4000 cases hold each)."""
+    drawn: set[str] = set()
+    for i in range(4000):
+        drawn |= fuzz.families(fuzz.make_case(SEED, i))
+    assert not ISSUE17 - drawn
+
+
+def test_hostile_npz_files_are_what_they_claim() -> None:
+    ref = fuzz._base("tiny_cnn.onnx")
+    made: dict[str, bytes] = {}
+    for i in range(400):
+        data, tag = fuzz._npz(random.Random(i), ref, 4)
+        made.setdefault(tag, data)
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(made["npz-truncated"])).testzip()
+    assert zipfile.ZipFile(io.BytesIO(made["npz-bad-crc"])).testzip() == "input.npy"
+    with zipfile.ZipFile(io.BytesIO(made["npz-huge-header"])) as z:
+        f = z.open("input.npy")
+        shape = np.lib.format.read_array_header_1_0(f)[0] if np.lib.format.read_magic(f) == (1, 0) else ()
+        assert np.prod(shape, dtype=object) >= 2**31 and z.getinfo("input.npy").file_size < 200
+    with zipfile.ZipFile(io.BytesIO(made["npz-member-not-npy"])) as z:
+        assert z.namelist() == ["input.npy"] and not z.read("input.npy").startswith(b"\x93NUMPY")
+    assert "README.txt" in zipfile.ZipFile(io.BytesIO(made["npz-member-txt"])).namelist()
+    assert np.isinf(np.load(io.BytesIO(made["npz-inf"]))["input"]).sum() == 1
+
+
+def test_model_classes_of_issue_17() -> None:
+    """IR-3: every initializer is a graph input; a string weight is a conv's; a chain's time limit grows with it;
+    a clash names the data the run reads; a FIFO case is bounded in time."""
+    cases = [fuzz.make_case(SEED, i) for i in range(1500)]
+    ir3 = next(c for c in cases if "ir3-rank" in c.tags and c.model in c.files)
+    m = onnx.ModelProto.FromString(ir3.files[ir3.model])
+    assert m.ir_version == 3 and {t.name for t in m.graph.initializer} <= {i.name for i in m.graph.input}
+    assert ir3.twin is not None and onnx.ModelProto.FromString(ir3.twin).ir_version != 3
+    weak = next(c for c in cases if "strweight-refit" in c.tags and c.model in c.files)
+    m = onnx.ModelProto.FromString(weak.files[weak.model])
+    strings = {t.name for t in m.graph.initializer if t.data_type == onnx.TensorProto.STRING}
+    assert strings & {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
+    chains = [c for c in cases if "chain" in fuzz.families(c)]
+    assert {c.timeout for c in chains if not c.fifos} == {fuzz.chain_time_limit(d) for d in fuzz.CHAIN_DEPTHS}
+    for c in cases:
+        clash = next((t for t in c.tags if t.startswith("clash-")), None)
+        if clash is None:
+            continue
+        opt = {"o": "-o", "report": "--report", "plot": "--plot"}[clash.split("-")[1]]
+        target = c.args[c.args.index(opt) + 1]
+        data = [c.args[i + 1] for i, a in enumerate(c.args) if a in ("--calibration", "--inputs")]
+        assert any(target == d or target.startswith(d + "/") for d in data), c.repro()
+        assert target.removeprefix("{D}/") in c.files  # an input: it must not change
+    assert all(c.timeout is not None for c in cases if c.fifos)
+
+
+def test_a_refusal_its_twin_does_not_get_is_flagged() -> None:
+    """The IR-3 oracle: a clean error on a model whose twin the same run accepts is a wrong refusal."""
+    good = fuzz._base("tiny_cnn.onnx").SerializeToString()
+    case = fuzz.Case(0, 0, "stats", ["{D}/in/model.onnx"], files={"in/model.onnx": b"not onnx"}, model="in/model.onnx",
+                     twin=good)
+    o = fuzz.run_case(case, "inprocess")
+    assert o.status == "clean error" and o.refused.startswith("Error: ")
+    case.twin = b"not onnx either"
+    assert not fuzz.run_case(case, "inprocess").refused

@@ -134,6 +134,14 @@ def test_arch_build_is_deterministic_and_seeded() -> None:
     assert a != archs.mobilenetv2(seed=1, **SMALL).SerializeToString()
 
 
+def test_conv_chain_has_its_depth_and_stays_finite() -> None:
+    model = archs.build("chain", depth=40)
+    onnx.checker.check_model(model, full_check=True)
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 40
+    y, _ = _run(model)
+    assert y.shape == (1, 10) and np.isfinite(y).all() and float(np.abs(y).max()) < 1.0
+
+
 def test_vgg16_full_classifier_runs() -> None:
     model = archs.vgg16(size=64, width=0.125, num_classes=10, classifier="full")
     assert sum(n.op_type == "Gemm" for n in model.graph.node) == 3

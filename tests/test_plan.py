@@ -403,3 +403,23 @@ def test_cli_mode_mixed_needs_a_target(tmp_path) -> None:
                      "--target-speedup", "2"])
     assert res.exit_code == 1 and "Error: --target-speedup needs --calibration" in res.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("mode", ["separable", "shuffle", "mixed"])
+def test_a_weight_cast_from_fp16_is_left_with_its_reason(mode: str) -> None:
+    """The passes rewrite a conv whose weight is an fp16 initializer behind Cast; the planner, which builds its
+    layer models from the weight initializer, leaves it with a reason (it raised KeyError: found by the fuzz
+    tool's every-mode cases on messy_export)."""
+    rng = np.random.default_rng(0)
+    w = lowrank_weight(rng, 16, 16, 3, 2, 0.3)
+    nodes = [helper.make_node("Cast", ["W16"], ["W"], name="cast", to=onnx.TensorProto.FLOAT),
+             helper.make_node("Conv", ["X", "W"], ["a"], name="a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "V"], ["Y"], name="b", pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [tensor("X", [1, 16, 8, 8])], [tensor("Y", None)],
+                       [init("W16", w.astype(np.float16)), init("V", w)])
+    cands, skipped = planning.find_candidates(model, mode, "sum", (2, 4), None, None, None)
+    assert [c.name for c in cands] == ["b"]
+    assert "Cast" in (skipped["a"].reason or "")
+    del model.graph.node[1].input[1:]  # a conv without a weight (the fuzz tool's seed 11 case 910)
+    cands, skipped = planning.find_candidates(model, mode, "sum", (2, 4), None, None, None)
+    assert [c.name for c in cands] == ["b"] and "a" in skipped

@@ -24,6 +24,7 @@ CLI::
 
     python tools/archs.py resnet18 resnet50 --out generated/ [--size 224] [--batch 1|N] [--width 1.0]
     python tools/archs.py large --out generated/        # ~100 MB model (ResNet-50) for speed benchmarks
+    python tools/archs.py chain --depth 3000 --out generated/   # 3,000 3x3 convs in a row (scale tests)
     python tools/archs.py --list
 """
 
@@ -43,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
     "IR_VERSION", "OPSET", "GraphBuilder", "wrap_graph", "channels", "channel_shuffle",
-    "resnet", "resnet18", "resnet50", "vgg16", "mobilenetv2", "shufflenetv2", "unet",
+    "resnet", "resnet18", "resnet50", "vgg16", "mobilenetv2", "shufflenetv2", "unet", "conv_chain",
     "ARCHS", "build", "run_check",
 ]
 
@@ -433,6 +434,26 @@ def unet(size: int = 256, batch: Batch = 1, width: float = 1.0, num_classes: int
     return b.model("unet", [n, in_channels, size, size], out, "mask", [n, num_classes, size, size])
 
 
+# ---- a long chain ----------------------------------------------------------------------------------------------
+def conv_chain(size: int = 8, batch: Batch = 1, width: float = 1.0, num_classes: int = 10, seed: int = 0,
+               depth: int = 3000) -> onnx.ModelProto:
+    """``depth`` 3x3 convs in a row at 8 (x width) channels, each followed by ReLU: a model whose cost in every
+    command is its number of layers, not their size (the scale tests of issue 17 time it at 300 to 3000).
+
+    He-normal weights and small biases as everywhere here; the output stays finite and below 0.1 at depth 30, 300
+    and 3000 (``--check``), so ``--verify`` and the refit see ordinary numbers.
+    """
+    b = GraphBuilder(seed)
+    c = channels(8, width)
+    x = "input"
+    cin = 3
+    for i in range(depth):
+        x = b.conv(x, cin, c, 3, f"chain.{i}")
+        cin = c
+    out = b.classifier(x, c, num_classes)
+    return b.model("conv_chain", [_batch_dim(batch), 3, size, size], out, "logits", [_batch_dim(batch), num_classes])
+
+
 # ---- registry and CLI ------------------------------------------------------------------------------------------
 ARCHS: dict[str, Callable[..., onnx.ModelProto]] = {
     "resnet18": resnet18,
@@ -442,20 +463,24 @@ ARCHS: dict[str, Callable[..., onnx.ModelProto]] = {
     "shufflenetv2": shufflenetv2,
     "unet": unet,
     "large": resnet50,  # ~100 MB for the stats / separate speed benchmarks
+    "chain": conv_chain,
 }
 
-DEFAULT_SIZE = {"unet": 256}
+DEFAULT_SIZE = {"unet": 256, "chain": 8}
 
 
 def build(name: str, size: int | None = None, batch: Batch = 1, width: float = 1.0,
-          num_classes: int | None = None, seed: int = 0) -> onnx.ModelProto:
-    """Build ``name`` from :data:`ARCHS` with the architecture's default size/classes where not given."""
+          num_classes: int | None = None, seed: int = 0, depth: int | None = None) -> onnx.ModelProto:
+    """Build ``name`` from :data:`ARCHS` with the architecture's default size/classes where not given
+    (``depth``: the number of convs of ``chain``, the levels of ``unet``)."""
     if name not in ARCHS:
         raise KeyError(f"unknown architecture {name!r}; choose from {', '.join(ARCHS)}")
     kw: dict[str, object] = {"size": size or DEFAULT_SIZE.get(name, 224), "batch": batch, "width": width,
                              "seed": seed}
     if num_classes is not None:
         kw["num_classes"] = num_classes
+    if depth is not None:
+        kw["depth"] = depth
     return ARCHS[name](**kw)
 
 
@@ -482,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
     ap.add_argument("--classes", type=int, default=None, help="number of classes (default 1000, unet 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--depth", type=int, default=None, help="chain: number of convs (default 3000); unet: levels (default 4)")
     ap.add_argument("--check", action="store_true", help="run each model in onnxruntime and print output stats")
     ap.add_argument("--list", action="store_true", help="list the architectures")
     args = ap.parse_args(argv)
@@ -498,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in args.names:
         t0 = time.perf_counter()
-        m = build(name, args.size, args.batch, args.width, args.classes, args.seed)
+        m = build(name, args.size, args.batch, args.width, args.classes, args.seed, args.depth)
         onnx.checker.check_model(m)
         dest = save_model(m, out / f"{name}.onnx")
         n_params = sum(math.prod(t.dims) for t in m.graph.initializer)

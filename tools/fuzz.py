@@ -2,12 +2,22 @@
 
 Every case is derived from ``(seed, index)`` alone (``random.Random(f"{seed}:{index}")``), so one line
 ``--seed S --case I`` reproduces it. A case is a set of input files (a model made by mutating a small valid
-model: byte-level corruption and truncation, or protobuf-level changes of dims, attributes, dtypes, raw data,
-names, initializers, external-data locations, cycles), an argv for ``stats`` / ``separate`` / ``bench`` drawn
-from the real option set with valid and invalid values, and an output-path variant (missing folder, a file in
-place of the folder, read-only folder, 300-character name, report onto the input or onto -o, symlinks, a device
-node, /proc). It runs in a fresh temporary folder, in process through click's CliRunner
+model or a long conv chain: byte-level corruption and truncation, or protobuf-level changes of dims, attributes,
+dtypes, raw data, names, initializers, external-data locations, cycles), an argv for ``stats`` / ``separate`` /
+``bench`` drawn from the real option set with valid and invalid values, and an output-path variant (missing
+folder, a file in place of the folder, read-only folder, 300-character name, report onto the input or onto -o,
+symlinks, a device node, /proc). It runs in a fresh temporary folder, in process through click's CliRunner
 (``catch_exceptions=False``: any exception other than SystemExit is a traceback) or as ``python -m onnxconv``.
+
+The classes of issue 17 each have a generator: outputs naming the data a run reads (``clash-*``: -o, --report or
+--plot onto the --calibration file, a file in the --calibration folder, or --inputs); hostile calibration data
+(``calib-*``: a zip member that is not .npy data, a .npy header declaring huge dims over a few bytes, a truncated
+archive, a bad CRC, inf values, a FIFO in a calibration folder); a non-UTF-8 attribute name with --mode shuffle;
+a string-typed conv weight and an IR-3 model (every initializer also a graph input) in every way ``separate``
+runs (``strweight-MODE``, ``ir3-MODE``, :data:`SEPARATE_MODES`); --threads 1024 (refused under the run's
+address-space limit, and signalled in the signal mode); long chains (:data:`CHAIN_DEPTHS`, with a time limit
+proportional to the depth). An IR-3 case that fails cleanly is run again on the model it was made from: an
+error there is fine, success there makes it a wrong refusal.
 
 Each run is classified:
 
@@ -16,16 +26,17 @@ Each run is classified:
   ``Usage: ...\\nTry '... -h' for help.\\n\\nError: ...``; the message free of control characters;
 - traceback: an uncaught exception (in process) or ``Traceback`` on stderr;
 - unclean error: any other non-zero exit (several lines, control characters, an empty stderr, killed);
-- timeout;
+- timeout (the run's --timeout, or the case's own limit: a FIFO, a long chain);
 
 and, independently, flagged when an input file changed (sha256 of every file there before, symlinks and device
 nodes included, except the declared outputs), when it left files behind (a new file that is not the complete
 declared output or report, any ``*.tmp``), or when its stdout carries terminal control sequences or CSV cells
 that a spreadsheet runs as formulas.
 
-The signal mode starts ``separate`` on a model that takes about a second, sends SIGINT or SIGTERM at a random
-time, and expects exit status 130 / 143 (or death by that signal, or a clean error, or success when it came too
-late), no traceback, no temporary file left and the input unchanged.
+The signal mode starts ``separate`` on a model that takes about a second (or ``bench`` / ``separate
+--calibration`` with ``--threads 1024`` on one core, signalled once their thread pool starts), sends SIGINT or SIGTERM at a
+random time, and expects exit status 130 / 143 (or death by that signal, or a clean error, or success when it
+came too late) within :data:`STOP_WITHIN` seconds, no traceback, no temporary file left and the input unchanged.
 
 Examples::
 
@@ -54,9 +65,10 @@ import sys
 import tempfile
 import time
 import traceback
+import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +100,7 @@ _BAD_UTF8 = (b"\xff\xfe" + b"x" * 19, b"ab\xc3(" + b"y" * 17, b"\xed\xa0\x80" + 
 BIG = (10**12, 2**62, 2**63 - 1, -(2**62))
 
 SUMMARY_KEYS = ("cases", "successes", "clean errors", "tracebacks", "unclean errors", "timeouts",
-                "inputs changed", "leftovers", "unsafe output")
+                "inputs changed", "leftovers", "unsafe output", "wrong refusals")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,8 +123,13 @@ class Case:
     readonly: list[str] = field(default_factory=list)  # folders made read-only (effective only for non-root)
     outputs: list[str] = field(default_factory=list)  # declared outputs (relative), allowed to appear/change
     tags: list[str] = field(default_factory=list)  # what was done, for the report
+    fifos: list[str] = field(default_factory=list)  # named pipes (a reader of one waits for a writer forever)
     subprocess_only: bool = False  # needs limits set in a child process (a file-size limit)
     fsize_limit: int | None = None
+    timeout: float | None = None  # seconds allowed, when lower than the run's --timeout (a FIFO, a long chain)
+    model: str = ""  # the input model's relative path
+    twin: bytes | None = None  # a model the same run must not refuse where it accepts ``model`` (an IR-3 case's source)
+    cost: float = 1.0  # relative run time, for covering_cases (a long chain costs many ordinary cases)
 
     def argv(self, root: Path) -> list[str]:
         return [a.replace("{D}", str(root)) for a in self.args]
@@ -130,10 +147,26 @@ def _quote(a: str) -> str:
 
 _BASE_CACHE: dict[str, onnx.ModelProto] = {}
 
+#: Depths of the long conv chains (``tools/archs.py``'s ``chain``) drawn as base models, and their weights: every
+#: command must answer in time proportional to the depth (issue 17), so a case gets a time limit that grows with it.
+CHAIN_DEPTHS = (50, 300, 1000, 3000)
+_CHAIN_WEIGHTS = (8, 4, 2, 1)
+
+
+def chain_time_limit(depth: int) -> float:
+    """Seconds a command may take on a chain of ``depth`` convs: 20 s plus 25 ms a conv, about three times what
+    the slowest command (``separate --mode shuffle``, in process) takes per conv on 2 shared cores."""
+    return 20.0 + 0.025 * depth
+
 
 def _base(name: str) -> onnx.ModelProto:
     if name not in _BASE_CACHE:
-        _BASE_CACHE[name] = onnx.load(str(MODELS / name))
+        if name.startswith("chain"):
+            from tools.archs import conv_chain  # the tools package: REPO is on sys.path
+
+            _BASE_CACHE[name] = conv_chain(depth=int(name.removeprefix("chain").removesuffix(".onnx")))
+        else:
+            _BASE_CACHE[name] = onnx.load(str(MODELS / name))
     m = onnx.ModelProto()
     m.CopyFrom(_BASE_CACHE[name])
     return m
@@ -376,6 +409,35 @@ PROTO_MUTATIONS: tuple[Callable[[onnx.ModelProto, random.Random], str], ...] = (
 )
 
 
+def _ir3(m: onnx.ModelProto, rng: random.Random) -> str:
+    """An IR-3 model as old exporters wrote them: every initializer is also a graph input (a default that a caller
+    may override), opset 9 or the base's."""
+    m.ir_version = 3
+    if rng.random() < 0.5:
+        del m.opset_import[:]
+        m.opset_import.append(helper.make_opsetid("", 9))
+    declared = {i.name for i in m.graph.input}
+    for t in m.graph.initializer:
+        if t.name not in declared:
+            m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return "ir3"
+
+
+def _string_weight(m: onnx.ModelProto, rng: random.Random) -> str:
+    """A conv weight of element type STRING, with string data or with its float bytes left as raw data."""
+    convs = [n for n in _convs(m) if len(n.input) > 1]
+    inits = {t.name: t for t in m.graph.initializer}
+    weights = [inits[n.input[1]] for n in convs if n.input[1] in inits]
+    if not weights:
+        return "skip:no-conv-weight"
+    t = rng.choice(weights)
+    t.data_type = TensorProto.STRING
+    if rng.random() < 0.5:
+        t.ClearField("raw_data")
+        t.string_data.extend([b"w"] * int(np.prod(t.dims)))
+    return "strweight"
+
+
 def _external(m: onnx.ModelProto, rng: random.Random, files: dict[str, bytes], links: dict[str, str]) -> str:
     """Move weights to external data; the location is fine, missing, or points out of the model's folder."""
     inits = [t for t in m.graph.initializer if t.raw_data]
@@ -422,12 +484,18 @@ def _external(m: onnx.ModelProto, rng: random.Random, files: dict[str, bytes], l
 def _serialize_with_bad_utf8(m: onnx.ModelProto, rng: random.Random) -> tuple[bytes, str]:
     """Serialise with one name replaced by bytes that are not UTF-8 (same length, so lengths stay valid)."""
     convs = _convs(m) or list(m.graph.node)
-    if rng.random() < 0.5:
+    where = rng.random()
+    tag = "name-bad-utf8"
+    if where < 0.35:
         convs[0].name = _PLACEHOLDER.decode()
-    else:
+    elif where < 0.7:
         _rename_everywhere(m, convs[0].output[0], _PLACEHOLDER.decode())
+    else:  # an attribute's name: the shuffle pass copies a conv's attributes into the grouped conv it builds
+        node = rng.choice(convs)
+        _set_attr(node, _PLACEHOLDER.decode(), rng.choice((1, [1, 1], "x")))
+        tag = "name-bad-utf8-attr"
     data = m.SerializeToString()
-    return data.replace(_PLACEHOLDER, rng.choice(_BAD_UTF8)), "name-bad-utf8"
+    return data.replace(_PLACEHOLDER, rng.choice(_BAD_UTF8)), tag
 
 
 def _byte_corrupt(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -458,26 +526,39 @@ def _byte_corrupt(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 def _model_case(rng: random.Random, case: Case) -> tuple[onnx.ModelProto | None, str]:
     """Write the input model (and its side files) into ``case.files``; return the valid base it came from."""
-    name = rng.choice(BASE_MODELS)
+    if rng.random() < 0.05:  # a long chain: time must grow with the depth, not faster
+        depth = rng.choices(CHAIN_DEPTHS, weights=_CHAIN_WEIGHTS)[0]
+        name = f"chain{depth}.onnx"
+        case.timeout = chain_time_limit(depth)
+        case.cost = 1 + depth / 50
+    else:
+        name = rng.choice(BASE_MODELS)
     m = _base(name)
-    case.tags.append(name.removesuffix(".onnx"))
+    case.tags.append(f"chain-{depth}" if name.startswith("chain") else name.removesuffix(".onnx"))
     r = rng.random()
     ref = onnx.ModelProto()
     ref.CopyFrom(m)
-    if r < 0.25:  # the valid model: the options are what is being fuzzed
+    if r < 0.22:  # the valid model: the options are what is being fuzzed
         data = m.SerializeToString()
         case.tags.append("valid")
-    elif r < 0.45:
+    elif r < 0.40:
         data, tag = _byte_corrupt(m.SerializeToString(), rng)
         case.tags.append(tag)
-    elif r < 0.52:
+    elif r < 0.47:
         data, tag = _serialize_with_bad_utf8(m, rng)
         case.tags.append(tag)
-    elif r < 0.62:
+    elif r < 0.55:
         case.tags.append(_external(m, rng, case.files, case.links))
         data = m.SerializeToString()
-    elif r < 0.70:  # hostile names alone, on a model that otherwise works: what reaches the printed output
+    elif r < 0.62:  # hostile names alone, on a model that otherwise works: what reaches the printed output
         case.tags.append(_mut_names(m, rng))
+        data = m.SerializeToString()
+    elif r < 0.68:  # otherwise valid: ref keeps its inputs (the real ones are those without an initializer)
+        case.twin = m.SerializeToString()
+        case.tags.append(_ir3(m, rng))
+        data = m.SerializeToString()
+    elif r < 0.74:
+        case.tags.append(_string_weight(m, rng))
         data = m.SerializeToString()
     else:
         for _ in range(rng.choice((1, 1, 1, 2, 3))):
@@ -554,21 +635,68 @@ def _stats_args(rng: random.Random, ref: onnx.ModelProto | None) -> list[str]:
     return a
 
 
-def _npz(rng: random.Random, ref: onnx.ModelProto | None, samples: int) -> tuple[bytes, str]:
-    """An .npz of model inputs: right, wrong shape or dtype, wrong name, pickled objects, or not an npz."""
-    choice = rng.choice(("ok", "ok", "shape", "dtype", "name", "pickle", "corrupt", "empty", "nan"))
-    arrays: dict[str, Any] = {}
+def _npz_arrays(ref: onnx.ModelProto | None, samples: int) -> dict[str, np.ndarray]:
+    """One standard-normal float32 array per real input of ``ref``, ``samples`` on the first axis."""
+    arrays: dict[str, np.ndarray] = {}
     for vi in (_graph_inputs(ref) if ref is not None else []):
         dims = _input_dims(vi)
         if samples > 1:
             dims = [samples] + dims[1:]
         arrays[vi.name] = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    return arrays
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _zip_bytes(members: Sequence[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy_header_only(shape: Sequence[int], payload: bytes) -> bytes:
+    """A .npy file whose header declares ``shape`` (float32) over ``payload``: a few bytes for 2^40 elements."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue() + payload
+
+
+def _npz(rng: random.Random, ref: onnx.ModelProto | None, samples: int) -> tuple[bytes, str]:
+    """An .npz of model inputs: right, wrong shape or dtype, wrong name, pickled objects, or not an npz; or one
+    that is hostile to its reader: a member that is not .npy data, a header declaring huge dims over a few bytes,
+    a truncated archive, a bad CRC, inf values."""
+    choice = rng.choice(("ok", "ok", "shape", "dtype", "name", "pickle", "corrupt", "empty", "nan", "inf",
+                         "member-not-npy", "member-txt", "huge-header", "truncated", "bad-crc"))
+    arrays: dict[str, Any] = _npz_arrays(ref, samples)
+    first = next(iter(arrays), "input")
     if choice == "corrupt":
         return b"PK\x03\x04garbage", "npz-corrupt"
+    if choice == "member-not-npy":  # named like an array, holding text
+        return _zip_bytes([(f"{first}.npy", b"not an array\n" * 4)]), "npz-member-not-npy"
+    if choice == "member-txt":  # the arrays, and a member that is no array at all
+        return _zip_bytes([(f"{k}.npy", _npy(v)) for k, v in arrays.items()] + [("README.txt", b"notes")]), \
+            "npz-member-txt"
+    if choice == "huge-header":
+        dims = list(arrays[first].shape) if arrays else [1, 3, 64, 64]
+        dims[0] = rng.choice((2**40, 10**12, 2**31))
+        return _zip_bytes([(f"{first}.npy", _npy_header_only(dims, b"\0" * 16))]), "npz-huge-header"
+    if choice in ("truncated", "bad-crc"):
+        data = bytearray(_npz_bytes(arrays or {"input": np.zeros((1, 3, 8, 8), np.float32)}))
+        if choice == "truncated":
+            return bytes(data[: rng.randrange(len(data) // 4, len(data) - 1)]), "npz-truncated"
+        at = data.index(b"\x93NUMPY") + 128 + 4  # inside the first member's array bytes, past its header
+        data[at] ^= 0xFF
+        return bytes(data), "npz-bad-crc"
     if choice == "empty":
         arrays = {}
     elif arrays:
-        k = next(iter(arrays))
+        k = first
         if choice == "shape":
             arrays[k] = arrays[k][..., :3]
         elif choice == "dtype":
@@ -579,9 +707,16 @@ def _npz(rng: random.Random, ref: onnx.ModelProto | None, samples: int) -> tuple
             arrays[k] = np.array([{"a": 1}, None], dtype=object)
         elif choice == "nan":
             arrays[k][...] = np.nan
+        elif choice == "inf":
+            flat = arrays[k].reshape(-1)
+            flat[rng.randrange(flat.size)] = rng.choice((np.inf, -np.inf))
+    return _npz_bytes(arrays), f"npz-{choice}"
+
+
+def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue(), f"npz-{choice}"
+    np.save(buf, a)
+    return buf.getvalue()
 
 
 def _output_variant(rng: random.Random, case: Case, model_rel: str) -> tuple[str, str | None]:
@@ -699,14 +834,15 @@ def _separate_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, 
         case.tags.append(tag)
         a += ["--inputs", "{D}/in/inputs.npz"]
     if rng.random() < 0.1:
-        data, tag = _npz(rng, ref, rng.choice((1, 4)))
-        case.files["in/calib.npz"] = data
-        case.tags.append("calib-" + tag)
-        a += ["--calibration", rng.choice(("{D}/in/calib.npz", "{D}/in/calib.npz", "{D}/in", "{D}/in/none.npz"))]
+        a += ["--calibration", _calibration(rng, case, ref)]
         if rng.random() < 0.3:
             a.append("--no-kernel-refit")
         if rng.random() < 0.2:
             a += ["--provider", _pick(rng, ("cpu",), ("cuda", "bogus", "tensorrt"), 0.6)]
+        if rng.random() < 0.1:
+            a += ["--threads", _pick(rng, (1, 2, 1024), (0, 1025))]
+            if a[-1] == "1024":
+                case.tags.append("threads-1024")
         if rng.random() < 0.1:
             a += ["--target-speedup", _pick(rng, (1.2,), (0, -1, "nan", "inf", 1e9), 0.7)]
     elif rng.random() < 0.03:
@@ -717,6 +853,115 @@ def _separate_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, 
         a.append("--overwrite")
     rng.shuffle(pairs := _pairs(a))
     return [x for p in pairs for x in p]
+
+
+def _safe_file_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..") and len(name) < 200
+
+
+def _calib_folder(rng: random.Random, case: Case, ref: onnx.ModelProto | None, samples: int) -> str | None:
+    """A --calibration folder ``in/calib`` of NAME.npy files, one in three with a FIFO among them (named as one
+    of the inputs' files, or an extra one); None where an input's name cannot be a file name."""
+    arrays = _npz_arrays(ref, samples)
+    if not arrays or not all(_safe_file_name(k + ".npy") for k in arrays):
+        return None
+    fifo = None
+    if rng.random() < 0.35:
+        fifo = rng.choice((next(iter(arrays)) + ".npy", "extra.npy"))
+        case.fifos.append(f"in/calib/{fifo}")
+        case.tags.append("calib-fifo")
+        case.timeout = 5.0  # a reader that opens the FIFO waits for a writer forever
+    for k, v in arrays.items():
+        if f"{k}.npy" != fifo:
+            case.files[f"in/calib/{k}.npy"] = _npy(v)
+    return "{D}/in/calib"
+
+
+def _calibration(rng: random.Random, case: Case, ref: onnx.ModelProto | None) -> str:
+    """--calibration's value: an .npz (right or hostile, :func:`_npz`), a folder of NAME.npy files (maybe with a
+    FIFO), the folder holding the model (no .npy in it), or a missing file."""
+    kind = rng.choice(("npz", "npz", "npz", "folder", "model-folder", "missing"))
+    if kind == "folder":
+        folder = _calib_folder(rng, case, ref, rng.choice((1, 4)))
+        if folder is not None:
+            case.tags.append("calib-folder")
+            return folder
+        kind = "npz"
+    data, tag = _npz(rng, ref, rng.choice((1, 4)))
+    case.files["in/calib.npz"] = data
+    case.tags.append("calib-" + tag)
+    return {"npz": "{D}/in/calib.npz", "model-folder": "{D}/in", "missing": "{D}/in/none.npz"}[kind]
+
+
+#: What the outputs of a data-clash case (:func:`_clash_args`) name: the --calibration file, a file in the
+#: --calibration folder, or the --inputs file.
+CLASH_TARGETS = ("calibration", "calibration-folder", "inputs")
+CLASH_OPTIONS = ("-o", "--report", "--plot")
+
+
+def _clash_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None) -> list[str]:
+    """separate with -o, --report or --plot naming the data the run reads (an input file: it must never change)."""
+    target, opt = rng.choice(CLASH_TARGETS), rng.choice(CLASH_OPTIONS)
+    case.tags.append(f"clash-{opt.lstrip('-')}-{target}")
+    case.dirs.append("out")
+    samples = 8  # enough to hold some out, so that --verify and the planner read them too
+    cal = "{D}/in/calib.npz"
+    if target == "calibration-folder":
+        folder = _calib_folder(rng, case, ref, samples)
+        if folder is None:  # no input name that can be a file name: the .npz instead
+            case.tags[-1] = f"clash-{opt.lstrip('-')}-calibration"
+            target = "calibration"
+        else:
+            cal = folder
+            clash = folder + "/" + next(iter(_npz_arrays(ref, 1))) + ".npy"
+    if target != "calibration-folder":
+        case.files["in/calib.npz"] = _npz_bytes(_npz_arrays(ref, samples))
+    if target == "calibration":
+        clash = cal
+    elif target == "inputs":
+        case.files["in/inputs.npz"] = _npz_bytes(_npz_arrays(ref, 1))
+        clash = "{D}/in/inputs.npz"
+    a = ["-o", clash if opt == "-o" else "{D}/out/result.onnx", "--calibration", cal]
+    if opt != "-o":
+        case.outputs.append("out/result.onnx")
+    if opt == "--report" or rng.random() < 0.3:
+        a += ["--report", clash if opt == "--report" else "{D}/out/report.json"]
+        if opt != "--report":
+            case.outputs.append("out/report.json")
+    if opt == "--plot":  # the planner draws it
+        a += ["--plot", clash, "--target-speedup", rng.choice(("1.2", "1.05"))]
+    else:
+        a += rng.choice((["--rank", "1"], ["--mode", "shuffle", "--groups", "2"]))
+    if target == "inputs":
+        a += ["--inputs", "{D}/in/inputs.npz"]
+    elif rng.random() < 0.5:
+        a.append("--verify")
+    return a
+
+
+#: The ways ``separate`` runs a model, each drawn for the model classes that every one of them must survive
+#: (an IR-3 model, a string-typed conv weight): :func:`_mode_args`.
+SEPARATE_MODES = ("rank", "exact", "budget", "shuffle", "refit", "shuffle-refit", "plan", "mixed-plan")
+
+
+def _mode_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, mode: str) -> list[str]:
+    """A plain, valid ``separate`` argv for ``mode`` (:data:`SEPARATE_MODES`): the model is what is fuzzed."""
+    case.dirs.append("out")
+    case.outputs.append("out/result.onnx")
+    a = ["-o", "{D}/out/result.onnx"]
+    if rng.random() < 0.5:
+        a += ["--report", "{D}/out/report.json"]
+        case.outputs.append("out/report.json")
+    a += {"rank": ["--rank", rng.choice(("1", "2"))], "exact": ["--exact"], "budget": ["--budget", "0.5"],
+          "shuffle": ["--mode", "shuffle", "--groups", "2"], "refit": ["--rank", "1"],
+          "shuffle-refit": ["--mode", "shuffle", "--groups", "2"], "plan": ["--target-speedup", "1.2"],
+          "mixed-plan": ["--mode", "mixed", "--target-speedup", "1.2"]}[mode]
+    if mode in ("refit", "shuffle-refit", "plan", "mixed-plan"):
+        case.files["in/calib.npz"] = _npz_bytes(_npz_arrays(ref, 8))
+        a += ["--calibration", "{D}/in/calib.npz"]
+    if rng.random() < 0.3:
+        a.append("--verify")
+    return a
 
 
 def _pairs(a: list[str]) -> list[list[str]]:
@@ -747,7 +992,10 @@ def _bench_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, sub
         a += ["--duration", _pick(rng, (0.01, 0.05), (0, -1, "nan", "inf"))]
     if rng.random() < 0.2:
         big = (10**12, 2**40) + ((100000,) if subprocess_mode else ())
-        a += ["--threads", _pick(rng, (1, 2), (0, -1) + big)]
+        # 1024 (the most allowed) under the run's address-space limit: refused in one line, never a hang.
+        a += ["--threads", _pick(rng, (1, 2, 1024), (0, -1, 1025) + big)]
+        if a[-1] == "1024":
+            case.tags.append("threads-1024")
     if rng.random() < 0.15:
         a += ["-p", _pick(rng, ("cpu",), ("cuda", "tensorrt", "bogus", "CPU", ""), 0.6)]
     if rng.random() < 0.15:
@@ -784,12 +1032,18 @@ def _bench_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, sub
     return [x for p in pairs for x in p]
 
 
+#: separate's options that run the model many times (dropped on chains of 300 convs and more).
+_SLOW_OPTIONS = ("--calibration", "--target-speedup", "--max-output-error", "--plot", "--no-kernel-refit",
+                 "--provider", "--threads", "--precision")
+
+
 def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: bool = False) -> Case:
     """Case ``index`` of the run with ``seed``: a pure function of its arguments."""
     rng = random.Random(f"{seed}:{index}")
     command = only or rng.choices(("stats", "separate", "bench"), weights=(40, 45, 15))[0]
     case = Case(seed, index, command, [])
     ref, model_rel = _model_case(rng, case)
+    case.model = model_rel
     model_arg = "{D}/" + model_rel
     if rng.random() < 0.03:  # CLI misuse: unknown options, missing or extra arguments
         misuse = rng.choice(([], ["--no-such-option"], [model_arg, model_arg, model_arg], ["--", "-x"],
@@ -799,6 +1053,15 @@ def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: b
         return case
     if command == "stats":
         case.args = [model_arg] + _stats_args(rng, ref)
+    elif command == "separate" and ({"ir3", "strweight", "name-bad-utf8-attr"} & set(case.tags)):
+        # A model every mode must survive: each mode is a family of its own (the tag names it). A bad attribute
+        # name is the shuffle pass's problem: it copies attributes into the grouped convs it builds.
+        cls = next(t for t in ("ir3", "strweight", "name-bad-utf8-attr") if t in case.tags)
+        mode = "shuffle" if cls == "name-bad-utf8-attr" else rng.choice(SEPARATE_MODES)
+        case.tags.append(f"{cls}-{mode}")
+        case.args = [model_arg] + _mode_args(rng, case, ref, mode)
+    elif command == "separate" and rng.random() < 0.1:
+        case.args = [model_arg] + _clash_args(rng, case, ref)
     elif command == "separate":
         case.args = [model_arg] + _separate_args(rng, case, ref, model_rel)
     else:
@@ -808,6 +1071,12 @@ def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: b
         case.args = models + _bench_args(rng, case, ref, subprocess_mode)
         if rng.random() < 0.05:
             case.args.insert(0, "--")  # options after "--" become model paths
+    depth = next((int(t.removeprefix("chain-")) for t in case.tags if t.startswith("chain-")), 0)
+    if depth >= 300 and command == "separate":
+        # The refit and the planner run the model and time its layers: seconds a layer, more than a fuzz case's
+        # budget on hundreds of layers. The chain cases are about the graph work every command does.
+        kept = [p for p in _pairs(case.args[1:]) if p[0] not in _SLOW_OPTIONS]
+        case.args = case.args[:1] + [x for p in kept for x in p]
     if subprocess_mode or case.subprocess_only:
         # A process's argv is C strings: no shell or pipeline can pass a NUL byte (Popen refuses to), so a case
         # run as a process gets its arguments as far as a real caller could give them, up to the first NUL.
@@ -833,6 +1102,7 @@ class Outcome:
     leftovers: list[str]
     unsafe: list[str]  # terminal control sequences / spreadsheet formulas in the output
     seconds: float
+    refused: str = ""  # the error of a run whose twin model (Case.twin) the same run accepts
 
 
 def _setup(case: Case, root: Path) -> None:
@@ -853,6 +1123,10 @@ def _setup(case: Case, root: Path) -> None:
             os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))
         except (PermissionError, OSError):
             os.mkfifo(p)
+    for rel in case.fifos:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(p)
     for rel in case.readonly:
         os.chmod(root / rel, 0o555)
 
@@ -1067,10 +1341,11 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
         _setup(case, root)
         before = snapshot(root)
         t0 = time.perf_counter()
+        limit = min(timeout, case.timeout) if case.timeout else timeout
         if mode == "subprocess" or case.subprocess_only:
-            status, sig, code, out, err = run_subprocess(case, root, timeout, mem_bytes)
+            status, sig, code, out, err = run_subprocess(case, root, limit, mem_bytes)
         else:
-            status, sig, code, out, err = run_inprocess(case, root, timeout)
+            status, sig, code, out, err = run_inprocess(case, root, limit)
         seconds = time.perf_counter() - t0
         if status == "unclean error" and code is not None and code >= 0:  # a signature without the temp folder
             sig = classify_stderr(code, err.replace(str(root), "{D}"))[1]
@@ -1080,6 +1355,12 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
         after = snapshot(root)
         changed, leftovers = _check_files(case, root, before, after)
         outcome = Outcome(case, status, sig, code, out, err, changed, leftovers, _unsafe(case, out), seconds)
+        if case.twin is not None and status == "clean error" and case.model in case.files:
+            # The model was valid before a change that keeps it valid (IR-3's initializers as graph inputs): an
+            # error its twin does not get is a wrong refusal.
+            twin = replace(case, files={**case.files, case.model: case.twin}, twin=None)
+            if run_case(twin, mode, timeout, None, mem_bytes).status == "success":
+                outcome.refused = re.sub(r"/tmp/\S+/case/", "{D}/", err.strip().split("\n")[-1])[:100]
         if keep is not None and _failed(outcome):
             dest = keep / f"seed{case.seed}-case{case.index}"
             shutil.rmtree(dest, ignore_errors=True)
@@ -1095,7 +1376,8 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
 
 
 def _failed(o: Outcome) -> bool:
-    return o.status in ("traceback", "unclean error", "timeout") or bool(o.changed or o.leftovers or o.unsafe)
+    return o.status in ("traceback", "unclean error", "timeout") or bool(o.changed or o.leftovers or o.unsafe
+                                                                          or o.refused)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1121,6 +1403,25 @@ def _slow_model(path: Path) -> None:
     onnx.save(m, str(path))
 
 
+#: What a signal case runs (after ``onnxconv``; {D} is the case folder): the plain rewrite, or one of the commands
+#: that take ``--threads`` with 1024 intra-op threads, far more than the cores (issue 17: 1024 spinning threads on 2
+#: cores starved the main thread, and Ctrl-C waited for onnxruntime for tens of seconds).
+SIGNAL_COMMANDS = {
+    "separate": ["separate", "{D}/in/slow.onnx", "-o", "{D}/out/result.onnx", "--energy", "0.9", "--verify",
+                 "--report", "{D}/out/report.json"],
+    "threads-bench": ["bench", "{D}/in/chain.onnx", "--threads", "1024", "--iters", "30", "--warmup", "2"],
+    "threads-separate": ["separate", "{D}/in/chain.onnx", "-o", "{D}/out/result.onnx", "--rank", "1",
+                         "--calibration", "{D}/in/calib.npz", "--no-kernel-refit", "--threads", "1024",
+                         "--report", "{D}/out/report.json"],
+}
+#: The model of the 1024-thread commands: a 300-conv chain, whose session initialisation (the starved phase before
+#: the fix) takes long enough for the signal to land in it.
+SIGNAL_CHAIN = 300
+
+#: Seconds a run may take to exit once signalled ("within seconds"); 0.1-1.1 s measured here, on 2 shared cores.
+STOP_WITHIN = 10.0
+
+
 @dataclass
 class SignalOutcome:
     index: int
@@ -1132,52 +1433,101 @@ class SignalOutcome:
     changed: list[str]
     leftovers: list[str]
     stderr: str
+    kind: str = "separate"
+    stop_s: float | None = None  # seconds from the signal to the exit (None: not signalled, or not exited)
 
     def repro(self, seed: int) -> str:
         what = (f"{signal.Signals(self.signum).name} after {self.delay:.2f} s" if self.signum else
                 f"two concurrent writers (the second with --rank 2, {self.delay / 4:.2f} s later)")
-        return (f"--seed {seed} --signal-case {self.index}  {what}: onnxconv separate slow.onnx "
-                "-o out/result.onnx --energy 0.9 --verify --report out/report.json")
+        argv = " ".join(a.replace("{D}/in/", "").replace("{D}/", "") for a in SIGNAL_COMMANDS[self.kind])
+        argv = argv.replace("chain.onnx", f"chain{SIGNAL_CHAIN}.onnx (python tools/archs.py chain --depth "
+                                          f"{SIGNAL_CHAIN}, one core)")
+        return f"--seed {seed} --signal-case {self.index}  {what}: onnxconv {argv}"
 
 
-def signal_plan(seed: int, index: int, duration: float) -> tuple[int, float]:
-    """(signal number, 0 for two concurrent writers; delay in seconds) of signal case ``index``."""
+def signal_plan(seed: int, index: int, duration: float) -> tuple[int, float, str]:
+    """(signal number, 0 for two concurrent writers; delay in seconds; what runs, a key of
+    :data:`SIGNAL_COMMANDS`) of signal case ``index``."""
     rng = random.Random(f"signal:{seed}:{index}")
     signum = rng.choice((signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM, 0))
-    return signum, rng.uniform(0.05, duration)
+    delay = rng.uniform(0.05, duration)
+    kind = "separate" if signum == 0 else rng.choice(("separate", "separate", "threads-bench", "threads-separate"))
+    return signum, delay, kind
+
+
+def _no_address_space_limit() -> None:
+    """The signal cases' commands are known ones, not fuzzed sizes: they run without the address-space limit this
+    process may have set for itself (under it, 1024 threads are refused before the signal could matter)."""
+    resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2)
+
+
+def _one_core_no_address_space_limit() -> None:
+    """As :func:`_no_address_space_limit`, on one core: 1024 threads outnumber the cores of any machine the same
+    way (spinning threads made the old code take 30-106 s to stop there, 6-9 s on 2 cores)."""
+    _no_address_space_limit()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _wait_for_threads(proc: subprocess.Popen[bytes], count: int, timeout: float) -> None:
+    """Return once ``proc`` runs ``count`` threads or more (Linux: /proc; elsewhere at once), or has ended."""
+    status = Path(f"/proc/{proc.pid}/status")
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end and status.exists():
+        try:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("Threads:"))
+        except (OSError, StopIteration):
+            return
+        if int(line.split()[1]) >= count:
+            return
+        time.sleep(0.01)
 
 
 def run_signal_case(seed: int, index: int, duration: float, timeout: float = 120.0) -> SignalOutcome:
-    """Start ``separate`` on the slow model and interrupt it after a random delay within ``duration``.
+    """Start the case's command (:data:`SIGNAL_COMMANDS`) on the slow model and interrupt it after a random delay
+    within ``duration`` (the 1024-thread commands: within a quarter of it once the process has started its
+    thread pool); it must exit within :data:`STOP_WITHIN` seconds of the signal.
 
     One case in five instead starts two writers of the same -o and --report at once (signal number 0): both
     must finish (or fail cleanly) and leave one complete model and report, and no temporary file.
     """
-    signum, delay = signal_plan(seed, index, duration)
+    signum, delay, kind = signal_plan(seed, index, duration)
     tmp = Path(tempfile.mkdtemp(prefix="onnxconv-fuzz-sig-"))
     try:
         (tmp / "in").mkdir()
         (tmp / "out").mkdir()
         _slow_model(tmp / "in" / "slow.onnx")
+        if kind.startswith("threads-"):
+            (tmp / "in" / "chain.onnx").write_bytes(_base(f"chain{SIGNAL_CHAIN}.onnx").SerializeToString())
+            calib = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+            (tmp / "in" / "calib.npz").write_bytes(_npz_bytes({"input": calib}))
         before = snapshot(tmp)
-        argv = [sys.executable, "-m", "onnxconv", "separate", str(tmp / "in" / "slow.onnx"), "-o",
-                str(tmp / "out" / "result.onnx"), "--energy", "0.9", "--verify", "--report",
-                str(tmp / "out" / "report.json")]
-        procs = [subprocess.Popen(argv, cwd=tmp, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+        argv = [sys.executable, "-m", "onnxconv"] + [a.replace("{D}", str(tmp)) for a in SIGNAL_COMMANDS[kind]]
+        procs = [subprocess.Popen(argv, cwd=tmp, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=_one_core_no_address_space_limit if kind.startswith("threads-")
+                                  else _no_address_space_limit)]
+        signalled_at = None
         if signum == 0:
             time.sleep(delay / 4)
             argv2 = argv[:7] + ["--rank", "2"] + argv[9:]  # --energy 0.9 -> --rank 2: a different result
             procs.append(subprocess.Popen(argv2, cwd=tmp, env=_child_env(), stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE))
+                                          stderr=subprocess.PIPE, preexec_fn=_no_address_space_limit))
         else:
+            if kind.startswith("threads-"):  # land while the 1024 threads exist: after imports and loading
+                _wait_for_threads(procs[0], 64, timeout)
+                delay /= 4
             time.sleep(delay)
             if procs[0].poll() is None:
                 procs[0].send_signal(signum)
+                signalled_at = time.perf_counter()
         results: list[tuple[int | None, str]] = []
+        stop_s = None
         for p in procs:
             try:
                 _, err_b = p.communicate(timeout=timeout)
                 results.append((p.returncode, err_b.decode("utf-8", "replace")))
+                if signalled_at is not None and p is procs[0]:
+                    stop_s = time.perf_counter() - signalled_at
             except subprocess.TimeoutExpired:
                 p.kill()
                 _, err_b = p.communicate()
@@ -1191,6 +1541,8 @@ def run_signal_case(seed: int, index: int, duration: float, timeout: float = 120
                 status, sig = "timeout", "timeout"
             elif "Traceback (most recent call last)" in err:
                 status, sig = "traceback", _tb_signature_text(err)
+            elif stop_s is not None and stop_s > STOP_WITHIN:
+                status, sig = "slow", f"{kind}: exited {stop_s:.0f} s after {signal.Signals(signum).name}"
             elif signum and rc in (128 + signum, -signum):
                 status, sig = "interrupted", ""
             elif rc != 0:
@@ -1201,7 +1553,7 @@ def run_signal_case(seed: int, index: int, duration: float, timeout: float = 120
         if signum == 0 and status == "success" and not (tmp / "out" / "result.onnx").is_file():
             status, sig = "unclean error", "concurrent writers: both succeeded, no output"
         return SignalOutcome(index, int(signum), delay, results[0][0], status, sig, changed, leftovers,
-                             "\n".join(err for _, err in results))
+                             "\n".join(err for _, err in results), kind, stop_s)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -1224,15 +1576,43 @@ def signal_duration() -> float:
 # a run
 
 
+#: The classes of issue 17 by the generator families that draw them (:func:`families`), for the counts per class.
+ISSUE17_CLASSES = {
+    "a: -o/--report/--plot onto the data read": ("clash-",),
+    "b: hostile calibration data": ("calib-npz-member-", "calib-npz-huge-header", "calib-npz-truncated",
+                                    "calib-npz-bad-crc", "calib-npz-inf", "calib-fifo"),
+    "c: non-UTF-8 attribute name, --mode shuffle": ("name-bad-utf8-attr-shuffle",),
+    "d: string-typed conv weight, every mode": ("strweight-",),
+    "e: IR-3 model, every mode": ("ir3-",),
+    "f: --threads 1024": ("threads-1024",),
+    "g: long conv chains": ("chain",),
+}
+
+
+def issue17_classes(case: Case) -> list[str]:
+    """The :data:`ISSUE17_CLASSES` that ``case`` belongs to."""
+    fams = families(case)
+    return [name for name, prefixes in ISSUE17_CLASSES.items() if any(f.startswith(prefixes) for f in fams)]
+
+
 @dataclass
 class Summary:
     counts: Counter[str] = field(default_factory=Counter)
     examples: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # class -> sig -> repro
     per_class: Counter[str] = field(default_factory=Counter)
+    #: issue 17 class (or signal command) -> "cases" and the count of each kind of failure among them
+    by_issue_class: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def add(self, o: Outcome) -> None:
         c = self.counts
         c["cases"] += 1
+        for cls in issue17_classes(o.case):
+            k = self.by_issue_class[cls]
+            k["cases"] += 1
+            k[o.status] += 1
+            for what, flagged in (("inputs changed", o.changed), ("leftovers", o.leftovers),
+                                  ("unsafe output", o.unsafe), ("wrong refusals", o.refused)):
+                k[what] += bool(flagged)
         key = {"success": "successes", "clean error": "clean errors", "traceback": "tracebacks",
                "unclean error": "unclean errors", "timeout": "timeouts"}[o.status]
         c[key] += 1
@@ -1247,12 +1627,20 @@ class Summary:
         if o.unsafe:
             c["unsafe output"] += 1
             self._example("unsafe output", ",".join(o.unsafe), o.case.repro())
+        if o.refused:
+            c["wrong refusals"] += 1
+            self._example("wrong refusals", o.refused, o.case.repro())
 
     def add_signal(self, o: SignalOutcome, seed: int) -> None:
         c = self.counts
         c["signal cases"] += 1
         c[f"signal {o.status}"] += 1
-        if o.status in ("traceback", "unclean error", "timeout"):
+        k = self.by_issue_class[f"signals: {o.kind}"]
+        k["cases"] += 1
+        k[o.status] += 1
+        k["inputs changed"] += bool(o.changed)
+        k["leftovers"] += bool(o.leftovers)
+        if o.status in ("traceback", "unclean error", "timeout", "slow"):
             self._example(f"signal {o.status}", o.signature, o.repro(seed))
         if o.changed:
             c["signal inputs changed"] += 1
@@ -1267,8 +1655,8 @@ class Summary:
 
     def failures(self) -> int:
         c = self.counts
-        return sum(c[k] for k in ("tracebacks", "inputs changed", "leftovers", "signal tracebacks",
-                                  "signal inputs changed", "signal leftovers"))
+        return sum(c[k] for k in ("tracebacks", "inputs changed", "leftovers", "wrong refusals", "signal tracebacks",
+                                  "signal inputs changed", "signal leftovers", "signal slow"))
 
     def render(self, per_class: int = 3) -> str:
         lines = ["counts:"]
@@ -1276,6 +1664,12 @@ class Summary:
             lines.append(f"  {k}: {self.counts[k]}")
         for k in sorted(k for k in self.counts if k.startswith("signal")):
             lines.append(f"  {k}: {self.counts[k]}")
+        if self.by_issue_class:
+            lines.append("by class (issue 17):")
+            for cls in sorted(self.by_issue_class):
+                tally = self.by_issue_class[cls]
+                rest = ", ".join(f"{n} {w}" for w, n in sorted(tally.items()) if w != "cases" and n)
+                lines.append(f"  {cls}: {tally['cases']} cases ({rest})")
         for cls, sigs in self.examples.items():
             lines.append(f"{cls}: {len(sigs)} distinct")
             for sig, repro in list(sigs.items())[: per_class if per_class else None]:
@@ -1299,7 +1693,7 @@ def _worker(args: tuple[int, int, str | None, str, float, str | None, int | None
 #: Tag prefixes whose every variant counts as a family of its own in :func:`families` (each output-path
 #: variant, model-path variant, external-data location, name placement and weight dtype found its own bugs);
 #: other tags count by their prefix (``attr-pads-huge`` is family ``attr``).
-_FINE_FAMILIES = ("out", "model", "external", "name", "dtype")
+_FINE_FAMILIES = ("out", "model", "external", "name", "dtype", "clash", "ir3", "strweight", "calib", "threads")
 
 
 def families(case: Case) -> set[str]:
@@ -1318,8 +1712,8 @@ def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2
     those ``pool`` cases draw, each at least ``times`` times where the pool has that many: greedy set cover
     (the case adding the most still-needed draws, the lowest index on a tie), so a bounded run still reaches
     every generator, twice, in about 60 cases for a pool of 600. Cases that need a child process (a file-size
-    limit: seconds each, most of a bounded run's time) count half, and a family that only they draw is
-    needed once."""
+    limit: seconds each, most of a bounded run's time) count half, a case that costs more (a long chain) counts
+    by its :attr:`Case.cost`, and a family that only child-process cases draw is needed once."""
     cases = {i: make_case(seed, i, only) for i in range(pool)}
     drawn = {i: families(c) for i, c in cases.items()}
     need: Counter[str] = Counter()
@@ -1332,7 +1726,7 @@ def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2
     chosen: list[int] = []
 
     def gain(i: int) -> tuple[float, int]:
-        g = sum(1 for f in drawn[i] if need[f] > 0)
+        g = sum(1 for f in drawn[i] if need[f] > 0) / cases[i].cost
         return (g / 2 if cases[i].subprocess_only else g, -i)
 
     while +need:
@@ -1408,7 +1802,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if ns.signal_case is not None:
         so = run_signal_case(ns.seed, ns.signal_case, signal_duration())
         print(so.repro(ns.seed))
-        print(f"returncode {so.returncode}, {so.status} {so.signature}; changed {so.changed}; "
+        stop = f", exited {so.stop_s:.1f} s after the signal" if so.stop_s is not None else ""
+        print(f"returncode {so.returncode}, {so.status} {so.signature}{stop}; changed {so.changed}; "
               f"leftovers {so.leftovers}")
         print(so.stderr)
         return 0

@@ -34,7 +34,7 @@ class BenchConfig:
 
     ``iters`` and ``duration`` exclude each other; with neither, rounds run for :data:`DEFAULT_DURATION` seconds
     (and at least :data:`MIN_ROUNDS`). ``spinning=None`` means: off when several models share the machine with
-    more than one thread each, else onnxruntime's default.
+    more than one thread each or when ``threads`` exceeds the usable cores, else onnxruntime's default.
     """
 
     providers: tuple[str, ...] = ("cpu",)

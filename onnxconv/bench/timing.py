@@ -16,7 +16,8 @@ How the clock is read
       percentiles). A ratio of two runs taken milliseconds apart cancels slow drift that a ratio of two means
       would keep.
     * With several models and more than one intra-op thread, idle threads of one session would spin-wait and
-      steal cores from the next session's run; spinning is turned off then (``BenchConfig.spinning`` overrides).
+      steal cores from the next session's run; spinning is turned off then, and whenever there are more threads
+      than usable cores (:func:`~onnxconv.compare.default_spinning`; ``BenchConfig.spinning`` overrides both).
 
 Figures per model: mean, p50, p90, p99, min, max and sample stdev of the timed runs; throughput = batch / mean
 (items per second, batch = first dim of the first input).
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..compare import compare_outputs, load_inputs, make_inputs
+from ..compare import compare_outputs, default_spinning, load_inputs, make_inputs, usable_cores
 from ..errors import OptionError
 from ..model_io import load_model
 from ..providers import Provider, resolve_provider
@@ -136,7 +137,7 @@ def _timed_rounds(runners: Sequence[Runner | WorkerRunner], cfg: BenchConfig,
 def _auto_spinning(cfg: BenchConfig, n_models: int) -> bool | None:
     if cfg.spinning is not None:
         return cfg.spinning
-    return False if n_models > 1 and cfg.threads != 1 else None
+    return False if n_models > 1 and cfg.threads != 1 else default_spinning(cfg.threads)
 
 
 def _bench_provider(sources: Sequence[str | onnx.ModelProto], names: Sequence[str], provider: Provider,
@@ -217,7 +218,10 @@ def bench(models: Sequence[str | os.PathLike[str] | onnx.ModelProto], config: Be
                     progress(f"profile {result.name}", 0, 1)
                 result.profile = profile_model(src, result.name, prov, cfg, feeds)
     if any(r.spinning is False for r in runs) and cfg.spinning is None:
-        notes.append("intra-op thread spinning turned off: several sessions take turns on the same cores")
+        if default_spinning(cfg.threads) is False:
+            notes.append(f"intra-op thread spinning turned off: {cfg.threads} threads on {usable_cores()} cores")
+        else:
+            notes.append("intra-op thread spinning turned off: several sessions take turns on the same cores")
     return BenchReport(
         runs=runs, inputs={k: list(v.shape) for k, v in feeds.items()}, input_source=source_text,
         batch=_batch_of(feeds), config=asdict(cfg), onnxruntime=ort.__version__,

@@ -45,7 +45,8 @@ THRESHOLD_EXIT = 3
 @click.option("--device-id", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
               help="GPU for cuda/tensorrt (onnxruntime takes a C int).")
 @click.option("--spinning", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
-              help="Spin-waiting of idle intra-op threads (auto: off when several models take turns).")
+              help="Spin-waiting of idle intra-op threads (auto: off when several models take turns "
+                   "or --threads exceeds the cores).")
 @click.option("--isolate", is_flag=True,
               help="Run each model's session in its own process, so its peak RSS is its own.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)

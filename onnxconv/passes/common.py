@@ -382,12 +382,16 @@ def drop_dead_producers(graph: gs.Graph, tensor: gs.Tensor) -> None:
         if isinstance(tensor, gs.Constant) or not tensor.inputs or tensor.outputs or tensor in graph.outputs:
             return
         prod = tensor.inputs[0]
-        if prod.op not in ("Identity", "Cast", "Constant") or prod not in graph.nodes:
+        if prod.op not in ("Identity", "Cast", "Constant"):
+            return
+        # By identity: ``in`` and ``remove`` would compare with onnx-graphsurgeon's costly Node.__eq__.
+        at = next((i for i, n in enumerate(graph.nodes) if n is prod), None)
+        if at is None:
             return
         if any(o.outputs or o in graph.outputs for o in prod.outputs):
             return
         upstream = prod.inputs[0] if prod.inputs else None
-        graph.nodes.remove(prod)
+        del graph.nodes[at]
         prod.inputs.clear()
         prod.outputs.clear()
         if upstream is None:

@@ -159,6 +159,11 @@ class _Emitter:
         self.cache: dict[tuple[int, str, int, str], tuple[list[gs.Constant], list[gs.Constant]]] = {}
         #: Node names of each ``sum`` subgraph in emission order (dw0, pw0, dw1, pw1, add1, ...).
         self.blocks: list[list[str]] = []
+        #: Replaced nodes (by id) and their graphs, dropped by :meth:`compact` in one pass per graph:
+        #: ``graph.nodes.remove(node)`` compares with onnx-graphsurgeon's ``Node.__eq__`` (attributes, inputs,
+        #: outputs and a log call) until it meets ``node``, 4.5 million comparisons and 80 s on a 3,000-conv chain.
+        self._replaced: set[int] = set()
+        self._graphs: dict[int, gs.Graph] = {}
 
     def _consts(self, c: _Candidate, r: int, form: str, base: str) -> tuple[list[gs.Constant], list[gs.Constant]]:
         key = (id(c.graph), c.weight_key, r, form)
@@ -185,7 +190,8 @@ class _Emitter:
         x, y = node.inputs[0], node.outputs[0]
         w_t = node.inputs[1]
         bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
-        graph.nodes.remove(node)
+        self._replaced.add(id(node))
+        self._graphs[id(graph)] = graph
         node.inputs.clear()
         node.outputs.clear()
         drop_dead_producers(graph, w_t)
@@ -246,6 +252,11 @@ class _Emitter:
                 acc = dest
             self.blocks.append([n.name for n in graph.nodes[first:]])
         return requested if r == 1 else form
+
+    def compact(self) -> None:
+        """Drop the replaced nodes (inputs and outputs already cleared by :meth:`emit`) from their graphs."""
+        for graph in self._graphs.values():
+            graph.nodes = [n for n in graph.nodes if id(n) not in self._replaced]
 
 
 def _keep_order(graph: onnx.GraphProto, block_of: Mapping[str, int], blocks: Sequence[Sequence[str]]) -> None:
@@ -450,6 +461,7 @@ def separate(
         ch.macs_after = c.macs_at(r)
         k = C.prod(c.spec.kernel_shape)
         ch.params_after = r * c.spec.c_in * k + r * c.spec.weight_shape[1] * c.spec.c_out + c.spec.bias_params
+    emitter.compact()
     out = finish_model(model, graph, cleanup=False)
     _keep_order(out.graph, {name: i for i, names in enumerate(emitter.blocks) for name in names}, emitter.blocks)
     options: dict[str, object] = {"policy": policy.describe(), "form": form, "force": force,

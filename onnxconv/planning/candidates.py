@@ -82,6 +82,10 @@ def find_candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequen
         if c.name not in order:
             order.append(c.name)
         node = nodes.get(c.name)
+        if c.rewritten and node is not None and node.input[1] not in arrays:
+            # The passes follow a weight through Cast/Identity (an fp16 initializer cast up); the planner builds
+            # its layer models and rewrites from the weight tensor itself. (A rewritten conv has a weight input.)
+            options, reason = [], "its weight is computed (Cast/Identity of a constant): not planned"
         if not options or node is None:
             if c.name not in found:
                 skipped.setdefault(c.name, LayerChange(c.name, c.op_type, False, c.reason or reason,
@@ -98,7 +102,7 @@ def find_candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequen
         for c in dry.layers:
             node = nodes.get(c.name)
             ranks: list[int] = []
-            if c.rewritten and node is not None:
+            if c.rewritten and node is not None and node.input[1] in arrays:
                 w = arrays[node.input[1]]
                 g = as_int(attrs_of(node).get("group", 1) or 1)
                 k, ng = math.prod(w.shape[2:]), w.shape[0] // g
@@ -110,7 +114,7 @@ def find_candidates(model: onnx.ModelProto, mode: str, form: str, groups: Sequen
         for g in groups:
             dry = group_shuffle(model, groups=g, node_filter=node_filter, force=True, input_shapes=input_shapes)
             for c in dry.layers:
-                ok = c.rewritten and c.name in nodes
+                ok = c.rewritten and c.name in nodes and nodes[c.name].input[1] in arrays
                 add(c, [("groups", g)] if ok else [], "inside a subgraph: not planned")
                 if ok:
                     out_g, in_g = np.asarray(c.out_groups), np.asarray(c.in_groups)
