@@ -46,16 +46,6 @@ def _load_tool() -> ModuleType:
 fuzz = _load_tool()
 INDICES = fuzz.covering_cases(SEED, POOL)
 
-#: Generator families of issue 17 whose failures are being fixed on other branches (outputs naming the data a
-#: run reads; hostile calibration data; a non-UTF-8 attribute name with --mode shuffle; string-typed conv
-#: weights and IR-3 models in every separate mode). Their cases run here like every other, and their failures
-#: are an expected failure of their own test, not of the suite's promises; empty this once those branches are
-#: merged (the test then passes).
-PENDING = ("clash-", "calib-", "name-bad-utf8-attr", "strweight", "ir3")
-
-
-def _pending(outcome: Any) -> bool:
-    return any(f.startswith(PENDING) for f in fuzz.families(outcome.case))
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +63,13 @@ def outcomes() -> list[Any]:
     return ran
 
 
-def _summary(outcomes: list[Any], pending: bool) -> Any:
-    s = fuzz.Summary()
-    for o in outcomes:
-        if _pending(o) == pending:
-            s.add(o)
-    return s
-
-
 @pytest.fixture(scope="module")
 def summary(outcomes: list[Any]) -> Any:
-    """The cases outside :data:`PENDING`."""
-    return _summary(outcomes, pending=False)
+    """Every case's outcome counted (issue 17's classes included: their fixes are merged)."""
+    s = fuzz.Summary()
+    for o in outcomes:
+        s.add(o)
+    return s
 
 
 def test_fuzz_cases_ran(outcomes: list[Any], summary: Any) -> None:
@@ -108,13 +93,6 @@ def test_fuzz_nothing_left_behind(summary: Any) -> None:
 def test_fuzz_no_timeout_and_no_wrong_refusal(summary: Any) -> None:
     """A long chain must answer within its time limit (proportional to its depth), like every other case."""
     assert summary.counts["timeouts"] == 0 and summary.counts["wrong refusals"] == 0, summary.render(0)
-
-
-def test_fuzz_pending_classes(outcomes: list[Any]) -> None:
-    s = _summary(outcomes, pending=True)
-    assert s.counts["cases"] > 0
-    if s.failures() or s.counts["timeouts"]:
-        pytest.xfail("classes fixed on other branches still fail here:\n" + s.render(0))
 
 
 def test_covering_cases_draw_every_family_of_the_pool() -> None:
