@@ -8,15 +8,12 @@ A criterion that cannot be met writes nothing.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from ..accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOptions, QuantizeResult,
                         quantize_with_accuracy, speedup_over_fp32)
@@ -32,6 +29,7 @@ from ..text import printable
 from ..progress import report, reporting
 from .options import shape_options
 from .progress import ProgressBar, progress_option
+from .reports import json_bytes
 
 
 __all__ = ["quantize", "render_quantize"]
@@ -57,16 +55,6 @@ def _protected(model: str, calibration: str) -> list[tuple[str, str]]:
 #: Version of the quantize --report layout (docs/report-json.md, "onnxconv quantize --report"): keys are only
 #: added; a key that changes meaning or disappears bumps it.
 REPORT_SCHEMA_VERSION = 1
-
-
-def _json_bytes(data: Mapping[str, Any]) -> bytes:
-    """``data`` as indented JSON (numpy scalars as Python numbers)."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, np.generic):
-            return v.item()
-        raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-    return (json.dumps(data, indent=2, default=plain) + "\n").encode()
 
 
 def _speed_text(speed: SpeedUp | None) -> str:
@@ -197,7 +185,7 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
             data: dict[str, Any] = {"schema_version": REPORT_SCHEMA_VERSION, "model": model, "output": output,
                                     "metric": metric_spec, **result.to_dict(),
                                     "speedup": None if speed is None else asdict(speed)}
-            staged.write(report_file, _json_bytes(data), "--report")
+            staged.write(report_file, json_bytes(data), "--report")
         staged.commit()
     click.echo(render_quantize(result, speed, options.metric.name if options.metric is not None else ""))
     click.echo(f"wrote {printable(output)}")

@@ -11,7 +11,6 @@ per-layer report, ``--report FILE.json`` and the write of every output, all or n
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..tables import format_count, grid
 from ..text import printable
 from .options import CALIBRATION, JUDGING, PLANNING, RANK, SHAPE
 from .progress import ProgressBar, progress_option
+from .reports import json_bytes
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
            "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
@@ -247,7 +247,7 @@ def _write_refusal(report_file: Path | None, plot_file: Path | None, data: Mappi
     try:
         with StagedFiles() as staged:
             if report_file is not None:
-                staged.write(report_file, _json_bytes(data), "--report")
+                staged.write(report_file, json_bytes(data), "--report")
             if plot_file is not None:
                 staged.write(plot_file, frontier_png(data["plan"]), "--plot")
             staged.commit()
@@ -256,9 +256,6 @@ def _write_refusal(report_file: Path | None, plot_file: Path | None, data: Mappi
     return ""
 
 
-def _json_bytes(data: Mapping[str, Any]) -> bytes:
-    """``data`` as the report's JSON text."""
-    return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
 
 
 def _read_by_run(request: SeparateRequest) -> list[tuple[str, str]]:
@@ -284,10 +281,6 @@ def _check_not_read(path: str | Path, option: str, request: SeparateRequest) -> 
                           "(choose another file)")
 
 
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def _input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
@@ -521,7 +514,7 @@ def separate(model: str, output: str, **options: Any) -> None:
                     data["verify"]["metric"] = {"spec": request.metric, **metric.to_dict()}
                 if floors:
                     data["verify"]["original_noise_floor"] = floors
-            staged.write(report_file, _json_bytes(data), "--report")
+            staged.write(report_file, json_bytes(data), "--report")
         if plot_file is not None:
             staged.write(plot_file, frontier_png(result.options["plan"]), "--plot")
         staged.commit()
