@@ -6,7 +6,7 @@ bug and keeps its traceback. The library never imports click.
 
 from __future__ import annotations
 
-__all__ = ["OnnxConvError", "ModelLoadError", "ShapeError", "OptionError", "RewriteError"]
+__all__ = ["OnnxConvError", "ModelLoadError", "ShapeError", "OptionError", "RewriteError", "TimingError"]
 
 
 class OnnxConvError(Exception):
@@ -27,3 +27,7 @@ class OptionError(OnnxConvError):
 
 class RewriteError(OnnxConvError):
     """A rewrite could not produce a valid model; nothing is written."""
+
+
+class TimingError(OnnxConvError):
+    """Timing a model failed: ``--latency-command`` exited non-zero, timed out or printed no ``median_ms``."""

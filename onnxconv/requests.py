@@ -31,8 +31,10 @@ from .passes.ranks import RankPolicy
 from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
 from .passes.separable import separate as separate_pass
 from .passes.shuffle import group_shuffle
-from .planning import plan_from_file
+from .planning import (GROUP_CHOICES, Goal, ModeOptions, PlanOptions, PrecisionOptions, RefitOptions, ShapeOptions,
+                       TimingOptions, plan_from_file)
 from .planning.judge import Judge
+from .planning.timer import check_latency_command
 
 __all__ = ["SeparateRequest", "SeparateOutcome", "run_separate", "RANK_OPTIONS"]
 
@@ -90,6 +92,8 @@ class SeparateRequest:
     channel_axis: tuple[str, ...] = ()
     metric: str | None = None
     min_metric: float | None = None
+    latency_command: str | None = None
+    latency_timeout: float = 600.0
 
     @property
     def rank_values(self) -> dict[str, Any]:
@@ -150,11 +154,32 @@ class SeparateRequest:
         if self.precision != "int8" and (self.activation_type, self.weight_type) != ("uint8", "int8"):
             raise OptionError("--activation-type/--weight-type apply to --precision int8")
         self.channel_axes()  # a malformed --channel-axis is refused before any work
+        if self.latency_command is not None:
+            if not self.plans:
+                raise OptionError("--latency-command times the planner's plans: it needs --target-speedup, "
+                                  "--max-output-error or --min-metric")
+            check_latency_command(self.latency_command)
+        elif self.latency_timeout != 600.0:
+            raise OptionError("--latency-timeout applies to --latency-command")
         if self.plot_path is not None and not self.plans:
             raise OptionError("--plot draws the planner's frontier: it needs --target-speedup, --max-output-error "
                               "or --min-metric")
         self.policy()
         self.node_filter()
+
+    def plan_options(self, input_shapes: Mapping[str, Sequence[int]], judge: Judge) -> PlanOptions:
+        """What the planner is asked (:class:`~onnxconv.planning.PlanOptions`), grouped as ``--help`` groups it;
+        ``input_shapes``: --input-shape with the dims the data fixes, ``judge``: :meth:`judge`'s."""
+        return PlanOptions(
+            goal=Goal(target_speedup=self.target_speedup, max_output_error=self.max_output_error),
+            mode=ModeOptions(mode=self.mode, form=self.form, groups=(self.groups,) if self.groups else GROUP_CHOICES),
+            node_filter=self.node_filter(),
+            shapes=ShapeOptions(input_shapes=input_shapes, batch=self.batch),
+            refit=RefitOptions(kernels=self.kernel_refit),
+            timing=TimingOptions(provider=self.provider, threads=self.threads, latency_command=self.latency_command,
+                                 latency_timeout=self.latency_timeout),
+            precision=PrecisionOptions(self.precision, self.activation_type, self.weight_type),
+            judge=judge)
 
     def channel_axes(self) -> dict[str, int]:
         """``--channel-axis`` values as output name -> axis."""
@@ -242,12 +267,7 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     shapes.update(derived)
     if r.plans:
         assert r.calibration is not None  # validate(): planning needs --calibration
-        result = plan_from_file(m, r.calibration, target_speedup=r.target_speedup,
-                                max_output_error=r.max_output_error, precision=r.precision,
-                                activation_type=r.activation_type, weight_type=r.weight_type,
-                                provider=r.provider, threads=r.threads, mode=r.mode,
-                                form=r.form, groups=(r.groups,) if r.groups else None, node_filter=node_filter,
-                                input_shapes=shapes, batch=r.batch, refit_kernels=r.kernel_refit, judge=judge)
+        result = plan_from_file(m, r.calibration, r.plan_options(shapes, judge))
     elif r.mode == "separable":
         assert policy is not None  # policy(): separable mode without --target-speedup has one (or raised)
         result = separate_pass(m, policy, form=r.form, node_filter=node_filter, force=r.force,

@@ -20,8 +20,8 @@ from onnx import helper
 from onnxconv import metrics, planning
 from onnxconv.cli import main
 from onnxconv.errors import OptionError
-from onnxconv.planning import planner
 
+from . import plankit
 from .modelkit import init, make_model, tensor
 from .test_plan_cli import files  # noqa: F401 - the fixture is used by name
 from .test_plan_search import CURVE, EXACT, fake_bench, setup
@@ -49,8 +49,8 @@ def plugin(tmp_path: Path) -> str:
 
 def plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, curve: dict[int, float] = CURVE, **kwargs):  # noqa: ANN003, ANN201
     model, cal, cache = setup(tmp_path)
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(curve))
-    return planning.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, **kwargs)
+    plankit.fake_timer(monkeypatch, fake_bench(curve))
+    return plankit.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, **kwargs)
 
 
 def test_min_metric_returns_the_fastest_plan_that_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -191,10 +191,10 @@ def test_planner_reports_each_phase_and_round_with_time_left(tmp_path: Path, mon
     from onnxconv import progress
 
     model, cal, cache = setup(tmp_path)
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
+    plankit.fake_timer(monkeypatch, fake_bench(CURVE))
     seen: list[tuple[str, float, float]] = []
     with progress.reporting(lambda phase, done, total: seen.append((phase, done, total))):
-        planning.plan_rewrite(model, cal, cache=cache, form="sum", target_speedup=1.4)
+        plankit.plan_rewrite(model, cal, cache=cache, form="sum", target_speedup=1.4)
     phases = [p for p, _, _ in seen]
     assert phases[0].startswith("timing the cheapest plan")
     assert any(p.startswith("estimating the error of every option") for p in phases)

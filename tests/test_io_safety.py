@@ -25,9 +25,9 @@ from onnxconv.cli import main
 from onnxconv.errors import OptionError
 from onnxconv.planning import planner
 
+from . import plankit
 from .test_calibrate import smooth_inputs
 from .test_cli_separate import two_conv_model
-from .test_plan_cli import fixed_latencies
 from .test_plan_search import CURVE, SIZE, C, fake_bench, four_convs
 
 
@@ -356,8 +356,7 @@ def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     np.savez(tmp_path / "in.npz", X=x[:2])
     (tmp_path / "cal").mkdir()
     np.save(tmp_path / "cal" / "X.npy", x)
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
-    monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
+    plankit.fake_timer(monkeypatch, fake_bench(CURVE))
     return tmp_path
 
 
@@ -459,10 +458,9 @@ def test_a_plot_that_cannot_be_written_leaves_no_model_or_report(planned: Path,
 
 _PLANNER = """
 from onnxconv.planning import planner
-from tests.test_plan_cli import fixed_latencies
+from tests.plankit import FakeTimer
 from tests.test_plan_search import CURVE, fake_bench
-planner.bench_pair = fake_bench(CURVE)
-planner.measure_latencies = fixed_latencies
+planner.make_timer = lambda options: FakeTimer(fake_bench(CURVE))
 """
 
 _ON_PLOT = """

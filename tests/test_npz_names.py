@@ -14,7 +14,7 @@ from onnx import helper
 
 from onnxconv.calibration import CalibrationSet
 from onnxconv.compare import read_npz, write_npz
-from onnxconv.planning import bench_pair
+from onnxconv.planning import OrtTimer
 
 from .modelkit import make_model, tensor
 
@@ -37,8 +37,8 @@ def test_write_npz_keeps_every_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["file", "allow_pickle"])
-def test_bench_pair_with_an_input_named_like_a_savez_parameter(name: str) -> None:
+def test_timer_pair_with_an_input_named_like_a_savez_parameter(name: str) -> None:
     model = make_model([helper.make_node("Relu", [name], ["Y"])], [tensor(name, [1, 4])], [tensor("Y", [1, 4])])
     calib = CalibrationSet({name: np.ones((2, 4), np.float32)}, "test", chunk=1, batch=1)
-    seconds, speedup = bench_pair(model, None, calib, "cpu", 1, 2)
+    seconds, speedup = OrtTimer("cpu", 1, model_iters=2).pair(model, None, next(calib.chunks())[1])
     assert seconds > 0 and speedup is None

@@ -14,11 +14,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from onnxconv.cli import main
-from onnxconv.planning import planner
 
+from . import plankit
 from .modelkit import init, make_model, tensor
 from .test_calibrate import smooth_inputs
-from .test_plan_cli import fixed_latencies
 from .test_plan_search import CURVE, fake_bench, four_convs
 
 #: The opset of IR 3 exports (Conv is the same as at later opsets).
@@ -136,8 +135,7 @@ def test_planner_writes_a_valid_ir3_model(tmp_path: Path, monkeypatch: pytest.Mo
     model = as_ir3(model)
     onnx.save(model, src)
     np.savez(cal, X=smooth_inputs(rng, 10, 16, 8))
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
-    monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
+    plankit.fake_timer(monkeypatch, fake_bench(CURVE))
     res = separate(str(src), "-o", str(out), "--target-speedup", "1.2", "--calibration", str(cal), "--verify",
                    "--precision", precision, "--mode", mode)
     assert res.exit_code == 0, res.output

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from onnxconv import progress, calibration, compare, planning
-from onnxconv.planning import latency, planner
+from onnxconv.planning import timer
 from onnxconv.cli import main
 from onnxconv.errors import OptionError
 from onnxconv.passes.common import NodeFilter
@@ -23,6 +23,7 @@ from onnxconv.passes.ranks import RankPolicy
 from onnxconv.passes.separable import separate
 from onnxconv.passes.shuffle import group_shuffle, masked_reference
 
+from . import plankit
 from .modelkit import init, make_model, tensor
 from .test_calibrate import lowrank_weight, rel, smooth_inputs, unused_initializers
 
@@ -58,14 +59,13 @@ def test_choice_is_the_least_error_plan_that_saves_enough(inst) -> None:
         return sum(lay.options[i].error ** 2 for lay, i in zip(layers, c))
 
     try:
-        predicted = planning.choose(layers, model_s, target)
+        picked, predicted = planning.choose(layers, model_s, target)
     except OptionError as e:
         assert "largest predicted speed-up" in str(e)
         # Unreachable means: even the fastest option everywhere saves too little (savings rounded down to buckets).
         fastest = sum(max(lay.keep.latency_s - o.latency_s for o in lay.options) for lay in layers)
         assert fastest < need + len(layers) * need / planning.BUCKETS
         return
-    picked = tuple(lay.chosen for lay in layers)
     assert saved(picked) >= need - 1e-9
     assert predicted == pytest.approx(model_s / max(model_s - saved(picked), 1e-9 * model_s))
     # Savings are rounded down to buckets, so the plan can only lose to one that saves a little more than needed.
@@ -147,20 +147,21 @@ def test_latencies_are_cached_per_shape(tmp_path, monkeypatch) -> None:
     for c in cands:
         c.input_shape = (1, 16, 8, 8)
     calls = []
-    real = latency.bench
+    real = timer.bench
 
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(latency, "bench", counting)  # what measure_latencies calls
+    monkeypatch.setattr(timer, "bench", counting)  # what the in-process timer calls
     cache = planning.LatencyCache(tmp_path / "lat.json")
-    times = planning.measure_latencies(cands, "sum", "cpu", None, cache, iters=3)
+    times = planning.measure_latencies(cands, "sum", planning.OrtTimer("cpu", None, layer_iters=3), cache)
     assert len(calls) == 1  # two layers, one shape: timed once
     assert times["a"] == times["b"] and set(times["a"]) == {planning.KEEP, *cands[0].options}
     assert all(t > 0 for t in times["a"].values())
     # A new cache object reads the file back: nothing is timed again.
-    again = planning.measure_latencies(cands, "sum", "cpu", None, planning.LatencyCache(tmp_path / "lat.json"), 3)
+    again = planning.measure_latencies(cands, "sum", planning.OrtTimer("cpu", None, layer_iters=3),
+                                       planning.LatencyCache(tmp_path / "lat.json"))
     assert len(calls) == 1 and again == times
     assert len(json.loads((tmp_path / "lat.json").read_text())) == len(times["a"])
 
@@ -185,19 +186,18 @@ def fixed_cache(model: onnx.ModelProto, cal: calibration.CalibrationSet, keep_s:
 @pytest.mark.parametrize("mode", ["separable", "shuffle"])
 def test_plan_picks_the_least_error_option_and_refits(tmp_path, mode, monkeypatch) -> None:
     rng = np.random.default_rng(2)
-    monkeypatch.setattr(planner, "bench_pair", lambda o, r, *a: (1.0, None if r is None else 1.5))
+    plankit.fake_timer(monkeypatch, lambda o, r, *a: (1.0, None if r is None else 1.5))
     model = conv_chain(rng)
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 6, 16, 10))
     cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     # Every option saves a whole second: any single one reaches the target, so the plan is the one option of
     # least error in the whole model, and nothing else is rewritten.
     cache = fixed_cache(model, cal, keep_s=2.0, option_s=1.0, mode=mode)
-    result, report = planning.plan_rewrite(model, cal, target_speedup=1.5, mode=mode, form="sum", cache=cache,
+    result, report = plankit.plan_rewrite(model, cal, target_speedup=1.5, mode=mode, form="sum", cache=cache,
                                        layer_iters=3, model_iters=3, rounds=1)
     errors = [(o.error, lay.name, o.label) for lay in report.layers for o in lay.options[1:]]
     least = min(errors)
-    chosen = [(lay.name, lay.options[lay.chosen].label) for lay in report.layers if lay.chosen]
-    assert chosen == [(least[1], least[2])]
+    assert report.choices() == {least[1]: least[2]}
     done = [c for c in result.layers if c.rewritten]
     assert [c.name for c in done] == [least[1]]
     assert done[0].details["plan"].startswith(least[2] + " ")
@@ -218,16 +218,16 @@ def test_plan_refuses_bad_targets(tmp_path) -> None:
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 2, 16, 10))
     cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     with pytest.raises(OptionError, match="must be a number above 1"):
-        planning.plan_rewrite(model, cal, target_speedup=1.0)
+        plankit.plan_rewrite(model, cal, target_speedup=1.0)
     with pytest.raises(OptionError, match="--provider nope: unknown"):
-        planning.plan_rewrite(model, cal, target_speedup=2.0, provider="nope")
+        plankit.plan_rewrite(model, cal, target_speedup=2.0, provider="nope")
     cache = fixed_cache(model, cal, keep_s=1e-9, option_s=0.9e-9)  # saves far less than the model takes
     # 50x is out of reach of the cheapest plan: refused by the quick bound, before any error is estimated.
     seen: list[str] = []
     with pytest.raises(OptionError, match=r"^--target-speedup 50: out of reach: the cheapest plan \(all 2 candidate "
                                           r"layer\(s\) at their fewest MACs\) measures .*x of the original"):
         with progress.reporting(lambda phase, done, total: seen.append(phase)):
-            planning.plan_rewrite(model, cal, target_speedup=50.0, cache=cache, form="sum", layer_iters=3,
+            plankit.plan_rewrite(model, cal, target_speedup=50.0, cache=cache, form="sum", layer_iters=3,
                                   model_iters=3)
     assert seen and seen[-1].startswith("timing the cheapest plan")  # nothing after it: no estimate, no refit
 
@@ -265,8 +265,8 @@ def test_plan_rescales_layer_savings_by_the_measured_speedup(tmp_path, monkeypat
         layers = len({n.name.split("/")[0] for n in rewritten.graph.node if "/dw" in n.name})
         return 1.0, 1.0 / (1.0 - 0.2 * layers) if done else 1.0  # the model saves half the promised time
 
-    monkeypatch.setattr(planner, "bench_pair", fake_bench)
-    result, report = planning.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
+    plankit.fake_timer(monkeypatch, fake_bench)
+    result, report = plankit.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
     assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.8, 1 / 0.6])
     assert report.rounds[1]["scale"] == pytest.approx(0.5)
     assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 2
@@ -287,8 +287,8 @@ def test_plan_backs_off_an_overshoot_to_spend_less_error(tmp_path, monkeypatch) 
         layers = len({n.name.split("/")[0] for n in rewritten.graph.node if "/dw" in n.name})
         return 1.0, 1.0 / (1.0 - 0.4 * layers)
 
-    monkeypatch.setattr(planner, "bench_pair", fake_bench)
-    result, report = planning.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
+    plankit.fake_timer(monkeypatch, fake_bench)
+    result, report = plankit.plan_rewrite(model, cal, target_speedup=1.6, cache=cache, form="sum", do_refit=False)
     assert [r["measured"] for r in report.rounds] == pytest.approx([1 / 0.2, 1 / 0.6])
     assert report.measured == pytest.approx(1 / 0.6) and len(result.rewritten) == 1
 
@@ -318,11 +318,11 @@ def test_mixed_plan_uses_both_kinds_and_refits_through_the_reordering(tmp_path, 
     cal = calibration.load_calibration(tmp_path / "cal.npz", model)
     # 0.4 s saved per layer of 1 s. The concat form ends in one pointwise conv, which the shuffle pass reorders.
     cache = fixed_cache(model, cal, keep_s=0.5, option_s=0.1, mode="mixed", form="concat")
-    monkeypatch.setattr(planner, "bench_pair", lambda original, rewritten, *a: (1.0, None if rewritten is None
+    plankit.fake_timer(monkeypatch, lambda original, rewritten, *a: (1.0, None if rewritten is None
                                                                                  else 2.5))
-    weight_only, report = planning.plan_rewrite(model, cal, target_speedup=2.5, mode="mixed", form="concat",
+    weight_only, report = plankit.plan_rewrite(model, cal, target_speedup=2.5, mode="mixed", form="concat",
                                                 cache=cache, do_refit=False)
-    chosen = {lay.name: lay.options[lay.chosen] for lay in report.layers}
+    chosen = {lay.name: lay.options[p] for lay, p in zip(report.layers, report.picks)}
     assert chosen["c1"].kind == "rank" and (chosen["c2"].kind, chosen["c2"].value) == ("groups", 2)
     assert weight_only.pass_name == "mixed" and report.reference is not None
     assert {c.name for c in weight_only.rewritten} == {"c1", "c2"}
@@ -381,9 +381,9 @@ def test_shuffle_plan_with_several_group_counts_is_refitted_everywhere(tmp_path,
     cands, _ = planning.find_candidates(model, "shuffle", "sum", (2, 4), None, None, None)
     layers = [planning.LayerOptions(c.name, [planning.Option("keep", 0, 1.0, 0.0)]
                                 + [planning.Option(k, v, 0.5, 0.1) for k, v in c.options]) for c in cands]
-    layers[0].chosen = next(i for i, o in enumerate(layers[0].options) if o.value == 2)
-    layers[1].chosen = next(i for i, o in enumerate(layers[1].options) if o.value == 4)
-    result, reference = planning.build_plan(model, layers, cands, {}, "sum", None, None)
+    picks = (next(i for i, o in enumerate(layers[0].options) if o.value == 2),
+             next(i for i, o in enumerate(layers[1].options) if o.value == 4))
+    result, reference = planning.build_plan(model, layers, picks, cands, {}, "sum", None, None)
     assert reference is not None and [c.details["groups"] for c in result.rewritten] == [2, 4]
     x = smooth_inputs(rng, 2, 16, 10)
     assert rel(compare.run_model(compare.session(reference), {"X": x})["Y"],

@@ -15,13 +15,9 @@ from onnxconv import calibration, compare, planning
 from onnxconv.cli import main
 from onnxconv.planning import planner
 
+from . import plankit
 from .test_calibrate import smooth_inputs
 from .test_plan_search import C, CURVE, EXACT, SIZE, fake_bench, four_convs
-
-
-def fixed_latencies(cands, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
-    """Layer timings that promise 0.02 s per rewritten layer of a 1 s model, whatever the option."""
-    return {c.name: {planning.KEEP: 0.5, **{o: 0.48 for o in c.options}} for c in cands}
 
 
 @pytest.fixture
@@ -29,8 +25,7 @@ def files(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
     rng = np.random.default_rng(0)
     onnx.save(four_convs(rng), tmp_path / "m.onnx")
     np.savez(tmp_path / "cal.npz", X=smooth_inputs(rng, 10, C, SIZE))
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
-    monkeypatch.setattr(planner, "measure_latencies", fixed_latencies)
+    plankit.fake_timer(monkeypatch, fake_bench(CURVE))
     return tmp_path
 
 
@@ -188,17 +183,18 @@ def test_cli_threads_reach_the_planners_timings_and_need_calibration(files, monk
     """--threads is the deployment's intra-op thread count: every end-to-end timing of the plan uses it."""
     t = files
     seen: list[object] = []
-    bench = fake_bench(CURVE)
+    timer = plankit.FakeTimer(fake_bench(CURVE))
 
-    def spy(original, rewritten, cal, provider, threads, *args):  # noqa: ANN001, ANN002, ANN202
-        seen.append(threads)
-        return bench(original, rewritten, cal, provider, threads, *args)
+    def spy(options):  # noqa: ANN001, ANN202
+        made = planning.make_timer(options)  # what the planner would time with
+        seen.append((made.threads, options.timing.threads))
+        return timer
 
-    monkeypatch.setattr(planner, "bench_pair", spy)
+    monkeypatch.setattr(planner, "make_timer", spy)
     res = separate(str(t / "m.onnx"), "-o", str(t / "o.onnx"), "--target-speedup", "1.4", "--calibration",
                    str(t / "cal.npz"), "--threads", "1")
     assert res.exit_code == 0, res.output
-    assert seen and set(seen) == {1}
+    assert seen == [(1, 1)]
     res = separate(str(t / "m.onnx"), "-o", str(t / "p.onnx"), "--rank", "1", "--threads", "1")
     assert res.exit_code == 1 and res.stderr.strip() == ("Error: --threads applies to --calibration (its runs and "
                                                          "the planner's timings)")

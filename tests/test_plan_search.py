@@ -1,6 +1,6 @@
 """The planner's search on measurements: both sides of the target, the error budget, both together, and the
 frontier (table, report, plot). Layer latencies come from a fixed cache and the end-to-end timing from a
-deterministic stand-in for ``bench_pair``, built so that the layer timings mislead; the end-to-end errors are
+deterministic timer (:class:`tests.plankit.FakeTimer`), built so that the layer timings mislead; the end-to-end errors are
 real (onnxruntime on the held-out calibration samples)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from onnxconv import calibration, planning
 from onnxconv.errors import OptionError
 from onnxconv.planning import planner
 
+from . import plankit
 from .modelkit import init, make_model, tensor
 from .test_calibrate import lowrank_weight, smooth_inputs
 
@@ -60,7 +61,7 @@ def rewritten_layers(model: onnx.ModelProto) -> set[str]:
 
 
 def fake_bench(speedups: dict[int, float]):  # noqa: ANN201
-    """``bench_pair`` with the original at 1 s and a rewrite measuring ``speedups[layers rewritten]``."""
+    """A timer's ``pair`` with the original at 1 s and a rewrite measuring ``speedups[layers rewritten]``."""
     def bench(original, rewritten, *args):  # noqa: ANN001, ANN002, ANN202
         return 1.0, None if rewritten is None else speedups[len(rewritten_layers(rewritten))]
     return bench
@@ -72,8 +73,8 @@ CURVE = {0: 1.0, 1: 1.1, 2: 1.2, 3: 1.4, 4: 1.6}
 
 def plan(tmp_path, monkeypatch, curve: dict[int, float] = CURVE, **kwargs):  # noqa: ANN003, ANN201
     model, cal, cache = setup(tmp_path)
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(curve))
-    return planning.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, **kwargs)
+    plankit.fake_timer(monkeypatch, fake_bench(curve))
+    return plankit.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, **kwargs)
 
 
 def test_unreachable_by_layer_timings_searches_the_measured_curve_down_to_the_target(tmp_path, monkeypatch) -> None:
@@ -142,8 +143,8 @@ def test_end_to_end_error_is_measured_on_the_held_out_samples(tmp_path, monkeypa
     from onnxconv import compare
 
     model, cal, cache = setup(tmp_path)
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
-    result, report = planning.plan_rewrite(model, cal, cache=cache, form="sum", target_speedup=1.4)
+    plankit.fake_timer(monkeypatch, fake_bench(CURVE))
+    result, report = plankit.plan_rewrite(model, cal, cache=cache, form="sum", target_speedup=1.4)
     feeds = calibration.held_out_feeds(cal, model)
     assert len(feeds) == 1 and feeds[0]["X"].shape[0] == 2
     a = compare.run_model(compare.session(model), feeds[0])["h4"]
@@ -168,22 +169,15 @@ def test_int8_plan_ships_the_quantized_rewrite_with_errors_against_fp32(tmp_path
     model, cal, _ = setup(tmp_path)
     timed: list[tuple[bool, bool]] = []
 
-    def bench(original, rewritten, calib, *args):  # noqa: ANN001, ANN002, ANN202
+    def bench(original, rewritten, feeds):  # noqa: ANN001, ANN202
         quantized = lambda m: any(n.op_type == "QuantizeLinear" for n in m.graph.node)  # noqa: E731
         timed.append((quantized(original), rewritten is None or quantized(rewritten)))
-        assert calib.chunk == 1  # the quantized models have a static batch of one sample
+        assert feeds["X"].shape[0] == 1  # the quantized models have a static batch of one sample
         return 1.0, None if rewritten is None else CURVE[len(rewritten_layers(rewritten))]
 
-    monkeypatch.setattr(planner, "bench_pair", bench)
-    layer_models: list[onnx.ModelProto] = []
-
-    def latencies(cands, form, provider, threads, cache, iters, quantize=None):  # noqa: ANN001, ANN202
-        assert quantize is not None and quantize.tag == "int8-qdq-uint8-int8"
-        layer_models.append(quantize.layer(planning.latency.option_models(cands[0], form)[planning.KEEP], cands[0]))
-        return {c.name: {planning.KEEP: 0.5, **{o: 0.48 for o in c.options}} for c in cands}
-
-    monkeypatch.setattr(planner, "measure_latencies", latencies)
-    result, report = planning.plan_rewrite(model, cal, form="sum", target_speedup=1.4, precision="int8")
+    timer = plankit.fake_timer(monkeypatch, bench)
+    result, report = plankit.plan_rewrite(model, cal, form="sum", target_speedup=1.4, precision="int8")
+    layer_models = [models[planning.KEEP] for models in timer.layers]  # every layer alone, as it ships: int8
     # Every plan against the quantized original, and once the quantized original against the fp32 one (the
     # speed-ups over fp32).
     assert timed.count((False, True)) == 1 and all(t == (True, True) for t in timed if t != (False, True))
@@ -206,9 +200,7 @@ def test_int8_plan_ships_the_quantized_rewrite_with_errors_against_fp32(tmp_path
 def stub_timings(monkeypatch, speedup: float) -> None:  # noqa: ANN001
     """Every plan measures ``speedup``; every layer option is timed 0.48 s against 0.5 s kept (int8 runs, whose
     layer models the fixed cache of :func:`setup` does not hold)."""
-    monkeypatch.setattr(planner, "bench_pair", lambda o, r, *a: (1.0, None if r is None else speedup))
-    monkeypatch.setattr(planner, "measure_latencies", lambda cands, *a, **k: {
-        c.name: {planning.KEEP: 0.5, **{o: 0.48 for o in c.options}} for c in cands})
+    plankit.fake_timer(monkeypatch, lambda o, r, *a: (1.0, None if r is None else speedup))
 
 
 def test_int8_target_no_plan_reaches_is_one_line(tmp_path, monkeypatch) -> None:
@@ -218,11 +210,11 @@ def test_int8_target_no_plan_reaches_is_one_line(tmp_path, monkeypatch) -> None:
     with pytest.raises(OptionError, match=r"^--target-speedup 1\.4: out of reach: the cheapest plan \(all 4 "
                                           r"candidate layer\(s\) at their fewest MACs\) measures 0\.95x of the "
                                           r"quantized original, before any refit$"):
-        planning.plan_rewrite(model, cal, form="sum", target_speedup=1.4, precision="int8", do_refit=False)
+        plankit.plan_rewrite(model, cal, form="sum", target_speedup=1.4, precision="int8", do_refit=False)
     # Within the margin (1.02x): the search measures the fastest plan, then refuses with its figure.
     with pytest.raises(OptionError, match=r"^--precision int8: the fastest plan measures 0\.95x of the quantized "
                                           r"original \(--target-speedup 1\.02 asked\)$"):
-        planning.plan_rewrite(model, cal, form="sum", target_speedup=1.02, precision="int8", do_refit=False)
+        plankit.plan_rewrite(model, cal, form="sum", target_speedup=1.02, precision="int8", do_refit=False)
 
 
 def test_int8_layer_latencies_are_timed_quantized_and_cached_apart(tmp_path) -> None:
@@ -232,7 +224,7 @@ def test_int8_layer_latencies_are_timed_quantized_and_cached_apart(tmp_path) -> 
     cands[0].input_shape = (1, C, SIZE, SIZE)
     quant = planning.Quantizer([{"X": np.zeros((1, C, SIZE, SIZE), np.float32)}])
     cache = planning.LatencyCache()
-    times = planning.measure_latencies(cands, "sum", "cpu", 1, cache, 2, quantize=quant)
+    times = planning.measure_latencies(cands, "sum", planning.OrtTimer("cpu", 1, layer_iters=2), cache, quantize=quant)
     assert all(t > 0 for t in times["c1"].values()) and len(cache.times) == 1 + len(cands[0].options)
     assert all("int8-qdq-uint8-int8" in k for k in cache.times)
 
@@ -286,7 +278,7 @@ def test_int8_budget_below_the_quantized_originals_own_error_is_one_line(tmp_pat
     stub_timings(monkeypatch, 1.2)
     with pytest.raises(OptionError, match=r"^--max-output-error 1e-09: the quantized original alone measures "
                                           r"[0-9.e-]+ on 2 held-out calibration samples"):
-        planning.plan_rewrite(model, cal, form="sum", max_output_error=1e-9, precision="int8", do_refit=False)
+        plankit.plan_rewrite(model, cal, form="sum", max_output_error=1e-9, precision="int8", do_refit=False)
 
 
 def test_macs_are_counted_at_the_calibration_shape_when_the_model_leaves_them_symbolic(tmp_path, monkeypatch
@@ -298,8 +290,8 @@ def test_macs_are_counted_at_the_calibration_shape_when_the_model_leaves_them_sy
     model, cal, cache = setup(tmp_path)
     for d, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
         d.dim_param = name
-    monkeypatch.setattr(planner, "bench_pair", fake_bench(CURVE))
-    _, report = planning.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, target_speedup=1.6)
+    plankit.fake_timer(monkeypatch, fake_bench(CURVE))
+    _, report = plankit.plan_rewrite(model, cal, cache=cache, form="sum", do_refit=False, target_speedup=1.6)
     assert report.macs_before == 4 * C * C * 9 * SIZE * SIZE
     rewritten = analyze(report.round_models[-1], input_shapes={"X": [1, C, SIZE, SIZE]}).totals["macs"]
     assert report.rounds[-1]["macs"] == rewritten < report.macs_before

@@ -201,9 +201,8 @@ def test_a_mixed_plan_shares_a_wave_input_between_its_two_runs(tmp_path, monkeyp
     rng = np.random.default_rng(6)
     model = skip_model(rng)
     chosen = {"stem": ("rank", 1), "left": ("rank", 1), "right": ("groups", 2), "head": ("groups", 2)}
-    layers = [LayerOptions(n, [Option("keep", 0, 2.0, 0.0), Option(k, v, 1.0, 0.0)], chosen=1)
-              for n, (k, v) in chosen.items()]
-    res, reference = build_plan(model, layers, [SimpleNamespace(params=0, macs=0)] * len(layers), {}, "concat",
+    layers = [LayerOptions(n, [Option("keep", 0, 2.0, 0.0), Option(k, v, 1.0, 0.0)]) for n, (k, v) in chosen.items()]
+    res, reference = build_plan(model, layers, (1,) * len(layers), [SimpleNamespace(params=0, macs=0)] * len(layers), {}, "concat",
                                 None, None)
     assert reference is not None
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 10, 8, 10))

@@ -356,10 +356,11 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
     for s in speedups:
         t0 = time.time()
         try:
-            weight_only, report = planning.plan_rewrite(model, cal, target_speedup=s, provider="cpu", do_refit=False,
-                                                    mode=mode, refit_aware=refit_aware, cache=cache,
-                                                    layer_iters=layer_iters,
-                                                    model_iters=model_iters)
+            weight_only, report = planning.plan_rewrite(model, cal, planning.PlanOptions(
+                goal=planning.Goal(target_speedup=s), mode=planning.ModeOptions(mode=mode),
+                refit=planning.RefitOptions(enabled=False, aware=refit_aware),
+                timing=planning.TimingOptions(provider="cpu", cache=cache, layer_iters=layer_iters,
+                                              model_iters=model_iters)))
         except OptionError as e:
             print(f"{task.name} S={s}: {e}", flush=True)
             rows.append({"model": task.name, "target": s, "unreachable": str(e)})
@@ -377,7 +378,7 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
             "predicted": report.predicted, "rounds": report.rounds, "rewritten": tot["rewritten"],
             "conv_macs_ratio": tot["macs_after"] / tot["macs_before"] if tot["macs_before"] else None,
             "original": base, "weight_only": m_w, "refit_1x1": m_p, "refit": m_r, "plan_s": t_plan, "refit_s": t_refit,
-            "choices": {lay.name: lay.options[lay.chosen].label for lay in report.layers if lay.chosen},
+            "choices": report.choices(),
         }
         rows.append(row)
         kinds = sorted(set(row["choices"].values()))

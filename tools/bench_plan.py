@@ -108,10 +108,12 @@ def run_model(task: Task, runs: Sequence[tuple[str, float | None, float | None]]
                                "threads": args.threads}
         t0 = time.time()
         try:
-            result, report = planning.plan_rewrite(
-                model, cal, target_speedup=target, max_output_error=budget, provider="cpu", threads=args.threads,
-                cache=cache, layer_iters=args.layer_iters, model_iters=args.model_iters, rounds=args.rounds,
-                precision=precision, seed=args.seed)
+            result, report = planning.plan_rewrite(model, cal, planning.PlanOptions(
+                goal=planning.Goal(target_speedup=target, max_output_error=budget, rounds=args.rounds),
+                refit=planning.RefitOptions(seed=args.seed),
+                timing=planning.TimingOptions(provider="cpu", threads=args.threads, cache=cache,
+                                              layer_iters=args.layer_iters, model_iters=args.model_iters),
+                precision=planning.PrecisionOptions(precision)))
         except OptionError as e:
             cache.save()
             row.update(refused=str(e), plan_s=time.time() - t0)
@@ -134,7 +136,7 @@ def run_model(task: Task, runs: Sequence[tuple[str, float | None, float | None]]
                 macs_before=report.macs_before, macs_after=int(plan["rounds"][report.chosen_round or 0]["macs"]),
                 rounds=judge_rounds(plan["rounds"], report.round_models, task, test_x, ref_out, orig, truth),
                 chosen_round=report.chosen_round, model_s=report.model_s,
-                choices={lay.name: lay.options[lay.chosen].label for lay in report.layers if lay.chosen},
+                choices=report.choices(),
                 plan=plan)
             if quantized is not None and precision == "int8":
                 row.update(quantized_original_test_error=quantized["error"],
@@ -202,7 +204,7 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
         for p in r.get("rounds", []):
             point = number[(r["model"], r["precision"]), tuple(p["picks"]), round(p["measured"], 2)]
             out.append(f"| {r['model']} | {r['precision']} | {asked} | {p['round'] + 1} | {point} | {p['how']} | "
-                       f"{planning.planner.speed_text(p['predicted'])} | {p['measured']:.2f}x | {p['error']:.3g} | "
+                       f"{planning.speed_text(p['predicted'])} | {p['measured']:.2f}x | {p['error']:.3g} | "
                        f"{fmt(p.get('test_error'))} | {fmt(p.get('metric'), '.3f')} | "
                        f"{p['macs'] / max(r['macs_before'], 1):.2f} | {p['timing_ratio']:.2f} | "
                        f"{'*' if p['round'] == r['chosen_round'] else ''} |")

@@ -306,10 +306,78 @@ def _fake_bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | Non
     return t0, (t0 / t1 if t1 > 0 else None)
 
 
+class GoldenTimer:
+    """The MAC latency model as an ``onnxconv.planning.Timer`` (the planner's timing seam since issue 19): the
+    same figures as :func:`_fake_measure` / :func:`_fake_bench_pair`, so captures through either seam agree."""
+
+    key = "cpu"
+    threads = None
+
+    def layer(self, models: Any, label: str) -> dict[tuple[str, int], float]:
+        keep = models[("keep", 0)]
+        conv = next(n for n in keep.graph.node if n.op_type == "Conv")
+        weight = next(t for t in keep.graph.initializer if t.name == conv.input[1])
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        import onnxconv
+
+        # The candidates' MACs are the pass's, at batch 1; the layer model runs the calibration chunk's batch.
+        batch = max(1, keep.graph.input[0].type.tensor_type.shape.dim[0].dim_value)
+        macs = int(onnxconv.analyze(keep).totals["macs"] or 0) // batch
+        cand = _LayerShape(macs, tuple(weight.dims), {"group": group})
+        return {o: _layer_seconds(cand, o) for o in models}
+
+    def pair(self, original: onnx.ModelProto, rewritten: onnx.ModelProto | None,
+             feeds: Any) -> tuple[float, float | None]:
+        return _fake_bench_pair(original, rewritten)
+
+
+@dataclass
+class _LayerShape:
+    """What :func:`_layer_seconds` reads of a candidate: its MACs, weight shape and attributes."""
+
+    macs: int
+    shape: tuple[int, ...]
+    attrs: dict[str, Any]
+
+    @property
+    def weight(self) -> Any:
+        return np.empty(self.shape, np.float32)
+
+
 @contextlib.contextmanager
 def latency_seam() -> Iterator[str]:
-    """Replace the planner's timing functions in every loaded ``onnxconv`` module that holds them; yields one
-    line saying what was replaced (or that nothing was, then the planned cases fail and compare flags them)."""
+    """Replace the planner's timing in every loaded ``onnxconv`` module that holds it; yields one line saying
+    what was replaced (or that nothing was, then the planned cases fail and compare flags them).
+
+    The timer seam (``make_timer`` of ``onnxconv.planning.planner``, issue 19) is used where it exists;
+    otherwise the timing functions of older commits (:data:`SEAM_NAMES`)."""
+    try:
+        planner_mod = importlib.import_module("onnxconv.planning.planner")
+    except ImportError:
+        planner_mod = None
+    make = getattr(planner_mod, "make_timer", None)
+    if callable(make):
+        timer = GoldenTimer()
+        patched_timer = []
+        for name, mod in sorted(sys.modules.items()):
+            if mod is not None and (name == "onnxconv" or name.startswith("onnxconv.")) \
+                    and getattr(mod, "make_timer", None) is make:
+                setattr(mod, "make_timer", lambda options: timer)
+                patched_timer.append(mod)
+        try:
+            yield ("latency seam: onnxconv.planning.planner.make_timer replaced by the MAC model's timer (in "
+                   f"{', '.join(sorted(m.__name__ for m in patched_timer))})")
+        finally:
+            for mod in patched_timer:
+                setattr(mod, "make_timer", make)
+        return
+    with _function_seam() as line:
+        yield line
+
+
+@contextlib.contextmanager
+def _function_seam() -> Iterator[str]:
+    """The seam of commits before the timer: the two timing functions replaced by name."""
     found: dict[str, Any] = {}
     where = ""
     fakes: dict[str, Any] = {}

@@ -17,7 +17,9 @@ __all__ = [
     "Profile", "FORMATS", "DEFAULT_DURATION", "MIN_ROUNDS", "validate_thresholds", "check_thresholds",
 ]
 
-FORMATS = ("table", "json")
+#: ``timer``: one JSON object for ``separate --latency-command`` (one model, one provider): ``median_ms`` and
+#: the other figures of its timed runs.
+FORMATS = ("table", "json", "timer")
 #: Time budget of the timed rounds when neither ``iters`` nor ``duration`` is given (seconds, per provider).
 DEFAULT_DURATION = 5.0
 #: Fewest timed rounds in duration mode, so percentiles and the ratio spread mean something.

@@ -11,7 +11,7 @@ from ..tables import grid
 from ..text import printable
 from .config import BenchReport, Memory, Profile, ProviderRun
 
-__all__ = ["render"]
+__all__ = ["render", "timer_object"]
 
 
 def _ms(seconds: float) -> str:
@@ -107,10 +107,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def timer_object(report: BenchReport) -> dict[str, Any]:
+    """What ``--format timer`` prints: the first model's median time on the first provider (``median_ms``, the one
+    figure ``separate --latency-command`` reads), with its fastest run, the timed runs and where it ran."""
+    run = report.runs[0]
+    t = run.models[0].timing
+    return {"median_ms": t.p50_s * 1e3, "min_ms": t.min_s * 1e3, "runs": t.runs, "provider": run.provider,
+            "onnxruntime": report.onnxruntime}
+
+
 def render(report: BenchReport, fmt: str = "table") -> str:
     """The report as a readable table or as JSON (seconds and raw values; see :meth:`BenchReport.to_dict`)."""
     if fmt == "json":
         return json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False)
+    if fmt == "timer":
+        return json.dumps(_json_safe(timer_object(report)), allow_nan=False)
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.inputs.items())
     lines = [f"inputs: {shapes}, {report.input_source}"]
     for run in report.runs:

@@ -11,6 +11,7 @@ import click
 from ..bench import FORMATS, BenchConfig, check_thresholds, render, validate_thresholds
 from ..bench import bench as run_bench
 from ..compare import OPT_LEVELS, parse_channel_axes
+from ..errors import OptionError
 from ..providers import MAX_THREADS, PROVIDERS
 from ..text import printable
 from .options import channel_axis_option, shape_options
@@ -49,7 +50,9 @@ THRESHOLD_EXIT = 3
                    "or --threads exceeds the cores).")
 @click.option("--isolate", is_flag=True,
               help="Run each model's session in its own process, so its peak RSS is its own.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="timer: only {\"median_ms\": ...} and a few figures, one line of JSON (what separate's "
+                   "--latency-command reads).")
 @progress_option
 @click.option("--fail-if-slower", type=float, default=None, metavar="R",
               help="Exit 3 when a model takes more than R times as long as the first (speed-up below 1/R).")
@@ -77,6 +80,9 @@ def bench(models: tuple[str, ...], providers: tuple[str, ...], warmup: int, iter
     Exit status: 0 ok, 1 error (e.g. a provider is not available), 3 a threshold failed.
     """
     validate_thresholds(fail_if_slower, max_error)  # before minutes of timing, not after
+    if fmt == "timer" and (len(models) != 1 or len(providers) != 1):
+        raise OptionError("--format timer prints one model's time on one provider (the object "
+                          "--latency-command reads): give one MODEL and one --provider")
     cfg = BenchConfig(
         providers=providers, warmup=warmup, iters=iters, duration=duration, threads=threads, opt_level=opt_level,
         batch=batch, input_shapes=input_shapes, inputs=inputs_path, seed=seed,

@@ -120,6 +120,13 @@ PLANNING = (
                  help="--precision int8: the quantized activations' type."),
     click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
                  help="--precision int8: the quantized weights' type."),
+    click.option("--latency-command", default=None, metavar="CMD",
+                 help="With the planner: time every layer option and plan on the target board instead of here. "
+                      "CMD runs through sh with {model} (and {inputs}, an .npz of the inputs) replaced by a "
+                      "quoted path, and prints one JSON object with median_ms, as `onnxconv bench MODEL "
+                      "--format timer` does. Write {model} bare: onnxconv quotes it."),
+    click.option("--latency-timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+                 metavar="SECONDS", help="--latency-command: seconds one run may take before it counts as failed."),
 )
 
 

@@ -16,15 +16,15 @@ from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
 from ..passes.shuffle import group_shuffle, masked_reference
 from .candidates import Candidate
-from .choose import LayerOptions
+from .choose import LayerOptions, Picks
 
 __all__ = ["build_plan"]
 
 
-def build_plan(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Sequence[Candidate],
+def build_plan(model: onnx.ModelProto, layers: Sequence[LayerOptions], picks: Picks, cands: Sequence[Candidate],
                skipped: Mapping[str, LayerChange], form: str, input_shapes: Mapping[str, Sequence[int]] | None,
                batch: int | None) -> tuple[PassResult, onnx.ModelProto | None]:
-    """Apply the chosen options: one pass per distinct rank, then one per distinct G, each restricted to its
+    """Apply the options ``picks`` (one index per layer): one pass per distinct rank, then one per distinct G, each restricted to its
     layers by name; returns the result and, when both kinds were applied, the refit's channel-order reference.
 
     The shuffle pass runs last because it may reorder the channels of any dense conv next to a grouped one (a
@@ -34,8 +34,8 @@ def build_plan(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Se
     model's channels before masking (:func:`_in_base_channels`).
     """
     by_option: dict[tuple[str, int], list[str]] = {}
-    for lay in layers:
-        o = lay.options[lay.chosen]
+    for lay, pick in zip(layers, picks):
+        o = lay.options[pick]
         if o.kind != "keep":
             by_option.setdefault((o.kind, o.value), []).append(lay.name)
     current = model
@@ -57,8 +57,8 @@ def build_plan(model: onnx.ModelProto, layers: Sequence[LayerOptions], cands: Se
         current = onnx.ModelProto()
         current.CopyFrom(model)
     out: list[LayerChange] = []
-    for lay, c in zip(layers, cands):
-        o = lay.options[lay.chosen]
+    for lay, pick, c in zip(layers, picks, cands):
+        o = lay.options[pick]
         ch = changes.get(lay.name)
         if ch is None:
             ch = LayerChange(lay.name, "Conv", False, "kept by the plan (its options cost more error than they "

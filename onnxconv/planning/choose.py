@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import OptionError
 
-__all__ = ["KEEP", "BUCKETS", "Option", "LayerOptions", "choose", "saved"]
+__all__ = ["KEEP", "BUCKETS", "Option", "LayerOptions", "Picks", "choose", "saved"]
 
 #: The option that leaves a layer as it is (option keys are ``(kind, value)``: ``("rank", r)``, ``("groups", G)``).
 KEEP = ("keep", 0)
@@ -38,13 +38,16 @@ class Option:
         return "keep" if self.kind == "keep" else f"{'r' if self.kind == 'rank' else 'G'}={self.value}"
 
 
+#: One option index per layer (0: keep): a plan, as the search passes it around.
+Picks = tuple[int, ...]
+
+
 @dataclass
 class LayerOptions:
     """A candidate layer and its options (the first is keep)."""
 
     name: str
     options: list[Option]
-    chosen: int = 0
 
     @property
     def keep(self) -> Option:
@@ -52,9 +55,9 @@ class LayerOptions:
 
 
 def choose(layers: Sequence[LayerOptions], model_s: float, target: float, buckets: int = BUCKETS,
-           scale: float = 1.0) -> float:
-    """Pick ``layers[i].chosen`` to save at least ``model_s * (1 - 1/target)`` seconds with the least
-    ``sum error^2``; returns the predicted speed-up ``model_s / (model_s - saved)``.
+           scale: float = 1.0) -> tuple[Picks, float]:
+    """The option per layer that saves at least ``model_s * (1 - 1/target)`` seconds with the least
+    ``sum error^2``, and its predicted speed-up ``model_s / (model_s - saved)``.
 
     ``scale`` is how much of the time the layers save alone the whole model actually saves (measured by
     :func:`~onnxconv.planning.planner.plan_rewrite`; 1 = layer savings add up as timed).
@@ -69,10 +72,8 @@ def choose(layers: Sequence[LayerOptions], model_s: float, target: float, bucket
         reach = model_s / max(model_s - best_saving * scale, 1e-9 * model_s)
         raise OptionError(f"--target-speedup {target:g}: the largest predicted speed-up is {reach:.3f}x "
                           f"(every candidate layer at its fastest option, measured layer by layer)")
-    for lay in layers:
-        lay.chosen = 0
     if need <= 0:
-        return 1.0
+        return (0,) * len(layers), 1.0
     unit = need / buckets
     best = np.full(buckets + 1, np.inf)
     best[0] = 0.0
@@ -82,10 +83,10 @@ def choose(layers: Sequence[LayerOptions], model_s: float, target: float, bucket
         pick = np.zeros(buckets + 1, dtype=np.int64)
         prev = np.arange(buckets + 1)
         for oi, o in enumerate(lay.options):
-            saved = lay.keep.latency_s - o.latency_s
-            if oi and saved <= 0:
+            gain = lay.keep.latency_s - o.latency_s
+            if oi and gain <= 0:
                 continue
-            s = min(buckets, int(math.floor(saved / unit))) if oi else 0
+            s = min(buckets, int(math.floor(gain / unit))) if oi else 0
             val = np.full(buckets + 1, np.inf)
             src = np.arange(buckets + 1)
             cost = o.error ** 2
@@ -108,15 +109,16 @@ def choose(layers: Sequence[LayerOptions], model_s: float, target: float, bucket
         raise OptionError(f"--target-speedup {target:g}: the largest predicted speed-up is {reach:.3f}x "
                           f"(every candidate layer at its fastest option, measured layer by layer)")
     state = buckets
-    for lay, (pick, prev) in zip(reversed(layers), reversed(trace)):
-        lay.chosen = int(pick[state])
+    backwards = []
+    for pick, prev in reversed(trace):
+        backwards.append(int(pick[state]))
         state = int(prev[state])
-    saved = scale * sum(lay.keep.latency_s - lay.options[lay.chosen].latency_s for lay in layers)
+    picks = tuple(reversed(backwards))
     # Layers timed alone can add up to more than the whole model (fusions, per-run overhead): the prediction is
     # then unbounded, and only the end-to-end measurement says where the plan lands.
-    return model_s / max(model_s - saved, 1e-9 * model_s)
+    return picks, model_s / max(model_s - scale * saved(layers, picks), 1e-9 * model_s)
 
 
-def saved(layers: Sequence[LayerOptions]) -> float:
-    """Seconds the chosen options save, as timed layer by layer."""
-    return sum(lay.keep.latency_s - lay.options[lay.chosen].latency_s for lay in layers)
+def saved(layers: Sequence[LayerOptions], picks: Picks) -> float:
+    """Seconds the options ``picks`` save, as timed layer by layer."""
+    return sum(lay.keep.latency_s - lay.options[p].latency_s for lay, p in zip(layers, picks))

@@ -21,16 +21,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..accuracy import AccuracyOptions, QuantizeResult, quantize_with_accuracy
-from ..bench import BenchConfig, bench
-from ..calibration import CalibrationSet
-from ..compare import write_npz
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
 from ..quantize import cpu_int8, quantize_qdq, settings_for_cpu
 from .candidates import Candidate, elem_type
 from .choose import KEEP
+from .timer import Timer
 
-__all__ = ["LatencyCache", "Quantizer", "latency_key", "layer_model", "option_models", "measure_latencies", "bench_pair"]
+__all__ = ["LatencyCache", "Quantizer", "latency_key", "layer_model", "option_models", "measure_latencies"]
 
 
 class LatencyCache:
@@ -97,33 +95,23 @@ def latency_key(c: Candidate, provider: str, threads: int | None, form: str, opt
                        kind, form if kind == "rank" else "", value], default=str)
 
 
-def measure_latencies(cands: Sequence[Candidate], form: str, provider: str, threads: int | None,
-                      cache: LatencyCache, iters: int, quantize: Quantizer | None = None,
-                      ) -> dict[str, dict[tuple[str, int], float]]:
-    """Candidate -> option (:data:`KEEP` first) -> seconds, through the cache: keep's fastest run, and each option
-    that time divided by its median speed-up over keep in interleaved rounds.
+def measure_latencies(cands: Sequence[Candidate], form: str, timer: Timer, cache: LatencyCache,
+                      quantize: Quantizer | None = None) -> dict[str, dict[tuple[str, int], float]]:
+    """Candidate -> option (:data:`KEEP` first) -> seconds, through the cache: all options of a layer timed
+    together by ``timer`` (:meth:`~.timer.Timer.layer`), cached under the timer's key.
 
     ``quantize`` (a :class:`Quantizer`) times every option as it ships in int8: the layer alone quantized like
     the whole model (QDQ, the same types), on random inputs of its shape; the cache keys carry its tag."""
     out: dict[str, dict[tuple[str, int], float]] = {}
-    where = provider if quantize is None else f"{provider}/{quantize.tag}"
+    where = timer.key if quantize is None else f"{timer.key}/{quantize.tag}"
     for c in cands:
-        keys = {o: latency_key(c, where, threads, form, o) for o in [KEEP, *c.options]}
+        keys = {o: latency_key(c, where, timer.threads, form, o) for o in [KEEP, *c.options]}
         if any(cache.get(k) is None for k in keys.values()):
             models = option_models(c, form)
             if quantize is not None:
                 models = {o: quantize.layer(m, c) for o, m in models.items()}
-            values = list(keys)  # keep first: the reference of the speed-ups
-            cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads)
-            report = bench([models[v] for v in values], cfg, names=[f"{c.name}:{k}{v}" for k, v in values])
-            results = report.runs[0].models
-            # A shared machine slows runs at random: the fastest run is the steadiest absolute figure, and each
-            # option is placed against it by its median per-round ratio to keep (interleaved, so drift cancels).
-            keep_s = results[0].timing.min_s
-            cache.put(keys[KEEP], keep_s)
-            for v, res in zip(values[1:], results[1:]):
-                ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
-                cache.put(keys[v], keep_s / ratio)
+            for o, seconds in timer.layer(models, c.name).items():
+                cache.put(keys[o], seconds)
         out[c.name] = {v: cache.times[k] for v, k in keys.items()}  # every key is cached by now
     cache.save()
     return out
@@ -174,18 +162,3 @@ class Quantizer:
         rng = np.random.default_rng(0)
         x = rng.standard_normal(tuple(int(d) for d in c.input_shape)).astype(c.weight.dtype)
         return quantize_qdq(model, [{"X": x}], self.settings).model
-
-
-def bench_pair(original: onnx.ModelProto, rewritten: onnx.ModelProto | None, calib: CalibrationSet,
-                provider: str, threads: int | None, iters: int) -> tuple[float, float | None]:
-    """(fastest run of the original in seconds, median speed-up of ``rewritten``) on the first calibration chunk."""
-    _, feeds = next(calib.chunks())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "inputs.npz")
-        write_npz(path, feeds)  # not np.savez(**feeds): an input may be named "file" or "allow_pickle"
-        cfg = BenchConfig(providers=(provider,), iters=iters, warmup=3, threads=threads, inputs=path)
-        models = [original] if rewritten is None else [original, rewritten]
-        report = bench(models, cfg, names=["original", "rewritten"][: len(models)])
-    run = report.runs[0]
-    speed = run.models[1].speedup.median if rewritten is not None and run.models[1].speedup else None
-    return run.models[0].timing.min_s, speed  # the fastest run, as for the layers (see measure_latencies)

@@ -1,0 +1,250 @@
+"""How the planner times models: a seam with two implementations.
+
+A rewrite's worth depends on the kernels of the machine it ships to (int8 vs fp32 flips the decision, and so do
+threads), so the planner never times anything itself: it hands models to a :class:`Timer`.
+
+* :class:`OrtTimer` (the default) times in this process with :func:`onnxconv.bench.bench`: interleaved rounds,
+  the fastest run of the first model as its absolute time and every other model placed against it by its
+  median per-round speed-up (on a shared machine drift slows all models of a round alike).
+* :class:`CommandTimer` (``--latency-command CMD``) times on a board: every model is written to a file and
+  ``CMD`` runs through ``/bin/sh`` with ``{model}`` replaced by that file's path (and ``{inputs}``, when ``CMD``
+  holds it, by an .npz of the inputs), each substituted as one shell-quoted argument, so paths with spaces or
+  shell characters work and inject nothing. ``CMD`` prints one JSON object with ``median_ms`` (what
+  ``onnxconv bench MODEL --format timer`` prints). The models of one comparison are run in turn for
+  :attr:`CommandTimer.rounds` rounds, the order reversed every other round; a model's time is its fastest
+  median and the speed-ups are medians of per-round ratios, as in process. Whole models get the static input
+  shapes of the inputs they are timed on, so the board needs no shape options.
+
+Every figure is seconds. Both implementations time the options of one layer together (:meth:`Timer.layer`:
+``KEEP`` first, the reference of the others) and a rewrite against its original (:meth:`Timer.pair`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from ..bench import BenchConfig, bench
+from ..compare import write_npz
+from ..errors import OptionError, TimingError
+from ..model_io import fix_input_shapes
+from ..text import printable
+from .choose import KEEP
+
+__all__ = ["Timer", "OrtTimer", "CommandTimer", "check_latency_command", "parse_latency", "COMMAND_ROUNDS"]
+
+#: Option key -> model: the options of one layer, :data:`~.choose.KEEP` first.
+OptionModels = Mapping[tuple[str, int], onnx.ModelProto]
+#: Rounds of a :class:`CommandTimer` comparison (each command run is already a median over the board's runs).
+COMMAND_ROUNDS = 3
+#: The most of a failing command's stderr an error line quotes.
+_QUOTED = 200
+
+
+class Timer(Protocol):
+    """Times models for the planner (see the module docstring)."""
+
+    #: Intra-op threads of the timed runs (None: the timer's default); part of a cached layer time's key.
+    threads: int | None
+
+    @property
+    def key(self) -> str:
+        """What a cached layer time depends on besides the layer: the provider, or the command."""
+        ...
+
+    def layer(self, models: OptionModels, label: str) -> dict[tuple[str, int], float]:
+        """Seconds per option of one layer (static input shape, random inputs), ``KEEP`` first and the
+        reference; ``label`` names the layer in messages."""
+        ...
+
+    def pair(self, original: onnx.ModelProto, rewritten: onnx.ModelProto | None,
+             feeds: Mapping[str, np.ndarray]) -> tuple[float, float | None]:
+        """(seconds of ``original``, median speed-up of ``rewritten`` over it; None without one) on ``feeds``."""
+        ...
+
+
+class OrtTimer:
+    """Timing in this process with onnxruntime on ``provider`` with ``threads`` (see the module docstring)."""
+
+    def __init__(self, provider: str = "cpu", threads: int | None = None, layer_iters: int = 20,
+                 model_iters: int = 20) -> None:
+        self.provider, self.threads = provider, threads
+        self.layer_iters, self.model_iters = layer_iters, model_iters
+
+    @property
+    def key(self) -> str:
+        return self.provider
+
+    def layer(self, models: OptionModels, label: str) -> dict[tuple[str, int], float]:
+        keys = _keep_first(models)
+        cfg = BenchConfig(providers=(self.provider,), iters=self.layer_iters, warmup=3, threads=self.threads)
+        report = bench([models[k] for k in keys], cfg, names=[f"{label}:{kind}{v}" for kind, v in keys])
+        results = report.runs[0].models
+        # A shared machine slows runs at random: the fastest run is the steadiest absolute figure, and each
+        # option is placed against it by its median per-round ratio to keep (interleaved, so drift cancels).
+        keep_s = results[0].timing.min_s
+        out = {KEEP: keep_s}
+        for k, res in zip(keys[1:], results[1:]):
+            ratio = res.speedup.median if res.speedup is not None else keep_s / res.timing.min_s
+            out[k] = keep_s / ratio
+        return out
+
+    def pair(self, original: onnx.ModelProto, rewritten: onnx.ModelProto | None,
+             feeds: Mapping[str, np.ndarray]) -> tuple[float, float | None]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "inputs.npz")
+            write_npz(path, feeds)  # not np.savez(**feeds): an input may be named "file" or "allow_pickle"
+            cfg = BenchConfig(providers=(self.provider,), iters=self.model_iters, warmup=3, threads=self.threads,
+                              inputs=path)
+            models = [original] if rewritten is None else [original, rewritten]
+            report = bench(models, cfg, names=["original", "rewritten"][: len(models)])
+        run = report.runs[0]
+        speed = run.models[1].speedup.median if rewritten is not None and run.models[1].speedup else None
+        return run.models[0].timing.min_s, speed  # the fastest run, as for the layers
+
+
+def check_latency_command(command: str) -> str:
+    """``command`` if it can time a model: it names ``{model}``, unquoted (onnxconv quotes it).
+
+    Raises:
+        OptionError: no ``{model}``, or ``{model}`` / ``{inputs}`` written inside quotes (the substituted
+            path is quoted already; quoted again, a path with a quote in it would end the user's quotes).
+    """
+    if "{model}" not in command:
+        raise OptionError("--latency-command: it must name {model}, the model file to time (e.g. "
+                          "\"onnxconv bench {model} --format timer\")")
+    if re.search(r"""['"]\{(model|inputs)\}['"]""", command):
+        raise OptionError("--latency-command: write {model} and {inputs} bare, not in quotes: onnxconv quotes "
+                          "each path itself")
+    return command
+
+
+def parse_latency(stdout: str, command: str) -> float:
+    """Seconds from a command's output: one JSON object with a finite ``median_ms`` above 0 (the whole output,
+    else its last non-empty line, so a login banner before it does no harm).
+
+    Raises:
+        TimingError: no such object, one line naming what was printed instead.
+    """
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    for text in (stdout, lines[-1] if lines else ""):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            value = data.get("median_ms")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+                return float(value) / 1000.0
+            raise TimingError(f"--latency-command {printable(command)}: printed an object without a positive "
+                              f"median_ms (median_ms: {printable(repr(value))[:_QUOTED]})")
+    shown = printable(lines[-1])[:_QUOTED] if lines else "nothing"
+    raise TimingError(f"--latency-command {printable(command)}: printed no JSON object with median_ms (last line: "
+                      f"{shown})")
+
+
+class CommandTimer:
+    """Timing by an external command, typically on a board over ssh (see the module docstring)."""
+
+    def __init__(self, command: str, timeout: float = 600.0, rounds: int = COMMAND_ROUNDS) -> None:
+        self.command = check_latency_command(command)
+        self.timeout, self.rounds = timeout, max(1, rounds)
+        self.threads: int | None = None  # the board's command decides
+
+    @property
+    def key(self) -> str:
+        return f"command:{self.command}"
+
+    def layer(self, models: OptionModels, label: str) -> dict[tuple[str, int], float]:
+        keys = _keep_first(models)
+        x = next(iter(models[KEEP].graph.input))
+        shape = tuple(d.dim_value for d in x.type.tensor_type.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(x.type.tensor_type.elem_type)
+        feeds = {x.name: np.random.default_rng(0).standard_normal(shape).astype(dtype)}
+        seconds, ratios = self._compare([models[k] for k in keys], feeds)
+        return {KEEP: seconds, **{k: seconds / r for k, r in zip(keys[1:], ratios)}}
+
+    def pair(self, original: onnx.ModelProto, rewritten: onnx.ModelProto | None,
+             feeds: Mapping[str, np.ndarray]) -> tuple[float, float | None]:
+        models = [original] if rewritten is None else [original, rewritten]
+        seconds, ratios = self._compare(models, feeds)
+        return seconds, (ratios[0] if ratios else None)
+
+    def _compare(self, models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray],
+                 ) -> tuple[float, list[float]]:
+        """(fastest time of ``models[0]``, median per-round speed-up of every other model over it)."""
+        with tempfile.TemporaryDirectory(prefix="onnxconv-timer-") as tmp:
+            inputs = os.path.join(tmp, "inputs.npz")
+            if "{inputs}" in self.command:
+                write_npz(inputs, feeds)
+            paths = []
+            for i, m in enumerate(models):
+                paths.append(os.path.join(tmp, f"model-{i}.onnx"))
+                onnx.save_model(_static(m, feeds), paths[-1])  # a scratch file in a private folder, not an output
+            times: list[list[float]] = [[] for _ in models]
+            for r in range(self.rounds):
+                order = list(range(len(models)))
+                for i in (order if r % 2 == 0 else order[::-1]):  # A B, B A: drift falls on both alike
+                    times[i].append(self._run(paths[i], inputs))
+        base = times[0]
+        ratios = [float(np.median([a / b for a, b in zip(base, t)])) for t in times[1:]]
+        return min(base), ratios
+
+    def _run(self, model_path: str, inputs_path: str) -> float:
+        """One run of the command on one model: its ``median_ms`` in seconds."""
+        cmd = self.command.replace("{model}", shlex.quote(model_path)).replace("{inputs}", shlex.quote(inputs_path))
+        shown = printable(self.command)
+        # Its own session, so that a timeout or Ctrl-C ends the whole pipeline it starts (ssh, scp), not only sh.
+        proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise TimingError(f"--latency-command {shown}: no answer within {self.timeout:g} s "
+                              "(--latency-timeout)") from None
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc)
+        if proc.returncode != 0:
+            last = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
+            why = f": {printable(last[-1])[:_QUOTED]}" if last else ""
+            raise TimingError(f"--latency-command {shown}: exited with status {proc.returncode}{why}")
+        return parse_latency(out.decode("utf-8", "replace"), self.command)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _keep_first(models: OptionModels) -> list[tuple[str, int]]:
+    if KEEP not in models:
+        raise ValueError("a layer's options must include keep, the reference of the others")
+    return [KEEP, *(k for k in models if k != KEEP)]
+
+
+def _static(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """``model`` with the shapes of ``feeds`` written into its graph inputs (a copy; already static: as is)."""
+    shapes = {k: list(v.shape) for k, v in feeds.items()
+              if any(not d.HasField("dim_value") for vi in model.graph.input if vi.name == k
+                     for d in vi.type.tensor_type.shape.dim)}
+    if not shapes:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    fix_input_shapes(out, shapes, None)
+    return out
