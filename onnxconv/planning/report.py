@@ -164,8 +164,9 @@ def plan_note(report: PlanReport, best: PlanPoint, verdict: Verdict, asked: str,
            if ratios else "")
     fp32 = (f", {best.measured * report.quantized_speedup:.2f}x over the fp32 original"
             if report.quantized_speedup else "")
-    on = report.provider if report.precision == "fp32" else (
-        f"{report.provider}, {report.precision} (speed-ups over the quantized original, whose own error is "
+    where = report.provider if model_iters else "the --latency-command machine"
+    on = where if report.precision == "fp32" else (
+        f"{where}, {report.precision} (speed-ups over the quantized original, whose own error is "
         f"{report.quantized_original_error or 0.0:.3g})")
     worst = verdict.worst_channel
     where = (f" (worst channel: output '{worst['output']}' axis {worst['axis']} channel {worst['index']}; "
