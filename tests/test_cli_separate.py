@@ -189,7 +189,7 @@ def test_shuffle_mode_calls_group_shuffle_and_prints_its_details(model_path: Pat
         calls.update(groups=groups, force=force, excluded=node_filter.reason("stem"))
         layers = [LayerChange("stem", "Conv", False, reason="matched by --exclude '^stem$'", macs_before=100),
                   LayerChange("head", "Conv", True, macs_before=100, macs_after=25,
-                              details={"groups": groups, "kept_energy": 0.8125})]
+                              groups=groups, kept_energy=0.8125)]
         return PassResult(model=model, layers=layers, pass_name="shuffle", options={"groups": groups})
 
     import onnxconv.requests as requests

@@ -166,9 +166,10 @@ def refit(
             kernels.
 
     Returns:
-        A new :class:`PassResult` with the refitted model. Each rewritten layer's ``details`` gain ``out_err``
-        and ``refit_err`` (relative output error on held-out positions, weight-only vs refitted, with the
-        refitted upstream network) and ``ridge``, or ``refit`` with the reason the layer was not refitted.
+        A new :class:`PassResult` with the refitted model. Each rewritten layer's ``refit_report`` (the end of
+        its ``details``) gains ``out_err`` and ``refit_err`` (relative output error on held-out positions,
+        weight-only vs refitted, with the refitted upstream network) and ``ridge``, or ``refit`` with the reason
+        the layer was not refitted.
 
     Raises:
         OptionError: bad ``positions``/``check_fraction``/``ridge``. OnnxConvError: onnxruntime fails on the
@@ -184,7 +185,7 @@ def refit(
     settings = RefitSettings(calibration, positions, check_fraction, ridge, seed, tuple(providers), threads)
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
-    layers = [replace(c, details=dict(c.details)) for c in result.layers]
+    layers = [replace(c, refit_report=dict(c.refit_report)) for c in result.layers]
     plans: list[LayerFit] = []
     plan_of: dict[int, LayerFit] = {}
     for change in layers:
@@ -192,7 +193,7 @@ def refit(
             continue
         found = plan_layer(original, model, change, len(plans))
         if isinstance(found, str):
-            change.details["refit"] = found
+            change.refit_report["refit"] = found
             continue
         if depthwise:
             plan_depthwise(original, model, change, found)
@@ -208,7 +209,7 @@ def refit(
         for change in layers:
             plan = plan_of.get(id(change))
             if plan is not None and plan.index in skipped:
-                change.details["refit"] = skipped[plan.index]
+                change.refit_report["refit"] = skipped[plan.index]
                 del plan_of[id(change)]
         plans = [p for p in plans if p.index not in skipped]
     for p in plans:
@@ -218,7 +219,7 @@ def refit(
         _refit_waves(model, plans, settings)
     for change in layers:
         if id(change) in plan_of:
-            change.details.update(plan_of[id(change)].report)
+            change.refit_report.update(plan_of[id(change)].report)
     declare_initializers(model)  # a weight copied for a shared one is a new initializer: IR < 4 wants its input
     check_model(model, original)
     options = dict(result.options)

@@ -364,24 +364,25 @@ class ChannelFlow:
     def _note(self, source: int | None, text: str) -> None:
         layer = self.targets.get(source) if source is not None else None
         if layer is not None:
-            layer.change.details["output_reorder"].append(text)
+            assert layer.change.output_reorder is not None  # set with the layer's other figures (shuffle._describe)
+            layer.change.output_reorder.append(text)
 
     def _source_name(self, source: int) -> str:
         node = self.targets[source].node if source in self.targets else self.folds.get(source)
         return layer_label(node) if node is not None else "?"
 
     def _realise_target(self, layer: GroupedLayer) -> None:
-        node, details = layer.node, layer.change.details
+        node, change = layer.node, layer.change
         assert layer.pin is not None and layer.pout is not None and layer.assignment is not None
         src = self.origin.get(node.inputs[0].name)
         kind = self.convert(node, 0, layer.pin)
         if kind != "none":
-            details["permutation"] = kind
+            change.permutation = kind
             self._note(src, f"{kind} before {layer_label(node)}")
         elif src is not None and src in self.folds:
-            details["permutation"] = f"folded into {self._source_name(src)}"
+            change.permutation = f"folded into {self._source_name(src)}"
         elif src is not None:
-            details["permutation"] = f"none (same groups as {self._source_name(src)})"
+            change.permutation = f"none (same groups as {self._source_name(src)})"
             self._note(src, f"none: {layer_label(node)} reads the same groups")
         groups = layer.assignment.groups
         w = layer.weight
@@ -392,10 +393,8 @@ class ChannelFlow:
         if layer.bias is not None:
             self._replace(node, 2, layer.bias[layer.pout], f"g{groups}")
         node.attrs["group"] = groups
-        details["in_groups"] = layer.assignment.in_groups.tolist()
-        details["out_groups"] = layer.assignment.out_groups.tolist()
-        layer.change.in_groups = tuple(details["in_groups"])
-        layer.change.out_groups = tuple(details["out_groups"])
+        change.in_groups = tuple(layer.assignment.in_groups.tolist())
+        change.out_groups = tuple(layer.assignment.out_groups.tolist())
         self._set_order(node.outputs[0], layer.pout, w.ndim, id(node))
 
     def _realise_fold(self, node: gs.Node) -> None:

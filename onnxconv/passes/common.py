@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -54,16 +55,26 @@ __all__ = [
 class LayerChange:
     """What a pass did to one conv node.
 
-    ``reason`` is empty for a rewritten node and says why otherwise. ``details`` holds pass-specific figures
-    for the report and the table (rank and relative weight error for separable; groups and kept energy for
-    shuffle; form; ...), keyed as the JSON report spells them. Code that needs one of them reads the typed
-    fields instead, which the passes fill in alongside (None where a pass does not set them):
+    ``reason`` is empty for a rewritten node and says why otherwise. Every figure is stored once, in a typed
+    field (None, or False for ``forced``, where no stage set it): code reads the fields, and the report and the
+    table read :attr:`details`, which is derived from them, so the two cannot disagree.
 
     * ``pass_name``: ``"separable"`` or ``"shuffle"`` (the pass that made the row; empty for rows of layers
-      inside model-local functions);
-    * ``rank``, ``form``: the separable rank and graph form (the form actually emitted);
-    * ``groups``, ``in_groups``, ``out_groups``: the shuffle pass's G and the group of every original input /
-      output channel of a grouped conv (``details`` holds the same labels as JSON lists).
+      inside model-local functions and rows the planner made). Not in the report.
+    * The separable pass: ``rank``, ``max_rank`` (``min(C_out/g, K)``), ``weight_error`` (relative Frobenius
+      error of the rank-r weight), ``energy`` (kept share of the squared singular values); then, once emitted,
+      ``form`` (the graph form actually emitted) and ``forced`` (a rank that saves no MACs, rewritten anyway).
+      A layer whose rank saves no MACs keeps the first four with its skip reason.
+    * The shuffle pass: ``groups`` (G), ``kept_energy`` (kept share of the weight's squared norm),
+      ``identity_kept`` (the same without reordering), ``method`` (which assignment won), ``permutation`` (how
+      its input reordering is realised) and ``output_reorder`` (the same for each consumer of its output); once
+      rewritten, ``in_groups``/``out_groups``, the group of every original input / output channel. A layer
+      below ``--min-energy`` keeps all but these two with its skip reason.
+    * The planner: ``plan``, the chosen option, the layer's time before -> after and its estimated error.
+    * The refit: ``refit_report``, figures keyed as the report spells them (``out_err``, ``refit_err``,
+      ``ridge``, ``samples``, ...; or ``refit``, why the layer was not refitted). Their keys differ between the
+      1x1 refit and the kernel refit and nothing reads them by name but the report and the table, so they stay
+      a free-form dict.
     """
 
     name: str
@@ -74,24 +85,63 @@ class LayerChange:
     params_after: int | None = None
     macs_before: int | None = None
     macs_after: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
     pass_name: str = ""
     rank: int | None = None
+    max_rank: int | None = None
+    weight_error: float | None = None
+    energy: float | None = None
     form: str | None = None
+    forced: bool = False
     groups: int | None = None
+    kept_energy: float | None = None
+    identity_kept: float | None = None
+    method: str | None = None
+    permutation: str | None = None
+    output_reorder: list[str] | None = None
     in_groups: tuple[int, ...] | None = None
     out_groups: tuple[int, ...] | None = None
+    plan: str | None = None
+    refit_report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """The per-layer figures as the JSON report and the table read them: every typed figure that is set, in
+        the report's order (the separable pass's, the shuffle pass's, the planner's), then ``refit_report``.
+
+        Derived on each read and read-only: a figure is changed through its field, never here.
+        """
+        typed: dict[str, Any] = {
+            "rank": self.rank,
+            "max_rank": self.max_rank,
+            "weight_error": self.weight_error,
+            "rel_error": self.weight_error,  # the same figure under its old name, for pipelines that read it
+            "energy": self.energy,
+            "form": self.form,
+            "forced": True if self.forced else None,
+            "groups": self.groups,
+            "kept_energy": self.kept_energy,
+            "identity_kept": self.identity_kept,
+            "method": self.method,
+            "permutation": self.permutation,
+            "output_reorder": _json_list(self.output_reorder),
+            "in_groups": _json_list(self.in_groups),
+            "out_groups": _json_list(self.out_groups),
+            "plan": self.plan,
+        }
+        out = {key: value for key, value in typed.items() if value is not None}
+        out.update(self.refit_report)
+        return MappingProxyType(out)
 
     def to_dict(self) -> dict[str, Any]:
-        """The report's view: the fields up to ``details`` (the typed ones repeat what ``details`` holds)."""
-        d = asdict(self)
-        for name in _TYPED_FIELDS:
-            del d[name]
-        return d
+        """The report's layout: the node, what the pass did, and :attr:`details` (``pass_name`` is left out)."""
+        return {"name": self.name, "op_type": self.op_type, "rewritten": self.rewritten, "reason": self.reason,
+                "params_before": self.params_before, "params_after": self.params_after,
+                "macs_before": self.macs_before, "macs_after": self.macs_after, "details": dict(self.details)}
 
 
-#: LayerChange fields other modules read, kept out of the JSON report (whose layout predates them).
-_TYPED_FIELDS = ("pass_name", "rank", "form", "groups", "in_groups", "out_groups")
+def _json_list(values: Sequence[Any] | None) -> list[Any] | None:
+    """``values`` as a new list (the JSON array the report writes; a caller may change it freely), or None."""
+    return None if values is None else list(values)
 
 
 @dataclass

@@ -406,8 +406,8 @@ def separate(
         input_shapes, batch: dims for symbolic graph inputs, as in ``stats`` (MACs, explicit SAME pads).
 
     Returns:
-        The new model and one :class:`LayerChange` per conv: ``details`` holds rank, max_rank, rel_error
-        (relative Frobenius weight error), energy (kept) and form.
+        The new model and one :class:`LayerChange` per conv, with its ``rank``, ``max_rank``, ``weight_error``
+        (relative Frobenius weight error), ``energy`` (kept), ``form`` and ``forced`` set where they apply.
 
     Raises:
         OptionError: a bad form or an unreachable budget. ShapeError: a conv contradicts its weight, or
@@ -444,19 +444,14 @@ def separate(
                 ch.reason = why
                 continue
             unsized += _tap_coverage(c.spec) is None
-        err = relative_error(kept, r)
-        # weight_error says what it is; rel_error, the same figure, stays for pipelines that read it.
-        ch.details = {"rank": r, "max_rank": f.max_rank, "weight_error": err, "rel_error": err,
-                      "energy": float(kept[r])}
-        ch.rank = r
+        ch.rank, ch.max_rank, ch.weight_error, ch.energy = r, f.max_rank, relative_error(kept, r), float(kept[r])
         saves = r * c.unit_pos < c.conv_pos
         if not saves and not forced:
             ch.reason = (f"rank {r} saves no MACs ({r} x (K + C_out/g) = {r * c.unit_pos // c.spec.c_in} "
                          f">= C_out/g x K = {c.conv_pos // c.spec.c_in} per input channel); use --force")
             continue
-        ch.form = ch.details["form"] = emitter.emit(c, r, form)
-        if not saves:
-            ch.details["forced"] = True
+        ch.form = emitter.emit(c, r, form)
+        ch.forced = not saves
         ch.rewritten = True
         ch.macs_after = c.macs_at(r)
         k = C.prod(c.spec.kernel_shape)

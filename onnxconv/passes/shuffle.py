@@ -137,7 +137,7 @@ def group_shuffle(
         seed: seed of the spectral assignment's k-means and random starts.
 
     Returns:
-        The new model and one :class:`LayerChange` per conv. ``details`` of a grouped conv: ``groups``,
+        The new model and one :class:`LayerChange` per conv. The fields of a grouped conv: ``groups``,
         ``kept_energy`` (kept share of the weight's squared norm), ``identity_kept`` (the same without
         reordering), ``method`` (which assignment won), ``permutation`` (how its input reordering is realised:
         ``none``, ``folded into <node>``, ``none (same groups as <node>)``, ``shuffle`` or ``gather``),
@@ -251,17 +251,11 @@ def _shuffle_strata(
 
 def _describe(layer: GroupedLayer, a: Assignment, groups: int, constrained: bool) -> None:
     ch, spec = layer.change, layer.spec
-    ch.groups = groups
     ch.params_after = spec.weight_params // groups + spec.bias_params
     ch.macs_after = None if spec.macs is None else spec.macs // groups
-    ch.details = {
-        "groups": groups,
-        "kept_energy": a.kept,
-        "identity_kept": a.identity_kept,
-        "method": a.method + (" (shuffle-constrained)" if constrained else ""),
-        "permutation": "none",
-        "output_reorder": [],
-    }
+    ch.groups, ch.kept_energy, ch.identity_kept = groups, a.kept, a.identity_kept
+    ch.method = a.method + (" (shuffle-constrained)" if constrained else "")
+    ch.permutation, ch.output_reorder = "none", []  # until ChannelFlow.realise says how the orders are realised
 
 
 def masked_reference(model: onnx.ModelProto, result: PassResult) -> onnx.ModelProto:

@@ -63,7 +63,7 @@ def build_plan(model: onnx.ModelProto, layers: Sequence[LayerOptions], picks: Pi
         if ch is None:
             ch = LayerChange(lay.name, "Conv", False, "kept by the plan (its options cost more error than they "
                              "save time)", params_before=c.params, macs_before=c.macs)
-        ch.details["plan"] = f"{o.label} {lay.keep.latency_s * 1e6:.0f}->{o.latency_s * 1e6:.0f}us err={o.error:.3g}"
+        ch.plan = f"{o.label} {lay.keep.latency_s * 1e6:.0f}->{o.latency_s * 1e6:.0f}us err={o.error:.3g}"
         out.append(ch)
     out.extend(skipped.values())
     kinds = {kind for kind, _ in by_option}
@@ -83,14 +83,13 @@ def _in_base_channels(change: LayerChange, seen: onnx.ModelProto, base: onnx.Mod
     w_seen, w_base = (_weight_of(m, change.name) for m in (seen, base))
     if w_seen is None or w_base is None or w_seen.shape != w_base.shape or change.in_groups is None or change.out_groups is None:
         return change
-    out = replace(change, details=dict(change.details))
+    out = replace(change)
     for axis, key, groups in ((1, "in_groups", change.in_groups), (0, "out_groups", change.out_groups)):
         perm = _axis_permutation(w_seen, w_base, axis)
         if perm is None:
             return change
         labels = np.empty(len(perm), dtype=np.int64)
         labels[perm] = np.asarray(groups)  # seen channel j is base channel perm[j]
-        out.details[key] = labels.tolist()  # the report's JSON view, kept in step with the typed field
         setattr(out, key, tuple(int(v) for v in labels))
     return out
 
