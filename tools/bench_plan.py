@@ -105,14 +105,15 @@ def run_model(task: Task, runs: Sequence[tuple[str, float | None, float | None]]
                          "metric": task.score(qpred, orig, truth)}
         row: dict[str, Any] = {"model": task.name, "metric_name": task.metric, "precision": precision,
                                "target": target, "max_error": budget, "calib": args.calib, "test": args.test,
-                               "threads": args.threads}
+                               "threads": args.threads, "timer": args.latency_command or "onnxruntime"}
         t0 = time.time()
         try:
             result, report = planning.plan_rewrite(model, cal, planning.PlanOptions(
                 goal=planning.Goal(target_speedup=target, max_output_error=budget, rounds=args.rounds),
                 refit=planning.RefitOptions(seed=args.seed),
                 timing=planning.TimingOptions(provider="cpu", threads=args.threads, cache=cache,
-                                              layer_iters=args.layer_iters, model_iters=args.model_iters),
+                                              layer_iters=args.layer_iters, model_iters=args.model_iters,
+                                              latency_command=args.latency_command),
                 precision=planning.PrecisionOptions(precision)))
         except OptionError as e:
             cache.save()
@@ -252,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="the planner's held-out split")
     ap.add_argument("--cache", default=None, help="latency cache JSON shared across runs")
+    ap.add_argument("--latency-command", default=None, help="time plans with this command (separate's "
+                                                            "--latency-command; {model} is the model's path)")
     ap.add_argument("--json", default=None, help="all rows, rewritten after every run")
     ap.add_argument("--from-json", default=None, help="no planning: print tables / plots from earlier --json files "
                                                       "(comma-separated)")
