@@ -10,6 +10,10 @@
 * :class:`StagedFiles` extends that to several outputs of one run (a model, its report, a picture): each is
   written under a temporary name beside its destination, and all are renamed into place in one short final
   step, so a failure or a signal before it leaves nothing and the step itself is never cut in two.
+  :func:`write_file` is the same for one file (a cache, a picture on its own).
+
+This is the one writer: no other module of onnxconv makes temporary files beside a destination or renames
+them (``tests/test_one_writer.py``), so every output gets the same permissions, clean-up and signal handling.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from .shapes import apply_input_shapes
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
-    "fix_input_shapes", "same_file", "StagedFiles",
+    "fix_input_shapes", "same_file", "StagedFiles", "write_file",
 ]
 
 
@@ -314,6 +318,21 @@ class StagedFiles:
         for work in self._dirs:
             shutil.rmtree(work, ignore_errors=True)
         self._dirs.clear()
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, option: str) -> Path:
+    """Write ``data`` to ``path`` on its own, atomically: a :class:`StagedFiles` of one file, committed here.
+
+    ``option`` names the output in the error line (``--plot``, ``latency cache``).
+
+    Raises:
+        OnnxConvError: the file cannot be written (one line; nothing is left behind and any previous file stays).
+    """
+    dest = Path(path)
+    with StagedFiles() as staged:
+        staged.write(dest, data, option)
+        staged.commit()
+    return dest
 
 
 #: What signal.signal takes and returns (typeshed's private ``signal._HANDLER``).
