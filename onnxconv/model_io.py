@@ -19,6 +19,7 @@ them (``tests/test_one_writer.py``), so every output gets the same permissions, 
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import shutil
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -41,7 +43,7 @@ from .shapes import apply_input_shapes
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
-    "fix_input_shapes", "same_file", "StagedFiles", "write_file",
+    "fix_input_shapes", "same_file", "StagedFiles", "write_file", "json_bytes",
 ]
 
 
@@ -318,6 +320,18 @@ class StagedFiles:
         for work in self._dirs:
             shutil.rmtree(work, ignore_errors=True)
         self._dirs.clear()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):  # a figure computed by numpy: a Python number in the JSON
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def json_bytes(data: Mapping[str, Any]) -> bytes:
+    """The one JSON encoder of the reports onnxconv writes (``separate --report``, ``quantize --report``):
+    ``data`` as indented JSON text with a final newline, numpy scalars as Python numbers."""
+    return (json.dumps(data, indent=2, default=_plain) + "\n").encode()
 
 
 def write_file(path: str | os.PathLike[str], data: bytes, option: str) -> Path:

@@ -25,8 +25,8 @@ from .. import compare
 from ..array_io import folder_reads
 from ..errors import OnnxConvError, OptionError, RewriteError
 from ..metrics import MetricValue
-from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, load_model, same_file,
-                        save_model)
+from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, json_bytes, load_model,
+                        same_file, save_model)
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
 from ..planning import concat_runs, frontier_rows
@@ -38,7 +38,6 @@ from ..tables import format_count, grid
 from ..text import printable
 from .options import CALIBRATION, JUDGING, PLANNING, RANK, SHAPE
 from .progress import ProgressBar, progress_option
-from .reports import json_bytes
 
 __all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
            "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
