@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from onnx import helper
 
 from onnxconv.cli import main
-from onnxconv.cli.separate_cmd import exact_failures, format_details
+from onnxconv.cli.separate_cmd import format_details
 from onnxconv.passes.common import LayerChange, PassResult
+from onnxconv.verify import exact_failures
 
 from .modelkit import init, make_model, tensor
 

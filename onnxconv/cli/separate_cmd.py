@@ -1,9 +1,9 @@
 """``onnxconv separate``: a thin wrapper over :func:`onnxconv.requests.run_separate`.
 
 The options become one :class:`~onnxconv.requests.SeparateRequest` (which checks their combinations); the
-library loads the model and dispatches to the separable or shuffle pass, the planner and the refit. This module
-adds what is about files and the terminal: output-path checks before any work, ``--verify``/``--inputs``, the
-per-layer report, ``--report FILE.json`` and the write of every output, all or none
+library loads the model and dispatches to the separable or shuffle pass, the planner and the refit, and verifies
+(:func:`onnxconv.verify.verify`). This module adds what is about files and the terminal: output-path checks
+before any work, the per-layer report, ``--report FILE.json`` and the write of every output, all or none
 (:class:`~onnxconv.model_io.StagedFiles`). The report prints each pass's
 ``details`` through :func:`format_details`, which knows the keys of both passes and shows any other as
 ``key=value``.
@@ -21,32 +21,26 @@ import cloup
 import numpy as np
 import onnx
 
-from .. import compare
 from ..array_io import folder_reads
-from ..errors import OnnxConvError, OptionError, RewriteError
-from ..metrics import MetricValue
+from ..errors import OnnxConvError, OptionError
 from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, json_bytes, load_model,
                         same_file, save_model)
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
-from ..planning import concat_runs, frontier_rows
-from ..planning.judge import Judge
+from ..planning import frontier_rows
 from ..planning.plot import frontier_png, require_matplotlib
 from ..progress import reporting
 from ..requests import SeparateRequest, run_separate
 from ..tables import format_count, grid
 from ..text import printable
+from ..verify import Verification, verify
 from .options import CALIBRATION, JUDGING, PLANNING, RANK, SHAPE
 from .progress import ProgressBar, progress_option
 
-__all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
-           "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
+__all__ = ["separate", "format_details", "render_result", "summary_line", "UNCHANGED_EXIT"]
 
 #: Exit status of --fail-if-unchanged when no conv was rewritten (errors exit 1, bench thresholds 3).
 UNCHANGED_EXIT = 4
-
-#: ``--exact --verify`` fails (and writes nothing) above this relative output error in float32.
-EXACT_TOLERANCE = 1e-5
 
 #: Longest text detail shown in the table.
 
@@ -140,84 +134,6 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
 #: Version of the --report JSON layout (docs/report-json.md): keys are only added; a key that changes meaning or
 #: disappears bumps it.
 REPORT_SCHEMA_VERSION = 1
-
-#: verify.inputs in the report when --verify runs on random inputs.
-RANDOM_INPUTS = "random (standard normal, seed 0)"
-
-
-def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, Sequence[int]],
-            batch: int | None, exact: bool, held_out: Sequence[Mapping[str, np.ndarray]] = (),
-            judge: Judge | None = None) -> tuple[list[Any], dict[str, float], MetricValue | None]:
-    """Run the input file and the rewritten model in onnxruntime on the same inputs.
-
-    The inputs are ``held_out`` (feeds, one per run, outputs joined over them: the held-out calibration samples
-    of :func:`onnxconv.calibration.held_out_feeds`) when given, else ``inputs`` (an .npz) or random normal ones.
-    Returns one Agreement per output (each with its worst channel, on ``judge``'s channel axes), the task metric
-    when ``judge`` has one (None otherwise) and, when ``exact`` and some output misses :data:`EXACT_TOLERANCE`, the
-    original's own noise floor per output: the relative error between the original run with all onnxruntime
-    optimisations and with none. An output that is mostly rounding noise (a near-zero probability map on random
-    inputs) cannot agree better than that, whatever the rewrite.
-    """
-    ref = compare.session(source)
-    new = compare.session(model)
-    runs = list(held_out) or [compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)]
-    ref_runs = [compare.run_model(ref, f) for f in runs]
-    new_runs = [compare.run_model(new, f) for f in runs]
-    ref_out = concat_runs(ref_runs)
-    axes = judge.channel_axes if judge is not None else {}
-    agreements = compare.compare_outputs(ref_out, concat_runs(new_runs), axes)
-    metric = judge.metric.evaluate(ref_runs, new_runs) if judge is not None and judge.metric is not None else None
-    floors: dict[str, float] = {}
-    if exact and any(a.rel_error > EXACT_TOLERANCE for a in agreements):
-        plain_sess = compare.session(source, opt_level="disable")
-        plain = concat_runs([compare.run_model(plain_sess, f) for f in runs])
-        floors = {a.output: a.rel_error for a in compare.compare_outputs(ref_out, plain)}
-    return agreements, floors, metric
-
-
-#: Float element types, narrowest precision first: (ONNX type, name, machine epsilon).
-_PRECISIONS = ((onnx.TensorProto.BFLOAT16, "bfloat16", 2.0 ** -7), (onnx.TensorProto.FLOAT16, "float16", 2.0 ** -10),
-               (onnx.TensorProto.FLOAT, "float32", 2.0 ** -23), (onnx.TensorProto.DOUBLE, "float64", 2.0 ** -52))
-
-
-def exact_precision(model: onnx.ModelProto) -> tuple[str, float] | None:
-    """(name, eps) of the narrowest float type ``model`` computes in, or None when no graph output is a float.
-
-    Looks at the graph outputs, the main graph's initializers and what its Cast nodes cast to: a model with
-    float16 weights between float32 inputs and outputs (a ``keep_io_types`` export) still computes in float16.
-    """
-    outputs = {o.type.tensor_type.elem_type for o in model.graph.output}
-    if not outputs & {t for t, _, _ in _PRECISIONS}:
-        return None
-    types = outputs | {t.data_type for t in model.graph.initializer}
-    types |= {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
-    return next(((name, eps) for t, name, eps in _PRECISIONS if t in types), None)
-
-
-def exact_tolerance(precision: tuple[str, float] | None) -> float:
-    """The relative output error ``--exact`` accepts: :data:`EXACT_TOLERANCE` (84 float32 eps), or 16 eps of a
-    narrower type the model computes in (float16: 1.6e-2).
-
-    A float16 model rounds every conv output to 11 significant bits, and the rewrite rounds at other points (each
-    depthwise output, each branch of the sum), so the two cannot agree better than a few float16 eps (4e-4 to
-    2.4e-3 measured on tiny models, where the original moves 6.6e-4 between onnxruntime optimisation levels);
-    a wrong rewrite still misses by far more.
-    """
-    if precision is None:
-        return EXACT_TOLERANCE
-    return max(EXACT_TOLERANCE, 16 * precision[1])
-
-
-def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float32: bool,
-                   tolerance: float = EXACT_TOLERANCE) -> list[Any]:
-    """Outputs that fail ``--exact``: relative error above ``tolerance`` (:func:`exact_tolerance`) and above
-    twice the original's own noise floor (see :func:`_verify`). Only float outputs (``float32`` true: the
-    model's outputs are float16/32/64, see :func:`exact_precision`) are held to it."""
-    if not float32:
-        return []
-    return [a for a in agreements
-            if a.rel_error > tolerance and a.rel_error > 2 * floors.get(a.output, 0.0)]
-
 
 def _echo_frontier(plan: Mapping[str, Any], title: str) -> None:
     """The planner's measured plans as a table (:func:`~onnxconv.planning.frontier_rows`) under ``title``."""
@@ -430,8 +346,6 @@ def separate(model: str, output: str, **options: Any) -> None:
     for path, option in ((report_file, "--report"), (plot_file, "--plot")):
         if path is not None:
             _check_not_read(path, option, request)
-    verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
-                                            request.batch, request.exact)
 
     try:
         try:
@@ -474,29 +388,7 @@ def separate(model: str, output: str, **options: Any) -> None:
         click.echo(f"no conv was rewritten (--fail-if-unchanged): nothing written to {output}", err=True)
         raise click.exceptions.Exit(UNCHANGED_EXIT)
 
-    agreements: list[Any] = []
-    floors: dict[str, float] = {}
-    metric: MetricValue | None = None
-    # --inputs wins; else the held-out calibration samples (the ones the refit never fitted on: a refitted model
-    # is fitted to data like them, and random normal inputs can miss by 30x what it does on its data).
-    held_out = [] if inputs else (outcome.held_out or [])
-    verify_inputs = inputs or RANDOM_INPUTS
-    if held_out:
-        count = sum(int(next(iter(f.values())).shape[0]) for f in held_out)
-        verify_inputs = f"held-out calibration samples ({count} of {request.calibration})"
-    elif request.calibration is not None and not inputs:
-        verify_inputs = f"{RANDOM_INPUTS}: --calibration {request.calibration} is too small to hold samples out"
-    if verify:
-        agreements, floors, metric = _verify(model, result.model, inputs, shapes, batch, exact, held_out,
-                                             outcome.judge)
-        precision = exact_precision(result.model)
-        tol = exact_tolerance(precision)
-        bad = exact_failures(agreements, floors, precision is not None, tol) if exact else []
-        if bad:
-            why = ("" if precision is None or tol == EXACT_TOLERANCE
-                   else f" (16 eps of {precision[0]}, which the model computes in)")
-            raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
-                               f"{bad[0].rel_error:.2e} > {tol:g}{why}; nothing was written")
+    verification = verify(request, outcome)  # --exact that misses raises here: nothing is written
     external = outcome.external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
     # Every output is prepared under a temporary name beside its destination, then all are renamed at once: an
     # error or a signal before the commit (drawing the plot takes seconds) leaves none of them.
@@ -506,13 +398,8 @@ def separate(model: str, output: str, **options: Any) -> None:
         if report_file is not None:
             data = {"schema_version": REPORT_SCHEMA_VERSION, **result.to_dict()}
             data["model"], data["output"] = model, output
-            if verify:
-                data["verify"] = {"inputs": verify_inputs,
-                                  "outputs": [a.to_dict() for a in agreements]}
-                if metric is not None and request.metric is not None:
-                    data["verify"]["metric"] = {"spec": request.metric, **metric.to_dict()}
-                if floors:
-                    data["verify"]["original_noise_floor"] = floors
+            if verification is not None:
+                data["verify"] = verification.to_dict()
             staged.write(report_file, json_bytes(data), "--report")
         if plot_file is not None:
             staged.write(plot_file, frontier_png(result.options["plan"]), "--plot")
@@ -526,23 +413,30 @@ def separate(model: str, output: str, **options: Any) -> None:
         click.echo(f"warning: the input model is invalid ({printable(result.options['input_invalid'])}); "
                    + ("the result passes onnx.checker" if after is None else
                       f"the result, written anyway, is too ({printable(after)})"), err=True)
-    if verify and request.calibration is not None and not inputs:
+    if verification is not None:
+        _echo_verification(verification)
+    line = summary_line(load_model(model), result)
+    if line:
+        click.echo(line)
+    click.echo(f"wrote {printable(output)}")
+
+
+def _echo_verification(v: Verification) -> None:
+    """What ``--verify`` found: which inputs (with --calibration), one line per output, the metric."""
+    if v.on_calibration:
         # Say which: held-out samples, or (a note) random inputs because the set holds none out.
-        click.echo(("verify on " if held_out else "note: verify on ") + printable(verify_inputs))
-    for a in agreements:
+        click.echo(("verify on " if v.held_out else "note: verify on ") + printable(v.inputs))
+    for a in v.agreements:
         worst = a.worst_channel
         where = (f", worst channel {worst.rel_error:.3g} (axis {worst.axis}, channel {worst.index})"
                  if worst is not None else "")
         click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}"
                    f"{where}, cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
-        if a.output in floors and a.rel_error > EXACT_TOLERANCE:
-            click.echo(f"  note: the original itself differs by relative error {floors[a.output]:.3g} between "
+        floor = v.noise_floor(a)
+        if floor is not None:
+            click.echo(f"  note: the original itself differs by relative error {floor:.3g} between "
                        "onnxruntime optimisation levels on these inputs: this output is mostly rounding noise")
-    if metric is not None:
-        click.echo(f"verify metric {printable(str(request.metric))}: {metric.value:.4g}"
-                   + (f" on {metric.support} {metric.what}" if metric.support is not None else "")
-                   + (f"; note: {metric.note}" if metric.note else ""))
-    line = summary_line(load_model(model), result)
-    if line:
-        click.echo(line)
-    click.echo(f"wrote {printable(output)}")
+    if v.metric is not None:
+        click.echo(f"verify metric {printable(str(v.metric_spec))}: {v.metric.value:.4g}"
+                   + (f" on {v.metric.support} {v.metric.what}" if v.metric.support is not None else "")
+                   + (f"; note: {v.metric.note}" if v.metric.note else ""))
