@@ -5,6 +5,10 @@
   and turns every way a file can be broken into one :class:`ModelLoadError` line (what the graph itself must
   be is checked by :mod:`onnxconv.model_checks`).
 * The weight-free copy that shape inference works on is made by :mod:`onnxconv.weightless`.
+* Outputs are checked before any work (:func:`check_output_path`, and for a run's model, report and plot
+  :func:`check_output_paths`, :func:`check_not_read`, :func:`check_not_data`): a rename would replace a symlink
+  or a device by a regular file, and no output may replace the input, the data the run reads or the input's
+  external data (compared by identity, not spelling).
 * :func:`save_model` writes atomically (temporary files in the target folder, then rename), never over the
   input unless asked, and keeps external data external.
 * :class:`StagedFiles` extends that to several outputs of one run (a model, its report, a picture): each is
@@ -29,6 +33,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -37,13 +42,15 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from .array_io import folder_reads
 from .errors import ModelLoadError, OnnxConvError, OptionError
 from .model_checks import check_graph, model_tensors
 from .shapes import apply_input_shapes
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
-    "fix_input_shapes", "same_file", "StagedFiles", "write_file", "json_bytes",
+    "fix_input_shapes", "same_file", "StagedFiles", "write_file", "json_bytes", "INPUT_CLASH",
+    "OutputPaths", "check_output_paths", "check_not_read", "check_not_data",
 ]
 
 
@@ -218,6 +225,83 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
     except (OSError, ValueError):
         return False
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files one run writes, checked by :func:`check_output_paths`: the model as given (``-o``; its weights
+    file is ``model + ".data"``), and the ``--report`` and ``--plot`` files when asked for."""
+
+    model: str
+    report: Path | None = None
+    plot: Path | None = None
+
+    def extras(self) -> list[tuple[Path, str]]:
+        """(path, option) of the report and the plot that are asked for."""
+        return [(p, option) for p, option in ((self.report, "--report"), (self.plot, "--plot")) if p is not None]
+
+
+def check_output_paths(source: str, output: str, report: str | None = None, plot: str | None = None, *,
+                       overwrite: bool = False) -> OutputPaths:
+    """:func:`check_output_path` for a run's outputs, before any work: none may be ``source`` (the model ``-o``
+    only with ``overwrite``), the report not the model, the plot neither (compared by identity, not spelling).
+
+    Raises:
+        OptionError: naming the option and the problem.
+    """
+    check_output_path(output, "-o", not_same_as=[] if overwrite else [(source, INPUT_CLASH)])
+    report_file = None
+    if report:
+        report_file = check_output_path(report, "--report", not_same_as=[
+            (source, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
+    plot_file = None
+    if plot:
+        plot_file = check_output_path(plot, "--plot", not_same_as=[
+            (source, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
+            *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
+    return OutputPaths(output, report_file, plot_file)
+
+
+def check_not_read(outputs: OutputPaths, reads: Sequence[tuple[str, str]], folder: str | None = None) -> None:
+    """Refuse an output (the model's weights file included) that would replace a file the run reads (``reads``:
+    (path, what it is), e.g. ``--inputs``), or join the arrays of ``folder`` (a folder of .npy files the run
+    reads: a file written there is one more input to the next run). Checked before any work, whatever the
+    outcome: a run refused late still writes its report.
+
+    Raises:
+        OptionError: naming the option, the file and what it is.
+    """
+    written: list[tuple[str | Path, str]] = [(outputs.model, "-o"), (outputs.model + ".data", "-o"), *outputs.extras()]
+    for path, option in written:
+        for other, what in reads:
+            if same_file(path, other):
+                raise OptionError(f"{option} {path}: is {what}, which this run reads (choose another file)")
+        if folder is not None and os.path.isdir(folder) and folder_reads(folder, path):
+            raise OptionError(f"{option} {path}: is an .npy file in the --calibration folder, which this run reads "
+                              "(choose another file)")
+
+
+def check_not_data(outputs: OutputPaths, data_files: Sequence[str], *, overwrite: bool = False,
+                   model_written: bool = True) -> None:
+    """Refuse an output that would replace one of ``data_files``, the input model's external data (its graph
+    still points at them): the model and its weights file (unless ``overwrite``), the report and the plot;
+    with ``model_written``, the report and the plot may not be the model's weights file either.
+
+    Raises:
+        OptionError: naming the option and the file it would replace.
+    """
+    clash = [(f, "is the input model's external data file (choose another file)") for f in data_files]
+    if model_written:
+        if not overwrite:
+            check_output_path(outputs.model, "-o", not_same_as=clash)
+            for f, _ in clash:
+                if same_file(outputs.model + ".data", f):
+                    raise OptionError(f"-o {outputs.model}: its external data file {outputs.model}.data would "
+                                      "replace the input model's (choose another file)")
+        clash.append((outputs.model + ".data", "is the -o model's external data file (choose another file)"))
+    for path, option in outputs.extras():
+        check_output_path(path, option, not_same_as=clash)
+
 
 
 def _reason(e: OSError) -> str:
