@@ -2,18 +2,28 @@
 
 * :func:`load_model` never reads external data unless asked (``stats`` needs shapes only, so a model whose
   weights live in a 10 GB side file loads in the time its graph takes), checks that external-data files exist,
-  and turns every way a file can be broken into one :class:`ModelLoadError` line.
+  and turns every way a file can be broken into one :class:`ModelLoadError` line (what the graph itself must
+  be is checked by :mod:`onnxconv.model_checks`).
 * The weight-free copy that shape inference works on is made by :mod:`onnxconv.weightless`.
+* Outputs are checked before any work (:func:`check_output_path`, and for a run's model, report and plot
+  :func:`check_output_paths`, :func:`check_not_read`, :func:`check_not_data`): a rename would replace a symlink
+  or a device by a regular file, and no output may replace the input, the data the run reads or the input's
+  external data (compared by identity, not spelling).
 * :func:`save_model` writes atomically (temporary files in the target folder, then rename), never over the
   input unless asked, and keeps external data external.
 * :class:`StagedFiles` extends that to several outputs of one run (a model, its report, a picture): each is
   written under a temporary name beside its destination, and all are renamed into place in one short final
   step, so a failure or a signal before it leaves nothing and the step itself is never cut in two.
+  :func:`write_file` is the same for one file (a cache, a picture on its own).
+
+This is the one writer: no other module of onnxconv makes temporary files beside a destination or renames
+them (``tests/test_one_writer.py``), so every output gets the same permissions, clean-up and signal handling.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import shutil
@@ -23,23 +33,24 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import numpy as np
 import onnx
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
-from .counting import prod
-from .dtypes import elem_size
+from .array_io import folder_reads
 from .errors import ModelLoadError, OnnxConvError, OptionError
-from .graph import cyclic_nodes, subgraphs_of
+from .model_checks import check_graph, model_tensors
 from .shapes import apply_input_shapes
 
 __all__ = [
     "load_model", "external_data_files", "save_model", "check_output_path",
-    "check_weights", "fix_input_shapes", "same_file", "StagedFiles",
+    "fix_input_shapes", "same_file", "StagedFiles", "write_file", "json_bytes", "INPUT_CLASH",
+    "OutputPaths", "check_output_paths", "check_not_read", "check_not_data",
 ]
 
 
@@ -47,7 +58,7 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
     """Locations named by tensors stored as external data (initializers, sparse initializers, Constant and
     other tensor attributes, in every subgraph and model-local function), in order of first appearance."""
     seen: dict[str, None] = {}
-    for t in _model_tensors(model):
+    for t in model_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             for e in t.external_data:
                 if e.key == "location":
@@ -87,7 +98,7 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
     if not model.opset_import and model.ir_version >= 3:
         # opset_import follows the graph in the file: a file cut right after the graph parses but lacks it.
         raise ModelLoadError(f"{p}: declares IR version {model.ir_version} but no opset (truncated file?)")
-    _check_graph(p, model)
+    check_graph(p, model)
     base = p.parent
     for loc in external_data_files(model):
         _check_location(p, loc)
@@ -114,163 +125,6 @@ def _check_location(p: Path, loc: str) -> None:
         raise ModelLoadError(f"{p}: external data location {loc!r} points outside the model's folder; "
                              "refusing to read it")
 
-
-def _check_graph(p: Path, model: onnx.ModelProto) -> None:
-    """Refuse text that is not UTF-8 (:func:`_bad_text`) and graphs with a cycle, in the main graph, subgraphs and
-    functions: a cycle makes every later pass see an order that does not exist."""
-    bad = _bad_text(model)
-    if bad is not None:
-        where, text = bad
-        raise ModelLoadError(f"{p}: {where} is not valid UTF-8 text ({ascii(text)[1:]})")
-
-    def check(graph_nodes: Sequence[onnx.NodeProto], where: str) -> None:
-        cyclic = cyclic_nodes(graph_nodes)
-        if cyclic:
-            label = cyclic[0].name or next((o for o in cyclic[0].output if o), cyclic[0].op_type)
-            raise ModelLoadError(f"{p}: {where} has a cycle (through node '{label}'); not a valid ONNX model")
-        for n in graph_nodes:
-            for attr, sub in subgraphs_of(n):
-                check(sub.node, f"the {attr} body of a node")
-
-    check(model.graph.node, "the graph")
-    for f in model.functions:
-        check(f.node, "a model-local function")
-
-
-#: TensorProto's text and message fields, read one by one: ``ListFields`` would copy raw_data (the weights).
-_TENSOR_FIELDS = tuple(f for f in onnx.TensorProto.DESCRIPTOR.fields
-                       if f.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE))
-
-
-def _bad_text(message: Message, path: str = "") -> tuple[str, bytes] | None:
-    """(field path, value) of the first text field of ``message`` that is not valid UTF-8, or None.
-
-    protobuf hands back ``bytes`` instead of ``str`` for a proto2 string field that is not UTF-8, and every use
-    fails far from here (a table, the rewrites' export, a doc string read): names, doc strings, metadata, dim
-    names, string attribute values (bytes fields, which onnx and onnx-graphsurgeon decode as UTF-8), in every
-    graph and function. Tensor data (raw_data, string_data) is never read.
-    """
-    fields: Sequence[tuple[Any, Any]]
-    if isinstance(message, onnx.TensorProto):
-        fields = [(f, getattr(message, f.name)) for f in _TENSOR_FIELDS
-                  if (len(getattr(message, f.name)) if _repeated(f) else message.HasField(f.name))]
-    else:
-        fields = message.ListFields()  # the fields that are set, in C: a walk of every descriptor costs 4x more
-    for f, value in fields:
-        if f.type == FieldDescriptor.TYPE_STRING:
-            values = [value] if isinstance(value, (str, bytes)) else value
-            for i, v in enumerate(values):
-                if isinstance(v, bytes):
-                    return f"{path}{f.name}" + ("" if values is not value else f"[{i}]"), v
-        elif f.type == FieldDescriptor.TYPE_MESSAGE:
-            if isinstance(value, Message):
-                found = _bad_text(value, f"{path}{f.name}.")
-                if found:
-                    return found
-                continue
-            for i, sub in enumerate(value):
-                found = _bad_text(sub, f"{path}{f.name}[{i}].")
-                if found:
-                    return found
-    if isinstance(message, onnx.AttributeProto):
-        for where, v in [("s", message.s), *((f"strings[{i}]", v) for i, v in enumerate(message.strings))]:
-            try:
-                v.decode("utf-8")
-            except UnicodeDecodeError:
-                return f"{path}{where}", v
-    return None
-
-
-def _repeated(f: Any) -> bool:
-    """Whether a field descriptor is repeated (``is_repeated`` since protobuf 5.28; ``label`` before)."""
-    flag = getattr(f, "is_repeated", None)
-    return bool(flag) if flag is not None else getattr(f, "label", None) == FieldDescriptor.LABEL_REPEATED
-
-
-#: Which typed field holds a tensor's values when raw_data is empty, and how many field entries per element.
-_TYPED_FIELD: dict[int, tuple[str, int]] = {
-    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 2),
-    onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 2),
-    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
-    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
-}
-#: Types packed two elements to a byte (or int32 entry): their sizes are not checked here.
-_PACKED = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
-           if hasattr(onnx.TensorProto, n)}
-_CONV_OPS = ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv")
-#: The element types ONNX defines (UNDEFINED, 0, is not one a tensor may have).
-_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
-
-
-def check_weights(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Refuse tensors of an undefined element type, tensors whose data does not match their dims, and conv
-    weights and biases of strings (initializers, Constant nodes, behind Identity).
-
-    ``raw_data`` must hold ``prod(dims) * itemsize`` bytes, a typed field ``prod(dims)`` values (two per complex
-    element); anything else makes numpy fail deep inside a rewrite (``cannot reshape array of size ...``).
-    Only what is in memory is checked: call it after external data is loaded.
-
-    Raises:
-        ModelLoadError: naming the tensor, its dims and what its data holds.
-    """
-    for t in _model_tensors(model):
-        if t.data_type not in _DATA_TYPES and t.ByteSize():
-            # onnx-graphsurgeon (every rewrite) and numpy cannot even size such a tensor; onnxruntime refuses it.
-            what = ("no data type (UNDEFINED)" if not t.data_type
-                    else f"data type {t.data_type}, which ONNX does not define")
-            raise ModelLoadError(f"{path}: tensor '{t.name}' has {what}; not a valid ONNX model")
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED or not t.data_type:
-            continue
-        n = prod(t.dims)
-        if t.HasField("raw_data"):
-            if t.data_type == onnx.TensorProto.STRING:
-                raise ModelLoadError(f"{path}: tensor '{t.name}' stores strings as raw_data; not a valid ONNX model")
-            got, want, unit = len(t.raw_data), n * elem_size(t.data_type), "bytes"
-        else:
-            field, per = _TYPED_FIELD.get(t.data_type, ("int32_data", 1))
-            got, want, unit = len(getattr(t, field)), n * per, f"{field} values"
-        if got != want:
-            raise ModelLoadError(f"{path}: tensor '{t.name}' of shape {list(t.dims)} holds {got} {unit}, "
-                                 f"expected {want}; not a valid ONNX model")
-
-    def check_convs(graph: onnx.GraphProto, outer: frozenset[str]) -> None:
-        strings = _string_tensors(graph, outer)
-        for node in graph.node:
-            if node.op_type in _CONV_OPS and node.domain in ("", "ai.onnx"):
-                for what, i in _CONV_CONSTANTS[node.op_type]:
-                    name = node.input[i] if len(node.input) > i else ""
-                    if name in strings:
-                        label = node.name or (node.output[0] if node.output else node.op_type)
-                        raise ModelLoadError(f"{path}: node '{label}' ({node.op_type}) has a string-typed {what} "
-                                             f"'{name}'; not a valid ONNX model")
-            for _, g in subgraphs_of(node):
-                check_convs(g, strings)
-
-    check_convs(model.graph, frozenset())
-
-
-#: (what, input index) of the inputs of each conv op that hold numbers every rewrite reads.
-_CONV_CONSTANTS = {"Conv": (("weight", 1), ("bias", 2)), "ConvTranspose": (("weight", 1), ("bias", 2)),
-                   "ConvInteger": (("weight", 1),), "QLinearConv": (("weight", 3), ("bias", 8))}
-
-
-def _string_tensors(graph: onnx.GraphProto, outer: frozenset[str]) -> frozenset[str]:
-    """Names of the string constants ``graph`` sees: its own and ``outer``'s (an enclosing graph's), initializers
-    and ``Constant`` outputs, also behind ``Identity`` (in any node order)."""
-    names = set(outer) | {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.STRING}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
-            if any(a.name in ("value_string", "value_strings") or (a.type == onnx.AttributeProto.TENSOR
-                   and a.t.data_type == onnx.TensorProto.STRING) for a in n.attribute):
-                names.add(n.output[0])
-    grew = True
-    while grew:
-        grew = False
-        for n in graph.node:
-            if n.op_type == "Identity" and n.input and n.input[0] in names and n.output and n.output[0] not in names:
-                names.add(n.output[0])
-                grew = True
-    return frozenset(names)
 
 
 def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], batch: int | None) -> None:
@@ -373,6 +227,83 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files one run writes, checked by :func:`check_output_paths`: the model as given (``-o``; its weights
+    file is ``model + ".data"``), and the ``--report`` and ``--plot`` files when asked for."""
+
+    model: str
+    report: Path | None = None
+    plot: Path | None = None
+
+    def extras(self) -> list[tuple[Path, str]]:
+        """(path, option) of the report and the plot that are asked for."""
+        return [(p, option) for p, option in ((self.report, "--report"), (self.plot, "--plot")) if p is not None]
+
+
+def check_output_paths(source: str, output: str, report: str | None = None, plot: str | None = None, *,
+                       overwrite: bool = False) -> OutputPaths:
+    """:func:`check_output_path` for a run's outputs, before any work: none may be ``source`` (the model ``-o``
+    only with ``overwrite``), the report not the model, the plot neither (compared by identity, not spelling).
+
+    Raises:
+        OptionError: naming the option and the problem.
+    """
+    check_output_path(output, "-o", not_same_as=[] if overwrite else [(source, INPUT_CLASH)])
+    report_file = None
+    if report:
+        report_file = check_output_path(report, "--report", not_same_as=[
+            (source, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
+    plot_file = None
+    if plot:
+        plot_file = check_output_path(plot, "--plot", not_same_as=[
+            (source, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
+            *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
+    return OutputPaths(output, report_file, plot_file)
+
+
+def check_not_read(outputs: OutputPaths, reads: Sequence[tuple[str, str]], folder: str | None = None) -> None:
+    """Refuse an output (the model's weights file included) that would replace a file the run reads (``reads``:
+    (path, what it is), e.g. ``--inputs``), or join the arrays of ``folder`` (a folder of .npy files the run
+    reads: a file written there is one more input to the next run). Checked before any work, whatever the
+    outcome: a run refused late still writes its report.
+
+    Raises:
+        OptionError: naming the option, the file and what it is.
+    """
+    written: list[tuple[str | Path, str]] = [(outputs.model, "-o"), (outputs.model + ".data", "-o"), *outputs.extras()]
+    for path, option in written:
+        for other, what in reads:
+            if same_file(path, other):
+                raise OptionError(f"{option} {path}: is {what}, which this run reads (choose another file)")
+        if folder is not None and os.path.isdir(folder) and folder_reads(folder, path):
+            raise OptionError(f"{option} {path}: is an .npy file in the --calibration folder, which this run reads "
+                              "(choose another file)")
+
+
+def check_not_data(outputs: OutputPaths, data_files: Sequence[str], *, overwrite: bool = False,
+                   model_written: bool = True) -> None:
+    """Refuse an output that would replace one of ``data_files``, the input model's external data (its graph
+    still points at them): the model and its weights file (unless ``overwrite``), the report and the plot;
+    with ``model_written``, the report and the plot may not be the model's weights file either.
+
+    Raises:
+        OptionError: naming the option and the file it would replace.
+    """
+    clash = [(f, "is the input model's external data file (choose another file)") for f in data_files]
+    if model_written:
+        if not overwrite:
+            check_output_path(outputs.model, "-o", not_same_as=clash)
+            for f, _ in clash:
+                if same_file(outputs.model + ".data", f):
+                    raise OptionError(f"-o {outputs.model}: its external data file {outputs.model}.data would "
+                                      "replace the input model's (choose another file)")
+        clash.append((outputs.model + ".data", "is the -o model's external data file (choose another file)"))
+    for path, option in outputs.extras():
+        check_output_path(path, option, not_same_as=clash)
+
+
+
 def _reason(e: OSError) -> str:
     """An OSError's reason without the path (the caller names the path the user gave)."""
     if e.errno == errno.ENAMETOOLONG:
@@ -473,6 +404,33 @@ class StagedFiles:
         for work in self._dirs:
             shutil.rmtree(work, ignore_errors=True)
         self._dirs.clear()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):  # a figure computed by numpy: a Python number in the JSON
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def json_bytes(data: Mapping[str, Any]) -> bytes:
+    """The one JSON encoder of the reports onnxconv writes (``separate --report``, ``quantize --report``):
+    ``data`` as indented JSON text with a final newline, numpy scalars as Python numbers."""
+    return (json.dumps(data, indent=2, default=_plain) + "\n").encode()
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, option: str) -> Path:
+    """Write ``data`` to ``path`` on its own, atomically: a :class:`StagedFiles` of one file, committed here.
+
+    ``option`` names the output in the error line (``--plot``, ``latency cache``).
+
+    Raises:
+        OnnxConvError: the file cannot be written (one line; nothing is left behind and any previous file stays).
+    """
+    dest = Path(path)
+    with StagedFiles() as staged:
+        staged.write(dest, data, option)
+        staged.commit()
+    return dest
 
 
 #: What signal.signal takes and returns (typeshed's private ``signal._HANDLER``).
@@ -616,36 +574,3 @@ def _small_enough_to_size(model: onnx.ModelProto) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "too big to serialise in one piece"
         return False
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor stored in ``graph``: initializers, sparse ones, tensor attributes, recursively."""
-    yield from graph.initializer
-    for sp in graph.sparse_initializer:
-        yield sp.values
-        yield sp.indices
-    for node in graph.node:
-        yield from _node_tensors(node)
-
-
-def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.TENSOR:
-            yield a.t
-        elif a.type == onnx.AttributeProto.TENSORS:
-            yield from a.tensors
-        elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
-            yield a.sparse_tensor.values
-            yield a.sparse_tensor.indices
-        elif a.type == onnx.AttributeProto.GRAPH:
-            yield from _graph_tensors(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            for g in a.graphs:
-                yield from _graph_tensors(g)
-
-
-def _model_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    yield from _graph_tensors(model.graph)
-    for f in model.functions:
-        for node in f.node:
-            yield from _node_tensors(node)

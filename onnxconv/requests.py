@@ -25,7 +25,8 @@ from .calibration import held_out_feeds, load_calibration, model_inputs, refit_f
 from .compare import check_inputs, model_input_specs, parse_channel_axes, read_npz, value_dims
 from .errors import OptionError
 from .metrics import load_metric
-from .model_io import check_weights, external_data_files, fix_input_shapes, load_model
+from .model_checks import check_weights
+from .model_io import external_data_files, fix_input_shapes, load_model
 from .passes.common import NodeFilter, PassResult, model_problem
 from .passes.ranks import RankPolicy
 from .passes.separable import DEFAULT_FORM, MIN_CHANNELS

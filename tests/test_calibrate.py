@@ -108,7 +108,7 @@ def test_refitting_the_kernels_too_beats_the_pointwise_refit(tmp_path_factory, f
                        [init("W", w), init("B", rng.standard_normal(16).astype(np.float32))])
     cal = calib(tmp_path_factory.mktemp("cal"), model, X=smooth_inputs(rng, 16, 16, 12))
     weight_only = separate(model, RankPolicy("rank", rank), form=form)
-    pointwise = calibration.refit(model, weight_only, cal, depthwise=False)
+    pointwise = calibration.refit(model, weight_only, cal, calibration.FitOptions(depthwise=False))
     whole = calibration.refit(model, weight_only, cal)
     test = {"X": smooth_inputs(rng, 8, 16, 12)}
     ref = run(model, test)
@@ -126,7 +126,8 @@ def test_without_held_out_positions_the_last_alternation_is_kept(tmp_path) -> No
     rng = np.random.default_rng(9)
     model = two_layer(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
-    out = calibration.refit(model, separate(model, RankPolicy("rank", 1)), cal, check_fraction=0)
+    out = calibration.refit(model, separate(model, RankPolicy("rank", 1)), cal,
+                            calibration.FitOptions(check_fraction=0))
     assert all(c.details["alternations"] == depthwise.ITERATIONS and c.details["refit_err"] is None for c in out.layers)
 
 
@@ -292,13 +293,13 @@ def test_refit_options_are_recorded_and_checked(tmp_path) -> None:
     model = two_layer(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 4, 8, 12))
     res = separate(model, RankPolicy("rank", 2))
-    out = calibration.refit(model, res, cal, ridge=1e-3, positions=100)
+    out = calibration.refit(model, res, cal, calibration.FitOptions(ridge=1e-3, positions=100))
     assert out.options["calibration"]["samples"] == 4 and out.options["calibration"]["ridge"] == 1e-3
     assert all(c.details["ridge"] == 1e-3 for c in out.layers)
     with pytest.raises(OptionError, match="ridge"):
-        calibration.refit(model, res, cal, ridge=-1.0)
+        calibration.refit(model, res, cal, calibration.FitOptions(ridge=-1.0))
     with pytest.raises(OptionError, match="positions"):
-        calibration.refit(model, res, cal, positions=0)
+        calibration.refit(model, res, cal, calibration.FitOptions(positions=0))
 
 
 def test_layers_on_parallel_branches_share_a_wave() -> None:
@@ -467,7 +468,7 @@ def test_refit_leaves_no_unused_initializer(tmp_path, form, depthwise) -> None:
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 8, 8, 12))
     res = separate(model, RankPolicy("rank", 2), form=form)
     assert unused_initializers(res.model) == []
-    out = calibration.refit(model, res, cal, depthwise=depthwise)
+    out = calibration.refit(model, res, cal, calibration.FitOptions(depthwise=depthwise))
     assert all("ridge" in c.details for c in out.layers)
     assert unused_initializers(out.model) == []
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from onnx import helper
 
 from onnxconv.cli import main
-from onnxconv.cli.separate_cmd import exact_failures, format_details
+from onnxconv.cli.separate_cmd import format_details
 from onnxconv.passes.common import LayerChange, PassResult
+from onnxconv.verify import exact_failures
 
 from .modelkit import init, make_model, tensor
 
@@ -244,13 +245,13 @@ def test_exact_failures_allows_the_originals_own_noise_floor() -> None:
 
 def test_failed_save_leaves_no_report_and_folder_output_is_refused(model_path: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from onnxconv.cli import separate_cmd
+    from onnxconv import separate_io
     from onnxconv.errors import OnnxConvError
 
     def failing_save(*args: object, **kwargs: object) -> None:
         raise OnnxConvError("disk full")
 
-    monkeypatch.setattr(separate_cmd, "save_model", failing_save)
+    monkeypatch.setattr(separate_io, "save_model", failing_save)  # the name write_result calls
     res = run(str(model_path), "-o", str(tmp_path / "o.onnx"), "--rank", "1", "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 1 and "Error: disk full" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]

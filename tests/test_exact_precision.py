@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from onnxconv.cli import main
-from onnxconv.cli.separate_cmd import EXACT_TOLERANCE, exact_failures, exact_precision, exact_tolerance
+from onnxconv.verify import EXACT_TOLERANCE, exact_failures, exact_precision, exact_tolerance
 from onnxconv.compare import Agreement
 
 from .modelkit import init, make_model, tensor

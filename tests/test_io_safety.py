@@ -442,12 +442,12 @@ def test_report_and_plot_get_the_umasks_permissions(planned: Path, monkeypatch: 
 def test_a_plot_that_cannot_be_written_leaves_no_model_or_report(planned: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(planned)
-    from onnxconv.cli import separate_cmd
+    from onnxconv import separate_io
 
     def broken(*args: object, **kwargs: object) -> bytes:
         raise model_io.OnnxConvError("--plot f.png: cannot draw (simulated)")
 
-    monkeypatch.setattr(separate_cmd, "frontier_png", broken)  # the name the command calls
+    monkeypatch.setattr(separate_io, "frontier_png", broken)  # the name write_result calls
     before = listing(planned)
     res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--target-speedup", "1.4",
                                     "--calibration", "c.npz", "--report", "r.json", "--plot", "f.png"])

@@ -341,7 +341,8 @@ def test_mixed_plan_uses_both_kinds_and_refits_through_the_reordering(tmp_path, 
     # onnxruntime that beats refitting its 1x1 stage alone.
     c1 = next(c for c in fitted.rewritten if c.name == "c1")
     assert c1.details["alternations"] >= 1 and "depthwise" not in c1.details, c1.details
-    pointwise = calibration.refit(model, weight_only, cal, reference=report.reference, depthwise=False)
+    pointwise = calibration.refit(model, weight_only, cal, calibration.FitOptions(depthwise=False),
+                                  reference=report.reference)
     got_pw = compare.run_model(compare.session(pointwise.model), {"X": x})["Y"]
     assert rel(outs["orig"], got) < 0.95 * rel(outs["orig"], got_pw)
     # Without the reference, c1's reordered output cannot be refitted against the original's channel order.

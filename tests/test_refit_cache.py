@@ -39,7 +39,8 @@ Copies = list[tuple[list[str], int]]  # (outputs, nodes) of every cut-down copy 
 
 
 def refit_both(model: onnx.ModelProto, res: PassResult, cal: calibration.CalibrationSet,
-               monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[PassResult, Copies, PassResult, Copies]:
+               monkeypatch: pytest.MonkeyPatch, options: calibration.FitOptions = calibration.FitOptions(),
+               reference: onnx.ModelProto | None = None) -> tuple[PassResult, Copies, PassResult, Copies]:
     """(cached refit, the copies it built, uncached refit, the copies it built)."""
     copies: Copies = []
     plain = acts.truncate_model
@@ -50,11 +51,11 @@ def refit_both(model: onnx.ModelProto, res: PassResult, cal: calibration.Calibra
         return cut
 
     monkeypatch.setattr(acts, "truncate_model", counting)
-    cached = calibration.refit(model, res, cal, **kw)
+    cached = calibration.refit(model, res, cal, options, reference=reference)
     made = list(copies)
     copies.clear()
     monkeypatch.setattr(acts, "CACHE_BUDGET", 0)
-    uncached = calibration.refit(model, res, cal, **kw)
+    uncached = calibration.refit(model, res, cal, options, reference=reference)
     monkeypatch.setattr(acts, "truncate_model", plain)
     return cached, made, uncached, copies
 
@@ -92,7 +93,8 @@ def test_a_chain_reuses_each_layers_input(tmp_path, monkeypatch, depthwise) -> N
     model = chain(rng)
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 12, 8, 10))  # 10 fitted: chunks of 4, 4 and 2
     res = separate(model, RankPolicy("rank", 1), force=True)
-    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, depthwise=depthwise)
+    options = calibration.FitOptions(depthwise=depthwise)
+    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, options)
     assert_same(cached, uncached)
     assert all("ridge" in c.details for c in cached.layers)
     assert nodes(made) < nodes(plain)
@@ -140,7 +142,7 @@ def test_a_fixed_batch_model_reuses_per_batch(tmp_path, monkeypatch) -> None:
     cal = calib(tmp_path, model, X=smooth_inputs(rng, 10, 8, 10))
     assert cal.chunk == 2
     res = separate(model, RankPolicy("rank", 1), force=True)
-    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, depthwise=False)
+    cached, made, uncached, plain = refit_both(model, res, cal, monkeypatch, calibration.FitOptions(depthwise=False))
     assert_same(cached, uncached)
     assert nodes(made) < nodes(plain)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from onnxconv.cli import main
-from onnxconv.cli.separate_cmd import REPORT_SCHEMA_VERSION
+from onnxconv.separate_io import REPORT_SCHEMA_VERSION
 
 from .test_fidelity_plan import PLUGIN
 from .test_plan_cli import files  # noqa: F401 - the fixture is used by name

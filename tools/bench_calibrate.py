@@ -368,7 +368,8 @@ def run_task(task: Task, speedups: list[float], n_cal: int, n_test: int, cache: 
         t_plan = time.time() - t0
         fitted = calibration.refit(model, weight_only, cal, reference=report.reference)
         t_refit = time.time() - t0 - t_plan
-        pointwise = calibration.refit(model, weight_only, cal, reference=report.reference, depthwise=False)
+        pointwise = calibration.refit(model, weight_only, cal, calibration.FitOptions(depthwise=False),
+                                      reference=report.reference)
         m_w = task.score(predictions(weight_only.model, task, test_x), orig, truth)
         m_p = task.score(predictions(pointwise.model, task, test_x), orig, truth)
         m_r = task.score(predictions(fitted.model, task, test_x), orig, truth)

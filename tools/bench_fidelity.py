@@ -74,7 +74,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,6 +94,7 @@ from tools.realmodels import image_folder  # noqa: E402
 from onnxconv import calibration, compare  # noqa: E402
 from onnxconv.errors import OnnxConvError  # noqa: E402
 from onnxconv.metrics import load_metric  # noqa: E402
+from onnxconv.model_io import write_file  # noqa: E402
 
 from PIL import Image, ImageDraw  # noqa: E402  (bench_calibrate exits with a hint when Pillow is missing)
 
@@ -515,12 +515,9 @@ def rejudge(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def write_json(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Complete or not at all: a temp file beside the target, then a rename."""
+    """Complete or not at all: onnxconv's one atomic writer (:func:`onnxconv.model_io.write_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with open(fd, "w") as f:
-        json.dump(rows, f, indent=1, default=float)
-    Path(tmp).replace(path)
+    write_file(path, json.dumps(rows, indent=1, default=float).encode(), "--json")
 
 
 def fmt(v: float | None, spec: str = ".3g") -> str:

@@ -50,7 +50,7 @@ from tools.bench_calibrate import MODELS, Task, predictions, tasks  # noqa: E402
 
 from onnxconv import calibration, compare, planning  # noqa: E402
 from onnxconv.errors import OnnxConvError, OptionError  # noqa: E402
-from onnxconv.model_io import load_model  # noqa: E402
+from onnxconv.model_io import load_model, write_file  # noqa: E402
 from onnxconv.planning.plot import plot_frontier  # noqa: E402
 
 RUN = re.compile(r"^(fp32|int8):(?:S([0-9.]+))?(?:E([0-9.]+))?$")
@@ -165,11 +165,8 @@ def judge_rounds(rounds: Sequence[dict[str, Any]], models: Sequence[Any], task: 
 
 
 def write_json(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Complete or not at all: a temp file beside the target, then a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with open(fd, "w") as f:
-        json.dump(rows, f, indent=1, default=float)
-    Path(tmp).replace(path)
+    """Complete or not at all: onnxconv's one atomic writer (:func:`onnxconv.model_io.write_file`)."""
+    write_file(path, json.dumps(rows, indent=1, default=float).encode(), "--json")
 
 
 def fmt(v: float | None, spec: str = ".3g") -> str:

@@ -45,7 +45,7 @@ def one(arch: str, rank: int, images: int, size: int, depthwise: bool) -> dict[s
         np.savez(path, **feeds)
         cal = calibration.load_calibration(path, model)
     t0 = time.perf_counter()
-    out = calibration.refit(model, result, cal, depthwise=depthwise)
+    out = calibration.refit(model, result, cal, calibration.FitOptions(depthwise=depthwise))
     seconds = time.perf_counter() - t0
     rewritten = [c for c in out.layers if c.rewritten]
     return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -14,7 +14,7 @@ from .data import HOLDOUT_FRACTION, CalibrationSet, held_out_feeds, load_calibra
 from .normal import RIDGES, NormalEquations, RidgeChoice, best_ridge
 from .patches import draw_positions, out_spatial, sample_patches
 from .refit import refit, refit_from_file
-from .settings import RefitSettings
+from .settings import FitOptions, RefitSettings
 from .stage import ConvTerm, LinearStage, find_stage
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
     "ConvTerm", "LinearStage", "find_stage",
     "draw_positions", "sample_patches", "out_spatial",
     "RIDGES", "NormalEquations", "RidgeChoice", "best_ridge",
-    "RefitSettings", "refit", "refit_from_file",
+    "FitOptions", "RefitSettings", "refit", "refit_from_file",
 ]

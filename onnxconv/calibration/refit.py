@@ -70,7 +70,7 @@ from .layers import (LayerFit, changed_waves, check_depthwise, grouped_orders, i
                      waves)
 from .normal import NormalEquations, best_ridge
 from .patches import sample_patches
-from .settings import RefitSettings
+from .settings import FitOptions, RefitSettings
 from .stage import ConvTerm, LinearStage, Writer, stage_bias, stage_coefs
 
 __all__ = ["refit", "refit_from_file"]
@@ -132,15 +132,10 @@ def refit(
     original: onnx.ModelProto,
     result: PassResult,
     calibration: CalibrationSet,
+    options: FitOptions = FitOptions(),
     *,
-    positions: int = 8192,
-    check_fraction: float = 0.25,
-    ridge: float | None = None,
-    seed: int = 0,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    threads: int | None = None,
     reference: onnx.ModelProto | None = None,
-    depthwise: bool = True,
+    **knobs: Any,
 ) -> PassResult:
     """Refit the linear stage of every rewritten layer of ``result`` to the original model's outputs.
 
@@ -149,21 +144,17 @@ def refit(
         result: the pass's result; not modified.
         calibration: inputs from :func:`~onnxconv.calibration.data.load_calibration` (checked against
             ``original``). A seeded share of the samples is held out and never fitted on
-            (:meth:`~onnxconv.calibration.data.CalibrationSet.split` with ``seed``;
+            (:meth:`~onnxconv.calibration.data.CalibrationSet.split` with ``options.seed``;
             :func:`~onnxconv.calibration.data.held_out_feeds` returns them, to verify the result on).
-        positions: output positions per layer used for the fit (spread over the samples); ``check_fraction``
-            times as many more are held out to choose the ridge and report errors.
-        ridge: relative ridge ``lam / mean(diag(X^T X))``; None picks it per layer from
-            :data:`~onnxconv.calibration.normal.RIDGES`.
-        seed: the seed of the position sampling and of the held-out samples.
-        providers, threads: onnxruntime settings for collecting activations.
+        options: the refit's knobs (:class:`~onnxconv.calibration.settings.FitOptions`: positions sampled,
+            ridge, seed, onnxruntime providers and threads, whether depthwise kernels are refitted too).
         reference: the model ``result`` computes exactly up to channel orders, with the original's tensor names;
             every layer's output is then matched to it channel by channel. Needed when a layer's output
             channels were reordered by a pass run after the one that rewrote it; by default the shuffle pass's
             masked reference for grouped layers, none for separable.
-        depthwise: first refactor each separable layer's depthwise kernels to the covariance of the patches it
-            reads (:mod:`onnxconv.calibration.depthwise`), then refit its pointwise stage; False keeps the weight-only
-            kernels.
+        knobs: fields of :class:`~onnxconv.calibration.settings.FitOptions` given as keywords
+            (``depthwise=False``), replacing those of ``options``: the call form before ``options`` existed,
+            kept until :mod:`onnxconv.planning.planner` passes ``options``; an unknown name is a TypeError.
 
     Returns:
         A new :class:`PassResult` with the refitted model. Each rewritten layer's ``refit_report`` (the end of
@@ -175,14 +166,11 @@ def refit(
         OptionError: bad ``positions``/``check_fraction``/``ridge``. OnnxConvError: onnxruntime fails on the
         inputs. RewriteError: the refitted model fails the checker (it should not: only weights change).
     """
-    if positions < 1:
-        raise OptionError(f"positions {positions}: must be at least 1")
-    if not 0 <= check_fraction <= 1:
-        raise OptionError(f"check fraction {check_fraction}: must be in [0, 1]")
-    if ridge is not None and not (ridge >= 0 and math.isfinite(ridge)):
-        raise OptionError(f"ridge {ridge}: must be a finite number >= 0")
-    calibration, held = calibration.split(seed)  # held-out samples are for verification, never fitted
-    settings = RefitSettings(calibration, positions, check_fraction, ridge, seed, tuple(providers), threads)
+    if knobs:
+        options = replace(options, **knobs)
+    options.validate()
+    calibration, held = calibration.split(options.seed)  # held-out samples are for verification, never fitted
+    settings = RefitSettings(calibration, options)
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
     layers = [replace(c, refit_report=dict(c.refit_report)) for c in result.layers]
@@ -195,7 +183,7 @@ def refit(
         if isinstance(found, str):
             change.refit_report["refit"] = found
             continue
-        if depthwise:
+        if options.depthwise:
             plan_depthwise(original, model, change, found)
         plans.append(found)
         plan_of[id(change)] = found
@@ -222,13 +210,14 @@ def refit(
             change.refit_report.update(plan_of[id(change)].report)
     declare_initializers(model)  # a weight copied for a shared one is a new initializer: IR < 4 wants its input
     check_model(model, original)
-    options = dict(result.options)
-    options["calibration"] = {"source": calibration.source, "samples": calibration.size,
-                              "held_out": 0 if held is None else held.size, "positions": positions,
-                              "check_fraction": check_fraction, "ridge": "auto" if ridge is None else ridge,
-                              "seed": seed, "layers_refitted": sum(1 for p in plans if "ridge" in p.report),
-                              "depthwise": depthwise}
-    return PassResult(model=model, layers=layers, pass_name=result.pass_name, options=options)
+    described = dict(result.options)
+    described["calibration"] = {"source": calibration.source, "samples": calibration.size,
+                                "held_out": 0 if held is None else held.size, "positions": options.positions,
+                                "check_fraction": options.check_fraction,
+                                "ridge": "auto" if options.ridge is None else options.ridge, "seed": options.seed,
+                                "layers_refitted": sum(1 for p in plans if "ridge" in p.report),
+                                "depthwise": options.depthwise}
+    return PassResult(model=model, layers=layers, pass_name=result.pass_name, options=described)
 
 
 class _WaveRuns:
@@ -420,6 +409,5 @@ def refit_from_file(original: onnx.ModelProto, result: PassResult, path: str | P
     Raises:
         OptionError: a bad calibration file or an unavailable provider (one line each).
     """
-    chain = resolve_provider(provider).chain
-    return refit(original, result, load_calibration(path, original), providers=chain, threads=threads,
-                 depthwise=depthwise)
+    options = FitOptions(providers=resolve_provider(provider).chain, threads=threads, depthwise=depthwise)
+    return refit(original, result, load_calibration(path, original), options)

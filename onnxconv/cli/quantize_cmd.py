@@ -22,15 +22,13 @@ from ..calibration import load_calibration
 from ..compare import parse_channel_axes
 from ..errors import OnnxConvError, OptionError
 from ..metrics import load_metric
-from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, load_model, same_file,
-                        save_model)
+from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, json_bytes, load_model,
+                        same_file, save_model)
 from ..tables import grid
 from ..text import printable
 from ..progress import report, reporting
 from .options import shape_options
 from .progress import ProgressBar, progress_option
-from .reports import json_bytes
-
 
 __all__ = ["quantize", "render_quantize"]
 

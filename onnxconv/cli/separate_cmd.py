@@ -1,55 +1,41 @@
 """``onnxconv separate``: a thin wrapper over :func:`onnxconv.requests.run_separate`.
 
 The options become one :class:`~onnxconv.requests.SeparateRequest` (which checks their combinations); the
-library loads the model and dispatches to the separable or shuffle pass, the planner and the refit. This module
-adds what is about files and the terminal: output-path checks before any work, ``--verify``/``--inputs``, the
-per-layer report, ``--report FILE.json`` and the write of every output, all or none
-(:class:`~onnxconv.model_io.StagedFiles`). The report prints each pass's
+library checks the outputs (:func:`onnxconv.separate_io.check_outputs`), loads the model and dispatches to the
+separable or shuffle pass, the planner and the refit, verifies (:func:`onnxconv.verify.verify`) and writes every
+output, all or none (:func:`onnxconv.separate_io.write_result`). This module adds the terminal: the progress
+bar, the per-layer table, the frontier, the verification lines and the summary. The table prints each pass's
 ``details`` through :func:`format_details`, which knows the keys of both passes and shows any other as
 ``key=value``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import click
 import cloup
-import numpy as np
 import onnx
 
-from .. import compare
-from ..array_io import folder_reads
-from ..errors import OnnxConvError, OptionError, RewriteError
-from ..metrics import MetricValue
-from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, load_model, same_file,
-                        save_model)
+from ..errors import OptionError
+from ..model_io import OutputPaths, check_not_data, load_model
 from ..passes.common import PassResult
 from ..passes.separable import DEFAULT_FORM, FORMS, MIN_CHANNELS
-from ..planning import concat_runs, frontier_rows
-from ..planning.judge import Judge
-from ..planning.plot import frontier_png, require_matplotlib
+from ..planning import frontier_rows
 from ..progress import reporting
 from ..requests import SeparateRequest, run_separate
+from ..separate_io import check_outputs, write_refusal, write_result
 from ..tables import format_count, grid
 from ..text import printable
+from ..verify import Verification, verify
 from .options import CALIBRATION, JUDGING, PLANNING, RANK, SHAPE
 from .progress import ProgressBar, progress_option
-from .reports import json_bytes
 
-__all__ = ["separate", "format_details", "render_result", "exact_failures", "exact_precision", "exact_tolerance",
-           "EXACT_TOLERANCE", "UNCHANGED_EXIT"]
+__all__ = ["separate", "format_details", "render_result", "summary_line", "UNCHANGED_EXIT"]
 
 #: Exit status of --fail-if-unchanged when no conv was rewritten (errors exit 1, bench thresholds 3).
 UNCHANGED_EXIT = 4
-
-#: ``--exact --verify`` fails (and writes nothing) above this relative output error in float32.
-EXACT_TOLERANCE = 1e-5
-
-#: Longest text detail shown in the table.
 
 
 def _pct(v: Any) -> str:
@@ -125,162 +111,12 @@ def render_result(result: PassResult) -> str:
     return "\n".join(out)
 
 
-#: Weights above this many bytes go to an external data file (protobuf cannot serialise 2 GB in one message).
-_EXTERNAL_ABOVE = 1_800_000_000
-
-
-def _tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the initializers (from dims and type, without touching the data) of the main graph."""
-    total = 0
-    for t in model.graph.initializer:
-        size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
-        total += size * int(np.prod(t.dims, dtype=np.int64))
-    return total
-
-
-#: Version of the --report JSON layout (docs/report-json.md): keys are only added; a key that changes meaning or
-#: disappears bumps it.
-REPORT_SCHEMA_VERSION = 1
-
-#: verify.inputs in the report when --verify runs on random inputs.
-RANDOM_INPUTS = "random (standard normal, seed 0)"
-
-
-def _verify(source: str, model: onnx.ModelProto, inputs: str | None, shapes: Mapping[str, Sequence[int]],
-            batch: int | None, exact: bool, held_out: Sequence[Mapping[str, np.ndarray]] = (),
-            judge: Judge | None = None) -> tuple[list[Any], dict[str, float], MetricValue | None]:
-    """Run the input file and the rewritten model in onnxruntime on the same inputs.
-
-    The inputs are ``held_out`` (feeds, one per run, outputs joined over them: the held-out calibration samples
-    of :func:`onnxconv.calibration.held_out_feeds`) when given, else ``inputs`` (an .npz) or random normal ones.
-    Returns one Agreement per output (each with its worst channel, on ``judge``'s channel axes), the task metric
-    when ``judge`` has one (None otherwise) and, when ``exact`` and some output misses :data:`EXACT_TOLERANCE`, the
-    original's own noise floor per output: the relative error between the original run with all onnxruntime
-    optimisations and with none. An output that is mostly rounding noise (a near-zero probability map on random
-    inputs) cannot agree better than that, whatever the rewrite.
-    """
-    ref = compare.session(source)
-    new = compare.session(model)
-    runs = list(held_out) or [compare.load_inputs(inputs, ref) if inputs else compare.make_inputs(ref, shapes, batch)]
-    ref_runs = [compare.run_model(ref, f) for f in runs]
-    new_runs = [compare.run_model(new, f) for f in runs]
-    ref_out = concat_runs(ref_runs)
-    axes = judge.channel_axes if judge is not None else {}
-    agreements = compare.compare_outputs(ref_out, concat_runs(new_runs), axes)
-    metric = judge.metric.evaluate(ref_runs, new_runs) if judge is not None and judge.metric is not None else None
-    floors: dict[str, float] = {}
-    if exact and any(a.rel_error > EXACT_TOLERANCE for a in agreements):
-        plain_sess = compare.session(source, opt_level="disable")
-        plain = concat_runs([compare.run_model(plain_sess, f) for f in runs])
-        floors = {a.output: a.rel_error for a in compare.compare_outputs(ref_out, plain)}
-    return agreements, floors, metric
-
-
-#: Float element types, narrowest precision first: (ONNX type, name, machine epsilon).
-_PRECISIONS = ((onnx.TensorProto.BFLOAT16, "bfloat16", 2.0 ** -7), (onnx.TensorProto.FLOAT16, "float16", 2.0 ** -10),
-               (onnx.TensorProto.FLOAT, "float32", 2.0 ** -23), (onnx.TensorProto.DOUBLE, "float64", 2.0 ** -52))
-
-
-def exact_precision(model: onnx.ModelProto) -> tuple[str, float] | None:
-    """(name, eps) of the narrowest float type ``model`` computes in, or None when no graph output is a float.
-
-    Looks at the graph outputs, the main graph's initializers and what its Cast nodes cast to: a model with
-    float16 weights between float32 inputs and outputs (a ``keep_io_types`` export) still computes in float16.
-    """
-    outputs = {o.type.tensor_type.elem_type for o in model.graph.output}
-    if not outputs & {t for t, _, _ in _PRECISIONS}:
-        return None
-    types = outputs | {t.data_type for t in model.graph.initializer}
-    types |= {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
-    return next(((name, eps) for t, name, eps in _PRECISIONS if t in types), None)
-
-
-def exact_tolerance(precision: tuple[str, float] | None) -> float:
-    """The relative output error ``--exact`` accepts: :data:`EXACT_TOLERANCE` (84 float32 eps), or 16 eps of a
-    narrower type the model computes in (float16: 1.6e-2).
-
-    A float16 model rounds every conv output to 11 significant bits, and the rewrite rounds at other points (each
-    depthwise output, each branch of the sum), so the two cannot agree better than a few float16 eps (4e-4 to
-    2.4e-3 measured on tiny models, where the original moves 6.6e-4 between onnxruntime optimisation levels);
-    a wrong rewrite still misses by far more.
-    """
-    if precision is None:
-        return EXACT_TOLERANCE
-    return max(EXACT_TOLERANCE, 16 * precision[1])
-
-
-def exact_failures(agreements: Sequence[Any], floors: Mapping[str, float], float32: bool,
-                   tolerance: float = EXACT_TOLERANCE) -> list[Any]:
-    """Outputs that fail ``--exact``: relative error above ``tolerance`` (:func:`exact_tolerance`) and above
-    twice the original's own noise floor (see :func:`_verify`). Only float outputs (``float32`` true: the
-    model's outputs are float16/32/64, see :func:`exact_precision`) are held to it."""
-    if not float32:
-        return []
-    return [a for a in agreements
-            if a.rel_error > tolerance and a.rel_error > 2 * floors.get(a.output, 0.0)]
-
-
 def _echo_frontier(plan: Mapping[str, Any], title: str) -> None:
     """The planner's measured plans as a table (:func:`~onnxconv.planning.frontier_rows`) under ``title``."""
     headers, rows = frontier_rows(plan)
     click.echo("")
     click.echo(title)
     click.echo("\n".join(grid(headers, rows, right={2, 3, 4, 5, 6})))
-
-
-def _data_clash(files: Sequence[str]) -> list[tuple[str, str]]:
-    """``not_same_as`` pairs for :func:`check_output_path`: the input model's external data files."""
-    return [(f, "is the input model's external data file (choose another file)") for f in files]
-
-
-def _check_not_data(report_file: Path | None, plot_file: Path | None, clash: Sequence[tuple[str, str]]) -> None:
-    """Refuse a ``--report`` or ``--plot`` that would replace one of the input's external data files."""
-    if report_file is not None:
-        check_output_path(report_file, "--report", not_same_as=list(clash))
-    if plot_file is not None:
-        check_output_path(plot_file, "--plot", not_same_as=list(clash))
-
-
-def _write_refusal(report_file: Path | None, plot_file: Path | None, data: Mapping[str, Any]) -> str:
-    """Write a refused plan's ``--report`` and ``--plot``, both or neither; returns what could not be written
-    ("" when all was), for the refusal's one line."""
-    try:
-        with StagedFiles() as staged:
-            if report_file is not None:
-                staged.write(report_file, json_bytes(data), "--report")
-            if plot_file is not None:
-                staged.write(plot_file, frontier_png(data["plan"]), "--plot")
-            staged.commit()
-    except OnnxConvError as err:
-        return str(err)
-    return ""
-
-
-
-
-def _read_by_run(request: SeparateRequest) -> list[tuple[str, str]]:
-    """(path, what it is) of the files the run reads besides the model: ``--inputs`` and a ``--calibration``
-    file (a calibration folder is :func:`_check_not_read`'s)."""
-    files = []
-    if request.inputs is not None:
-        files.append((request.inputs, "the --inputs file"))
-    if request.calibration is not None and not os.path.isdir(request.calibration):
-        files.append((request.calibration, "the --calibration file"))
-    return files
-
-
-def _check_not_read(path: str | Path, option: str, request: SeparateRequest) -> None:
-    """Refuse an output that would replace data the run reads (``--inputs``, ``--calibration``), or join a
-    calibration folder's arrays (an .npy file there is read as one more input by the next run)."""
-    for other, what in _read_by_run(request):
-        if same_file(path, other):
-            raise OptionError(f"{option} {path}: is {what}, which this run reads (choose another file)")
-    folder = request.calibration
-    if folder is not None and os.path.isdir(folder) and folder_reads(folder, path):
-        raise OptionError(f"{option} {path}: is an .npy file in the --calibration folder, which this run reads "
-                          "(choose another file)")
-
-
 
 
 def _input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
@@ -411,29 +247,7 @@ def separate(model: str, output: str, **options: Any) -> None:
     bar = ProgressBar(options.pop("progress_mode"), delay=0.0)
     request = SeparateRequest(model=model, output=output, **options)
     request.validate()
-    # Checked before any work: a rename would replace a symlink or device by a regular file, and the report must
-    # land neither on the input nor on the model it describes (compared by identity, not by spelling).
-    check_output_path(output, "-o", not_same_as=[] if request.overwrite else [(model, INPUT_CLASH)])
-    report_file = None
-    if request.report_path:
-        report_file = check_output_path(request.report_path, "--report", not_same_as=[
-            (model, INPUT_CLASH), (output, "is the -o model too (choose another file)")])
-    plot_file = None
-    if request.plot_path:
-        plot_file = check_output_path(request.plot_path, "--plot", not_same_as=[
-            (model, INPUT_CLASH), (output, "is the -o model too (choose another file)"),
-            *([(report_file, "is the --report file too (choose another file)")] if report_file else [])])
-        require_matplotlib()  # before a plan that takes minutes
-    # No output may replace the data the run reads: a refused plan writes --report and --plot too, so this holds
-    # before any work, whatever the outcome.
-    _check_not_read(output, "-o", request)
-    _check_not_read(output + ".data", "-o", request)  # the model's own weights file, when it has one
-    for path, option in ((report_file, "--report"), (plot_file, "--plot")):
-        if path is not None:
-            _check_not_read(path, option, request)
-    verify, inputs, shapes, batch, exact = (request.verifies, request.inputs, dict(request.input_shapes),
-                                            request.batch, request.exact)
-
+    outputs = check_outputs(request)  # before any work: a refused plan writes --report and --plot too
     try:
         try:
             with reporting(bar):
@@ -441,109 +255,68 @@ def separate(model: str, output: str, **options: Any) -> None:
         finally:
             bar.close()  # the table and any error line print below a finished progress line
     except OptionError as e:
-        refused = getattr(e, "report", None)  # planning.PlanRefused: what the search measured before refusing
-        if refused is None or not refused.rounds:
-            raise
-        plan = refused.to_dict()
-        _echo_frontier(plan, "plans measured (the frontier; none meets what was asked):")
-        # No model is written; the report and the picture of a refusal are complete in themselves, and a pipeline
-        # reads from the report what the closest plans measure instead of parsing the error line.
-        if report_file is not None or plot_file is not None:
-            # As for a written plan: neither file may replace the input's external data (its graph points at it).
-            data_files = [os.path.join(os.path.dirname(model), loc) for loc in external_data_files(load_model(model))]
-            _check_not_data(report_file, plot_file, _data_clash(data_files))
-        failed = _write_refusal(report_file, plot_file, {"schema_version": REPORT_SCHEMA_VERSION, "model": model,
-                                                         "output": None, "refused": str(e), "plan": plan})
-        if failed:
-            raise OptionError(f"{e}; {failed}") from e
+        _refused(request, outputs, e)
         raise
     result = outcome.result
-    # The output's weights file, and the input's: none of these may be replaced by another file (the input's
-    # weights would be lost while its graph still points at them).
-    data_clash = _data_clash(outcome.input_data_files)
-    if not request.overwrite:
-        check_output_path(output, "-o", not_same_as=data_clash)
-        for f, _ in data_clash:
-            if same_file(output + ".data", f):
-                raise OptionError(f"-o {output}: its external data file {output}.data would replace the input "
-                                  "model's (choose another file)")
-    # The plot too: a PNG renamed over the input's weights would lose them as surely as a report would.
-    _check_not_data(report_file, plot_file, [
-        *data_clash, (output + ".data", "is the -o model's external data file (choose another file)")])
+    # Neither the model, its weights file, the report nor the plot may replace the input's external data.
+    check_not_data(outputs, outcome.input_data_files, overwrite=request.overwrite)
     if request.fail_if_unchanged and not result.rewritten:
         click.echo(render_result(result))
         click.echo(f"no conv was rewritten (--fail-if-unchanged): nothing written to {output}", err=True)
         raise click.exceptions.Exit(UNCHANGED_EXIT)
-
-    agreements: list[Any] = []
-    floors: dict[str, float] = {}
-    metric: MetricValue | None = None
-    # --inputs wins; else the held-out calibration samples (the ones the refit never fitted on: a refitted model
-    # is fitted to data like them, and random normal inputs can miss by 30x what it does on its data).
-    held_out = [] if inputs else (outcome.held_out or [])
-    verify_inputs = inputs or RANDOM_INPUTS
-    if held_out:
-        count = sum(int(next(iter(f.values())).shape[0]) for f in held_out)
-        verify_inputs = f"held-out calibration samples ({count} of {request.calibration})"
-    elif request.calibration is not None and not inputs:
-        verify_inputs = f"{RANDOM_INPUTS}: --calibration {request.calibration} is too small to hold samples out"
-    if verify:
-        agreements, floors, metric = _verify(model, result.model, inputs, shapes, batch, exact, held_out,
-                                             outcome.judge)
-        precision = exact_precision(result.model)
-        tol = exact_tolerance(precision)
-        bad = exact_failures(agreements, floors, precision is not None, tol) if exact else []
-        if bad:
-            why = ("" if precision is None or tol == EXACT_TOLERANCE
-                   else f" (16 eps of {precision[0]}, which the model computes in)")
-            raise RewriteError(f"--exact: output '{bad[0].output}' differs by relative error "
-                               f"{bad[0].rel_error:.2e} > {tol:g}{why}; nothing was written")
-    external = outcome.external or _tensor_bytes(result.model) > _EXTERNAL_ABOVE
-    # Every output is prepared under a temporary name beside its destination, then all are renamed at once: an
-    # error or a signal before the commit (drawing the plot takes seconds) leaves none of them.
-    with StagedFiles() as staged:
-        save_model(result.model, output, source=model, overwrite_source=request.overwrite, external_data=external,
-                   staged=staged)
-        if report_file is not None:
-            data = {"schema_version": REPORT_SCHEMA_VERSION, **result.to_dict()}
-            data["model"], data["output"] = model, output
-            if verify:
-                data["verify"] = {"inputs": verify_inputs,
-                                  "outputs": [a.to_dict() for a in agreements]}
-                if metric is not None and request.metric is not None:
-                    data["verify"]["metric"] = {"spec": request.metric, **metric.to_dict()}
-                if floors:
-                    data["verify"]["original_noise_floor"] = floors
-            staged.write(report_file, json_bytes(data), "--report")
-        if plot_file is not None:
-            staged.write(plot_file, frontier_png(result.options["plan"]), "--plot")
-        staged.commit()
-
+    verification = verify(request, outcome)  # --exact that misses raises here: nothing is written
+    write_result(request, outputs, outcome, verification)
     click.echo(render_result(result))
     if "plan" in result.options:
         _echo_frontier(result.options["plan"], "plans measured (the frontier; * = chosen):")
+    _echo_validity(result)
+    if verification is not None:
+        _echo_verification(verification)
+    line = summary_line(load_model(model), result)
+    if line:
+        click.echo(line)
+    click.echo(f"wrote {printable(output)}")
+
+
+def _refused(request: SeparateRequest, outputs: OutputPaths, error: OptionError) -> None:
+    """When the planner refused (``error`` carries what it measured: :class:`onnxconv.planning.PlanRefused`),
+    show the frontier and write the refusal's report and plot; raise ``error`` with what could not be written
+    added. Any other error is left to the caller to raise."""
+    refused = getattr(error, "report", None)
+    if refused is None or not refused.rounds:
+        return
+    plan = refused.to_dict()
+    _echo_frontier(plan, "plans measured (the frontier; none meets what was asked):")
+    failed = write_refusal(request, outputs, str(error), plan)
+    if failed:
+        raise OptionError(f"{error}; {failed}") from error
+
+
+def _echo_validity(result: PassResult) -> None:
+    """The warning for an input that fails onnx.checker, and whether the result does too."""
     if result.options.get("input_invalid"):
         after = result.options.get("output_invalid")
         click.echo(f"warning: the input model is invalid ({printable(result.options['input_invalid'])}); "
                    + ("the result passes onnx.checker" if after is None else
                       f"the result, written anyway, is too ({printable(after)})"), err=True)
-    if verify and request.calibration is not None and not inputs:
+
+
+def _echo_verification(v: Verification) -> None:
+    """What ``--verify`` found: which inputs (with --calibration), one line per output, the metric."""
+    if v.on_calibration:
         # Say which: held-out samples, or (a note) random inputs because the set holds none out.
-        click.echo(("verify on " if held_out else "note: verify on ") + printable(verify_inputs))
-    for a in agreements:
+        click.echo(("verify on " if v.held_out else "note: verify on ") + printable(v.inputs))
+    for a in v.agreements:
         worst = a.worst_channel
         where = (f", worst channel {worst.rel_error:.3g} (axis {worst.axis}, channel {worst.index})"
                  if worst is not None else "")
         click.echo(f"verify '{printable(a.output)}': max abs error {a.max_abs:.3g}, relative error {a.rel_error:.3g}"
                    f"{where}, cosine {a.cosine:.6f}" + (f", top-1 agreement {a.top1:.3f}" if a.top1 is not None else ""))
-        if a.output in floors and a.rel_error > EXACT_TOLERANCE:
-            click.echo(f"  note: the original itself differs by relative error {floors[a.output]:.3g} between "
+        floor = v.noise_floor(a)
+        if floor is not None:
+            click.echo(f"  note: the original itself differs by relative error {floor:.3g} between "
                        "onnxruntime optimisation levels on these inputs: this output is mostly rounding noise")
-    if metric is not None:
-        click.echo(f"verify metric {printable(str(request.metric))}: {metric.value:.4g}"
-                   + (f" on {metric.support} {metric.what}" if metric.support is not None else "")
-                   + (f"; note: {metric.note}" if metric.note else ""))
-    line = summary_line(load_model(model), result)
-    if line:
-        click.echo(line)
-    click.echo(f"wrote {printable(output)}")
+    if v.metric is not None:
+        click.echo(f"verify metric {printable(str(v.metric_spec))}: {v.metric.value:.4g}"
+                   + (f" on {v.metric.support} {v.metric.what}" if v.metric.support is not None else "")
+                   + (f"; note: {v.metric.note}" if v.metric.note else ""))

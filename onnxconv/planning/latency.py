@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..accuracy import AccuracyOptions, QuantizeResult, quantize_with_accuracy
+from ..model_io import write_file
 from ..passes.ranks import RankPolicy
 from ..passes.separable import separate
 from ..quantize import cpu_int8, quantize_qdq, settings_for_cpu
@@ -50,12 +50,15 @@ class LatencyCache:
         self.times[key] = seconds
 
     def save(self) -> None:
+        """Write the times to the cache file, if any, through :func:`onnxconv.model_io.write_file`: complete or
+        not at all, and no temporary file left when the write fails or a signal stops it.
+
+        Raises:
+            OnnxConvError: the file cannot be written (one line).
+        """
         if self.path is None:
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.times, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_file(self.path, json.dumps(self.times, indent=1, sort_keys=True).encode(), "latency cache")
 
 
 def layer_model(c: Candidate, weight: np.ndarray, attrs: Mapping[str, Any]) -> onnx.ModelProto:
