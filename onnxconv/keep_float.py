@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .passes.common import declare_initializers
+from .passes.finish import declare_initializers
 
 __all__ = ["FloatGroup", "float_groups", "keep_float", "KEPT_INT8"]
 

@@ -60,7 +60,7 @@ from onnx import version_converter
 
 from .compare import ort_message
 from .errors import OptionError, RewriteError, ShapeError
-from .passes.common import declare_initializers
+from .passes.finish import declare_initializers
 from .text import printable
 
 __all__ = ["QuantizeError", "quantize_static_qdq", "quantize_qdq", "QuantSettings", "QdqModels", "CpuInt8",

@@ -27,7 +27,8 @@ from .errors import OptionError
 from .metrics import load_metric
 from .model_checks import check_weights
 from .model_io import external_data_files, fix_input_shapes, load_model
-from .passes.common import NodeFilter, PassResult, model_problem
+from .passes.common import NodeFilter, PassResult
+from .passes.finish import model_problem
 from .passes.ranks import RankPolicy
 from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
 from .passes.separable import separate as separate_pass

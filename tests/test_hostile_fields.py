@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from onnxconv.cli import main
 from onnxconv.errors import RewriteError
-from onnxconv.passes.common import check_model, model_problem
+from onnxconv.passes.finish import check_model, model_problem
 from onnxconv.passes.ranks import RankPolicy
 from onnxconv.passes.separable import separate
 from onnxconv.passes.shuffle import group_shuffle

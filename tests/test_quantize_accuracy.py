@@ -30,7 +30,7 @@ from onnxconv.cli import main
 from onnxconv.errors import OptionError
 from onnxconv.keep_float import float_groups, keep_float
 from onnxconv.metrics import load_metric
-from onnxconv.passes.common import declare_initializers
+from onnxconv.passes.finish import declare_initializers
 from onnxconv.planning import Quantizer
 from onnxconv.quantize import CpuInt8, QuantSettings, cpu_int8, quantize_qdq, settings_for_cpu
 

@@ -59,7 +59,8 @@ import onnx
 
 from ..errors import OptionError
 from ..graph import node_inputs_with_implicit, node_label, toposort
-from ..passes.common import PassResult, check_model, declare_initializers
+from ..passes.common import PassResult
+from ..passes.finish import check_model, declare_initializers
 from ..passes.shuffle import masked_reference
 from ..progress import report
 from ..providers import resolve_provider
@@ -135,7 +136,6 @@ def refit(
     options: FitOptions = FitOptions(),
     *,
     reference: onnx.ModelProto | None = None,
-    **knobs: Any,
 ) -> PassResult:
     """Refit the linear stage of every rewritten layer of ``result`` to the original model's outputs.
 
@@ -152,9 +152,6 @@ def refit(
             every layer's output is then matched to it channel by channel. Needed when a layer's output
             channels were reordered by a pass run after the one that rewrote it; by default the shuffle pass's
             masked reference for grouped layers, none for separable.
-        knobs: fields of :class:`~onnxconv.calibration.settings.FitOptions` given as keywords
-            (``depthwise=False``), replacing those of ``options``: the call form before ``options`` existed,
-            kept until :mod:`onnxconv.planning.planner` passes ``options``; an unknown name is a TypeError.
 
     Returns:
         A new :class:`PassResult` with the refitted model. Each rewritten layer's ``refit_report`` (the end of
@@ -166,8 +163,6 @@ def refit(
         OptionError: bad ``positions``/``check_fraction``/``ridge``. OnnxConvError: onnxruntime fails on the
         inputs. RewriteError: the refitted model fails the checker (it should not: only weights change).
     """
-    if knobs:
-        options = replace(options, **knobs)
     options.validate()
     calibration, held = calibration.split(options.seed)  # held-out samples are for verification, never fitted
     settings = RefitSettings(calibration, options)

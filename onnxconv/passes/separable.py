@@ -65,11 +65,11 @@ from .common import (
     PassResult,
     base_check,
     drop_dead_producers,
-    finish_model,
     function_rows,
     graphs_with_paths,
     tensor_shapes,
 )
+from .finish import finish_model
 from .factoring import FORMS, Factors, factor_weight, reconstruction_error, separable_weights
 from .ranks import (
     BudgetLayer,

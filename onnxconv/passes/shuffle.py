@@ -41,11 +41,11 @@ from .common import (
     PassResult,
     base_check,
     constant_array,
-    finish_model,
     function_rows,
     graphs_with_paths,
     tensor_shapes,
 )
+from .finish import finish_model
 from .channel_order import (
     ONNX_DOMAINS,
     ChannelFlow,

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .. import compare, progress
-from ..calibration import CalibrationSet, held_out_feeds, refit
+from ..calibration import CalibrationSet, FitOptions, held_out_feeds, refit
 from ..errors import OptionError
 from ..passes.common import LayerChange, PassResult
 from ..stats import analyze
@@ -150,9 +150,9 @@ class Measurer:
         predicted = self.model_s / max(self.model_s - layer_saved, 1e-9 * self.model_s)
         result, reference = space.build(picks)
         if refit_options.enabled and result.rewritten:
-            result = refit(space.model, result, space.calibration, providers=space.chain,
-                           threads=space.options.timing.threads, reference=reference,
-                           depthwise=refit_options.kernels, seed=refit_options.seed)
+            fit = FitOptions(seed=refit_options.seed, providers=tuple(space.chain),
+                             threads=space.options.timing.threads, depthwise=refit_options.kernels)
+            result = refit(space.model, result, space.calibration, fit, reference=reference)
         if space.quantizer is not None:  # what ships: the refitted rewrite, quantized; errors vs the fp32 original
             result = replace(result, model=space.quantizer.model(result.model),
                              options={**result.options, "precision": space.quantizer.tag})
