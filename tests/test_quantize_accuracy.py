@@ -336,6 +336,23 @@ def test_cli_bad_input_is_one_error_line(files: Path, args: list[str], words: st
     assert sorted(p.name for p in t.iterdir()) == before
 
 
+def test_cli_no_output_joins_a_calibration_folder(files: Path) -> None:
+    """A --report named like an .npy inside the --calibration folder would be one more array next time (the
+    check separate makes; quantize shares it through model_io)."""
+    t = files
+    (t / "cal").mkdir()
+    with np.load(t / "calib.npz") as z:
+        for name in z.files:
+            np.save(t / "cal" / f"{name}.npy", z[name])
+    before = sorted(str(p.relative_to(t)) for p in t.rglob("*"))
+    res = run_cli(str(t / "head.onnx"), "--calibration", str(t / "cal"), "-o", str(t / "int8.onnx"), "--report",
+                  str(t / "cal" / "new.npy"))
+    assert res.exit_code == 1, res.output
+    assert res.output.strip() == (f"Error: --report {t / 'cal' / 'new.npy'}: is an .npy file in the --calibration "
+                                  "folder, which this run reads (choose another file)")
+    assert sorted(str(p.relative_to(t)) for p in t.rglob("*")) == before
+
+
 def test_cli_is_listed() -> None:
     res = CliRunner().invoke(main, ["--help"])
     assert "quantize" in res.output

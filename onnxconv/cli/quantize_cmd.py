@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import click
@@ -22,8 +21,8 @@ from ..calibration import load_calibration
 from ..compare import parse_channel_axes
 from ..errors import OnnxConvError, OptionError
 from ..metrics import load_metric
-from ..model_io import (INPUT_CLASH, StagedFiles, check_output_path, external_data_files, json_bytes, load_model,
-                        same_file, save_model)
+from ..model_io import (StagedFiles, check_not_data, check_not_read, check_output_paths, external_data_files,
+                        json_bytes, load_model, save_model)
 from ..tables import grid
 from ..text import printable
 from ..progress import report, reporting
@@ -32,22 +31,14 @@ from .progress import ProgressBar, progress_option
 
 __all__ = ["quantize", "render_quantize"]
 
-_CALIBRATION_CLASH = "is the --calibration data (choose another file)"
-
-
-def _protected(model: str, calibration: str) -> list[tuple[str, str]]:
-    """(path, message) pairs no output may be: the input, its external data, the calibration file or arrays."""
-    out = [(model, INPUT_CLASH), (calibration, _CALIBRATION_CLASH)]
-    if os.path.isdir(calibration):
-        out += [(str(p), _CALIBRATION_CLASH) for p in sorted(Path(calibration).glob("*.npy"))]
-    if os.path.isfile(model):
-        try:
-            data = external_data_files(load_model(model))
-        except OnnxConvError:  # a bad model is reported by the load that follows, in one line
-            data = []
-        out += [(os.path.join(os.path.dirname(model), f), "is the input model's external data file (choose "
-                 "another file)") for f in data]
-    return out
+def _input_data_files(model: str) -> list[str]:
+    """The input model's external data files (paths), which no output may replace."""
+    if not os.path.isfile(model):
+        return []
+    try:
+        return [os.path.join(os.path.dirname(model), f) for f in external_data_files(load_model(model))]
+    except OnnxConvError:  # a bad model is reported by the load that follows, in one line
+        return []
 
 
 #: Version of the quantize --report layout (docs/report-json.md, "onnxconv quantize --report"): keys are only
@@ -148,17 +139,12 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
       onnxconv quantize model.onnx -o int8.onnx --calibration calib.npz
       onnxconv quantize det.onnx -o int8.onnx --calibration calib.npz --metric boxes --min-metric 0.95
     """
-    protected = _protected(model, calibration)
-    check_output_path(output, "-o", not_same_as=protected)
-    for f, _ in protected:
-        if same_file(output + ".data", f):
-            raise OptionError(f"-o {output}: its external data file {output}.data would replace {f} (choose "
-                              "another file)")
-    report_file = None
-    if report_path:
-        report_file = check_output_path(report_path, "--report", not_same_as=[
-            *protected, (output, "is the -o model too (choose another file)"),
-            (output + ".data", "is the -o model's external data file (choose another file)")])
+    # The same checks as separate's, before any work: no output is the input, its weights, or the data read.
+    outputs = check_output_paths(model, output, report_path)
+    check_not_read(outputs, [(calibration, "the --calibration data")],
+                   folder=calibration if os.path.isdir(calibration) else None)
+    check_not_data(outputs, _input_data_files(model))
+    report_file = outputs.report
     options = AccuracyOptions(
         max_output_error=max_output_error, metric=load_metric(metric_spec) if metric_spec else None,
         min_metric=min_metric, activation_type=activation_type, weight_type=weight_type,
