@@ -5,12 +5,12 @@ same way) and :meth:`SeparateRequest.validate` refuses contradictory combination
 :class:`~onnxconv.errors.OptionError` line each, before any model is read. :func:`run_separate` loads the model
 and dispatches to the one pass that applies:
 
-* ``--target-speedup``, ``--max-output-error`` and/or ``--min-metric``: the planner (:func:`onnxconv.planning.plan_from_file`) chooses
+* ``--target-speedup``, ``--max-output-error`` and/or ``--min-metric``: the planner (:func:`onnxconv.planning.plan_rewrite`) chooses
   per layer, refitting each plan it measures;
 * ``--mode separable``: :func:`onnxconv.passes.separable.separate` with a :class:`~onnxconv.passes.ranks.RankPolicy`;
 * ``--mode shuffle``: :func:`onnxconv.passes.shuffle.group_shuffle`;
 
-then, with ``--calibration`` outside the planner, the least-squares refit (:func:`onnxconv.calibration.refit_from_file`)
+then, with ``--calibration`` outside the planner, the least-squares refit (:func:`onnxconv.calibration.refit_with`)
 and, with ``--fix-input-shape``, static graph inputs. Verification, the report and the write stay with the caller.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .calibration import held_out_feeds, load_calibration, model_inputs, refit_from_file
+from .calibration import CalibrationSet, held_out_feeds, load_calibration, model_inputs, refit_with
 from .compare import check_inputs, model_input_specs, parse_channel_axes, read_npz, value_dims
 from .errors import OptionError
 from .metrics import load_metric
@@ -34,7 +34,7 @@ from .passes.separable import DEFAULT_FORM, MIN_CHANNELS
 from .passes.separable import separate as separate_pass
 from .passes.shuffle import group_shuffle
 from .planning import (GROUP_CHOICES, Goal, ModeOptions, PlanOptions, PrecisionOptions, RefitOptions, ShapeOptions,
-                       TimingOptions, plan_from_file)
+                       TimingOptions, plan_rewrite)
 from .planning.judge import Judge
 from .planning.timer import check_latency_command
 
@@ -265,11 +265,13 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     # the result then has the same problem (check_model lets only that one through), which the caller must say.
     input_problem = model_problem(m)
     shapes = dict(r.input_shapes)
-    derived = _data_shapes(m, r, given_inputs, shapes)
+    # Read once: the data's shapes, the planner or the refit, and --verify's held-out samples all use this set.
+    cal = load_calibration(r.calibration, m) if r.calibration is not None else None
+    derived = _data_shapes(m, given_inputs, shapes, cal)
     shapes.update(derived)
     if r.plans:
-        assert r.calibration is not None  # validate(): planning needs --calibration
-        result = plan_from_file(m, r.calibration, r.plan_options(shapes, judge))
+        assert cal is not None  # validate(): planning needs --calibration
+        result, _ = plan_rewrite(m, cal, r.plan_options(shapes, judge))
     elif r.mode == "separable":
         assert policy is not None  # policy(): separable mode without --target-speedup has one (or raised)
         result = separate_pass(m, policy, form=r.form, node_filter=node_filter, force=r.force,
@@ -278,8 +280,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         assert r.groups is not None  # validate(): --mode shuffle without --target-speedup needs --groups
         result = group_shuffle(m, groups=r.groups, node_filter=node_filter, force=r.force, mixing=r.mixing,
                                min_energy=r.min_energy, input_shapes=shapes, batch=r.batch)
-    if r.calibration is not None and not r.plans:
-        result = refit_from_file(m, result, r.calibration, provider=r.provider, threads=r.threads,
+    if cal is not None and not r.plans:
+        result = refit_with(m, result, cal, provider=r.provider, threads=r.threads,
                                  depthwise=r.kernel_refit)
     if derived:
         where = "--inputs" if given_inputs is not None else "--calibration"
@@ -295,8 +297,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
         # the input's own complaint through).
         result.options["output_invalid"] = model_problem(result.model)
     held_out = None
-    if r.verifies and r.inputs is None and r.calibration is not None:
-        held_out = held_out_feeds(r.calibration, m)  # the samples the refit (seed 0) never saw
+    if r.verifies and r.inputs is None and cal is not None:
+        held_out = held_out_feeds(cal, m)  # the samples the refit (seed 0) never saw
         # A rewrite with a static batch (--precision int8, --fix-input-shape) takes that many samples per run.
         dims = value_dims(model_inputs(result.model)[0]) if model_inputs(result.model) else None
         step = dims[0] if dims and dims[0] else None
@@ -306,8 +308,8 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     return SeparateOutcome(result, external, data_files, held_out, judge)
 
 
-def _data_shapes(model: Any, r: SeparateRequest, given: Mapping[str, Any] | None,
-                 shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+def _data_shapes(model: Any, given: Mapping[str, Any] | None, shapes: Mapping[str, Sequence[int]],
+                 cal: CalibrationSet | None) -> dict[str, list[int]]:
     """Input shapes the data fixes where the model leaves dims symbolic and ``--input-shape`` does not: the
     ``--inputs`` arrays' shapes, else the ``--calibration`` samples' (batch: the model's fixed one, else 1)."""
     open_inputs = [vi.name for vi in model_inputs(model)
@@ -316,8 +318,7 @@ def _data_shapes(model: Any, r: SeparateRequest, given: Mapping[str, Any] | None
         return {}
     if given is not None:
         return {k: list(given[k].shape) for k in open_inputs if k in given}
-    if r.calibration is None:
+    if cal is None:
         return {}
-    cal = load_calibration(r.calibration, model)
     return {k: [cal.batch or 1, *cal.arrays[k].shape[1:]] for k in open_inputs if k in cal.arrays}
 

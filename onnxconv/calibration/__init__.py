@@ -13,7 +13,7 @@ from .activations import activations, truncate_model
 from .data import HOLDOUT_FRACTION, CalibrationSet, held_out_feeds, load_calibration, model_inputs
 from .normal import RIDGES, NormalEquations, RidgeChoice, best_ridge
 from .patches import draw_positions, out_spatial, sample_patches
-from .refit import refit, refit_from_file
+from .refit import refit, refit_with
 from .settings import FitOptions, RefitSettings
 from .stage import ConvTerm, LinearStage, find_stage
 
@@ -23,5 +23,5 @@ __all__ = [
     "ConvTerm", "LinearStage", "find_stage",
     "draw_positions", "sample_patches", "out_spatial",
     "RIDGES", "NormalEquations", "RidgeChoice", "best_ridge",
-    "FitOptions", "RefitSettings", "refit", "refit_from_file",
+    "FitOptions", "RefitSettings", "refit", "refit_with",
 ]

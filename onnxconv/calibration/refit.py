@@ -74,7 +74,7 @@ from .patches import sample_patches
 from .settings import FitOptions, RefitSettings
 from .stage import ConvTerm, LinearStage, Writer, stage_bias, stage_coefs
 
-__all__ = ["refit", "refit_from_file"]
+__all__ = ["refit", "refit_with"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -396,13 +396,14 @@ def _solve_and_write(stage: LinearStage, acc: NormalEquations, writer: Writer, r
     return report
 
 
-def refit_from_file(original: onnx.ModelProto, result: PassResult, path: str | Path, *, provider: str = "cpu",
-                    threads: int | None = None, depthwise: bool = True) -> PassResult:
-    """:func:`refit` with inputs read by :func:`~onnxconv.calibration.data.load_calibration` and a provider by
-    short name (cpu/cuda/...).
+def refit_with(original: onnx.ModelProto, result: PassResult, calibration: str | Path | CalibrationSet, *,
+               provider: str = "cpu", threads: int | None = None, depthwise: bool = True) -> PassResult:
+    """:func:`refit` with a provider by short name (cpu/cuda/...) and the calibration inputs as a loaded set or
+    a path for :func:`~onnxconv.calibration.data.load_calibration`.
 
     Raises:
         OptionError: a bad calibration file or an unavailable provider (one line each).
     """
     options = FitOptions(providers=resolve_provider(provider).chain, threads=threads, depthwise=depthwise)
-    return refit(original, result, load_calibration(path, original), options)
+    calib = calibration if isinstance(calibration, CalibrationSet) else load_calibration(calibration, original)
+    return refit(original, result, calib, options)
