@@ -243,6 +243,10 @@ def separate(model: str, output: str, **options: Any) -> None:
       onnxconv separate m.onnx -o safe.onnx --calibration calib.npz --max-output-error 0.05
       onnxconv separate det.onnx -o f.onnx --calibration calib.npz --metric boxes --min-metric 0.95
       onnxconv separate m.onnx -o int8.onnx --calibration calib.npz --precision int8 --max-output-error 0.05
+    \b
+    Timed on the board it ships to (README: "Timing on the target board"):
+      onnxconv separate m.onnx -o fast.onnx --calibration calib.npz --target-speedup 1.5 \\
+        --latency-command 'scp -q {model} b:/tmp/p.onnx && ssh b onnxconv bench /tmp/p.onnx --format timer'
     """
     bar = ProgressBar(options.pop("progress_mode"), delay=0.0)
     request = SeparateRequest(model=model, output=output, **options)
