@@ -2263,8 +2263,10 @@ class Summary:
 
 
 def _leftover_kind(paths: Iterable[str]) -> str:
-    kinds = sorted({"*.tmp" if p.endswith(".tmp") else ("incomplete" if "incomplete" in p else
-                    re.sub(r"[^/]+$", "FILE", p.split(" ")[0])) for p in paths})
+    kinds = sorted({"process" if p.startswith("process running ") else "written by a failed run"
+                    if p.endswith("(written by a failed run)") else "*.tmp" if p.endswith(".tmp") else
+                    ("incomplete" if "incomplete" in p else re.sub(r"[^/]+$", "FILE", p.split(" ")[0]))
+                    for p in paths})
     return ",".join(kinds)
 
 
