@@ -203,7 +203,9 @@ class CommandTimer:
 
     def _run(self, model_path: str, inputs_path: str) -> float:
         """One run of the command on one model: its ``median_ms`` in seconds."""
-        cmd = self.command.replace("{model}", shlex.quote(model_path)).replace("{inputs}", shlex.quote(inputs_path))
+        # One pass: a path holding "{inputs}" (TMPDIR's name) must not be substituted again inside its quotes.
+        paths = {"model": model_path, "inputs": inputs_path}
+        cmd = re.sub(r"\{(model|inputs)\}", lambda m: shlex.quote(paths[m.group(1)]), self.command)
         shown = printable(self.command)
         # Its own session, so that a timeout or Ctrl-C ends the whole pipeline it starts (ssh, scp), not only sh.
         proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
