@@ -141,12 +141,17 @@ def parse_latency(stdout: str, command: str) -> float:
     for text in (stdout, lines[-1] if lines else ""):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's recursion limit
             continue
         if isinstance(data, dict):
             value = data.get("median_ms")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-                return float(value) / 1000.0
+            try:  # an integer beyond float's range overflows; a denormal divided by 1000 is 0 s
+                seconds = float(value) / 1000.0 if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    else math.nan
+            except OverflowError:
+                seconds = math.inf
+            if math.isfinite(seconds) and seconds > 0:
+                return seconds
             raise TimingError(f"--latency-command {printable(command)}: printed an object without a positive "
                               f"median_ms (median_ms: {printable(repr(value))[:_QUOTED]})")
     shown = printable(lines[-1])[:_QUOTED] if lines else "nothing"
