@@ -213,15 +213,22 @@ class CommandTimer:
         cmd = re.sub(r"\{(model|inputs)\}", lambda m: shlex.quote(paths[m.group(1)]), self.command)
         shown = printable(self.command)
         # Its own session, so that a timeout or Ctrl-C ends the whole pipeline it starts (ssh, scp), not only sh.
-        proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:  # e.g. a command line longer than one argument may be (E2BIG)
+            raise TimingError(f"--latency-command {printable(self.command[:_QUOTED])}: cannot start /bin/sh: "
+                              f"{printable(e.strerror or str(e))}") from None
+        answered = False
         try:
             out, err = proc.communicate(timeout=self.timeout)
+            answered = True
         except subprocess.TimeoutExpired:
             raise TimingError(f"--latency-command {shown}: no answer within {self.timeout:g} s "
                               "(--latency-timeout)") from None
         finally:
-            if proc.poll() is None:
+            # Not only while sh runs: sh may have exited leaving a background child that holds stdout open.
+            if not answered:
                 _kill_group(proc)
         if proc.returncode != 0:
             last = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
