@@ -2148,11 +2148,12 @@ ISSUE17_CLASSES = {
 
 
 def issue17_classes(case: Case) -> list[str]:
-    """The :data:`ISSUE17_CLASSES` that ``case`` belongs to, and for a quantize or --latency-command case its
-    class and its group within it (``latency timeout``, ``quantize qclash``: :func:`later_class_groups`)."""
+    """The :data:`ISSUE17_CLASSES` that ``case`` belongs to, its generator class (:data:`CLASSES`), and for a
+    quantize or --latency-command case its groups within it (``latency timeout``, ``quantize qclash``:
+    :func:`later_class_groups`)."""
     fams = families(case)
     return [name for name, prefixes in ISSUE17_CLASSES.items() if any(f.startswith(prefixes) for f in fams)] + \
-        later_class_groups(case)
+        ([case.cls] if case.cls and case.cls not in LATER_CLASSES else []) + later_class_groups(case)
 
 
 def later_class_groups(case: Case) -> list[str]:
@@ -2249,7 +2250,7 @@ class Summary:
         for k in sorted(k for k in self.counts if k.startswith("signal")):
             lines.append(f"  {k}: {self.counts[k]}")
         if self.by_issue_class:
-            lines.append("by class (issue 17's, then quantize and latency by group):")
+            lines.append("by class (issue 17's, the generator classes, quantize and latency by group):")
             for cls in sorted(self.by_issue_class):
                 tally = self.by_issue_class[cls]
                 rest = ", ".join(f"{n} {w}" for w, n in sorted(tally.items()) if w != "cases" and n)
