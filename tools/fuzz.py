@@ -2174,7 +2174,7 @@ def later_class_groups(case: Case) -> list[str]:
         out.append("quantize " + ("valid model" if "valid" in case.tags else "hostile model"))
         if any(t.startswith("calib-") and t not in ("calib-npz-ok", "calib-folder") for t in case.tags):
             out.append("quantize hostile calibration")
-    return out
+    return list(dict.fromkeys(out))  # a case counts once in a group
 
 
 @dataclass
