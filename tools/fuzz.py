@@ -1201,11 +1201,13 @@ def _quantize_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, 
         if rng.random() < 0.5:
             a += ["--report", "{D}/out/report.json"]
             case.outputs.append("out/report.json")
-        folder = _calib_folder(rng, case, ref, 8) if rng.random() < 0.2 and not case.fifos else None
-        if folder is None or case.fifos:
-            case.files["in/calib.npz"] = _npz_bytes(_npz_arrays(ref, rng.choice((1, 8, 16))))
+        arrays = _npz_arrays(ref, rng.choice((1, 8, 16)))
+        if rng.random() < 0.2 and arrays and all(_safe_file_name(k + ".npy") for k in arrays):
+            case.files.update({f"in/calib/{k}.npy": _npy(v) for k, v in arrays.items()})  # a folder, no FIFO
+            a[3] = "{D}/in/calib"
+            case.tags.append("calib-folder")
         else:
-            a[3] = folder
+            case.files["in/calib.npz"] = _npz_bytes(arrays)
         p = 0.0
     elif rng.random() < 0.25:
         a = _quantize_clash(rng, case, ref, model_rel)
