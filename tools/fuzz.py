@@ -2299,14 +2299,17 @@ def families(case: Case) -> set[str]:
     return out
 
 
-def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2) -> list[int]:
+def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2,
+                   skip: Callable[[Case], bool] | None = None) -> list[int]:
     """Indices among the first ``pool`` cases of ``seed`` that together draw every family (:func:`families`)
     those ``pool`` cases draw, each at least ``times`` times where the pool has that many: greedy set cover
     (the case adding the most still-needed draws, the lowest index on a tie), so a bounded run still reaches
     every generator, twice, in about 60 cases for a pool of 600. Cases that need a child process (a file-size
     limit: seconds each, most of a bounded run's time) count half, a case that costs more (a long chain) counts
-    by its :attr:`Case.cost`, and a family that only child-process cases draw is needed once."""
+    by its :attr:`Case.cost`, and a family that only child-process cases draw is needed once. Cases ``skip`` holds
+    for are left out of the pool (a finding reported and not fixed yet)."""
     cases = {i: make_case(seed, i, only) for i in range(pool)}
+    cases = {i: c for i, c in cases.items() if skip is None or not skip(c)}
     drawn = {i: families(c) for i, c in cases.items()}
     need: Counter[str] = Counter()
     cheap: set[str] = set()
