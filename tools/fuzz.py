@@ -2408,7 +2408,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         o = run_case(case, ns.mode, ns.timeout, ns.keep, mem)
         print(case.repro())
         print(f"status {o.status} {o.signature} (exit {o.exit_code}, {o.seconds:.2f} s); changed {o.changed}; "
-              f"leftovers {o.leftovers}; unsafe {o.unsafe}")
+              f"leftovers {o.leftovers}; unsafe {o.unsafe}"
+              + (f"; wrong refusal {o.refused!r}" if o.refused else "")
+              + (f"; unexpected: {o.unexpected}" if o.unexpected else ""))
         print("--- stdout\n" + o.stdout + "--- stderr\n" + o.stderr)
         return 0
     t0 = time.perf_counter()
