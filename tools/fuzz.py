@@ -171,8 +171,10 @@ class Case:
     def repro(self) -> str:
         where = "".join(f" {k}={_quote(v)}" for k, v in self.env.items())
         where += f" (case folder {_quote(self.folder)})" if self.folder != "case" else ""
-        return f"--seed {self.seed} --case {self.index}  [{', '.join(self.tags)}] {where} onnxconv {self.command} " \
-            + " ".join(_quote(a) for a in self.args)
+        # A later class's case is the same alone (--only) as in the mix: the line says --only, right in both.
+        only = f" --only {self.cls}" if self.cls in LATER_CLASSES else ""
+        return f"--seed {self.seed} --case {self.index}{only}  [{', '.join(self.tags)}] {where} onnxconv " \
+            f"{self.command} " + " ".join(_quote(a) for a in self.args)
 
 
 def _substitute(text: str, root: Path) -> str:
