@@ -100,6 +100,8 @@ class TaskMetric:
                                 f"{printable(str(e))[:200]}") from None
         try:
             value = float(raw)
+        except OverflowError:  # an int beyond float's range
+            value = math.inf
         except (TypeError, ValueError):
             raise OnnxConvError(f"--metric {printable(self.name)} returned {type(raw).__name__}, not a number") \
                 from None
@@ -108,10 +110,17 @@ class TaskMetric:
         support = getattr(self.fn, "support", None)
         if support is None:
             return MetricValue(value)
-        count, what = support(list(reference))
+        try:
+            count, what = support(list(reference))
+            count = int(count)
+        except OnnxConvError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's own code may raise or return anything
+            raise OnnxConvError(f"--metric {printable(self.name)}: its support() must return (count, what), and "
+                                f"raised {type(e).__name__}: {printable(str(e))[:200]}") from None
         note = (f"only {count} {what} in the original's outputs on these samples: the metric means little; give "
                 f"more calibration samples" if count < MIN_SUPPORT else None)
-        return MetricValue(value, int(count), what, note)
+        return MetricValue(value, count, what, note)
 
 
 def _settings(cls: type, name: str, text: str) -> dict[str, Any]:

@@ -19,6 +19,30 @@ address-space limit, and signalled in the signal mode); long chains (:data:`CHAI
 proportional to the depth). An IR-3 case that fails cleanly is run again on the model it was made from: an
 error there is fine, success there makes it a wrong refusal.
 
+Two more classes are drawn in the normal mix (:data:`LATER_CLASSES`: 8 % and 5 % of the cases, decided by a
+stream of their own, so that every other case is still what its (seed, index) made before) and alone with
+``--only``:
+
+- ``quantize``: two cases in five calm (a valid model, right calibration data, valid options, maybe hostile names
+  or the user's --metric file raising, returning NaN, a string, 10**400 or a broken ``support``), the others a
+  model of the generators separate's cases use (chains at most 50 deep) with hostile calibration data (:func:`_npz`,
+  :func:`_calib_folder`), -o / --report variants (separate's, and :data:`QUANTIZE_CLASHES`: onto each other, the
+  input, the calibration file or a file of its folder, refused before any work), --max-output-error and
+  --min-metric negative, NaN, inf or unreachable, unknown --metric specs and missing metric files;
+- ``latency``: ``separate --target-speedup 1.2 --calibration`` timed by ``--latency-command`` (:data:`LATENCY_GROUPS`):
+  a fake board (:data:`BOARD`, a script in the case folder, or ``python -S -c``) that must plan and write the model;
+  commands that exit non-zero with hostile stderr, print garbage, NaN, Infinity, a string, a huge or deeply nested
+  JSON or nothing, outlive a --latency-timeout of 0.3 s (sleeps, pipelines, a trap, an endless output), {model}
+  quoted or missing, hostile --latency-timeout values, a command too long to start: each refused in one
+  ``Error: --latency-...`` line. The board script's folder, TMPDIR (where the timer writes the models it times) and
+  the case folder are often named with shell syntax (:data:`HOSTILE_FOLDERS`): a ``touch PWNEDn`` in a name that
+  ran (the file appears) is unsafe output.
+
+Their runs set TMPDIR to a folder of the case (anything left there is a leftover), must write none of their
+outputs when they fail (:attr:`Case.strict_outputs`), may leave no process of a command behind
+(:attr:`Case.markers`), and may expect an outcome (:attr:`Case.expect`): a run that must succeed and is refused is
+a wrong refusal, a run that must be refused and succeeds, or is refused for another reason, an unexpected outcome.
+
 Each run is classified:
 
 - success: exit 0 (or 3 from bench with only ``FAIL:`` lines: a threshold failed, as documented);
@@ -42,6 +66,7 @@ Examples::
 
     python tools/fuzz.py --cases 2000 --seed 1                  # in process, all commands
     python tools/fuzz.py --cases 200 --mode subprocess --only separate
+    python tools/fuzz.py --cases 100 --only latency                # separate --latency-command alone
     python tools/fuzz.py --signals 50 --cases 0
     python tools/fuzz.py --seed 1 --case 417 --keep /tmp/repro  # one case again, its files kept
 """
@@ -57,6 +82,7 @@ import os
 import random
 import re
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -100,7 +126,7 @@ _BAD_UTF8 = (b"\xff\xfe" + b"x" * 19, b"ab\xc3(" + b"y" * 17, b"\xed\xa0\x80" + 
 BIG = (10**12, 2**62, 2**63 - 1, -(2**62))
 
 SUMMARY_KEYS = ("cases", "successes", "clean errors", "tracebacks", "unclean errors", "timeouts",
-                "inputs changed", "leftovers", "unsafe output", "wrong refusals")
+                "inputs changed", "leftovers", "unsafe output", "wrong refusals", "unexpected outcomes")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,13 +156,32 @@ class Case:
     model: str = ""  # the input model's relative path
     twin: bytes | None = None  # a model the same run must not refuse where it accepts ``model`` (an IR-3 case's source)
     cost: float = 1.0  # relative run time, for covering_cases (a long chain costs many ordinary cases)
+    cls: str = ""  # the generator class (:data:`CLASSES`): the command, or ``latency`` (separate --latency-command)
+    env: dict[str, str] = field(default_factory=dict)  # environment of the run ({D} for the case folder): TMPDIR
+    folder: str = "case"  # the case folder's name (spaces and shell syntax in it reach every path of the run)
+    #: "" any clean outcome; "success" the run must succeed (a refusal is a wrong refusal); else a regex the last
+    #: stderr line of a refusal must match (a success, or another refusal, is an unexpected outcome)
+    expect: str = ""
+    strict_outputs: bool = False  # a run that fails writes none of the declared outputs (quantize, the planner)
+    markers: list[str] = field(default_factory=list)  # command-line text no process may still run after the case
 
     def argv(self, root: Path) -> list[str]:
-        return [a.replace("{D}", str(root)) for a in self.args]
+        return [_substitute(a, root) for a in self.args]
 
     def repro(self) -> str:
-        return f"--seed {self.seed} --case {self.index}  [{', '.join(self.tags)}]  onnxconv {self.command} " + \
-            " ".join(_quote(a) for a in self.args)
+        where = "".join(f" {k}={_quote(v)}" for k, v in self.env.items())
+        where += f" (case folder {_quote(self.folder)})" if self.folder != "case" else ""
+        # A later class's case is the same alone (--only) as in the mix: the line says --only, right in both.
+        only = f" --only {self.cls}" if self.cls in LATER_CLASSES else ""
+        return f"--seed {self.seed} --case {self.index}{only}  [{', '.join(self.tags)}] {where} onnxconv " \
+            f"{self.command} " + " ".join(_quote(a) for a in self.args)
+
+
+def _substitute(text: str, root: Path) -> str:
+    """An argument as run: ``{Q:rel}`` is the shell-quoted path of ``rel`` in the case folder (a command line's own
+    script, quoted as its author would), ``{PY}`` this Python, shell-quoted, and ``{D}`` the case folder."""
+    text = re.sub(r"\{Q:([^}]*)\}", lambda m: shlex.quote(str(root / m.group(1))), text)
+    return text.replace("{PY}", shlex.quote(sys.executable)).replace("{D}", str(root))
 
 
 def _quote(a: str) -> str:
@@ -524,10 +569,13 @@ def _byte_corrupt(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(b), f"bytes-{choice}"
 
 
-def _model_case(rng: random.Random, case: Case) -> tuple[onnx.ModelProto | None, str]:
-    """Write the input model (and its side files) into ``case.files``; return the valid base it came from."""
+def _model_case(rng: random.Random, case: Case, max_depth: int | None = None) -> tuple[onnx.ModelProto | None, str]:
+    """Write the input model (and its side files) into ``case.files``; return the valid base it came from. A long
+    chain is at most ``max_depth`` convs deep when given (the shallowest of :data:`CHAIN_DEPTHS` instead)."""
     if rng.random() < 0.05:  # a long chain: time must grow with the depth, not faster
         depth = rng.choices(CHAIN_DEPTHS, weights=_CHAIN_WEIGHTS)[0]
+        if max_depth is not None and depth > max_depth:
+            depth = CHAIN_DEPTHS[0]
         name = f"chain{depth}.onnx"
         case.timeout = chain_time_limit(depth)
         case.cost = 1 + depth / 50
@@ -1032,16 +1080,454 @@ def _bench_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, sub
     return [x for p in pairs for x in p]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# quantize
+
+
+#: What -o and --report of a quantize clash case (:func:`_quantize_clash`) name: each other (or the model's
+#: external data file beside -o), the input model, the --calibration file, a file in the --calibration folder.
+QUANTIZE_CLASHES = ("report-is-output", "report-is-output-data", "report-is-input", "report-is-calibration",
+                    "report-in-calibration-folder", "o-is-input", "o-is-calibration", "o-in-calibration-folder")
+
+#: --metric FILE.py:fn files (``in/metric.py``): a working metric, and the ways the user's own code goes wrong.
+METRIC_FILES: dict[str, bytes] = {
+    "ok": b"def fn(reference, candidate):\n    return 1.0\n",
+    "raises": b"def fn(reference, candidate):\n    raise ValueError('metric broke\\x1b[2J\\nsecond line')\n",
+    "nan": b"def fn(reference, candidate):\n    return float('nan')\n",
+    "string": b"def fn(reference, candidate):\n    return 'high'\n",
+    "huge-int": b"def fn(reference, candidate):\n    return 10 ** 400\n",
+    "array": b"import numpy as np\n\ndef fn(reference, candidate):\n    return np.array([1.0, 2.0])\n",
+    "syntax": b"def fn(:\n",
+    "import-error": b"import no_such_module_of_the_onnxconv_fuzzer\n",
+    "no-function": b"x = 1\n",
+    "not-callable": b"fn = 3\n",
+    "bad-support": b"def fn(reference, candidate):\n    return 1.0\n\nfn.support = lambda reference: 'many'\n",
+    "bad-utf8": b"def fn(reference, candidate):\n    return 1.0  # \xff\xfe\n",
+    "binary": bytes(range(256)),
+}
+
+
+def _quantize_clash(rng: random.Random, case: Case, ref: onnx.ModelProto | None, model_rel: str) -> list[str]:
+    """-o and --report naming each other or the data the run reads (:data:`QUANTIZE_CLASHES`): refused before any
+    work, in one line naming the option, with every other option valid."""
+    target = rng.choice(QUANTIZE_CLASHES)
+    case.dirs.append("out")
+    out, report = "{D}/out/result.onnx", "{D}/out/report.json"
+    cal = "{D}/in/calib.npz"
+    if target.endswith("calibration-folder"):
+        folder = _calib_folder(rng, case, ref, 8)
+        if folder is None:  # no input name that can be a file name: the .npz instead
+            target = target.replace("-in-calibration-folder", "-is-calibration")
+        else:
+            cal = folder
+            clash = folder + "/" + next(iter(_npz_arrays(ref, 1))) + ".npy"
+    if not target.endswith("calibration-folder"):
+        case.files["in/calib.npz"] = _npz_bytes(_npz_arrays(ref, 8))
+        clash = {"report-is-output": out, "report-is-output-data": out + ".data", "report-is-input": "{D}/" + model_rel,
+                 "o-is-input": "{D}/" + model_rel}.get(target, cal)
+    case.tags.append(f"qclash-{target}")
+    if target.startswith("o-"):
+        out = clash
+    else:
+        report = clash
+    for p in (out, report):
+        if p not in ("{D}/" + model_rel, cal, clash):
+            case.outputs.append(p.removeprefix("{D}/"))
+    # The clash is checked before the model is read: the refusal names the option whatever the model is.
+    case.expect = r"^Error: (-o|--report) " if model_rel in case.files else ""
+    return ["-o", out, "--report", report, "--calibration", cal]
+
+
+def _metric_spec(rng: random.Random, case: Case, ref: onnx.ModelProto | None, hostile: bool,
+                 files_only: bool = False) -> str:
+    """--metric's value: a built-in (with settings), FILE.py:fn (working or broken, :data:`METRIC_FILES`; only
+    those where hostile and ``files_only``), a module's function, or a spec that names nothing."""
+    outs = [o.name for o in ref.graph.output] if ref is not None else []
+    if hostile and files_only:
+        choice = "file"
+    elif not hostile:
+        choice = rng.choice(("top1", "boxes", "boxes-settings", "top1-output", "file-ok"))
+    else:
+        choice = rng.choice(("unknown", "empty", "colon", "no-func", "bad-func", "bad-setting", "nan-setting",
+                             "neg-setting", "missing-file", "folder", "not-python", "no-module", "module-func",
+                             "hostile-output", "file"))
+    case.tags.append(f"qmetric-{choice}")
+    if choice.startswith("file"):
+        kind = "ok" if choice == "file-ok" else rng.choice(sorted(METRIC_FILES))
+        case.tags[-1] = f"qmetric-file-{kind}"
+        name = rng.choice(("metric.py", "my metric;x.py", "m$(touch PWNED20).py"))
+        case.files[f"in/{name}"] = METRIC_FILES[kind]
+        return f"{{D}}/in/{name}:fn"
+    return {"top1": "top1", "boxes": "boxes", "boxes-settings": "boxes:conf=0.3,iou=0.5",
+            "top1-output": f"top1:output={outs[0] if outs else 'output'}", "unknown": "nosuch", "empty": "",
+            "colon": ":", "no-func": "x.py:", "bad-func": "pkg.mod:1fn", "bad-setting": "top1:bogus=1",
+            "nan-setting": "boxes:conf=nan", "neg-setting": "boxes:iou=-1", "missing-file": "{D}/in/nope.py:fn",
+            "folder": "{D}/in:fn", "not-python": "{D}/in/calib.npz:fn", "no-module": "no_such_pkg_of_the_fuzzer:fn",
+            "module-func": rng.choice(("os:getcwd", "json:loads", "math:nan")),
+            "hostile-output": "top1:output=" + rng.choice(HOSTILE_NAMES)}[choice]
+
+
+def _quantize_case(rng: random.Random, case: Case) -> list[str]:
+    """A quantize case: two in five calm (a valid model, maybe with hostile names, right calibration data and
+    valid options: the whole quantization runs, measures, times and writes), the others with a model of
+    :func:`_model_case` (mostly hostile) and :func:`_quantize_args`' outputs, data and options."""
+    if rng.random() < 0.4:
+        name = rng.choice(BASE_MODELS)
+        ref = _base(name)
+        case.tags += [name.removesuffix(".onnx"), "valid", "qcalm"]
+        m = onnx.ModelProto()
+        m.CopyFrom(ref)
+        if rng.random() < 0.3:  # names reach the printed report: they must come out escaped
+            case.tags.append(_mut_names(m, rng))
+        case.model = "in/model.onnx"
+        case.files[case.model] = m.SerializeToString()
+        return ["{D}/" + case.model] + _quantize_args(rng, case, m, case.model, calm=True)
+    ref2, model_rel = _model_case(rng, case, max_depth=50)
+    case.model = model_rel
+    return ["{D}/" + model_rel] + _quantize_args(rng, case, ref2, model_rel)
+
+
+def _quantize_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, model_rel: str,
+                   calm: bool = False) -> list[str]:
+    """quantize's argv: -o / --report variants (those of separate, or :func:`_quantize_clash`), --calibration
+    (right or hostile, :func:`_calibration`), and its options with valid and invalid values (only valid ones when
+    ``calm`` or for a clash). Its temporary files (onnxruntime's quantizer, the timing) go to TMPDIR, a folder of
+    the case: leftovers there are seen."""
+    case.env["TMPDIR"] = "{D}/tmp"
+    case.dirs.append("tmp")
+    case.strict_outputs = True  # the model and --report are written together, or neither
+    if calm:
+        case.dirs.append("out")
+        a = ["-o", "{D}/out/result.onnx", "--calibration", "{D}/in/calib.npz"]
+        case.outputs.append("out/result.onnx")
+        if rng.random() < 0.5:
+            a += ["--report", "{D}/out/report.json"]
+            case.outputs.append("out/report.json")
+        arrays = _npz_arrays(ref, rng.choice((1, 8, 16)))
+        if rng.random() < 0.2 and arrays and all(_safe_file_name(k + ".npy") for k in arrays):
+            case.files.update({f"in/calib/{k}.npy": _npy(v) for k, v in arrays.items()})  # a folder, no FIFO
+            a[3] = "{D}/in/calib"
+            case.tags.append("calib-folder")
+        else:
+            case.files["in/calib.npz"] = _npz_bytes(arrays)
+        p = 0.0
+    elif rng.random() < 0.25:
+        a = _quantize_clash(rng, case, ref, model_rel)
+        p = 0.0  # every other option valid: the clash is what is refused
+    else:
+        out, report = _output_variant(rng, case, model_rel)
+        a = ["-o", out] + (["--report", report] if report is not None else [])
+        if rng.random() < 0.97:
+            a += ["--calibration", _calibration(rng, case, ref)]
+        else:
+            case.tags.append("qcalibration-none")
+        p = 0.3
+    # Always bounded: the default is 5 s of timing. inf is accepted and never ends (a finding), so it is rare.
+    duration = _pick(rng, ("0.05",), (0, -1, "nan", "x", "1e-300", "inf", "0.05"), p * 0.3)
+    if calm and rng.random() < 0.03:  # where the timing is reached
+        duration = "inf"
+    if duration == "inf":
+        case.timeout = 10.0
+        case.tags.append("qduration-inf")
+    a += ["--duration", duration]
+    if rng.random() < 0.4:
+        value = _pick(rng, (0.05, 0.5, 1, 1e300), (0, -1, "nan", "inf", "-inf", "x", 1e-300, 1e-12), p * 1.5)
+        case.tags.append("qerror-" + ("valid" if value in ("0.05", "0.5", "1", "1e+300") else value))
+        a += ["--max-output-error", value]
+    if rng.random() < 0.35:  # calm: the user's metric file misbehaving, where it gets to run
+        a += ["--metric", _metric_spec(rng, case, ref, rng.random() < (0.4 if calm else p * 1.5), calm)]
+    if rng.random() < 0.15 and (p or "--metric" in a):
+        value = _pick(rng, (0.5, 0.9, 1.0), ("nan", "inf", "-inf", 2, "x"), p * 1.5)
+        case.tags.append("qminmetric-" + ("valid" if value in ("0.5", "0.9", "1.0") else value))
+        a += ["--min-metric", value]
+    if rng.random() < (0.1 if p else 0.03):
+        outs = [o.name for o in ref.graph.output] if ref is not None else ["output"]
+        good = [f"{outs[0]}=1", f"{outs[0]}=-1"]
+        a += ["--channel-axis", _pick(rng, good, ("x", "=1", f"{outs[0]}=99", f"{outs[0]}=-99", "nosuch=1",
+                                                  f"{outs[0]}=a", rng.choice(HOSTILE_NAMES) + "=1"), p * 2)]
+    if rng.random() < 0.15:
+        a += ["--activation-type", _pick(rng, ("uint8", "int8"), ("int4", ""), p)]
+    if rng.random() < 0.15:
+        a += ["--weight-type", _pick(rng, ("int8", "uint8"), ("fp8", ""), p)]
+    if rng.random() < 0.1:
+        a += ["--threads", _pick(rng, (1, 2, 1024), (0, 1025, -1), p)]
+        if a[-1] == "1024":
+            case.tags.append("threads-1024")
+    if rng.random() < 0.1:
+        a += ["--seed", _pick(rng, (0, 3), (-1, 2**64, "x"), p)]
+    if rng.random() < 0.1 and p:  # (a valid value is a rare draw: not in calm or clash cases)
+        a += ["--input-shape", _shape_value(rng, ref)]
+    if rng.random() < 0.08:
+        a += ["--batch", _pick(rng, (1, 2), (0, -1, 10**12, 2**62), p)]
+    if rng.random() < 0.05:
+        a += ["--progress", _pick(rng, ("auto", "on", "off"), ("x",), p)]
+    pairs = _pairs(a)
+    rng.shuffle(pairs)
+    return [x for pair in pairs for x in pair]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# separate --latency-command
+
+
+#: Models the planner reaches --target-speedup 1.2 on with the fake board (it answers by file size): tiny, so
+#: that a planned run takes a few seconds (the chosen plan is timed end to end through the command too).
+LATENCY_MODELS = ("tiny_cnn.onnx", "tiny_conv1d.onnx", "tiny_conv3d.onnx")
+
+#: The fake board, run as ``{PY} -S board.py WHAT [ARG...] {model} [{inputs}]``: ``ok`` answers 1 ms per kB of
+#: the model file after checking that every path it got names a file (a path split by the shell, or one with
+#: quotes left in it, does not; ``--model=PATH`` is read as PATH) and prints a login banner first; the others
+#: fail as a board or a network can: an exit status with hostile stderr, output that is not the answer, an
+#: endless or deeply nested one.
+BOARD = r'''import json, os, sys, time
+what, rest = sys.argv[1], sys.argv[2:]
+files = [a.removeprefix("--model=") for a in rest if not a.startswith("--arg=")]
+args = [a.removeprefix("--arg=") for a in rest if a.startswith("--arg=")]
+out, err = sys.stdout.buffer, sys.stderr.buffer
+if not files or not all(os.path.isfile(f) for f in files):
+    err.write(("board: not a model file: %r\n" % (files,)).encode())
+    sys.exit(2)
+answer = json.dumps({"median_ms": os.path.getsize(files[0]) / 1000.0, "runs": 5}).encode()
+STDERR = {"ctrl": b"\x1b[2J\x1b[Hboard \x07failed\r\x1b]0;title\x07", "long": b"e" * 100000,
+          "bad-utf8": b"\xff\xfe\xed\xa0\x80 failed \xc3(", "nul": b"a\x00b", "c1": b"\x9b31mred\xc2\x9b",
+          "bidi": "\u202eliated".encode(), "lines": b"first\nError: second\n\n  \n", "none": b"",
+          "newlines": b"\n\n\n", "fake-error": b"Error: everything is fine\nexit 0"}
+if what == "ok":
+    out.write(b"Welcome to the board \x1b[1m\xff\n" + answer + b"\n")
+elif what == "huge-ok":  # a 5 MB object with the answer in it
+    out.write(json.dumps({"median_ms": os.path.getsize(files[0]) / 1000.0, "log": "x" * 5000000}).encode())
+elif what == "value":  # a number other than a usual time, as the answer
+    out.write(b'{"median_ms": ' + args[0].encode() + b"}\n")
+elif what == "rm-scratch":  # the board removes the folder the model came in, then answers
+    import shutil
+    shutil.rmtree(os.path.dirname(files[0]), ignore_errors=True)
+    out.write(answer + b"\n")
+elif what == "exit":
+    err.write(STDERR[args[0]])
+    sys.exit(int(args[1]))
+elif what == "traceback":
+    raise ValueError("board broke")
+elif what == "kill":
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+elif what == "print":
+    out.write(args[0].encode("utf-8", "surrogateescape").decode("unicode_escape").encode("latin-1"))
+elif what == "stderr-answer":
+    err.write(answer + b"\n")
+elif what == "deep":  # valid JSON nested deeper than Python's recursion limit
+    out.write(b"[" * 100000 + b"]" * 100000 + b"\n")
+elif what == "deep-object":
+    out.write(b'{"median_ms": ' * 50000 + b"1" + b"}" * 50000 + b"\n")
+elif what == "garbage-mb":
+    out.write(b"\x00\xff garbage " * 500000)
+elif what == "flood":
+    while True:
+        out.write(b"y" * 65536)
+'''
+
+#: What the fake board prints for ``print`` (with ``\\n`` and ``\\xNN`` escapes): none of it an answer.
+BOARD_PRINTS = {
+    "hello": "hello board", "nothing": "", "blank": "\\n\\n  \\n", "nan": '{"median_ms": NaN}',
+    "inf": '{"median_ms": Infinity}', "-inf": '{"median_ms": -Infinity}', "neg": '{"median_ms": -1}',
+    "zero": '{"median_ms": 0}', "string": '{"median_ms": "3.2"}', "bool": '{"median_ms": true}',
+    "null": '{"median_ms": null}', "list": '[{"median_ms": 1}]', "nested": '{"median_ms": {"v": 1}}',
+    "bigint": '{"median_ms": 1' + "0" * 400 + "}", "1e400": '{"median_ms": 1e400}', "mean": '{"mean_ms": 3}',
+    "two-objects": '{"median_ms": 1}{"median_ms": 2}', "then-garbage": '{"median_ms": 1}\\ntrailing words',
+    "unquoted": "{median_ms: 3}", "bad-utf8": '\\xff\\xfe{"median_ms": \\xc3(}', "ctrl": "\\x1b[2J\\x1b[H\\x07\\r",
+}
+
+#: Commands that never answer, each stopped at --latency-timeout (0.3 s) with its whole process group; ``SLEEP``
+#: is a number of seconds (20-30) no other process runs with, looked for among the processes once the run ended.
+TIMEOUT_COMMANDS = {
+    "sleep": "sleep SLEEP # {model}", "pipeline": "sleep SLEEP | cat # {model}",
+    "subshell": "(sleep SLEEP; echo) | cat # {model}", "trap": "trap '' TERM INT HUP; sleep SLEEP # {model}",
+    "python": "{PY} -S -c 'import time; time.sleep(SLEEP)' {model}", "wait": "sleep SLEEP & wait # {model}",
+    "holds-stdout": "sleep SLEEP & echo '{\"median_ms\": 1}' # {model}",  # answered, but stdout stays open
+    "flood": "{PY} -S {BOARD} flood {model}",  # endless output: memory grows until the timeout
+}
+
+#: Folder names (of TMPDIR, where the timer writes the models it times, or of the case) with spaces, quotes and
+#: shell syntax: each ``touch PWNEDn`` in them runs if a path reaches the shell unquoted (looked for afterwards).
+HOSTILE_FOLDERS = (
+    "a b", "x; touch PWNED1", "$(touch PWNED2)", "`touch PWNED3`", "q'; touch PWNED4; '", 'dq"$(touch PWNED5)"',
+    "nl\ntouch PWNED6", "-rf", "*", "|touch PWNED8", "&& touch PWNED9 &&", "~", "${IFS}touch${IFS}PWNED10",
+    "名前 é", "\\$(touch PWNED11)", "{inputs} $(touch PWNED7)",
+)
+
+#: The groups of --latency-command cases, and how often each is drawn.
+LATENCY_GROUPS = {"board": 25, "exit": 14, "print": 20, "timeout": 12, "quoting": 8, "no-model": 5,
+                  "no-planner": 4, "timeout-value": 8, "huge-command": 3}
+_SLEEP_MARK = "SLEEP"
+
+
+def _latency_command(rng: random.Random, case: Case, group: str) -> tuple[str, str, str]:
+    """(CMD, --latency-timeout, the variant) of ``group``; sets what the run must end as."""
+    board = "{PY} -S {BOARD}"
+    refused = r"^Error: --latency-command\b"
+    timeout = "30"
+    if group == "board":
+        variant = rng.choice(("script", "script", "c", "inputs", "model-arg", "redirect", "chain", "huge-ok",
+                              "value-tiny", "value-huge", "rm-scratch", "big-timeout"))
+        case.expect = "success"
+        case.cost = 4.0  # the planner times every layer option and plan: a few seconds
+        cmd = {"script": f"{board} ok {{model}}", "c": "{PY} -S -c " + shlex.quote(
+                   "import json, os, sys; print(json.dumps({'median_ms': os.path.getsize(sys.argv[1]) / 1000}))")
+               + " {model}",
+               "inputs": f"{board} ok {{model}} {{inputs}}", "model-arg": f"{board} ok --model={{model}}",
+               "redirect": f"exec {board} ok {{model}} 2>/dev/null </dev/null",
+               "chain": f"cat {{model}} >/dev/null && {board} ok {{model}} | cat",
+               "huge-ok": f"{board} huge-ok {{model}}", "value-tiny": f"{board} value --arg=5e-324 {{model}}",
+               "value-huge": f"{board} value --arg=1e300 {{model}}", "rm-scratch": f"{board} rm-scratch {{model}}",
+               "big-timeout": f"{board} ok {{model}}"}[variant]
+        if variant in ("value-tiny", "value-huge", "rm-scratch"):
+            case.expect = ""  # a plan of such timings, or a refusal: either, cleanly
+        if variant == "big-timeout":
+            timeout = rng.choice(("1e5", "2e6"))
+        return cmd, timeout, variant
+    case.expect = refused
+    if group == "exit":
+        variant = rng.choice(("ctrl", "long", "bad-utf8", "nul", "c1", "bidi", "lines", "none", "newlines",
+                              "fake-error", "traceback", "kill", "not-found", "sh-exit"))
+        code = rng.choice((1, 2, 3, 126, 127, 255))
+        cmd = {"traceback": f"{board} traceback {{model}}", "kill": f"{board} kill {{model}}",
+               "not-found": "no-such-board-of-the-fuzzer {model}",
+               "sh-exit": f"echo oops >&2; exit {code} # {{model}}"}.get(variant,
+                                                                       f"{board} exit --arg={variant} --arg={code} {{model}}")
+        return cmd, timeout, variant
+    if group == "print":
+        variant = rng.choice(sorted(BOARD_PRINTS) + ["stderr-answer", "deep", "deep-object", "garbage-mb"])
+        if variant in BOARD_PRINTS:
+            return f"{board} print --arg={shlex.quote(BOARD_PRINTS[variant])} {{model}}", timeout, variant
+        return f"{board} {variant} {{model}}", timeout, variant
+    if group == "timeout":
+        variant = rng.choice(sorted(TIMEOUT_COMMANDS))
+        mark = f"2{rng.randrange(10)}.{rng.randrange(10**6):06d}"
+        case.markers.append(mark)
+        case.timeout = 15.0  # stopped at 0.3 s: the run ends in a second or two, well within this
+        if variant == "holds-stdout":
+            case.expect = ""  # the answer came; a refusal for the open stdout is as right
+        timeout = "0.3" if variant == "flood" else rng.choice(("0.3", "0.3", "0.5"))  # flood: ~1 GB by 0.3 s
+        return TIMEOUT_COMMANDS[variant].replace(_SLEEP_MARK, mark).replace("{BOARD}", "{Q:in/board.py}"), \
+            timeout, variant
+    if group == "quoting":
+        variant = rng.choice(("single", "double", "inputs-single", "embedded-double", "nul"))
+        cmd = {"single": f"{board} ok '{{model}}'", "double": f'{board} ok "{{model}}"',
+               "inputs-single": f"{board} ok {{model}} '{{inputs}}'",
+               "embedded-double": f'{board} ok "--model={{model}}"', "nul": f"{board} ok \0 {{model}}"}[variant]
+        if variant == "nul":
+            case.expect = r"NUL|^Error: --latency-command\b"
+        return cmd, timeout, variant
+    if group == "no-model":
+        variant = rng.choice(("none", "empty", "upper", "spaced", "open", "model-word"))
+        return {"none": f"{board} ok /dev/null", "empty": "", "upper": f"{board} ok {{MODEL}}",
+                "spaced": f"{board} ok {{ model }}", "open": f"{board} ok {{model", "model-word": "echo model"}[variant], \
+            timeout, variant
+    if group == "no-planner":
+        case.expect = r"^Error: --latency-(command|timeout)\b"
+        return f"{board} ok {{model}}", timeout, rng.choice(("rank", "timeout-alone"))
+    if group == "timeout-value":
+        variant = rng.choice(("0", "-1", "nan", "inf", "-inf", "x", "1e-9", "3e6", "1e300"))
+        case.expect = r"--latency-(timeout|command)"
+        return f"{board} ok {{model}}", variant, variant
+    n = 200000  # over what one argument of a process may be (128 KiB): sh cannot be started with it
+    case.expect = refused
+    return "echo " + "x" * n + " {model}", timeout, "huge-command"
+
+
+def _latency_args(rng: random.Random, case: Case) -> list[str]:
+    """A planner run (``--target-speedup 1.2 --calibration``) timed by ``--latency-command`` (one of
+    :data:`LATENCY_GROUPS`), on a valid tiny model: a fake board (:data:`BOARD`, in the case folder) must plan
+    and write the model; every other command is refused in one ``Error: --latency-command ...`` line, writing
+    nothing, with the model files the timer writes under TMPDIR (a folder of the case, its name often hostile:
+    :data:`HOSTILE_FOLDERS`) removed and no process of the command left running."""
+    name = rng.choice(LATENCY_MODELS)
+    ref = _base(name)
+    case.tags.append(name.removesuffix(".onnx"))
+    case.model = "in/model.onnx"
+    case.files["in/model.onnx"] = ref.SerializeToString()
+    case.files["in/calib.npz"] = _npz_bytes(_npz_arrays(ref, 8))
+    case.files["in/board.py"] = BOARD.encode()
+    case.timeout = 60.0
+    group = rng.choices(list(LATENCY_GROUPS), weights=list(LATENCY_GROUPS.values()))[0]
+    cmd, timeout, variant = _latency_command(rng, case, group)
+    case.tags.append(f"latency-{group}-{variant}")
+    board = "{Q:in/board.py}"
+    if rng.random() < 0.3:  # the board script in a folder whose name is shell syntax: the user quotes it
+        folder = rng.choice([f for f in HOSTILE_FOLDERS if "{" not in f])
+        case.files[f"in/{folder}/board.py"] = BOARD.encode()
+        board = f"{{Q:in/{folder}/board.py}}"
+        case.tags.append("latency-path-board")
+    cmd = cmd.replace("{BOARD}", board)
+    tmpdir = "tmp"
+    if rng.random() < 0.4:
+        tmpdir = "tmp/" + rng.choice(HOSTILE_FOLDERS)
+        case.tags.append("latency-path-tmpdir")
+    case.dirs.append(tmpdir)
+    case.env["TMPDIR"] = "{D}/" + tmpdir
+    if rng.random() < 0.15:
+        case.folder = rng.choice([f for f in HOSTILE_FOLDERS if "{" not in f and "~" not in f and f != "*"])
+        case.tags.append("latency-path-folder")
+    case.strict_outputs = True
+    case.dirs.append("out")
+    case.outputs.append("out/result.onnx")
+    a = ["{D}/in/model.onnx", "-o", "{D}/out/result.onnx"]
+    if rng.random() < 0.4:
+        a += ["--report", "{D}/out/report.json"]
+        case.outputs.append("out/report.json")
+    if variant == "rank":
+        a += ["--rank", "1", "--latency-command", cmd]
+    elif variant == "timeout-alone":
+        a += ["--calibration", "{D}/in/calib.npz", "--target-speedup", "1.2", "--latency-timeout", "5"]
+    else:
+        a += ["--calibration", "{D}/in/calib.npz", "--target-speedup", "1.2", "--latency-command", cmd,
+              "--latency-timeout", timeout]
+    if rng.random() < 0.2 and group != "board":
+        a.append("--verify")
+    return a
+
+
 #: separate's options that run the model many times (dropped on chains of 300 convs and more).
 _SLOW_OPTIONS = ("--calibration", "--target-speedup", "--max-output-error", "--plot", "--no-kernel-refit",
                  "--provider", "--threads", "--precision")
 
 
+#: The generator classes, each selectable alone (``--only``): the three commands' own, ``quantize``, and
+#: ``latency`` (separate's planner timed through ``--latency-command``).
+CLASSES = ("stats", "separate", "bench", "quantize", "latency")
+
+#: Shares of the normal mix drawn for the later classes. They come from a stream of their own, so every other
+#: case is still what the same (seed, index) made before they were added.
+LATER_CLASSES = {"quantize": 0.08, "latency": 0.05}
+
+
+def case_class(seed: int, index: int, only: str | None = None) -> str:
+    """The generator class (:data:`CLASSES`) of case ``index`` of ``seed``: ``only``, else one of
+    :data:`LATER_CLASSES` at its share, else a command drawn from the case's own stream by :func:`make_case`
+    (returned as "")."""
+    if only:
+        return only
+    r = random.Random(f"class:{seed}:{index}").random()
+    for cls, share in LATER_CLASSES.items():
+        if r < share:
+            return cls
+        r -= share
+    return ""
+
+
 def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: bool = False) -> Case:
     """Case ``index`` of the run with ``seed``: a pure function of its arguments."""
     rng = random.Random(f"{seed}:{index}")
-    command = only or rng.choices(("stats", "separate", "bench"), weights=(40, 45, 15))[0]
-    case = Case(seed, index, command, [])
+    cls = case_class(seed, index, only)
+    if cls == "latency":
+        case = Case(seed, index, "separate", [], cls=cls)
+        case.args = _latency_args(rng, case)
+        return _as_run(case, subprocess_mode)
+    if cls == "quantize":
+        case = Case(seed, index, "quantize", [], cls=cls)
+        case.args = _quantize_case(rng, case)
+        return _as_run(case, subprocess_mode)
+    command = cls or rng.choices(("stats", "separate", "bench"), weights=(40, 45, 15))[0]
+    case = Case(seed, index, command, [], cls=command)
     ref, model_rel = _model_case(rng, case)
     case.model = model_rel
     model_arg = "{D}/" + model_rel
@@ -1078,10 +1564,19 @@ def make_case(seed: int, index: int, only: str | None = None, subprocess_mode: b
         # budget on hundreds of layers. The chain cases are about the graph work every command does.
         kept = [p for p in _pairs(case.args[1:]) if p[0] not in _SLOW_OPTIONS]
         case.args = case.args[:1] + [x for p in kept for x in p]
+    return _as_run(case, subprocess_mode)
+
+
+#: The longest argument a case run as a process gets (Linux refuses one over 128 KiB: MAX_ARG_STRLEN).
+_MAX_ARG = 100000
+
+
+def _as_run(case: Case, subprocess_mode: bool) -> Case:
     if subprocess_mode or case.subprocess_only:
         # A process's argv is C strings: no shell or pipeline can pass a NUL byte (Popen refuses to), so a case
-        # run as a process gets its arguments as far as a real caller could give them, up to the first NUL.
-        case.args = [a.split("\0", 1)[0] for a in case.args]
+        # run as a process gets its arguments as far as a real caller could give them, up to the first NUL, and
+        # at most _MAX_ARG characters.
+        case.args = [a.split("\0", 1)[0][:_MAX_ARG] for a in case.args]
     return case
 
 
@@ -1103,7 +1598,9 @@ class Outcome:
     leftovers: list[str]
     unsafe: list[str]  # terminal control sequences / spreadsheet formulas in the output
     seconds: float
-    refused: str = ""  # the error of a run whose twin model (Case.twin) the same run accepts
+    refused: str = ""  # the error of a run whose twin model (Case.twin) the same run accepts, or that must succeed
+    unexpected: str = ""  # a run that ended otherwise than its case expects (Case.expect): accepted, or refused
+    #                       for another reason
 
 
 def _setup(case: Case, root: Path) -> None:
@@ -1283,9 +1780,13 @@ def run_inprocess(case: Case, root: Path, timeout: float) -> tuple[str, str, int
     old = signal.signal(signal.SIGALRM, _on_alarm)
     cwd = os.getcwd()
     os.chdir(root)
+    env = {k: _substitute(v, root) for k, v in case.env.items()}
+    old_tempdir = tempfile.tempdir
+    if "TMPDIR" in env:
+        tempfile.tempdir = None  # read TMPDIR again (the runner sets it for the run)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        result = runner.invoke(main, [case.command] + case.argv(root), catch_exceptions=False)
+        result = runner.invoke(main, [case.command] + case.argv(root), catch_exceptions=False, env=env)
     except _CaseTimeout:
         return "timeout", "timeout", None, "", ""
     except BaseException as e:  # noqa: BLE001 - every escaping exception is a finding, KeyboardInterrupt too
@@ -1293,6 +1794,7 @@ def run_inprocess(case: Case, root: Path, timeout: float) -> tuple[str, str, int
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        tempfile.tempdir = old_tempdir
         os.chdir(cwd)
     stdout, stderr = result.stdout, result.stderr
     status, sig = classify_stderr(result.exit_code, stderr)
@@ -1319,8 +1821,9 @@ def _limits(mem_bytes: int | None, fsize: int | None) -> Callable[[], None]:
 def run_subprocess(case: Case, root: Path, timeout: float, mem_bytes: int | None
                    ) -> tuple[str, str, int | None, str, str]:
     try:
+        env = {**_child_env(), **{k: _substitute(v, root) for k, v in case.env.items()}}
         p = subprocess.run([sys.executable, "-m", "onnxconv", case.command] + case.argv(root), cwd=root,
-                           env=_child_env(), capture_output=True, timeout=timeout,
+                           env=env, capture_output=True, timeout=timeout,
                            preexec_fn=_limits(mem_bytes, case.fsize_limit))
     except subprocess.TimeoutExpired:
         return "timeout", "timeout", None, "", ""
@@ -1341,7 +1844,7 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
              mem_bytes: int | None = None) -> Outcome:
     """Run ``case`` in a fresh folder and check it; the folder is removed unless it failed and ``keep``."""
     tmp = Path(tempfile.mkdtemp(prefix="onnxconv-fuzz-"))
-    root = tmp / "case"
+    root = tmp / case.folder
     root.mkdir()
     try:
         _setup(case, root)
@@ -1360,7 +1863,29 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
                 os.chmod(root / rel, 0o755)
         after = snapshot(root)
         changed, leftovers = _check_files(case, root, before, after)
-        outcome = Outcome(case, status, sig, code, out, err, changed, leftovers, _unsafe(case, out), seconds)
+        unsafe = _unsafe(case, out)
+        # A command that a path smuggled into a shell ran (touch PWNEDn, :data:`HOSTILE_FOLDERS`): unsafe, and
+        # not also a leftover.
+        pwned = [p for p in after if p not in before and re.fullmatch(r"PWNED\d*", Path(p).name)]
+        if pwned:
+            unsafe.append("a shell command in a path ran: " + ", ".join(sorted(pwned)))
+            leftovers = [x for x in leftovers if x.split(" ")[0] not in pwned]
+        if case.strict_outputs and status != "success":
+            inputs = set(case.files) - case.others
+            leftovers += [f"{p} (written by a failed run)" for p in case.outputs
+                          if p not in inputs and after.get(p) != before.get(p)]
+        leftovers += [f"process running {m}" for m in _still_running(case.markers)]
+        if "TMPDIR" in case.env:  # onnxruntime's telemetry (1DS) keeps its session file there: not the run's
+            leftovers = [x for x in leftovers if x != case.env["TMPDIR"].removeprefix("{D}/") + "/.ses"]
+        outcome = Outcome(case, status, sig, code, out, err, changed, leftovers, unsafe, seconds)
+        if case.expect and status in ("success", "clean error"):
+            last = err.strip().split("\n")[-1].replace(str(root), "{D}")
+            if case.expect == "success" and status != "success":
+                outcome.refused = last[:100]
+            elif case.expect != "success" and status == "success":
+                outcome.unexpected = f"succeeded, expected a refusal matching {case.expect}"
+            elif case.expect != "success" and not re.search(case.expect, last):
+                outcome.unexpected = f"refused otherwise than {case.expect}: {last[:80]}"
         if (case.twin is not None and status == "clean error" and case.model in case.files
                 and not _MEASURED_REFUSAL.search(err)):
             # The model was valid before a change that keeps it valid (IR-3's initializers as graph inputs): an
@@ -1368,7 +1893,7 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
             # same plan measures a little faster or slower from one run to the next, on any model.
             twin = replace(case, files={**case.files, case.model: case.twin}, twin=None)
             if run_case(twin, mode, timeout, None, mem_bytes).status == "success":
-                outcome.refused = re.sub(r"/tmp/\S+/case/", "{D}/", err.strip().split("\n")[-1])[:100]
+                outcome.refused = err.strip().split("\n")[-1].replace(str(root), "{D}")[:100]
         if keep is not None and _failed(outcome):
             dest = keep / f"seed{case.seed}-case{case.index}"
             shutil.rmtree(dest, ignore_errors=True)
@@ -1385,7 +1910,38 @@ def run_case(case: Case, mode: str, timeout: float = 120.0, keep: Path | None = 
 
 def _failed(o: Outcome) -> bool:
     return o.status in ("traceback", "unclean error", "timeout") or bool(o.changed or o.leftovers or o.unsafe
-                                                                          or o.refused)
+                                                                          or o.refused or o.unexpected)
+
+
+def _still_running(markers: Sequence[str], grace: float = 1.0) -> list[str]:
+    """The markers some process still has on its command line (Linux: /proc; elsewhere none), once ``grace``
+    seconds have let killed ones go; each such process is killed (the fuzzer started it)."""
+    if not markers or not Path("/proc").is_dir():
+        return []
+    found: dict[str, list[int]] = {}
+    end = time.monotonic() + grace
+    while True:
+        found.clear()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            for m in markers:
+                if m in cmdline:
+                    found.setdefault(m, []).append(int(d.name))
+        if not found or time.monotonic() > end:
+            break
+        time.sleep(0.1)
+    for pids in found.values():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1598,9 +2154,31 @@ ISSUE17_CLASSES = {
 
 
 def issue17_classes(case: Case) -> list[str]:
-    """The :data:`ISSUE17_CLASSES` that ``case`` belongs to."""
+    """The :data:`ISSUE17_CLASSES` that ``case`` belongs to, its generator class (:data:`CLASSES`), and for a
+    quantize or --latency-command case its groups within it (``latency timeout``, ``quantize qclash``:
+    :func:`later_class_groups`)."""
     fams = families(case)
-    return [name for name, prefixes in ISSUE17_CLASSES.items() if any(f.startswith(prefixes) for f in fams)]
+    return [name for name, prefixes in ISSUE17_CLASSES.items() if any(f.startswith(prefixes) for f in fams)] + \
+        ([case.cls] if case.cls and case.cls not in LATER_CLASSES else []) + later_class_groups(case)
+
+
+def later_class_groups(case: Case) -> list[str]:
+    """``quantize`` / ``latency`` and the groups of their tags (``latency-board-script`` -> ``latency board``;
+    quantize's option tags ``qmetric-...``, hostile models, hostile calibration data) for the counts per class."""
+    if case.cls not in LATER_CLASSES:
+        return []
+    out = [case.cls]
+    for tag in case.tags:
+        if case.cls == "latency" and tag.startswith("latency-"):
+            out.append("latency " + max((g for g in (*LATENCY_GROUPS, "path") if tag.startswith(f"latency-{g}-")),
+                                        key=len))
+        elif case.cls == "quantize" and re.match(r"q[a-z]+(-|$)", tag):
+            out.append("quantize " + tag.split("-")[0])
+    if case.cls == "quantize":
+        out.append("quantize " + ("valid model" if "valid" in case.tags else "hostile model"))
+        if any(t.startswith("calib-") and t not in ("calib-npz-ok", "calib-folder") for t in case.tags):
+            out.append("quantize hostile calibration")
+    return list(dict.fromkeys(out))  # a case counts once in a group
 
 
 @dataclass
@@ -1619,7 +2197,8 @@ class Summary:
             k["cases"] += 1
             k[o.status] += 1
             for what, flagged in (("inputs changed", o.changed), ("leftovers", o.leftovers),
-                                  ("unsafe output", o.unsafe), ("wrong refusals", o.refused)):
+                                  ("unsafe output", o.unsafe), ("wrong refusals", o.refused),
+                                  ("unexpected outcomes", o.unexpected)):
                 k[what] += bool(flagged)
         key = {"success": "successes", "clean error": "clean errors", "traceback": "tracebacks",
                "unclean error": "unclean errors", "timeout": "timeouts"}[o.status]
@@ -1638,6 +2217,9 @@ class Summary:
         if o.refused:
             c["wrong refusals"] += 1
             self._example("wrong refusals", o.refused, o.case.repro())
+        if o.unexpected:
+            c["unexpected outcomes"] += 1
+            self._example("unexpected outcomes", re.sub(r"[0-9]+", "N", o.unexpected)[:100], o.case.repro())
 
     def add_signal(self, o: SignalOutcome, seed: int) -> None:
         c = self.counts
@@ -1663,7 +2245,8 @@ class Summary:
 
     def failures(self) -> int:
         c = self.counts
-        return sum(c[k] for k in ("tracebacks", "inputs changed", "leftovers", "wrong refusals", "signal tracebacks",
+        return sum(c[k] for k in ("tracebacks", "inputs changed", "leftovers", "wrong refusals",
+                                  "unexpected outcomes", "signal tracebacks",
                                   "signal inputs changed", "signal leftovers", "signal slow"))
 
     def render(self, per_class: int = 3) -> str:
@@ -1673,7 +2256,7 @@ class Summary:
         for k in sorted(k for k in self.counts if k.startswith("signal")):
             lines.append(f"  {k}: {self.counts[k]}")
         if self.by_issue_class:
-            lines.append("by class (issue 17):")
+            lines.append("by class (issue 17's, the generator classes, quantize and latency by group):")
             for cls in sorted(self.by_issue_class):
                 tally = self.by_issue_class[cls]
                 rest = ", ".join(f"{n} {w}" for w, n in sorted(tally.items()) if w != "cases" and n)
@@ -1687,8 +2270,10 @@ class Summary:
 
 
 def _leftover_kind(paths: Iterable[str]) -> str:
-    kinds = sorted({"*.tmp" if p.endswith(".tmp") else ("incomplete" if "incomplete" in p else
-                    re.sub(r"[^/]+$", "FILE", p.split(" ")[0])) for p in paths})
+    kinds = sorted({"process" if p.startswith("process running ") else "written by a failed run"
+                    if p.endswith("(written by a failed run)") else "*.tmp" if p.endswith(".tmp") else
+                    ("incomplete" if "incomplete" in p else re.sub(r"[^/]+$", "FILE", p.split(" ")[0]))
+                    for p in paths})
     return ",".join(kinds)
 
 
@@ -1701,7 +2286,8 @@ def _worker(args: tuple[int, int, str | None, str, float, str | None, int | None
 #: Tag prefixes whose every variant counts as a family of its own in :func:`families` (each output-path
 #: variant, model-path variant, external-data location, name placement and weight dtype found its own bugs);
 #: other tags count by their prefix (``attr-pads-huge`` is family ``attr``).
-_FINE_FAMILIES = ("out", "model", "external", "name", "dtype", "clash", "ir3", "strweight", "calib", "threads")
+_FINE_FAMILIES = ("out", "model", "external", "name", "dtype", "clash", "ir3", "strweight", "calib", "threads",
+                  "qclash")
 
 
 def families(case: Case) -> set[str]:
@@ -1715,14 +2301,17 @@ def families(case: Case) -> set[str]:
     return out
 
 
-def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2) -> list[int]:
+def covering_cases(seed: int, pool: int, only: str | None = None, times: int = 2,
+                   skip: Callable[[Case], bool] | None = None) -> list[int]:
     """Indices among the first ``pool`` cases of ``seed`` that together draw every family (:func:`families`)
     those ``pool`` cases draw, each at least ``times`` times where the pool has that many: greedy set cover
     (the case adding the most still-needed draws, the lowest index on a tie), so a bounded run still reaches
     every generator, twice, in about 60 cases for a pool of 600. Cases that need a child process (a file-size
     limit: seconds each, most of a bounded run's time) count half, a case that costs more (a long chain) counts
-    by its :attr:`Case.cost`, and a family that only child-process cases draw is needed once."""
+    by its :attr:`Case.cost`, and a family that only child-process cases draw is needed once. Cases ``skip`` holds
+    for are left out of the pool (a finding reported and not fixed yet)."""
     cases = {i: make_case(seed, i, only) for i in range(pool)}
+    cases = {i: c for i, c in cases.items() if skip is None or not skip(c)}
     drawn = {i: families(c) for i, c in cases.items()}
     need: Counter[str] = Counter()
     cheap: set[str] = set()
@@ -1789,7 +2378,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=0, help="index of the first case")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--mode", choices=("inprocess", "subprocess"), default="inprocess")
-    ap.add_argument("--only", choices=("stats", "separate", "bench"), default=None)
+    ap.add_argument("--only", choices=CLASSES, default=None,
+                    help="one generator class (latency: separate --latency-command)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     ap.add_argument("--keep", type=Path, default=None, help="copy failing cases' files into this folder")
     ap.add_argument("--cover", type=int, default=None, metavar="POOL",
@@ -1820,7 +2410,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         o = run_case(case, ns.mode, ns.timeout, ns.keep, mem)
         print(case.repro())
         print(f"status {o.status} {o.signature} (exit {o.exit_code}, {o.seconds:.2f} s); changed {o.changed}; "
-              f"leftovers {o.leftovers}; unsafe {o.unsafe}")
+              f"leftovers {o.leftovers}; unsafe {o.unsafe}"
+              + (f"; wrong refusal {o.refused!r}" if o.refused else "")
+              + (f"; unexpected: {o.unexpected}" if o.unexpected else ""))
         print("--- stdout\n" + o.stdout + "--- stderr\n" + o.stderr)
         return 0
     t0 = time.perf_counter()

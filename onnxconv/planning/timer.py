@@ -141,12 +141,17 @@ def parse_latency(stdout: str, command: str) -> float:
     for text in (stdout, lines[-1] if lines else ""):
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's recursion limit
             continue
         if isinstance(data, dict):
             value = data.get("median_ms")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-                return float(value) / 1000.0
+            try:  # an integer beyond float's range overflows; a denormal divided by 1000 is 0 s
+                seconds = float(value) / 1000.0 if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    else math.nan
+            except OverflowError:
+                seconds = math.inf
+            if math.isfinite(seconds) and seconds > 0:
+                return seconds
             raise TimingError(f"--latency-command {printable(command)}: printed an object without a positive "
                               f"median_ms (median_ms: {printable(repr(value))[:_QUOTED]})")
     shown = printable(lines[-1])[:_QUOTED] if lines else "nothing"
@@ -203,18 +208,27 @@ class CommandTimer:
 
     def _run(self, model_path: str, inputs_path: str) -> float:
         """One run of the command on one model: its ``median_ms`` in seconds."""
-        cmd = self.command.replace("{model}", shlex.quote(model_path)).replace("{inputs}", shlex.quote(inputs_path))
+        # One pass: a path holding "{inputs}" (TMPDIR's name) must not be substituted again inside its quotes.
+        paths = {"model": model_path, "inputs": inputs_path}
+        cmd = re.sub(r"\{(model|inputs)\}", lambda m: shlex.quote(paths[m.group(1)]), self.command)
         shown = printable(self.command)
         # Its own session, so that a timeout or Ctrl-C ends the whole pipeline it starts (ssh, scp), not only sh.
-        proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:  # e.g. a command line longer than one argument may be (E2BIG)
+            raise TimingError(f"--latency-command {printable(self.command[:_QUOTED])}: cannot start /bin/sh: "
+                              f"{printable(e.strerror or str(e))}") from None
+        answered = False
         try:
             out, err = proc.communicate(timeout=self.timeout)
+            answered = True
         except subprocess.TimeoutExpired:
             raise TimingError(f"--latency-command {shown}: no answer within {self.timeout:g} s "
                               "(--latency-timeout)") from None
         finally:
-            if proc.poll() is None:
+            # Not only while sh runs: sh may have exited leaving a background child that holds stdout open.
+            if not answered:
                 _kill_group(proc)
         if proc.returncode != 0:
             last = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
