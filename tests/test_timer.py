@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from onnxconv import planning
 from onnxconv.cli import main
 from onnxconv.errors import OptionError, TimingError
-from onnxconv.planning.timer import CommandTimer, check_latency_command, parse_latency
+from onnxconv.planning.timer import CommandTimer, check_latency_command, parse_latency, substitute
 
 from .modelkit import make_model, tensor
 from .test_calibrate import smooth_inputs
@@ -140,14 +140,72 @@ def test_a_timeout_ends_the_whole_command_quickly() -> None:
     assert time.monotonic() - start < 10
 
 
+def test_a_path_inside_the_users_double_quotes_still_runs_nothing(board: str, tmp_path: Path) -> None:
+    """{model} inside double quotes (ssh board "bench {model}"): the path is sh's "$1", whose value is never parsed
+    again, so the $(touch ...) in TMPDIR's name stays text."""
+    command = 'printf "%s\\n" "--model={model}" > seen.txt; echo \'{"median_ms": 1}\''
+    seconds, _ = CommandTimer(command, timeout=30, rounds=1).pair(relu_model(), None, {"X": np.ones((1, 4), np.float32)})
+    assert seconds == pytest.approx(0.001)
+    seen = (tmp_path / "seen.txt").read_text()
+    assert seen.startswith("--model=") and seen.count("\n") == 1  # one word: the path, as text
+    assert "scratch dir; touch PWNED $(touch PWNED2) 'q' \"dq\"/onnxconv-timer-" in seen
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+
+
+def test_endless_output_is_stopped_not_buffered() -> None:
+    timer = CommandTimer("yes # {model}", timeout=60, rounds=1)
+    start = time.monotonic()
+    with pytest.raises(TimingError, match=r"printed more than 16 MiB \(one JSON object with median_ms is expected\)$"):
+        timer.pair(relu_model(), None, {"X": np.ones((1, 4), np.float32)})
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process table from /proc (Linux)")
+def test_nothing_the_command_started_outlives_its_run() -> None:
+    """A background child that holds no pipe would keep running after sh answered: the group is killed."""
+    marker = "47.318"
+    timer = CommandTimer(f"sleep {marker} >/dev/null 2>&1 & echo '{{\"median_ms\": 1}}' # {{model}}", timeout=30,
+                         rounds=1)
+    assert timer.pair(relu_model(), None, {"X": np.ones((1, 4), np.float32)})[0] == pytest.approx(0.001)
+    time.sleep(0.2)
+    alive = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                alive.append(cmdline)
+        except OSError:
+            pass  # a process that ended while the table was read
+    assert not alive
+
+
+def test_timeouts_beyond_what_the_os_can_wait_are_refused() -> None:
+    with pytest.raises(OptionError, match=r"--latency-timeout 3e\+06: must be a number of seconds above 0 and at most"):
+        planning.PlanOptions(goal=planning.Goal(target_speedup=1.5),
+                             timing=planning.TimingOptions(latency_command="x {model}", latency_timeout=3e6)).validate()
+    assert planning.timer.MAX_TIMEOUT_S == 1e6  # the bound cli/options.py writes as a literal
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--latency-timeout", "3e6"])
+    assert res.exit_code == 2 and "is not in the range 0<x<=1000000.0" in res.stderr
+
+
 @pytest.mark.parametrize(("command", "message"), [
     ("onnxconv bench model.onnx", "it must name {model}"),
-    ("onnxconv bench '{model}'", "write {model} and {inputs} bare"),
-    ('run {model} --inputs "{inputs}"', "write {model} and {inputs} bare"),
+    ("onnxconv bench '{model}'", "{model} is inside '...', where sh expands nothing"),
+    ("run {model} --inputs 'x {inputs}'", "{inputs} is inside '...'"),
+    ("""ssh b 'it"s {model}'""", "{model} is inside '...'"),
 ])
 def test_malformed_commands_are_refused_before_any_work(command: str, message: str) -> None:
     with pytest.raises(OptionError, match=message.replace("{", r"\{").replace("}", r"\}")):
         check_latency_command(command)
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("bench {model} --format timer", 'bench "$1" --format timer'),
+    ('ssh b "bench {model}"', 'ssh b "bench ${1}"'),
+    ('a \\"{model}', 'a \\""$1"'),  # an escaped quote opens nothing
+    ("x \"it's {model}\" {inputs}", "x \"it's ${1}\" \"$2\""),
+])
+def test_placeholders_become_positional_parameters_in_their_quoting_context(command: str, expected: str) -> None:
+    assert substitute(command) == expected
 
 
 def test_parse_takes_the_last_line_after_a_banner() -> None:
@@ -222,5 +280,5 @@ def test_latency_command_options_need_the_planner(planned: Path) -> None:
     assert res.exit_code == 1 and "Error: --latency-timeout applies to --latency-command" in res.stderr
     res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--calibration", "cal.npz",
                                     "--target-speedup", "1.3", "--latency-command", "run '{model}'"])
-    assert res.exit_code == 1 and "write {model} and {inputs} bare" in res.stderr
+    assert res.exit_code == 1 and "{model} is inside '...'" in res.stderr
     assert not (planned / "o.onnx").exists()

@@ -24,6 +24,7 @@ from ..passes.separable import DEFAULT_FORM
 from .candidates import GROUP_CHOICES
 from .judge import Judge
 from .latency import LatencyCache
+from .timer import MAX_TIMEOUT_S
 
 __all__ = ["Goal", "ModeOptions", "ShapeOptions", "RefitOptions", "TimingOptions", "PrecisionOptions",
            "PlanOptions", "MODES", "PRECISIONS"]
@@ -145,5 +146,6 @@ class PlanOptions:
             raise OptionError(f"--precision {self.precision.precision}: choose fp32 or int8")
         if g.rounds < 1 or self.timing.layer_iters < 1 or self.timing.model_iters < 1:
             raise OptionError("rounds and timing iterations must be at least 1")
-        if not (self.timing.latency_timeout > 0 and math.isfinite(self.timing.latency_timeout)):
-            raise OptionError(f"--latency-timeout {self.timing.latency_timeout}: must be a number of seconds above 0")
+        if not 0 < self.timing.latency_timeout <= MAX_TIMEOUT_S:
+            raise OptionError(f"--latency-timeout {self.timing.latency_timeout:g}: must be a number of seconds above 0 "
+                              f"and at most {MAX_TIMEOUT_S:g}")

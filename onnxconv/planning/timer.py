@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import shlex
+import selectors
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -42,14 +42,22 @@ from ..model_io import fix_input_shapes
 from ..text import printable
 from .choose import KEEP
 
-__all__ = ["Timer", "OrtTimer", "CommandTimer", "check_latency_command", "parse_latency", "COMMAND_ROUNDS"]
+__all__ = ["Timer", "OrtTimer", "CommandTimer", "check_latency_command", "substitute", "parse_latency",
+           "COMMAND_ROUNDS",
+           "MAX_ANSWER_BYTES", "MAX_TIMEOUT_S"]
 
 #: Option key -> model: the options of one layer, :data:`~.choose.KEEP` first.
 OptionModels = Mapping[tuple[str, int], onnx.ModelProto]
 #: Rounds of a :class:`CommandTimer` comparison (each command run is already a median over the board's runs).
 COMMAND_ROUNDS = 3
-#: The most of a failing command's stderr an error line quotes.
+#: The most of a failing command's stderr (and of the command) an error line quotes.
 _QUOTED = 200
+#: The most a timing command may print: its answer is one small JSON object (a banner before it is fine).
+MAX_ANSWER_BYTES = 16 << 20
+#: How much of a command's stderr is kept (its last lines are quoted on failure).
+_STDERR_KEPT = 1 << 16
+#: The longest ``--latency-timeout``: the OS's wait takes milliseconds in a C int (about 24.8 days).
+MAX_TIMEOUT_S = 1e6
 
 
 class Timer(Protocol):
@@ -115,19 +123,54 @@ class OrtTimer:
 
 
 def check_latency_command(command: str) -> str:
-    """``command`` if it can time a model: it names ``{model}``, unquoted (onnxconv quotes it).
+    """``command`` if it can time a model: it names ``{model}``, and no placeholder sits inside single quotes.
 
     Raises:
-        OptionError: no ``{model}``, or ``{model}`` / ``{inputs}`` written inside quotes (the substituted
-            path is quoted already; quoted again, a path with a quote in it would end the user's quotes).
+        OptionError: no ``{model}``, or ``{model}`` / ``{inputs}`` inside '...' (see :func:`substitute`).
     """
     if "{model}" not in command:
         raise OptionError("--latency-command: it must name {model}, the model file to time (e.g. "
                           "\"onnxconv bench {model} --format timer\")")
-    if re.search(r"""['"]\{(model|inputs)\}['"]""", command):
-        raise OptionError("--latency-command: write {model} and {inputs} bare, not in quotes: onnxconv quotes "
-                          "each path itself")
+    substitute(command)
     return command
+
+
+def substitute(command: str) -> str:
+    """``command`` with ``{model}`` and ``{inputs}`` as sh's positional parameters 1 and 2: ``"$1"`` where the
+    placeholder stands bare, ``${1}`` inside double quotes (already quoted: one word either way). The paths are
+    passed as the parameters' values, which sh never parses again, so nothing in a path (a quote, ``$(...)``,
+    a ``{inputs}`` in TMPDIR's name) can act.
+
+    The quoting context is followed as sh reads it: backslash escapes, '...' and "..." (a ``$(...)`` inside
+    double quotes is not followed into: a placeholder there counts as double-quoted, where ``${1}`` is right).
+
+    Raises:
+        OptionError: a placeholder inside single quotes, where no parameter is expanded (the command would get
+            the text ``{model}``; write it bare, or in double quotes).
+    """
+    out: list[str] = []
+    quote = ""  # "", "'" or '"': the quotes the scan is inside
+    i = 0
+    while i < len(command):
+        c = command[i]
+        name = next((n for n in ("model", "inputs") if command.startswith("{" + n + "}", i)), None)
+        if name is not None:
+            if quote == "'":
+                raise OptionError(f"--latency-command: {{{name}}} is inside '...', where sh expands nothing: write "
+                                  f"it bare or in double quotes (onnxconv quotes the path)")
+            param = "1" if name == "model" else "2"
+            out.append(f'"${param}"' if not quote else "${" + param + "}")
+            i += len(name) + 2
+            continue
+        if c == "\\" and quote != "'" and i + 1 < len(command):
+            out.append(command[i:i + 2])
+            i += 2
+            continue
+        if c in "'\"" and (not quote or quote == c):
+            quote = "" if quote else c
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def parse_latency(stdout: str, command: str) -> float:
@@ -152,10 +195,10 @@ def parse_latency(stdout: str, command: str) -> float:
                 seconds = math.inf
             if math.isfinite(seconds) and seconds > 0:
                 return seconds
-            raise TimingError(f"--latency-command {printable(command)}: printed an object without a positive "
+            raise TimingError(f"--latency-command {_shown(command)}: printed an object without a positive "
                               f"median_ms (median_ms: {printable(repr(value))[:_QUOTED]})")
     shown = printable(lines[-1])[:_QUOTED] if lines else "nothing"
-    raise TimingError(f"--latency-command {printable(command)}: printed no JSON object with median_ms (last line: "
+    raise TimingError(f"--latency-command {_shown(command)}: printed no JSON object with median_ms (last line: "
                       f"{shown})")
 
 
@@ -208,28 +251,23 @@ class CommandTimer:
 
     def _run(self, model_path: str, inputs_path: str) -> float:
         """One run of the command on one model: its ``median_ms`` in seconds."""
-        # One pass: a path holding "{inputs}" (TMPDIR's name) must not be substituted again inside its quotes.
-        paths = {"model": model_path, "inputs": inputs_path}
-        cmd = re.sub(r"\{(model|inputs)\}", lambda m: shlex.quote(paths[m.group(1)]), self.command)
-        shown = printable(self.command)
+        # The paths travel as sh's positional parameters, never as command text (see substitute).
+        cmd = substitute(self.command)
+        shown = _shown(self.command)
         # Its own session, so that a timeout or Ctrl-C ends the whole pipeline it starts (ssh, scp), not only sh.
         try:
-            proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+            proc = subprocess.Popen(["/bin/sh", "-c", cmd, "onnxconv-latency", model_path, inputs_path],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
         except OSError as e:  # e.g. a command line longer than one argument may be (E2BIG)
-            raise TimingError(f"--latency-command {printable(self.command[:_QUOTED])}: cannot start /bin/sh: "
+            raise TimingError(f"--latency-command {shown}: cannot start /bin/sh: "
                               f"{printable(e.strerror or str(e))}") from None
-        answered = False
         try:
-            out, err = proc.communicate(timeout=self.timeout)
-            answered = True
-        except subprocess.TimeoutExpired:
-            raise TimingError(f"--latency-command {shown}: no answer within {self.timeout:g} s "
-                              "(--latency-timeout)") from None
+            out, err = _read_bounded(proc, self.timeout, shown)
         finally:
-            # Not only while sh runs: sh may have exited leaving a background child that holds stdout open.
-            if not answered:
-                _kill_group(proc)
+            # Whatever happened (an answer, a timeout, Ctrl-C): nothing the command started outlives its run, not
+            # even a background child holding no pipe (sh may have exited already).
+            _kill_group(proc)
         if proc.returncode != 0:
             last = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
             why = f": {printable(last[-1])[:_QUOTED]}" if last else ""
@@ -237,7 +275,57 @@ class CommandTimer:
         return parse_latency(out.decode("utf-8", "replace"), self.command)
 
 
+def _read_bounded(proc: subprocess.Popen[bytes], timeout: float, shown: str) -> tuple[bytes, bytes]:
+    """(stdout, the end of stderr) of ``proc`` once it has exited, read as they come: a command that prints
+    without end is stopped at :data:`MAX_ANSWER_BYTES` instead of filling memory until the timeout.
+
+    Raises:
+        TimingError: no exit within ``timeout`` seconds, or too much printed.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimingError(f"--latency-command {shown}: no answer within {timeout:g} s (--latency-timeout)")
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                key.data.extend(chunk)
+                if key.data is err:
+                    del err[:-_STDERR_KEPT]  # only its last lines are quoted
+                elif len(out) > MAX_ANSWER_BYTES:
+                    raise TimingError(f"--latency-command {shown}: printed more than {MAX_ANSWER_BYTES >> 20} MiB "
+                                      "(one JSON object with median_ms is expected)")
+    while not _exited(proc):  # both pipes closed; sh may still be running
+        if time.monotonic() >= deadline:
+            raise TimingError(f"--latency-command {shown}: no answer within {timeout:g} s (--latency-timeout)")
+        time.sleep(0.005)
+    return bytes(out), bytes(err)
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``proc`` has exited, without reaping it where the OS allows (Linux): until it is reaped its id,
+    which is also its process group's, cannot go to another process, so :func:`_kill_group` cannot hit one."""
+    if hasattr(os, "waitid"):
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    return proc.poll() is not None
+
+
+def _shown(command: str) -> str:
+    """The command as error lines quote it: escaped, and cut short when long."""
+    text = printable(command)
+    return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the command's process group (it was started in a session of its own), then reap sh."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
