@@ -92,6 +92,7 @@ def test_cuda_unavailable_in_this_build(models) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--iters", "3", "--duration", "1"], "exclude each other"),
     (["--iters", "0"], "--iters must be at least 1"),
+    (["--duration", "inf"], "--duration must be positive and at most 86400 s"),  # would never end
     (["--fail-if-slower", "0"], "--fail-if-slower must be positive"),
     (["--max-error", "-1"], "--max-output-error must be 0 or more"),  # the old name still works
     (["--input-shape", "X=1xfoo"], "dims must be whole numbers"),

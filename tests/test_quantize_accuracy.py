@@ -322,6 +322,7 @@ def test_cli_refusal_writes_nothing(files: Path) -> None:
     (["-o", "{t}/int8.onnx", "--report", "{t}/calib.npz"], "is the --calibration data"),
     (["-o", "{t}/int8.onnx", "--min-metric", "0.9"], "--min-metric needs --metric"),
     (["-o", "{t}/int8.onnx", "--metric", "nonsense"], "give a built-in"),
+    (["-o", "{t}/int8.onnx", "--metric", ""], "give a built-in"),  # not silently "no metric"
     (["-o", "{t}/int8.onnx", "--channel-axis", "Y"], "--channel-axis 'Y'"),
     (["-o", "{t}/int8.onnx", "--input-shape", "Q=1x3x8x8"], "'Q'"),
 ])
@@ -351,6 +352,15 @@ def test_cli_no_output_joins_a_calibration_folder(files: Path) -> None:
     assert res.output.strip() == (f"Error: --report {t / 'cal' / 'new.npy'}: is an .npy file in the --calibration "
                                   "folder, which this run reads (choose another file)")
     assert sorted(str(p.relative_to(t)) for p in t.rglob("*")) == before
+
+
+@pytest.mark.parametrize("duration", ["inf", "1e300"])
+def test_cli_a_duration_that_never_ends_is_refused(files: Path, duration: str) -> None:
+    t = files
+    res = run_cli(str(t / "head.onnx"), "--calibration", str(t / "calib.npz"), "-o", str(t / "int8.onnx"),
+                  "--duration", duration)
+    assert res.exit_code == 2 and "is not in the range 0<x<=86400" in res.output
+    assert not (t / "int8.onnx").exists()
 
 
 def test_cli_is_listed() -> None:

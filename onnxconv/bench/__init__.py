@@ -17,7 +17,7 @@ and ``onnxconv.bench.BenchConfig`` keep working:
 from __future__ import annotations
 
 from ..providers import MAX_THREADS, PROVIDERS, Provider, ProviderError, resolve_provider
-from .config import (DEFAULT_DURATION, FORMATS, MIN_ROUNDS, BenchConfig, BenchReport, Memory, ModelResult, NodeTime,
+from .config import (DEFAULT_DURATION, FORMATS, MAX_DURATION, MIN_ROUNDS, BenchConfig, BenchReport, Memory, ModelResult, NodeTime,
                      Profile, ProviderRun, SpeedUp, Timing, check_thresholds, validate_thresholds)
 from .profile import join_profile, parse_profile, profile_model
 from .render import render
@@ -29,5 +29,5 @@ __all__ = [
     "Profile", "Provider", "ProviderError", "PROVIDERS", "MAX_THREADS", "bench", "resolve_provider", "timing_stats",
     "speedup_stats", "validate_thresholds", "check_thresholds", "render", "FORMATS", "parse_profile",
     "join_profile", "profile_model", "current_rss_bytes", "peak_rss_bytes", "device_memory_bytes",
-    "session_providers", "ProgressFn", "DEFAULT_DURATION", "MIN_ROUNDS",
+    "session_providers", "ProgressFn", "DEFAULT_DURATION", "MAX_DURATION", "MIN_ROUNDS",
 ]

@@ -14,7 +14,7 @@ from ..providers import MAX_THREADS
 
 __all__ = [
     "BenchConfig", "BenchReport", "ProviderRun", "ModelResult", "Timing", "SpeedUp", "Memory", "NodeTime",
-    "Profile", "FORMATS", "DEFAULT_DURATION", "MIN_ROUNDS", "validate_thresholds", "check_thresholds",
+    "Profile", "FORMATS", "DEFAULT_DURATION", "MAX_DURATION", "MIN_ROUNDS", "validate_thresholds", "check_thresholds",
 ]
 
 #: ``timer``: one JSON object for ``separate --latency-command`` (one model, one provider): ``median_ms`` and
@@ -22,6 +22,8 @@ __all__ = [
 FORMATS = ("table", "json", "timer")
 #: Time budget of the timed rounds when neither ``iters`` nor ``duration`` is given (seconds, per provider).
 DEFAULT_DURATION = 5.0
+#: The longest ``--duration``: a day of timing (``inf`` would never end).
+MAX_DURATION = 86400.0
 #: Fewest timed rounds in duration mode, so percentiles and the ratio spread mean something.
 MIN_ROUNDS = 5
 
@@ -66,8 +68,9 @@ class BenchConfig:
             raise OptionError("--iters and --duration exclude each other: give one")
         if self.iters is not None and self.iters < 1:
             raise OptionError(f"--iters must be at least 1, got {self.iters}")
-        if self.duration is not None and not self.duration > 0:
-            raise OptionError(f"--duration must be positive, got {self.duration}")
+        if self.duration is not None and not 0 < self.duration <= MAX_DURATION:
+            raise OptionError(f"--duration must be positive and at most {MAX_DURATION:g} s (a day), got "
+                              f"{self.duration}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise OptionError(f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
         if self.opt_level not in OPT_LEVELS:

@@ -16,7 +16,7 @@ import click
 
 from ..accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOptions, QuantizeResult,
                         quantize_with_accuracy, speedup_over_fp32)
-from ..bench import MAX_THREADS, SpeedUp
+from ..bench import MAX_DURATION, MAX_THREADS, SpeedUp
 from ..calibration import load_calibration
 from ..compare import parse_channel_axes
 from ..errors import OnnxConvError, OptionError
@@ -113,7 +113,7 @@ def render_quantize(result: QuantizeResult, speed: SpeedUp | None, metric_name: 
               help="Also write the settings, figures and kept-float groups as JSON.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="onnxruntime intra-op threads for the measurements and the timing (default: one per core).")
-@click.option("--duration", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+@click.option("--duration", type=click.FloatRange(0, MAX_DURATION, min_open=True), default=5.0, show_default=True,
               help="Seconds of interleaved timing of fp32 against int8.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Which calibration samples are held out.")
@@ -146,7 +146,7 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
     check_not_data(outputs, _input_data_files(model))
     report_file = outputs.report
     options = AccuracyOptions(
-        max_output_error=max_output_error, metric=load_metric(metric_spec) if metric_spec else None,
+        max_output_error=max_output_error, metric=load_metric(metric_spec) if metric_spec is not None else None,
         min_metric=min_metric, activation_type=activation_type, weight_type=weight_type,
         channel_axes=parse_channel_axes(channel_axes), seed=seed, threads=threads, input_shapes=input_shapes or None,
         batch=batch)
