@@ -433,6 +433,10 @@ def quantize_qdq(
     fixed = _fixed(model, shapes, settings.per_channel)
     quant_logger = logging.getLogger()
     level = quant_logger.level
+    # The preprocessing logs a failed optimisation as an error with its traceback, and goes on; the quantizer then
+    # fails on the same model, which our one Error line reports: its log is not ours to print.
+    pre_logger = logging.getLogger("onnxruntime.quantization.shape_inference")
+    pre_level = pre_logger.level
     with tempfile.TemporaryDirectory(prefix="onnxconv-quantize-") as tmp:
         src, pre, out = (os.path.join(tmp, f) for f in ("float.onnx", "prepared.onnx", "int8.onnx"))
         try:
@@ -441,6 +445,7 @@ def quantize_qdq(
             prepared = fixed
             if preprocess:
                 onnx.save_model(_copy(fixed), src, save_as_external_data=True, location="float.onnx.data")
+                pre_logger.setLevel(logging.CRITICAL + 1)
                 quant_pre_process(src, pre, skip_symbolic_shape=True, save_as_external_data=True,
                                   external_data_location="prepared.onnx.data")
                 prepared = onnx.load_model(pre)
@@ -466,6 +471,7 @@ def quantize_qdq(
             raise QuantizeError(f"onnxruntime's quantizer failed: {ort_message(e)}") from e
         finally:
             quant_logger.setLevel(level)
+            pre_logger.setLevel(pre_level)
     for m in (prepared, result):
         if m.ir_version > MAX_IR_VERSION:
             m.ir_version = MAX_IR_VERSION

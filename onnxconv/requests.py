@@ -190,7 +190,8 @@ class SeparateRequest:
     def judge(self) -> Judge:
         """How outputs are judged (planner and verify): channel axes, and the metric loaded from its SPEC (the
         user's own code runs here, once)."""
-        return Judge(load_metric(self.metric) if self.metric else None, self.min_metric, self.channel_axes())
+        metric = load_metric(self.metric) if self.metric is not None else None
+        return Judge(metric, self.min_metric, self.channel_axes())
 
     def node_filter(self) -> NodeFilter:
         """--include/--exclude compiled (a bad regular expression is an OptionError)."""

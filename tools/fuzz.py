@@ -1222,7 +1222,7 @@ def _quantize_args(rng: random.Random, case: Case, ref: onnx.ModelProto | None, 
         else:
             case.tags.append("qcalibration-none")
         p = 0.3
-    # Always bounded: the default is 5 s of timing. inf is accepted and never ends (a finding), so it is rare.
+    # Always bounded: the default is 5 s of timing. inf once was accepted and never ended: it must be refused.
     duration = _pick(rng, ("0.05",), (0, -1, "nan", "x", "1e-300", "inf", "0.05"), p * 0.3)
     if calm and rng.random() < 0.03:  # where the timing is reached
         duration = "inf"
@@ -1382,7 +1382,7 @@ def _latency_command(rng: random.Random, case: Case, group: str) -> tuple[str, s
         if variant in ("value-tiny", "value-huge", "rm-scratch"):
             case.expect = ""  # a plan of such timings, or a refusal: either, cleanly
         if variant == "big-timeout":
-            timeout = rng.choice(("1e5", "2e6"))
+            timeout = rng.choice(("1e5", "1e6"))  # 1e6: the largest allowed (planning.timer.MAX_TIMEOUT_S)
         return cmd, timeout, variant
     case.expect = refused
     if group == "exit":
@@ -1416,6 +1416,9 @@ def _latency_command(rng: random.Random, case: Case, group: str) -> tuple[str, s
                "embedded-double": f'{board} ok "--model={{model}}"', "nul": f"{board} ok \0 {{model}}"}[variant]
         if variant == "nul":
             case.expect = r"NUL|^Error: --latency-command\b"
+        elif variant in ("double", "embedded-double"):  # "${1}" inside the user's double quotes: one word, inert
+            case.expect = "success"
+            case.cost = 4.0
         return cmd, timeout, variant
     if group == "no-model":
         variant = rng.choice(("none", "empty", "upper", "spaced", "open", "model-word"))
