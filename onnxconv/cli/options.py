@@ -124,7 +124,7 @@ PLANNING = (
                  help="With the planner: time every layer option and plan on the target board instead of here. "
                       "CMD runs through sh with {model} (and {inputs}, an .npz of the inputs) replaced by a "
                       "quoted path, and prints one JSON object with median_ms, as `onnxconv bench MODEL "
-                      "--format timer` does. Write {model} bare: onnxconv quotes it."),
+                      "--format timer` does. {model} may stand bare or in double quotes, not in single ones."),
     # The bound is planning.timer.MAX_TIMEOUT_S (a test checks they agree): planning is not imported here, since
     # these options load with every command, `stats` and `--help` included.
     click.option("--latency-timeout", type=click.FloatRange(0, 1e6, min_open=True), default=600.0,

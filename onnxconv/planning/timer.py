@@ -7,9 +7,10 @@ threads), so the planner never times anything itself: it hands models to a :clas
   the fastest run of the first model as its absolute time and every other model placed against it by its
   median per-round speed-up (on a shared machine drift slows all models of a round alike).
 * :class:`CommandTimer` (``--latency-command CMD``) times on a board: every model is written to a file and
-  ``CMD`` runs through ``/bin/sh`` with ``{model}`` replaced by that file's path (and ``{inputs}``, when ``CMD``
-  holds it, by an .npz of the inputs), each substituted as one shell-quoted argument, so paths with spaces or
-  shell characters work and inject nothing. ``CMD`` prints one JSON object with ``median_ms`` (what
+  ``CMD`` runs through ``/bin/sh`` with ``{model}`` standing for that file's path (and ``{inputs}``, when ``CMD``
+  holds it, for an .npz of the inputs): the paths are ``sh``'s positional parameters (:func:`substitute`), one
+  argument each, so paths with spaces or shell characters work and inject nothing. Its output is read within
+  bounds (:data:`MAX_ANSWER_BYTES`) and its process group is killed when it is done. ``CMD`` prints one JSON object with ``median_ms`` (what
   ``onnxconv bench MODEL --format timer`` prints). The models of one comparison are run in turn for
   :attr:`CommandTimer.rounds` rounds, the order reversed every other round; a model's time is its fastest
   median and the speed-ups are medians of per-round ratios, as in process. Whole models get the static input
