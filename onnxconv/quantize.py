@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -404,6 +405,10 @@ def quantize_static_qdq(
                         nodes_to_exclude=nodes_to_exclude, preprocess=preprocess).model
 
 
+#: onnxruntime's "Load model from PATH failed:" where PATH is a temporary copy the quantizer made.
+_SCRATCH_LOAD = re.compile(r"Load model from .*? failed: ?")
+
+
 def quantize_qdq(
     model: onnx.ModelProto,
     feeds: Iterable[Mapping[str, np.ndarray]],
@@ -468,7 +473,9 @@ def quantize_qdq(
         except (OptionError, ShapeError, QuantizeError):
             raise
         except Exception as e:  # noqa: BLE001 - the quantizer and onnxruntime raise untyped errors
-            raise QuantizeError(f"onnxruntime's quantizer failed: {ort_message(e)}") from e
+            # The file it names is one of the quantizer's temporary copies, gone by now: not the user's concern.
+            why = _SCRATCH_LOAD.sub("", ort_message(e))
+            raise QuantizeError(f"onnxruntime's quantizer failed: {why}") from e
         finally:
             quant_logger.setLevel(level)
             pre_logger.setLevel(pre_level)

@@ -363,6 +363,26 @@ def test_cli_a_duration_that_never_ends_is_refused(files: Path, duration: str) -
     assert not (t / "int8.onnx").exists()
 
 
+def test_cli_a_model_onnxruntime_rejects_is_one_line_without_the_quantizers_scratch_paths(tmp_path: Path) -> None:
+    """A bool conv weight: onnxruntime's preprocessing logs an error and a traceback and the quantizer fails on a
+    temporary copy; the user sees one line naming the problem, neither the log nor the copy's path."""
+    w = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), bool), "W")
+    graph = helper.make_graph([helper.make_node("Conv", ["X", "W"], ["Y"], name="c")], "g",
+                              [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).random((4, 3, 8, 8), np.float32))
+    res = run_cli(str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--calibration", str(tmp_path / "c.npz"),
+                  "--duration", "0.05")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        "Error: onnxruntime's quantizer failed: [ONNXRuntimeError] : 10 : INVALID_GRAPH : This is an invalid model. "
+        "Type Error: Type 'tensor(bool)' of input parameter (W) of operator (Conv) in node (c) is invalid."]
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_cli_is_listed() -> None:
     res = CliRunner().invoke(main, ["--help"])
     assert "quantize" in res.output
