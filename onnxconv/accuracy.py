@@ -59,7 +59,7 @@ from .progress import report
 from .quantize import CpuInt8, QdqModels, QuantSettings, cpu_int8, quantize_qdq, settings_for_cpu
 
 __all__ = ["AccuracyOptions", "AccuracyNotMet", "KeptFloat", "Measurement", "QuantizeResult", "quantize_with_accuracy",
-           "speedup_over_fp32", "local_damage", "DEFAULT_MAX_OUTPUT_ERROR", "RANKING_SAMPLES", "CLOSEST_MARGIN"]
+           "speedup_over_fp32", "timing_feeds", "local_damage", "DEFAULT_MAX_OUTPUT_ERROR", "RANKING_SAMPLES", "CLOSEST_MARGIN"]
 
 #: The worst output channel's relative error allowed when neither a bound nor a metric bound is given.
 DEFAULT_MAX_OUTPUT_ERROR = 0.05
@@ -480,18 +480,23 @@ def quantize_with_accuracy(model: onnx.ModelProto, calibration: CalibrationSet |
     return result(search.model(kept), contributions, final, met)
 
 
+def timing_feeds(quantized: onnx.ModelProto, calibration: CalibrationSet | Feeds) -> Feeds:
+    """The inputs of one timed run: ``calibration``'s first samples, as many as the quantized model's static
+    batch (1 when it has none), or the given feeds."""
+    if not isinstance(calibration, CalibrationSet):
+        return calibration
+    dims = quantized.graph.input[0].type.tensor_type.shape.dim if quantized.graph.input else []
+    batch = int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 1
+    return {k: v[:batch] for k, v in calibration.arrays.items()}
+
+
 def speedup_over_fp32(original: onnx.ModelProto, quantized: onnx.ModelProto, calibration: CalibrationSet | Feeds,
                       threads: int | None = None, duration: float | None = None,
                       progress: Callable[[str, float, float], None] | None = None) -> SpeedUp | None:
     """The quantized model's speed-up over the original: median and quartiles over interleaved rounds of
     :func:`onnxconv.bench.bench` (``duration`` seconds, default bench's), on one run's inputs: ``calibration``'s
     first samples, as many as the quantized model's static batch, or the given feeds."""
-    if isinstance(calibration, CalibrationSet):
-        dims = quantized.graph.input[0].type.tensor_type.shape.dim if quantized.graph.input else []
-        batch = int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else 1
-        feeds: Feeds = {k: v[:batch] for k, v in calibration.arrays.items()}
-    else:
-        feeds = calibration
+    feeds = timing_feeds(quantized, calibration)
     with tempfile.TemporaryDirectory(prefix="onnxconv-speed-") as tmp:
         path = os.path.join(tmp, "inputs.npz")
         write_npz(path, feeds)  # not np.savez(**feeds): an input may be named "file"

@@ -271,7 +271,8 @@ def test_separate_with_a_failing_command_is_one_error_line_and_writes_nothing(pl
     assert not (planned / "o.onnx").exists()
 
 
-def test_latency_command_options_need_the_planner(planned: Path) -> None:
+def test_latency_command_options_need_the_planner(planned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(planned)
     res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--rank", "1", "--latency-command",
                                     "x {model}"])
     assert res.exit_code == 1 and "Error: --latency-command times the planner's plans" in res.stderr
@@ -282,3 +283,32 @@ def test_latency_command_options_need_the_planner(planned: Path) -> None:
                                     "--target-speedup", "1.3", "--latency-command", "run '{model}'"])
     assert res.exit_code == 1 and "{model} is inside '...'" in res.stderr
     assert not (planned / "o.onnx").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quantize --latency-command: int8 against fp32 on the board
+
+
+def test_quantize_times_int8_against_fp32_through_the_command(planned: Path, board: str) -> None:
+    res = CliRunner().invoke(main, ["quantize", "m.onnx", "-o", "q.onnx", "--calibration", "cal.npz",
+                                    "--max-output-error", "0.2", "--latency-command", board, "--report", "q.json"])
+    assert res.exit_code == 0, res.output
+    speed = json.loads((planned / "q.json").read_text())["speedup"]
+    # The fake board answers by file size: the int8 model is smaller, so faster, by the size ratio.
+    ratio = (planned / "board.log").read_text().count("\n")
+    assert speed["rounds"] == 5 and ratio == 1 + 2 * 5  # one check of the command, then 5 rounds of both
+    assert speed["median"] > 1 and "timed by --latency-command" in res.output
+
+
+def test_quantize_checks_the_command_before_quantizing(planned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that fails fails at once, in one line, with nothing written: not after the search."""
+    monkeypatch.chdir(planned)
+    res = CliRunner().invoke(main, ["quantize", "m.onnx", "-o", "q.onnx", "--calibration", "cal.npz",
+                                    "--latency-command", "echo 'ssh: no route' >&2; exit 255 # {model}"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == ["Error: --latency-command echo 'ssh: no route' >&2; exit 255 # "
+                                               "{model}: exited with status 255: ssh: no route"]
+    assert not (planned / "q.onnx").exists()
+    res = CliRunner().invoke(main, ["quantize", "m.onnx", "-o", "q.onnx", "--calibration", "cal.npz",
+                                    "--latency-timeout", "5"])
+    assert res.exit_code == 1 and res.stderr.strip() == "Error: --latency-timeout applies to --latency-command"

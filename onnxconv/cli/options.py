@@ -25,6 +25,7 @@ from ..providers import MAX_THREADS
 from ..stats import INT64_MAX, parse_input_shape
 
 __all__ = ["shape_options", "rank_options", "calibration_options", "judging_options", "channel_axis_option", "SHAPE",
+           "LATENCY", "latency_options",
            "RANK", "CALIBRATION", "PLANNING", "JUDGING"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,6 +100,21 @@ CALIBRATION = (
                       "for the threads the model is deployed with (default: onnxruntime's, one per core)."),
 )
 
+#: ``--latency-command`` / ``--latency-timeout``: timing on the target board (separate's planner, quantize).
+LATENCY = (
+    click.option("--latency-command", default=None, metavar="CMD",
+                 help="Time on the target board instead of here (separate: every layer option and plan of the "
+                      "planner; quantize: int8 against fp32). CMD runs through sh with {model} (and {inputs}, an "
+                      ".npz of the inputs) standing for a path, and prints one JSON object with median_ms, as "
+                      "`onnxconv bench MODEL --format timer` does. {model} may stand bare or in double quotes, not "
+                      "in single ones."),
+    # The bound is planning.timer.MAX_TIMEOUT_S (a test checks they agree): planning is not imported here, since
+    # these options load with every command, `stats` and `--help` included.
+    click.option("--latency-timeout", type=click.FloatRange(0, 1e6, min_open=True), default=600.0,
+                 show_default=True, metavar="SECONDS",
+                 help="--latency-command: seconds one run may take before it counts as failed."),
+)
+
 #: Planning: ``--target-speedup``, ``--max-output-error``, ``--plot``, ``--precision`` and the int8 types.
 PLANNING = (
     click.option("--target-speedup", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
@@ -120,17 +136,13 @@ PLANNING = (
                  help="--precision int8: the quantized activations' type."),
     click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
                  help="--precision int8: the quantized weights' type."),
-    click.option("--latency-command", default=None, metavar="CMD",
-                 help="With the planner: time every layer option and plan on the target board instead of here. "
-                      "CMD runs through sh with {model} (and {inputs}, an .npz of the inputs) replaced by a "
-                      "quoted path, and prints one JSON object with median_ms, as `onnxconv bench MODEL "
-                      "--format timer` does. {model} may stand bare or in double quotes, not in single ones."),
-    # The bound is planning.timer.MAX_TIMEOUT_S (a test checks they agree): planning is not imported here, since
-    # these options load with every command, `stats` and `--help` included.
-    click.option("--latency-timeout", type=click.FloatRange(0, 1e6, min_open=True), default=600.0,
-                 show_default=True,
-                 metavar="SECONDS", help="--latency-command: seconds one run may take before it counts as failed."),
+    *LATENCY,
 )
+
+
+def latency_options(f: F) -> F:
+    """:data:`LATENCY` as plain options (``quantize``; ``separate`` has them in its "Planning" group)."""
+    return _stack(*LATENCY)(f)
 
 
 def calibration_options(f: F) -> F:

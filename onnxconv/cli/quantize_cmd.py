@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOptions, QuantizeResult,
-                        quantize_with_accuracy, speedup_over_fp32)
+                        quantize_with_accuracy, speedup_over_fp32, timing_feeds)
 from ..bench import MAX_DURATION, MAX_THREADS, SpeedUp
 from ..calibration import load_calibration
 from ..compare import parse_channel_axes
@@ -26,7 +26,8 @@ from ..model_io import (StagedFiles, check_not_data, check_not_read, check_outpu
 from ..tables import grid
 from ..text import printable
 from ..progress import report, reporting
-from .options import shape_options
+from ..planning.timer import CommandTimer
+from .options import latency_options, shape_options
 from .progress import ProgressBar, progress_option
 
 __all__ = ["quantize", "render_quantize"]
@@ -41,19 +42,23 @@ def _input_data_files(model: str) -> list[str]:
         return []
 
 
+#: Rounds of fp32 against int8 through --latency-command (each run is already a median over the board's runs).
+QUANTIZE_ROUNDS = 5
+
+
 #: Version of the quantize --report layout (docs/report-json.md, "onnxconv quantize --report"): keys are only
 #: added; a key that changes meaning or disappears bumps it.
 REPORT_SCHEMA_VERSION = 1
 
 
-def _speed_text(speed: SpeedUp | None) -> str:
+def _speed_text(speed: SpeedUp | None, timed_by: str = "") -> str:
     if speed is None:
         return "not measured"
     return (f"{speed.median:.2f}x (interquartile {speed.p25:.2f}-{speed.p75:.2f}x, median of {speed.rounds} "
-            "interleaved rounds)")
+            "interleaved rounds" + (f", timed by {timed_by}" if timed_by else "") + ")")
 
 
-def render_quantize(result: QuantizeResult, speed: SpeedUp | None, metric_name: str = "") -> str:
+def render_quantize(result: QuantizeResult, speed: SpeedUp | None, metric_name: str = "", timed_by: str = "") -> str:
     """The report printed by ``onnxconv quantize``: settings, criterion, per-output errors, metric, kept-float
     groups with their contributions and the speed-up; names from the model escaped."""
     lines = [f"settings: {result.settings.describe()}; {result.settings_reason}",
@@ -85,7 +90,7 @@ def render_quantize(result: QuantizeResult, speed: SpeedUp | None, metric_name: 
                  f"{k.metric_gain:.3g}" if k.metric_gain is not None else "-"] for k in result.kept_float]
         lines += grid(["nodes", "ops", "error it removes", "metric it adds"], rows, right={2, 3})
     lines.append("")
-    lines.append(f"speed-up over fp32: {_speed_text(speed)}")
+    lines.append(f"speed-up over fp32: {_speed_text(speed, timed_by)}")
     return "\n".join(lines)
 
 
@@ -119,10 +124,12 @@ def render_quantize(result: QuantizeResult, speed: SpeedUp | None, metric_name: 
               help="Which calibration samples are held out.")
 @shape_options
 @progress_option
+@latency_options
 def quantize(model: str, output: str, calibration: str, max_output_error: float | None, metric_spec: str | None,
              min_metric: float | None, channel_axes: tuple[str, ...], activation_type: str, weight_type: str,
              report_path: str | None, threads: int | None, duration: float, seed: int,
-             input_shapes: dict[str, list[int]], batch: int | None, progress_mode: str) -> None:
+             input_shapes: dict[str, list[int]], batch: int | None, progress_mode: str,
+             latency_command: str | None, latency_timeout: float) -> None:
     """Quantize MODEL to static QDQ int8 that keeps every output channel alive.
 
     Everything is quantized (onnxruntime's static quantizer, settings that do not saturate on
@@ -151,14 +158,26 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
         channel_axes=parse_channel_axes(channel_axes), seed=seed, threads=threads, input_shapes=input_shapes or None,
         batch=batch)
     options.validate()  # before the model and the calibration data are read
+    timer = None
+    if latency_command is not None:
+        timer = CommandTimer(latency_command, latency_timeout, rounds=QUANTIZE_ROUNDS)
+    elif latency_timeout != 600.0:
+        raise OptionError("--latency-timeout applies to --latency-command")
     m = load_model(model, load_weights=True)
     calib = load_calibration(calibration, m)
     bar = ProgressBar(progress_mode, delay=0.0)
     try:
         with reporting(bar):
+            if timer is not None:  # a wrong command fails now, not after minutes of quantizing
+                report("quantize: one run of --latency-command on the fp32 model")
+                timer.once(m, timing_feeds(m, calib))
             result = quantize_with_accuracy(m, calib, options)
-            report("quantize: timing int8 against fp32 (interleaved)")
-            speed = speedup_over_fp32(m, result.model, calib, threads, duration)
+            if timer is None:
+                report("quantize: timing int8 against fp32 (interleaved)")
+                speed = speedup_over_fp32(m, result.model, calib, threads, duration)
+            else:
+                report("quantize: timing int8 against fp32 through --latency-command")
+                speed = timer.speedup(m, result.model, timing_feeds(result.model, calib))
     except AccuracyNotMet as e:
         raise AccuracyNotMet(f"{e}; nothing was written", e.result) from None
     finally:
@@ -171,6 +190,7 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
                                     "speedup": None if speed is None else asdict(speed)}
             staged.write(report_file, json_bytes(data), "--report")
         staged.commit()
-    click.echo(render_quantize(result, speed, options.metric.name if options.metric is not None else ""))
+    click.echo(render_quantize(result, speed, options.metric.name if options.metric is not None else "",
+                               timed_by="--latency-command" if timer is not None else ""))
     click.echo(f"wrote {printable(output)}")
 

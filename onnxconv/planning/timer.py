@@ -36,7 +36,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from ..bench import BenchConfig, bench
+from ..bench import BenchConfig, SpeedUp, bench, speedup_stats
 from ..compare import write_npz
 from ..errors import OptionError, TimingError
 from ..model_io import fix_input_shapes
@@ -230,9 +230,27 @@ class CommandTimer:
         seconds, ratios = self._compare(models, feeds)
         return seconds, (ratios[0] if ratios else None)
 
+    def speedup(self, original: onnx.ModelProto, rewritten: onnx.ModelProto,
+                feeds: Mapping[str, np.ndarray]) -> SpeedUp:
+        """``rewritten``'s speed-up over ``original`` as ``bench`` gives it: percentiles of the per-round ratios
+        (``quantize --latency-command``: int8 over fp32 on the board)."""
+        base, times = self._times([original, rewritten], feeds)
+        return speedup_stats(base, times)
+
     def _compare(self, models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray],
                  ) -> tuple[float, list[float]]:
         """(fastest time of ``models[0]``, median per-round speed-up of every other model over it)."""
+        base, *others = self._times(models, feeds)
+        ratios = [float(np.median([a / b for a, b in zip(base, t)])) for t in others]
+        return min(base), ratios
+
+    def once(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
+        """Seconds of one run on ``model``: a check that the command works, before long work that ends timed."""
+        return self._times([model], feeds, rounds=1)[0][0]
+
+    def _times(self, models: Sequence[onnx.ModelProto], feeds: Mapping[str, np.ndarray],
+               rounds: int | None = None) -> list[list[float]]:
+        """Seconds of every model in every round (default :attr:`rounds`; the order reversed every other one)."""
         with tempfile.TemporaryDirectory(prefix="onnxconv-timer-") as tmp:
             inputs = os.path.join(tmp, "inputs.npz")
             if "{inputs}" in self.command:
@@ -242,13 +260,11 @@ class CommandTimer:
                 paths.append(os.path.join(tmp, f"model-{i}.onnx"))
                 onnx.save_model(_static(m, feeds), paths[-1])  # a scratch file in a private folder, not an output
             times: list[list[float]] = [[] for _ in models]
-            for r in range(self.rounds):
+            for r in range(self.rounds if rounds is None else rounds):
                 order = list(range(len(models)))
                 for i in (order if r % 2 == 0 else order[::-1]):  # A B, B A: drift falls on both alike
                     times[i].append(self._run(paths[i], inputs))
-        base = times[0]
-        ratios = [float(np.median([a / b for a, b in zip(base, t)])) for t in times[1:]]
-        return min(base), ratios
+        return times
 
     def _run(self, model_path: str, inputs_path: str) -> float:
         """One run of the command on one model: its ``median_ms`` in seconds."""
