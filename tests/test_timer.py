@@ -312,3 +312,21 @@ def test_quantize_checks_the_command_before_quantizing(planned: Path, monkeypatc
     res = CliRunner().invoke(main, ["quantize", "m.onnx", "-o", "q.onnx", "--calibration", "cal.npz",
                                     "--latency-timeout", "5"])
     assert res.exit_code == 1 and res.stderr.strip() == "Error: --latency-timeout applies to --latency-command"
+
+
+def test_an_error_budget_plan_checks_the_command_before_the_estimates(planned: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a target no plan is timed before the option errors are estimated (a minute on a detector): one
+    run on the original comes first, so a broken command fails at once."""
+    from onnxconv.planning import planner
+
+    def estimates(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the errors were estimated before the command was tried")
+
+    monkeypatch.setattr(planner, "option_errors", estimates)
+    monkeypatch.chdir(planned)
+    res = CliRunner().invoke(main, ["separate", "m.onnx", "-o", "o.onnx", "--calibration", "cal.npz",
+                                    "--max-output-error", "0.1", "--latency-command", "exit 3 # {model}"])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == ["Error: --latency-command exit 3 # {model}: exited with status 3"]
+    assert not (planned / "o.onnx").exists()

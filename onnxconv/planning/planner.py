@@ -131,6 +131,11 @@ def plan_rewrite(model: onnx.ModelProto, calibration: CalibrationSet, options: P
     goal, judge, precision = options.goal, options.judge, options.precision
     chain = resolve_provider(options.timing.provider).chain
     timer = timer or make_timer(options)
+    if isinstance(timer, CommandTimer) and goal.target_speedup is None:
+        # Without a target the first timing comes after the error estimates (a minute on a detector): a broken
+        # command fails now instead. (With one, the quick bound times a plan first.)
+        progress.report("one run of --latency-command on the original")
+        timer.once(model, next(calibration.chunks())[1])
     cache = options.timing.cache or LatencyCache()
     form, shapes = options.mode.form, options.shapes
     cands, skipped = find_candidates(model, options.mode.mode, form, tuple(options.mode.groups), options.node_filter,
