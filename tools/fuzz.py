@@ -1438,7 +1438,8 @@ def _latency_command(rng: random.Random, case: Case, group: str) -> tuple[str, s
 
 
 def _latency_args(rng: random.Random, case: Case) -> list[str]:
-    """A planner run (``--target-speedup 1.2 --calibration``) timed by ``--latency-command`` (one of
+    """A planner run (``--target-speedup 1.2 --calibration``; a quarter of them ``quantize`` instead) timed by
+    ``--latency-command`` (one of
     :data:`LATENCY_GROUPS`), on a valid tiny model: a fake board (:data:`BOARD`, in the case folder) must plan
     and write the model; every other command is refused in one ``Error: --latency-command ...`` line, writing
     nothing, with the model files the timer writes under TMPDIR (a folder of the case, its name often hostile:
@@ -1486,6 +1487,15 @@ def _latency_args(rng: random.Random, case: Case) -> list[str]:
               "--latency-timeout", timeout]
     if rng.random() < 0.2 and group != "board":
         a.append("--verify")
+    if variant not in ("rank", "timeout-alone") and rng.random() < 0.25:
+        # quantize times int8 against fp32 through the same command (one check run first, then 5 rounds); its
+        # criterion is made loose so that a working board ends in a written model.
+        case.command = "quantize"
+        case.tags.append("latency-via-quantize")
+        i = a.index("--target-speedup")
+        a[i:i + 2] = ["--max-output-error", "1", "--duration", "0.05"]
+        if "--verify" in a:
+            a.remove("--verify")
     return a
 
 
@@ -2173,7 +2183,7 @@ def later_class_groups(case: Case) -> list[str]:
     out = [case.cls]
     for tag in case.tags:
         if case.cls == "latency" and tag.startswith("latency-"):
-            out.append("latency " + max((g for g in (*LATENCY_GROUPS, "path") if tag.startswith(f"latency-{g}-")),
+            out.append("latency " + max((g for g in (*LATENCY_GROUPS, "path", "via") if tag.startswith(f"latency-{g}-")),
                                         key=len))
         elif case.cls == "quantize" and re.match(r"q[a-z]+(-|$)", tag):
             out.append("quantize " + tag.split("-")[0])
