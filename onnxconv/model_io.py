@@ -48,7 +48,7 @@ from .model_checks import check_graph, model_tensors
 from .shapes import apply_input_shapes
 
 __all__ = [
-    "load_model", "external_data_files", "save_model", "check_output_path",
+    "load_model", "load_with_weights", "external_data_files", "save_model", "check_output_path",
     "fix_input_shapes", "same_file", "StagedFiles", "write_file", "json_bytes", "INPUT_CLASH",
     "OutputPaths", "check_output_paths", "check_not_read", "check_not_data",
 ]
@@ -105,11 +105,29 @@ def load_model(path: str | os.PathLike[str], load_weights: bool = False) -> onnx
         if not (base / loc).is_file():
             raise ModelLoadError(f"{p}: external data file '{loc}' is missing (looked in {base})")
     if load_weights and external_data_files(model):
-        try:
-            onnx.load_external_data_for_model(model, str(base))
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{p}: cannot read external data ({e})") from e
+        _read_external(p, model)
     return model
+
+
+def load_with_weights(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """:func:`load_model` with weights, parsed once, and the paths of the external data files the file names
+    (beside it): no output may replace them, and once read in, the model no longer names them.
+
+    Raises:
+        ModelLoadError: as :func:`load_model`.
+    """
+    model = load_model(path)
+    files = [os.path.join(os.path.dirname(path), loc) for loc in external_data_files(model)]
+    if files:
+        _read_external(Path(path), model)
+    return model, files
+
+
+def _read_external(p: Path, model: onnx.ModelProto) -> None:
+    try:
+        onnx.load_external_data_for_model(model, str(p.parent))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{p}: cannot read external data ({e})") from e
 
 
 def _check_location(p: Path, loc: str) -> None:

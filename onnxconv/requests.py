@@ -16,7 +16,6 @@ and, with ``--fix-input-shape``, static graph inputs. Verification, the report a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from .compare import check_inputs, model_input_specs, parse_channel_axes, read_n
 from .errors import OptionError
 from .metrics import load_metric
 from .model_checks import check_weights
-from .model_io import external_data_files, fix_input_shapes, load_model
+from .model_io import fix_input_shapes, load_with_weights
 from .passes.common import NodeFilter, PassResult
 from .passes.finish import model_problem
 from .passes.ranks import RankPolicy
@@ -109,8 +108,7 @@ class SeparateRequest:
     @property
     def planner_flag(self) -> str:
         """The planner option given, for messages (--target-speedup when both are)."""
-        return ("--target-speedup" if self.target_speedup is not None
-                else "--max-output-error" if self.max_output_error is not None else "--min-metric")
+        return Goal(self.target_speedup, self.max_output_error).flag
 
     @property
     def verifies(self) -> bool:
@@ -251,16 +249,13 @@ def run_separate(request: SeparateRequest) -> SeparateOutcome:
     judge = r.judge()  # loads --metric: a bad SPEC is refused before the model is read
     policy = r.policy()
     node_filter = r.node_filter()
-    m = load_model(r.model)
+    m, data_files = load_with_weights(r.model)
+    # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
+    # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
+    external = bool(data_files)
     if r.inputs is not None:
         given_inputs = check_inputs(read_npz(r.inputs, f"--inputs {r.inputs}"), model_input_specs(m),
                                     f"--inputs {r.inputs}")
-    # Decided here, from what is already in memory: left to save_model, the choice costs two full-size
-    # ByteSize() walks and a second read of the input (a second or more for a 100 MB model).
-    data_files = [os.path.join(os.path.dirname(r.model), loc) for loc in external_data_files(m)]
-    external = bool(data_files)
-    if external:
-        m = load_model(r.model, load_weights=True)
     check_weights(m, r.model)
     # An input the checker rejects is still rewritten (exporters write such models, and onnxruntime may run them);
     # the result then has the same problem (check_model lets only that one through), which the caller must say.

@@ -19,10 +19,10 @@ from ..accuracy import (DEFAULT_MAX_OUTPUT_ERROR, AccuracyNotMet, AccuracyOption
 from ..bench import MAX_DURATION, MAX_THREADS, SpeedUp
 from ..calibration import load_calibration
 from ..compare import parse_channel_axes
-from ..errors import OnnxConvError, OptionError
+from ..errors import OptionError
 from ..metrics import load_metric
-from ..model_io import (StagedFiles, check_not_data, check_not_read, check_output_paths, external_data_files,
-                        json_bytes, load_model, save_model)
+from ..model_io import (StagedFiles, check_not_data, check_not_read, check_output_paths, json_bytes,
+                        load_with_weights, save_model)
 from ..tables import grid
 from ..text import printable
 from ..progress import report, reporting
@@ -31,16 +31,6 @@ from .options import latency_options, shape_options
 from .progress import ProgressBar, progress_option
 
 __all__ = ["quantize", "render_quantize"]
-
-def _input_data_files(model: str) -> list[str]:
-    """The input model's external data files (paths), which no output may replace."""
-    if not os.path.isfile(model):
-        return []
-    try:
-        return [os.path.join(os.path.dirname(model), f) for f in external_data_files(load_model(model))]
-    except OnnxConvError:  # a bad model is reported by the load that follows, in one line
-        return []
-
 
 #: Rounds of fp32 against int8 through --latency-command (each run is already a median over the board's runs).
 QUANTIZE_ROUNDS = 5
@@ -150,7 +140,6 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
     outputs = check_output_paths(model, output, report_path)
     check_not_read(outputs, [(calibration, "the --calibration data")],
                    folder=calibration if os.path.isdir(calibration) else None)
-    check_not_data(outputs, _input_data_files(model))
     report_file = outputs.report
     options = AccuracyOptions(
         max_output_error=max_output_error, metric=load_metric(metric_spec) if metric_spec is not None else None,
@@ -163,7 +152,8 @@ def quantize(model: str, output: str, calibration: str, max_output_error: float 
         timer = CommandTimer(latency_command, latency_timeout, rounds=QUANTIZE_ROUNDS)
     elif latency_timeout != 600.0:
         raise OptionError("--latency-timeout applies to --latency-command")
-    m = load_model(model, load_weights=True)
+    m, data_files = load_with_weights(model)
+    check_not_data(outputs, data_files)  # the input's weights files: known once it is read
     calib = load_calibration(calibration, m)
     bar = ProgressBar(progress_mode, delay=0.0)
     try:

@@ -1,9 +1,9 @@
 """Latency of each option: the layer alone, timed on the provider, cached per shape.
 
 The layer alone has its real input shape, attributes and the rewrite's exact graph form (a plain grouped conv for
-G); all options of a layer are timed in one interleaved run of :func:`onnxconv.bench.bench`, cached per
-(provider, threads, shapes, attributes, option) in a :class:`LatencyCache` (optionally a JSON file) so that
-layers of the same shape are timed once.
+G); all options of a layer are timed together by the planner's :class:`~.timer.Timer` (onnxruntime here, or
+``--latency-command``), cached per (timer, threads, shapes, attributes, option) in a :class:`LatencyCache`
+(optionally a JSON file) so that layers of the same shape are timed once.
 """
 
 from __future__ import annotations

@@ -17,16 +17,17 @@ instead:
    different amounts per layer and option, so by default the choice uses the error *after the per-layer
    refit*, estimated from normal equations accumulated on the same patches.
 3. **Latency** of each option: the layer alone (its real input shape, attributes and the rewrite's exact
-   graph form; a plain grouped conv for G) timed with :func:`onnxconv.bench.bench` on the provider, all options
-   of a layer in one interleaved run, cached per (provider, threads, shapes, attributes, option) in a
-   :class:`LatencyCache` (optionally a JSON file) so that layers of the same shape are timed once.
+   graph form; a plain grouped conv for G) timed by the :class:`~.timer.Timer` (onnxruntime on the provider,
+   or ``--latency-command`` on a board), all options of a layer in one interleaved run, cached per (timer,
+   threads, shapes, attributes, option) in a :class:`LatencyCache` (optionally a JSON file) so that layers of
+   the same shape are timed once.
 4. **Choice.** With ``T`` the measured latency of the whole model and ``d_o = t_keep - t_o`` the time an option
    saves, pick one option per layer minimising ``sum e_o^2`` subject to ``sum d_o >= T (1 - 1/S)`` (a
    multiple-choice knapsack, solved exactly by dynamic programming over :data:`BUCKETS` time buckets, rounding
    savings down). Options slower than keeping the layer are dropped. Predicted speed-up: ``T / (T - sum d_o)``.
 5. **Search on measurements.** Layers timed alone do not add up exactly (fusions, layout conversions, caches:
    on a YOLOv8n they under-predicted the savings twofold), so every plan is *measured*: the rewritten model is
-   timed against the original with the bench code (interleaved rounds, the calibration inputs), refitted
+   timed against the original by the same timer (interleaved rounds, the calibration inputs), refitted
    (:func:`onnxconv.calibration.refit`) and run on the held-out calibration samples
    (:func:`onnxconv.calibration.held_out_feeds`), giving one point (measured speed-up, end-to-end error, MACs)
    of the frontier (:class:`PlanPoint`). The end-to-end error is judged by :class:`~.judge.Judge` over all
