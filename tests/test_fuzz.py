@@ -233,6 +233,8 @@ def test_cases_are_reproducible() -> None:
      "traceback"),
     (0, "warning\nTraceback (most recent call last):\n  File \"/x/y.py\", line 1, in g\nKeyError: 1\n", "traceback"),
     (3, "FAIL: b.onnx: 1.20x slower\n", "success"),
+    (1, "... session m.onnx\nError: --inputs x.npz: cannot read\n", "clean error"),  # --progress on, as asked
+    (1, "... session m.onnx\nError: a\nb\n", "unclean error"),
 ])
 def test_classifier_is_strict(code: int, stderr: str, status: str) -> None:
     assert fuzz.classify_stderr(code, stderr)[0] == status

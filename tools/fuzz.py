@@ -1718,8 +1718,9 @@ _USAGE = re.compile(r"Usage: [^\n]*\n(?:[^\n]*\n)*?Try '[^\n]*' for help\.\n\nEr
 
 
 def classify_stderr(exit_code: int, stderr: str) -> tuple[str, str]:
-    """(status, signature) from a finished run's exit code and stderr."""
-    err = stderr.rstrip("\n")
+    """(status, signature) from a finished run's exit code and stderr. Phase lines (``... phase``, what
+    ``--progress on`` prints off a terminal, as asked) are not part of the error."""
+    err = "\n".join(line for line in stderr.rstrip("\n").split("\n") if not line.startswith("... "))
     if "Traceback (most recent call last)" in stderr:
         return "traceback", _tb_signature_text(stderr)
     if exit_code == 0:
